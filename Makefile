@@ -1,0 +1,57 @@
+# Two commands do all set-up:  `make demo`  and  `make test`.
+# Both create (or refresh) the virtual environment in .venv, install the pinned stack and build
+# the C++ kernels once; later runs only redo what changed.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+# CPU by default. On a CUDA machine: `make test FBGEMM=fbgemm-gpu==1.8.0` (same torch/torchrec pins).
+FBGEMM ?= fbgemm-gpu-cpu==1.8.0
+TORCH  ?= torch==2.13.0
+DEPS   := tensordict torchmetrics==1.0.3 tqdm pyre-extensions iopath hydra-core omegaconf \
+          tensorboard triton pytest hypothesis ninja numpy pandas pyarrow setuptools wheel
+# pytest arguments, e.g. `make test PYTEST_ARGS="-k bloom -x"`
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+.PHONY: all venv build test demo bench clean distclean
+
+all: venv
+
+# 1. the pinned third-party stack (re-run when this Makefile changes)
+$(VENV)/.stack: Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH) $(FBGEMM)
+	$(PIP) install -q --no-deps torchrec==1.8.0
+	$(PIP) install -q $(TORCH) $(DEPS)
+	touch $@
+
+# 2. silverrec itself, editable, with its C++ extension built in place (re-run on packaging
+#    changes; `make build` recompiles only the kernels whose sources changed)
+$(VENV)/.silverrec: $(VENV)/.stack setup.cfg setup.py pyproject.toml
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.silverrec build
+
+# Incremental C++ build (ninja); serialised with flock so parallel builds never clash.
+build: $(VENV)/.silverrec
+	flock /tmp/silverrec-build.lock $(PY) setup.py -q build_ext --inplace
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) -m silverrec.train.demo $(DEMO_ARGS)
+
+bench: venv
+	$(PIP) install -q faiss-cpu==1.15.1 matplotlib
+	$(PY) benchmarks/bloom.py
+	$(PY) benchmarks/ann.py
+
+clean:
+	rm -rf build silverrec/*.so .pytest_cache .hypothesis
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,65 @@
+"""The ``torch.ops.silverrec`` library: every op schema, defined once, and idempotent registration.
+
+Backends register through tables of the form ``{op_name: {dispatch_key: fn}}`` (as FBGEMM's
+``op_registrations``): ``fake.FAKE_IMPLS`` (``"Meta"``, registered as the fake/abstract impl),
+``triton.CUDA_IMPLS`` (``"CUDA"``, only when CUDA is available). The C++ CPU kernels register
+themselves with ``TORCH_LIBRARY_IMPL(silverrec, CPU, m)`` when ``silverrec._C`` is imported.
+The plain-torch references in ``reference.py`` are the spec and are never registered.
+
+Serving ops register no autograd formula: calling one on a tensor that requires grad raises.
+"""
+from typing import Callable, Dict, Mapping
+
+import torch
+
+NAMESPACE = "silverrec"
+
+# One schema string per op. No defaults: every argument is explicit at every call site.
+SCHEMAS: Dict[str, str] = {
+    # --- bloom_search (filter issue) ---
+    # --- ivf_int8_topk (ANN issue) ---
+}
+
+_ALLOWED_KEYS = ("CPU", "CUDA", "Meta")
+_lib = torch.library.Library(NAMESPACE, "FRAGMENT")
+_defined: set = set()
+_registered: set = set()
+
+
+def define_all() -> None:
+    """Defines every schema in ``SCHEMAS`` that is not defined yet (safe to call twice)."""
+    for name, schema in SCHEMAS.items():
+        if name in _defined or _op_exists(name):
+            _defined.add(name)
+            continue
+        _lib.define(schema)
+        _defined.add(name)
+
+
+def register(table: Mapping[str, Mapping[str, Callable]]) -> None:
+    """Registers ``{op: {dispatch_key: fn}}``; ``"Meta"`` goes to ``register_fake``.
+
+    Already registered (op, key) pairs are skipped, so importing twice is harmless.
+    """
+    for name, impls in table.items():
+        if name not in SCHEMAS:
+            raise ValueError(f"op {name!r} has no schema in silverrec.ops._library.SCHEMAS")
+        for key, fn in impls.items():
+            if key not in _ALLOWED_KEYS:
+                raise ValueError(f"dispatch key {key!r} for op {name!r} is not one of {_ALLOWED_KEYS}")
+            if (name, key) in _registered:
+                continue
+            qualname = f"{NAMESPACE}::{name}"
+            if key == "Meta":
+                torch.library.register_fake(qualname, fn, lib=_lib)
+            else:
+                _lib.impl(name, fn, key)
+            _registered.add((name, key))
+
+
+def _op_exists(name: str) -> bool:
+    try:
+        torch._C._dispatch_find_schema_or_throw(f"{NAMESPACE}::{name}", "")
+        return True
+    except RuntimeError:
+        return False

@@ -1,0 +1,13 @@
+"""Triton (CUDA) kernels of ``torch.ops.silverrec``: one kernel per file, beside its launcher.
+
+Imported only when Triton is installed. ``CUDA_IMPLS`` is registered for the CUDA dispatch key
+when CUDA is available; tests also call the launchers on CPU tensors under
+``TRITON_INTERPRET=1``, which is how the GPU code is exercised on machines without a GPU.
+"""
+from typing import Callable, Dict
+
+CUDA_IMPLS: Dict[str, Dict[str, Callable]] = {}
+
+# --- bloom_search ---
+
+# --- ivf_int8_topk ---
