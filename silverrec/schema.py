@@ -28,6 +28,16 @@ HISTORY = "history"
 """Name of the user-history feature (jagged item ids, pooled from the ``item_id`` table)."""
 
 
+def user_key(name: str) -> str:
+    """The KeyedJaggedTensor key (TorchRec feature name) of a user feature."""
+    return f"user__{name}"
+
+
+def item_key(name: str) -> str:
+    """The KeyedJaggedTensor key (TorchRec feature name) of an item feature."""
+    return f"item__{name}"
+
+
 @unique
 class TaskKind(Enum):
     BINARY = "binary"  # label in {0, 1}, trained with a logistic loss
@@ -149,6 +159,16 @@ class Schema:
 
     def item_feature(self, name: str) -> Feature:
         return _find(self.item_features, name, "item")
+
+    @property
+    def user_keys(self) -> Tuple[str, ...]:
+        """KJT keys of the user side, history last: ``user__<feature>..., user__history``."""
+        return tuple(user_key(f.name) for f in self.user_features) + (user_key(HISTORY),)
+
+    @property
+    def item_keys(self) -> Tuple[str, ...]:
+        """KJT keys of the item side, ``item__item_id`` first."""
+        return tuple(item_key(f.name) for f in self.item_features)
 
     def to_dict(self) -> Dict[str, object]:
         """A JSON-able description (stored in checkpoints and exported artifacts)."""
