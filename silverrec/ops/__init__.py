@@ -29,4 +29,54 @@ if HAS_TRITON and torch.cuda.is_available():  # pragma: no cover - GPU machines 
 
 # --- bloom_search ---
 
+
+def bloom_search(
+    bits: torch.Tensor,
+    opcodes: torch.Tensor,
+    terms: torch.Tensor,
+    hashes: torch.Tensor,
+    posting_offsets: torch.Tensor,
+    posting_rows: torch.Tensor,
+    probe: torch.Tensor,
+    cluster_offsets: torch.Tensor,
+) -> torch.Tensor:
+    """Evaluates B filter plans over the bit-sliced Bloom index of the probed clusters.
+
+    Calls ``torch.ops.silverrec.bloom_search`` (C++ on CPU, Triton on CUDA). Plans are postfix
+    programs (``silverrec.retrieval.filter_plan``); ``TERM`` tests a term's H signature bits (no
+    misses, rare false positives), ``NOT_TERM`` is exact (posting lists). The spec is
+    ``silverrec.ops.reference.bloom_search_reference``.
+
+    Args:
+        bits (Tensor): int64 ``[M, W]`` bit-sliced signatures (bit ``r % 64`` of word ``r // 64``
+            is row ``r``).
+        opcodes (Tensor): int64 ``[B, L]`` programs padded with ``BLOOM_NOP``.
+        terms (Tensor): int64 ``[B, L]`` term ids of ``TERM``/``NOT_TERM`` instructions, else -1.
+        hashes (Tensor): int64 ``[B, L, H]`` signature bit positions of ``TERM`` instructions.
+        posting_offsets (Tensor): int64 ``[T + 1]``; posting_rows (Tensor): int64 ``[nnz]``
+            ascending rows of each term.
+        probe (Tensor): int64 ``[B, P]`` probed cluster ids (``-1`` = padding). All rows:
+            ``probe = [[0]] * B`` with ``cluster_offsets = [0, N]``.
+        cluster_offsets (Tensor): int64 ``[C + 1]``; cluster ``c`` is rows ``offsets[c]:offsets[c+1]``.
+
+    Returns:
+        Tensor: int64 ``[B, W]`` packed masks; rows outside the probed clusters are 0.
+
+    Example::
+
+        >>> from silverrec.ops.reference import BLOOM_TERM, BLOOM_NOT_TERM, BLOOM_OR
+        >>> bits = torch.tensor([[0b0101], [0b0011]])  # M=2 bits, W=1 word, 4 rows
+        >>> opcodes = torch.tensor([[BLOOM_TERM, BLOOM_NOT_TERM, BLOOM_OR]])
+        >>> terms = torch.tensor([[0, 1, -1]])
+        >>> hashes = torch.tensor([[[0, 1], [0, 0], [0, 0]]])  # term 0 sets signature bits 0 and 1
+        >>> mask = bloom_search(bits, opcodes, terms, hashes, torch.tensor([0, 1, 4]),
+        ...     torch.tensor([0, 0, 1, 2]), torch.tensor([[0]]), torch.tensor([0, 4]))
+        >>> mask.tolist()  # term 0: row 0 (both bits set); NOT term 1 (rows 0, 1, 2): row 3
+        [[9]]
+    """
+    return torch.ops.silverrec.bloom_search(
+        bits, opcodes, terms, hashes, posting_offsets, posting_rows, probe, cluster_offsets
+    )
+
+
 # --- ivf_int8_topk ---

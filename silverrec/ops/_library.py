@@ -17,6 +17,10 @@ NAMESPACE = "silverrec"
 # One schema string per op. No defaults: every argument is explicit at every call site.
 SCHEMAS: Dict[str, str] = {
     # --- bloom_search (filter issue) ---
+    "bloom_search": (
+        "bloom_search(Tensor bits, Tensor opcodes, Tensor terms, Tensor hashes, Tensor posting_offsets, "
+        "Tensor posting_rows, Tensor probe, Tensor cluster_offsets) -> Tensor"
+    ),
     # --- ivf_int8_topk (ANN issue) ---
 }
 

@@ -10,5 +10,111 @@ import torch
 from torch import Tensor
 
 # --- bloom_search ---
+# Opcodes of a filter plan: a postfix program evaluated on a stack of item sets.
+BLOOM_NOP = 0  # padding: does nothing
+BLOOM_TERM = 1  # push: items whose Bloom signature has all H bits hashes[b, l, :] set
+BLOOM_NOT_TERM = 2  # push: items NOT holding term terms[b, l], exactly (from the posting lists)
+BLOOM_AND = 3  # pop two, push their intersection
+BLOOM_OR = 4  # pop two, push their union
+BLOOM_FALSE = 5  # push: no item (a value never seen in the item table)
+BLOOM_TRUE = 6  # push: every item (the empty filter)
+BLOOM_NUM_OPCODES = 7
+
+
+def bloom_search_reference(
+    bits: Tensor,
+    opcodes: Tensor,
+    terms: Tensor,
+    hashes: Tensor,
+    posting_offsets: Tensor,
+    posting_rows: Tensor,
+    probe: Tensor,
+    cluster_offsets: Tensor,
+) -> Tensor:
+    """Evaluates B filter plans over the items of the probed clusters; returns packed masks.
+
+    Items are index rows (cluster-sorted). Row ``r`` is bit ``r % 64`` (LSB = 0) of word
+    ``r // 64``; the Bloom signatures are bit-sliced: bit ``r % 64`` of ``bits[p, r // 64]`` is
+    bit ``p`` of row ``r``'s signature.
+
+    Each plan ``b`` is a postfix program ``opcodes[b, :]`` (see the ``BLOOM_*`` opcodes) over a
+    stack of item sets; it must leave exactly one set, the result. ``TERM`` tests the Bloom
+    signature (never misses an item holding the term; may add false positives), ``NOT_TERM``
+    is exact (the term's posting list), so a plan in negation normal form never misses a match.
+    Rows outside ``[cluster_offsets[c], cluster_offsets[c+1])`` for every ``c = probe[b, p] >= 0``
+    get bit 0 (``probe[b, p] == -1`` is padding). To evaluate over all N items, pass
+    ``probe = [[0]] * B`` and ``cluster_offsets = [0, N]``.
+
+    Args:
+        bits (Tensor): int64 ``[M, W]`` bit-sliced signatures (M signature bits, W mask words).
+        opcodes (Tensor): int64 ``[B, L]`` programs, padded with ``BLOOM_NOP``.
+        terms (Tensor): int64 ``[B, L]`` term id of ``NOT_TERM`` (and ``TERM``) instructions, else -1.
+        hashes (Tensor): int64 ``[B, L, H]`` signature bit positions of ``TERM`` instructions.
+        posting_offsets (Tensor): int64 ``[T+1]``; term t is held by rows
+            ``posting_rows[posting_offsets[t]:posting_offsets[t+1]]`` (ascending).
+        posting_rows (Tensor): int64 ``[nnz]``.
+        probe (Tensor): int64 ``[B, P]`` cluster ids per query, -1 for padding.
+        cluster_offsets (Tensor): int64 ``[C+1]`` nondecreasing, ``cluster_offsets[C] <= 64 * W``.
+
+    Returns:
+        Tensor: int64 ``[B, W]`` packed masks.
+    """
+    M, W = bits.shape
+    B, L = opcodes.shape
+    T = posting_offsets.numel() - 1
+    C = cluster_offsets.numel() - 1
+    n_rows = 64 * W
+    shifts = torch.arange(64, dtype=torch.int64)
+    out = torch.zeros(B, W, dtype=torch.int64)
+
+    def unpack(words: Tensor) -> Tensor:  # [W] int64 -> [64 W] bool
+        return ((words[:, None] >> shifts) & 1).bool().reshape(-1)
+
+    for b in range(B):
+        stack = []
+        for l in range(L):
+            op = int(opcodes[b, l])
+            if op == BLOOM_NOP:
+                continue
+            if op == BLOOM_TERM:
+                pos = hashes[b, l]
+                if bool(((pos < 0) | (pos >= M)).any()):
+                    raise ValueError(f"bloom_search: plan {b} instruction {l}: hash positions {pos.tolist()} outside [0, {M})")
+                member = torch.ones(n_rows, dtype=torch.bool)
+                for p in pos.tolist():
+                    member &= unpack(bits[p])
+                stack.append(member)
+            elif op == BLOOM_NOT_TERM:
+                t = int(terms[b, l])
+                if not 0 <= t < T:
+                    raise ValueError(f"bloom_search: plan {b} instruction {l}: term {t} outside [0, {T})")
+                member = torch.ones(n_rows, dtype=torch.bool)
+                member[posting_rows[posting_offsets[t] : posting_offsets[t + 1]]] = False
+                stack.append(member)
+            elif op in (BLOOM_AND, BLOOM_OR):
+                if len(stack) < 2:
+                    raise ValueError(f"bloom_search: plan {b} instruction {l}: AND/OR needs two operands")
+                y, x = stack.pop(), stack.pop()
+                stack.append(x & y if op == BLOOM_AND else x | y)
+            elif op in (BLOOM_FALSE, BLOOM_TRUE):
+                stack.append(torch.full((n_rows,), op == BLOOM_TRUE, dtype=torch.bool))
+            else:
+                raise ValueError(f"bloom_search: plan {b} instruction {l}: unknown opcode {op}")
+        if len(stack) != 1:
+            raise ValueError(f"bloom_search: plan {b} leaves {len(stack)} values on the stack, expected 1")
+        in_range = torch.zeros(n_rows, dtype=torch.bool)
+        for c in probe[b].tolist():
+            if c == -1:
+                continue
+            if not 0 <= c < C:
+                raise ValueError(f"bloom_search: probe[{b}] has cluster {c} outside [-1, {C})")
+            start, end = int(cluster_offsets[c]), int(cluster_offsets[c + 1])
+            if not 0 <= start <= end <= n_rows:
+                raise ValueError(f"bloom_search: cluster {c} rows [{start}, {end}) outside [0, {n_rows}]")
+            in_range[start:end] = True
+        selected = (stack[0] & in_range).reshape(W, 64).long()
+        out[b] = (selected << shifts).sum(dim=1)  # distinct bits: the sum is the bitwise OR
+    return out
+
 
 # --- ivf_int8_topk ---

@@ -1,0 +1,249 @@
+// CPU kernel of torch.ops.silverrec.bloom_search (spec: silverrec/ops/reference.py,
+// bloom_search_reference): evaluates B postfix filter plans over the bit-sliced Bloom index,
+// restricted to the rows of each query's probed clusters, and returns packed masks [B, W].
+//
+// Work is split into (query, chunk of kChunkWords mask words) tasks run with at::parallel_for;
+// a task owns its output words, so no two tasks write the same word. Inside a task the plan runs
+// as a stack machine over blocks of kBlockWords words (the stack stays in L1), touching only the
+// signature rows named by the plan's TERM hash positions and the posting lists of its NOT_TERMs.
+// Blocks with no row in a probed cluster are skipped. AND/OR/row combination use AVX2.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace silverrec {
+namespace {
+
+// Opcodes: keep in sync with BLOOM_* in silverrec/ops/reference.py.
+constexpr int64_t kNop = 0, kTerm = 1, kNotTerm = 2, kAnd = 3, kOr = 4, kFalse = 5, kTrue = 6;
+constexpr int64_t kChunkWords = 256;  // mask words per parallel task (16384 rows)
+constexpr int64_t kBlockWords = 64;   // mask words per stack slot
+
+struct Instr {
+  int64_t op;
+  int64_t first_row;  // TERM: index of its first row pointer in Program::rows
+  int64_t num_rows;   // TERM: number of hash rows
+  const int64_t* post_begin;  // NOT_TERM: the term's ascending posting list
+  const int64_t* post_end;
+};
+
+struct Program {
+  std::vector<Instr> code;
+  std::vector<const uint64_t*> rows;  // signature rows (each W words) of TERM instructions
+  int64_t max_depth = 0;
+};
+
+inline void fill(uint64_t* dst, int64_t n, uint64_t value) { std::fill(dst, dst + n, value); }
+
+// dst[i] = AND over k of rows[k][w0 + i], i < n (all ones when there are no rows).
+inline void and_rows(uint64_t* dst, const uint64_t* const* rows, int64_t num_rows, int64_t w0, int64_t n) {
+  if (num_rows == 0) {
+    fill(dst, n, ~uint64_t{0});
+    return;
+  }
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    __m256i acc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[0] + w0 + i));
+    for (int64_t k = 1; k < num_rows; ++k) {
+      acc = _mm256_and_si256(acc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[k] + w0 + i)));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), acc);
+  }
+  for (; i < n; ++i) {
+    uint64_t acc = rows[0][w0 + i];
+    for (int64_t k = 1; k < num_rows; ++k) acc &= rows[k][w0 + i];
+    dst[i] = acc;
+  }
+}
+
+// a[i] = a[i] & b[i] (is_and) or a[i] | b[i], i < n.
+inline void combine(uint64_t* a, const uint64_t* b, int64_t n, bool is_and) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i));
+    __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a + i), is_and ? _mm256_and_si256(x, y) : _mm256_or_si256(x, y));
+  }
+  for (; i < n; ++i) a[i] = is_and ? (a[i] & b[i]) : (a[i] | b[i]);
+}
+
+// Bits of word w that fall in rows [start, end).
+inline uint64_t range_bits(int64_t w, int64_t start, int64_t end) {
+  const int64_t lo = std::max<int64_t>(start - 64 * w, 0);
+  const int64_t hi = std::min<int64_t>(end - 64 * w, 64);
+  if (hi <= lo) return 0;
+  const uint64_t upto_hi = hi == 64 ? ~uint64_t{0} : (uint64_t{1} << hi) - 1;
+  return upto_hi & ~((uint64_t{1} << lo) - 1);
+}
+
+// Decodes and validates plan b (serially, before the parallel region).
+Program decode(int64_t b, const int64_t* ops, const int64_t* terms, const int64_t* hashes, int64_t L, int64_t H,
+               const uint64_t* bits, int64_t M, int64_t W, const int64_t* post_off, const int64_t* post_rows,
+               int64_t T, int64_t nnz) {
+  Program p;
+  int64_t depth = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t op = ops[b * L + l];
+    TORCH_CHECK_VALUE(op >= kNop && op <= kTrue, "bloom_search: plan ", b, " instruction ", l, ": unknown opcode ", op);
+    if (op == kNop) continue;
+    Instr ins{op, 0, 0, nullptr, nullptr};
+    if (op == kTerm) {
+      ins.first_row = static_cast<int64_t>(p.rows.size());
+      ins.num_rows = H;
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t pos = hashes[(b * L + l) * H + h];
+        TORCH_CHECK_VALUE(pos >= 0 && pos < M, "bloom_search: plan ", b, " instruction ", l, ": hash position ", pos,
+                          " outside [0, ", M, ")");
+        p.rows.push_back(bits + pos * W);
+      }
+    } else if (op == kNotTerm) {
+      const int64_t t = terms[b * L + l];
+      TORCH_CHECK_VALUE(t >= 0 && t < T, "bloom_search: plan ", b, " instruction ", l, ": term ", t, " outside [0, ", T,
+                        ")");
+      const int64_t s = post_off[t], e = post_off[t + 1];
+      TORCH_CHECK_VALUE(0 <= s && s <= e && e <= nnz, "bloom_search: posting_offsets of term ", t, " = [", s, ", ", e,
+                        ") outside [0, ", nnz, "]");
+      ins.post_begin = post_rows + s;
+      ins.post_end = post_rows + e;
+    } else if (op == kAnd || op == kOr) {
+      TORCH_CHECK_VALUE(depth >= 2, "bloom_search: plan ", b, " instruction ", l, ": AND/OR needs two operands");
+      depth -= 2;
+    }
+    depth += 1;
+    p.max_depth = std::max(p.max_depth, depth);
+    p.code.push_back(ins);
+  }
+  TORCH_CHECK_VALUE(depth == 1, "bloom_search: plan ", b, " leaves ", depth, " values on the stack, expected 1");
+  return p;
+}
+
+// Runs program p over words [w0, w0 + n) (n <= kBlockWords); the result is left in stack[0:n].
+void run_block(const Program& p, int64_t w0, int64_t n, uint64_t* stack) {
+  int64_t sp = 0;
+  for (const Instr& ins : p.code) {
+    uint64_t* top = stack + sp * kBlockWords;
+    switch (ins.op) {
+      case kTerm:
+        and_rows(top, p.rows.data() + ins.first_row, ins.num_rows, w0, n);
+        ++sp;
+        break;
+      case kNotTerm: {
+        fill(top, n, ~uint64_t{0});
+        const int64_t row0 = 64 * w0, row1 = 64 * (w0 + n);
+        for (const int64_t* it = std::lower_bound(ins.post_begin, ins.post_end, row0); it != ins.post_end && *it < row1;
+             ++it) {
+          const int64_t r = *it - row0;
+          top[r >> 6] &= ~(uint64_t{1} << (r & 63));
+        }
+        ++sp;
+        break;
+      }
+      case kAnd:
+      case kOr:
+        combine(top - 2 * kBlockWords, top - kBlockWords, n, ins.op == kAnd);
+        --sp;
+        break;
+      default:  // kFalse, kTrue
+        fill(top, n, ins.op == kTrue ? ~uint64_t{0} : uint64_t{0});
+        ++sp;
+    }
+  }
+}
+
+at::Tensor bloom_search_cpu(const at::Tensor& bits, const at::Tensor& opcodes, const at::Tensor& terms,
+                            const at::Tensor& hashes, const at::Tensor& posting_offsets, const at::Tensor& posting_rows,
+                            const at::Tensor& probe, const at::Tensor& cluster_offsets) {
+  const std::pair<const char*, const at::Tensor*> args[] = {
+      {"bits", &bits},   {"opcodes", &opcodes},           {"terms", &terms},
+      {"hashes", &hashes}, {"posting_offsets", &posting_offsets}, {"posting_rows", &posting_rows},
+      {"probe", &probe}, {"cluster_offsets", &cluster_offsets}};
+  for (const auto& a : args) {
+    TORCH_CHECK_VALUE(a.second->scalar_type() == at::kLong, "bloom_search: ", a.first, " must be int64, got ",
+                      a.second->scalar_type());
+    TORCH_CHECK_VALUE(a.second->device().is_cpu(), "bloom_search: ", a.first, " must be on the CPU");
+  }
+  TORCH_CHECK_VALUE(bits.dim() == 2, "bloom_search: bits must be [M, W], got ", bits.sizes());
+  TORCH_CHECK_VALUE(opcodes.dim() == 2, "bloom_search: opcodes must be [B, L], got ", opcodes.sizes());
+  TORCH_CHECK_VALUE(terms.sizes() == opcodes.sizes(), "bloom_search: terms ", terms.sizes(), " must match opcodes ",
+                    opcodes.sizes());
+  TORCH_CHECK_VALUE(hashes.dim() == 3 && hashes.size(0) == opcodes.size(0) && hashes.size(1) == opcodes.size(1),
+                    "bloom_search: hashes must be [B, L, H] with [B, L] = ", opcodes.sizes(), ", got ", hashes.sizes());
+  TORCH_CHECK_VALUE(posting_offsets.dim() == 1 && posting_offsets.size(0) >= 1,
+                    "bloom_search: posting_offsets must be [T+1], got ", posting_offsets.sizes());
+  TORCH_CHECK_VALUE(posting_rows.dim() == 1, "bloom_search: posting_rows must be [nnz], got ", posting_rows.sizes());
+  TORCH_CHECK_VALUE(probe.dim() == 2 && probe.size(0) == opcodes.size(0),
+                    "bloom_search: probe must be [B, P] with B = ", opcodes.size(0), ", got ", probe.sizes());
+  TORCH_CHECK_VALUE(cluster_offsets.dim() == 1 && cluster_offsets.size(0) >= 2,
+                    "bloom_search: cluster_offsets must be [C+1] with C >= 1, got ", cluster_offsets.sizes());
+
+  const at::Tensor bits_c = bits.contiguous(), ops_c = opcodes.contiguous(), terms_c = terms.contiguous();
+  const at::Tensor hashes_c = hashes.contiguous(), off_c = posting_offsets.contiguous();
+  const at::Tensor rows_c = posting_rows.contiguous(), probe_c = probe.contiguous();
+  const at::Tensor co_c = cluster_offsets.contiguous();
+  const int64_t M = bits.size(0), W = bits.size(1), B = opcodes.size(0), L = opcodes.size(1), H = hashes.size(2);
+  const int64_t T = posting_offsets.size(0) - 1, nnz = posting_rows.size(0), P = probe.size(1);
+  const int64_t C = cluster_offsets.size(0) - 1;
+  at::Tensor out = at::zeros({B, W}, bits.options());
+  if (B == 0 || W == 0) return out;
+
+  const auto* bits_p = reinterpret_cast<const uint64_t*>(bits_c.data_ptr<int64_t>());
+  const int64_t* probe_p = probe_c.data_ptr<int64_t>();
+  const int64_t* co_p = co_c.data_ptr<int64_t>();
+  std::vector<Program> programs;
+  programs.reserve(B);
+  int64_t max_depth = 1;
+  for (int64_t b = 0; b < B; ++b) {
+    programs.push_back(decode(b, ops_c.data_ptr<int64_t>(), terms_c.data_ptr<int64_t>(), hashes_c.data_ptr<int64_t>(),
+                              L, H, bits_p, M, W, off_c.data_ptr<int64_t>(), rows_c.data_ptr<int64_t>(), T, nnz));
+    max_depth = std::max(max_depth, programs.back().max_depth);
+    for (int64_t j = 0; j < P; ++j) {
+      const int64_t c = probe_p[b * P + j];
+      if (c == -1) continue;
+      TORCH_CHECK_VALUE(c >= 0 && c < C, "bloom_search: probe[", b, "] has cluster ", c, " outside [-1, ", C, ")");
+      TORCH_CHECK_VALUE(0 <= co_p[c] && co_p[c] <= co_p[c + 1] && co_p[c + 1] <= 64 * W, "bloom_search: cluster ", c,
+                        " rows [", co_p[c], ", ", co_p[c + 1], ") outside [0, ", 64 * W, "]");
+    }
+  }
+
+  auto* out_p = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  const int64_t chunks = (W + kChunkWords - 1) / kChunkWords;
+  at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint64_t> stack(max_depth * kBlockWords);
+    std::vector<uint64_t> in_range(kChunkWords);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / chunks, cw0 = (task % chunks) * kChunkWords;
+      const int64_t cw1 = std::min(W, cw0 + kChunkWords);
+      std::fill(in_range.begin(), in_range.end(), 0);
+      bool any = false;
+      for (int64_t j = 0; j < P; ++j) {
+        const int64_t c = probe_p[b * P + j];
+        if (c == -1) continue;
+        const int64_t start = std::max(co_p[c], 64 * cw0), stop = std::min(co_p[c + 1], 64 * cw1);
+        if (start >= stop) continue;
+        any = true;
+        for (int64_t w = start >> 6; w <= (stop - 1) >> 6; ++w) in_range[w - cw0] |= range_bits(w, start, stop);
+      }
+      if (!any) continue;
+      for (int64_t w0 = cw0; w0 < cw1; w0 += kBlockWords) {
+        const int64_t n = std::min(kBlockWords, cw1 - w0);
+        const uint64_t* rm = in_range.data() + (w0 - cw0);
+        if (std::all_of(rm, rm + n, [](uint64_t x) { return x == 0; })) continue;
+        run_block(programs[b], w0, n, stack.data());
+        uint64_t* dst = out_p + b * W + w0;
+        for (int64_t i = 0; i < n; ++i) dst[i] = stack[i] & rm[i];
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(silverrec, CPU, m) { m.impl("bloom_search", &bloom_search_cpu); }
+
+}  // namespace silverrec

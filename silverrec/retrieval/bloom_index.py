@@ -1,0 +1,227 @@
+"""``BloomIndex``: the attribute filter of the serving graph (bit-sliced Bloom index + exact table).
+
+Every item row gets an M-bit Bloom signature: each of its terms sets H bit positions. The
+signatures are stored *bit-sliced*: ``bits[p, w]`` holds bit ``p`` of rows ``64 w .. 64 w + 63``
+(bit ``r % 64`` is row ``r``), so a contiguous row range (an IVF cluster) is a contiguous word
+range of every bit row, and a term test reads only its H rows. ``M = ceil(max terms per item *
+bits_multiplier)``. Rows are in index order: ``publish`` passes the IVF cluster order as
+``item_order`` and the user-facing methods (:meth:`search`, :meth:`matches`) answer in the
+user's item order.
+
+A filter value never seen in the item table is a term that matches nothing (``NOT`` of it
+matches everything); an unknown feature raises :class:`~silverrec.retrieval.filter_expr.FilterError`.
+
+Example::
+
+    >>> from silverrec.retrieval import BloomIndex
+    >>> index = BloomIndex.build([{"lang": ["en"], "tags": ["rock"]}, {"lang": ["de"]}, {"lang": ["en"]}])
+    >>> index.search(["lang:en AND NOT tags:rock", "lang IN (de, fr)"]).tolist()
+    [[False, False, True], [False, True, False]]
+"""
+import math
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from silverrec.ops import bloom_search
+from silverrec.retrieval.attribute_table import AttributeTable
+from silverrec.retrieval.filter_plan import FilterPlan, compile_plans, compile_program
+from silverrec.retrieval.term_dictionary import ItemTerms, TermDictionary
+
+Filters = Union[Sequence[str], FilterPlan]
+
+
+def unpack_mask(packed: Tensor, num_items: int) -> Tensor:
+    """Unpacks int64 ``[B, W]`` packed masks to bool ``[B, N]`` (bit ``r % 64`` of word ``r // 64``)."""
+    B, W = packed.shape
+    if num_items > 64 * W:
+        raise ValueError(f"num_items={num_items} exceeds the {64 * W} rows of {W} mask words")
+    as_bytes = packed.contiguous().numpy().view(np.uint8)  # little-endian: byte k of a word = rows 8k..8k+7
+    bits = np.unpackbits(as_bytes, axis=1, count=num_items, bitorder="little")
+    return torch.from_numpy(bits).view(torch.bool)
+
+
+class BloomIndex(nn.Module):
+    """Bit-sliced Bloom signatures of N items plus their exact attribute table.
+
+    Use :meth:`build`; the constructor takes built parts.
+
+    Args:
+        dictionary (TermDictionary): term ids of the T ``(feature, value)`` terms.
+        bits (Tensor): int64 ``[M, W]`` bit-sliced signatures, rows in index order.
+        term_hashes (Tensor): int64 ``[T, H]`` signature bit positions of each term.
+        table (AttributeTable): exact term sets of the rows (index order).
+        item_order (Optional[Tensor]): int64 ``[N]``: row r holds user item ``item_order[r]``
+            (None: identity).
+    """
+
+    def __init__(self, dictionary: TermDictionary, bits: Tensor, term_hashes: Tensor, table: AttributeTable,
+                 item_order: Optional[Tensor] = None) -> None:
+        super().__init__()
+        if bits.dim() != 2 or 64 * bits.shape[1] < table.num_items:
+            raise ValueError(f"bits must be [M, W] with 64 * W >= N={table.num_items}, got {tuple(bits.shape)}")
+        if term_hashes.shape[0] != len(dictionary):
+            raise ValueError(f"term_hashes has {term_hashes.shape[0]} rows, the dictionary {len(dictionary)} terms")
+        self.dictionary = dictionary
+        self.table = table
+        self.num_items = table.num_items
+        self.register_buffer("bits", bits)
+        self.register_buffer("term_hashes", term_hashes)
+        self._term_hashes_np = term_hashes.numpy()
+        rank = None
+        if item_order is not None:
+            rank = torch.empty_like(item_order)
+            rank[item_order] = torch.arange(item_order.numel())
+        self.item_order = item_order
+        self._item_rank = rank  # user item -> row
+        self.register_buffer("_all_items", torch.tensor([0, self.num_items], dtype=torch.int64), persistent=False)
+
+    @property
+    def num_bits(self) -> int:
+        """M, the signature width in bits."""
+        return self.bits.shape[0]
+
+    @property
+    def num_hashes(self) -> int:
+        """H, the bit positions per term."""
+        return self.term_hashes.shape[1]
+
+    @classmethod
+    def build(cls, item_terms: ItemTerms, num_hashes: int = 4, bits_multiplier: float = 12.0,
+              item_order: Optional[Sequence[int]] = None) -> "BloomIndex":
+        """Builds the index from the item attribute table (publish time).
+
+        Args:
+            item_terms (Sequence[Mapping[str, Sequence]]): per item (user order) ``{feature: [values]}``;
+                values compare as strings. ``RecDataset.item_terms()`` produces this list.
+            num_hashes (int): H, bit positions per term.
+            bits_multiplier (float): signature bits per term of the item with most terms:
+                ``M = ceil(max terms per item * bits_multiplier)``.
+            item_order (Optional[Sequence[int]]): row order (e.g. IVF cluster order): row r is
+                item ``item_order[r]``; a permutation of ``0..N-1``. None keeps the user order.
+
+        Returns:
+            BloomIndex: the index (N rows, M = ``num_bits``, H = ``num_hashes``).
+        """
+        if num_hashes < 1:
+            raise ValueError(f"num_hashes must be >= 1, got {num_hashes}")
+        if not bits_multiplier > 0:
+            raise ValueError(f"bits_multiplier must be > 0, got {bits_multiplier}")
+        order = None
+        if item_order is not None:
+            order = torch.as_tensor(np.asarray(item_order, dtype=np.int64))
+            if order.dim() != 1 or not torch.equal(order.sort().values, torch.arange(len(item_terms))):
+                raise ValueError(f"item_order must be a permutation of 0..{len(item_terms) - 1}")
+            item_terms = [item_terms[i] for i in order.tolist()]
+        dictionary, offsets, term_ids = TermDictionary.from_item_terms(item_terms)
+        n = offsets.size - 1
+        counts = np.diff(offsets)
+        num_bits = max(1, math.ceil(int(counts.max()) * bits_multiplier))
+        term_hashes = dictionary.hash_positions(num_hashes, num_bits)  # [T, H]
+        words = (n + 63) // 64
+        signature = np.zeros((num_bits, 64 * words), dtype=bool)  # [M, 64 W], bit p of row r
+        rows = np.repeat(np.arange(n, dtype=np.int64), counts)
+        signature[term_hashes[term_ids].reshape(-1), np.repeat(rows, num_hashes)] = True
+        bits = np.packbits(signature, axis=1, bitorder="little").view("<i8")  # [M, W]
+        table = AttributeTable(offsets, term_ids, len(dictionary))
+        return cls(dictionary, torch.from_numpy(np.ascontiguousarray(bits)), torch.from_numpy(term_hashes), table, order)
+
+    def plan(self, expressions: Sequence[str]) -> FilterPlan:
+        """Parses B filter expressions into plan tensors (``opcodes/terms [B, L]``, ``hashes [B, L, H]``)."""
+        return compile_plans(expressions, self.dictionary, self._term_hashes_np)
+
+    def forward(self, opcodes: Tensor, terms: Tensor, hashes: Tensor, probe: Tensor, cluster_offsets: Tensor) -> Tensor:
+        """Packed Bloom masks of B plans over the probed clusters (graph-friendly; calls the op).
+
+        Args:
+            opcodes (Tensor): int64 ``[B, L]``; terms (Tensor): int64 ``[B, L]``;
+            hashes (Tensor): int64 ``[B, L, H]`` (a :class:`FilterPlan`).
+            probe (Tensor): int64 ``[B, P]`` cluster ids (-1 padding).
+            cluster_offsets (Tensor): int64 ``[C+1]`` row ranges of the clusters.
+
+        Returns:
+            Tensor: int64 ``[B, W]`` packed masks over rows (index order).
+        """
+        return bloom_search(self.bits, opcodes, terms, hashes, self.table.posting_offsets, self.table.posting_rows,
+                            probe, cluster_offsets)
+
+    def _as_plan(self, filters: Filters) -> FilterPlan:
+        return filters if isinstance(filters, FilterPlan) else self.plan(filters)
+
+    def search_packed(self, filters: Filters, probe: Optional[Tensor] = None,
+                      cluster_offsets: Optional[Tensor] = None) -> Tensor:
+        """Packed masks over rows (index order): int64 ``[B, W]``; all rows when ``probe`` is None."""
+        plan = self._as_plan(filters)
+        if probe is None:
+            if cluster_offsets is not None:
+                raise ValueError("cluster_offsets given without probe")
+            probe = torch.zeros(plan.opcodes.shape[0], 1, dtype=torch.int64)
+            cluster_offsets = self._all_items
+        elif cluster_offsets is None:
+            raise ValueError("probe given without cluster_offsets")
+        return self(plan.opcodes, plan.terms, plan.hashes, probe, cluster_offsets)
+
+    def _to_user_order(self, row_mask: Tensor) -> Tensor:
+        return row_mask if self._item_rank is None else row_mask[:, self._item_rank]
+
+    def search(self, filters: Filters) -> Tensor:
+        """Bloom evaluation over all items: bool ``[B, N]`` in user item order.
+
+        Never misses an item that satisfies its filter; may include false positives (items
+        whose signature happens to hold a term's bits). ``NOT`` terms are exact.
+
+        Args:
+            filters (Sequence[str] | FilterPlan): B expressions (or their plan).
+
+        Returns:
+            Tensor: bool ``[B, N]``.
+        """
+        return self._to_user_order(unpack_mask(self.search_packed(filters), self.num_items))
+
+    def matches(self, expressions: Sequence[str]) -> Tensor:
+        """Exact evaluation from the attribute table: bool ``[B, N]`` in user item order.
+
+        Example::
+
+            >>> index = BloomIndex.build([{"lang": ["en"]}, {"lang": ["de"]}])
+            >>> index.matches(["NOT lang:en", "lang:xx"]).tolist()
+            [[False, True], [False, False]]
+        """
+        if isinstance(expressions, str):
+            raise TypeError("matches takes a sequence of expressions (one per query), not a single str")
+        rows = np.stack([self.table.matches_program(compile_program(e, self.dictionary)) for e in expressions]) \
+            if len(expressions) else np.zeros((0, self.num_items), dtype=bool)
+        return self._to_user_order(torch.from_numpy(rows))
+
+    def check(self, filters: Filters, rows: Tensor) -> Tensor:
+        """Exact check of candidate rows (index order) against B filters: bool ``[B, K]``.
+
+        Args:
+            filters (Sequence[str] | FilterPlan): B expressions (or their plan).
+            rows (Tensor): int64 ``[B, K]`` candidate rows, -1 for padding (never passes).
+
+        Returns:
+            Tensor: bool ``[B, K]``: True iff the row exactly satisfies its filter.
+        """
+        plan = self._as_plan(filters)
+        return self.table(plan.opcodes, plan.terms, rows)
+
+    def expected_false_positive_rate(self) -> float:
+        """Theoretical false-positive rate of a one-term query on a random item not holding it.
+
+        The mean over rows of ``(1 - exp(-H n_r / M))^H`` with ``n_r`` the row's term count.
+        """
+        counts = np.diff(np.searchsorted(self.table.keys.numpy()[:-1] // max(self.table.num_terms, 1),
+                                         np.arange(self.num_items + 1)))
+        return float(np.mean((1.0 - np.exp(-self.num_hashes * counts / self.num_bits)) ** self.num_hashes))
+
+    def memory_bytes(self) -> dict:
+        """Bytes of the Bloom signatures, the posting lists and the check keys."""
+        t = self.table
+        return {
+            "bloom": self.bits.numel() * 8,
+            "postings": (t.posting_rows.numel() + t.posting_offsets.numel()) * 8,
+            "check_keys": t.keys.numel() * 8,
+        }

@@ -1,0 +1,121 @@
+"""Term identity for the filter: ``(feature, value)`` pairs <-> contiguous term ids, and their hashes.
+
+A *term* is one attribute value of an item, e.g. ``("category", "music")``. Values are compared
+as strings (``creator: 123`` and ``creator: "123"`` are the same term). The dictionary is built
+from the item attribute table at publish time; a filter value never seen there resolves to
+term id ``-1`` (a term that matches nothing), while an unknown *feature* is an error.
+
+Example::
+
+    >>> from silverrec.retrieval.term_dictionary import TermDictionary
+    >>> d, offsets, terms = TermDictionary.from_item_terms([{"lang": ["en"]}, {"lang": ["de"], "tags": [7]}])
+    >>> d.features, d.term_id("tags", "7"), d.term_id("lang", "fr"), offsets.tolist(), terms.tolist()
+    (('lang', 'tags'), 2, -1, [0, 1, 3], [0, 1, 2])
+"""
+import hashlib
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from silverrec.retrieval.filter_expr import FilterError
+
+ItemTerms = Sequence[Mapping[str, Sequence[object]]]
+
+
+class TermDictionary:
+    """Maps ``(feature, value)`` to term ids ``0..T-1`` in order of first appearance.
+
+    Args:
+        features (Sequence[str]): feature names, in order (an integer ``i`` in a filter names
+            ``features[i]``).
+        terms (Sequence[Tuple[str, str]]): ``(feature, value)`` of term id ``0..T-1``.
+    """
+
+    def __init__(self, features: Sequence[str], terms: Sequence[Tuple[str, str]]) -> None:
+        self.features: Tuple[str, ...] = tuple(features)
+        self.terms: Tuple[Tuple[str, str], ...] = tuple(terms)
+        self._ids: Dict[Tuple[str, str], int] = {t: i for i, t in enumerate(self.terms)}
+        if len(self._ids) != len(self.terms):
+            raise ValueError("TermDictionary.terms has duplicate (feature, value) pairs")
+        unknown = {f for f, _ in self.terms} - set(self.features)
+        if unknown:
+            raise ValueError(f"TermDictionary.terms use features {sorted(unknown)} not in features")
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+    @classmethod
+    def from_item_terms(cls, item_terms: ItemTerms) -> Tuple["TermDictionary", np.ndarray, np.ndarray]:
+        """Builds the dictionary and the per-item term sets (CSR).
+
+        Args:
+            item_terms (Sequence[Mapping[str, Sequence]]): one ``{feature: [values]}`` per item.
+
+        Returns:
+            Tuple[TermDictionary, np.ndarray, np.ndarray]: the dictionary, int64 ``offsets [N+1]``
+            and int64 ``term_ids [nnz]`` (item i holds ``term_ids[offsets[i]:offsets[i+1]]``,
+            sorted and without duplicates).
+        """
+        if len(item_terms) == 0:
+            raise ValueError("item_terms is empty: the filter index needs at least one item")
+        features: Dict[str, None] = {}
+        ids: Dict[Tuple[str, str], int] = {}
+        offsets = np.zeros(len(item_terms) + 1, dtype=np.int64)
+        flat: List[int] = []
+        for i, attrs in enumerate(item_terms):
+            if not isinstance(attrs, Mapping):
+                raise ValueError(f"item_terms[{i}] must be a mapping {{feature: [values]}}, got {type(attrs).__name__}")
+            row = set()
+            for feat, values in attrs.items():
+                if not isinstance(feat, str) or not feat:
+                    raise ValueError(f"item_terms[{i}] has a feature name {feat!r}; names must be non-empty str")
+                features.setdefault(feat)
+                if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+                    raise ValueError(f"item_terms[{i}][{feat!r}] must be a list of values, got {values!r}")
+                for v in values:
+                    key = (feat, str(v))
+                    tid = ids.get(key)
+                    if tid is None:
+                        tid = ids[key] = len(ids)
+                    row.add(tid)
+            flat.extend(sorted(row))
+            offsets[i + 1] = len(flat)
+        return cls(tuple(features), tuple(ids)), offsets, np.asarray(flat, dtype=np.int64)
+
+    def feature_name(self, feature: str) -> str:
+        """Resolves a feature named in a filter (a name, or its decimal position) to its name."""
+        if feature in self.features:
+            return feature
+        if feature.isdigit():
+            pos = int(feature)
+            if pos < len(self.features):
+                return self.features[pos]
+            raise FilterError(f"feature id {pos} is out of range: the index has {len(self.features)} features {list(self.features)}")
+        raise FilterError(f"unknown feature {feature!r} in filter; the index knows {list(self.features)}")
+
+    def term_id(self, feature: str, value: str) -> int:
+        """Term id of ``feature:value``; ``-1`` for a value never seen (matches nothing).
+
+        Raises:
+            FilterError: for a feature the index does not know.
+        """
+        return self._ids.get((self.feature_name(feature), str(value)), -1)
+
+    def hash_positions(self, num_hashes: int, num_bits: int) -> np.ndarray:
+        """Bloom bit positions of every term: int64 ``[T, H]`` in ``[0, num_bits)``.
+
+        Double hashing (``h1 + i * h2 mod num_bits``) of a 128-bit BLAKE2b digest of the
+        term, so positions are stable across processes and Python versions.
+        """
+        if num_hashes < 1 or num_bits < 1:
+            raise ValueError(f"num_hashes and num_bits must be >= 1, got {num_hashes} and {num_bits}")
+        digests = np.frombuffer(
+            b"".join(hashlib.blake2b(f"{f}\x1f{v}".encode(), digest_size=16).digest() for f, v in self.terms),
+            dtype="<u8",
+        ).reshape(len(self.terms), 2)
+        h1 = digests[:, :1]
+        h2 = digests[:, 1:] | np.uint64(1)
+        i = np.arange(num_hashes, dtype=np.uint64)[None, :]
+        with np.errstate(over="ignore"):
+            pos = (h1 + i * h2) % np.uint64(num_bits)
+        return pos.astype(np.int64).reshape(len(self.terms), num_hashes)
