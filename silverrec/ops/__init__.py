@@ -80,3 +80,47 @@ def bloom_search(
 
 
 # --- ivf_int8_topk ---
+
+
+def ivf_int8_topk(
+    q_codes: torch.Tensor,
+    q_scales: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    cluster_offsets: torch.Tensor,
+    probe: torch.Tensor,
+    mask: "torch.Tensor | None",
+    k: int,
+) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
+    """Fused IVF-INT8 scan: probe clusters, skip masked rows, INT8-score, keep a running top-k.
+
+    Calls ``torch.ops.silverrec.ivf_int8_topk`` (C++ on CPU, Triton on CUDA). One pass over the
+    probed rows; no ``[B, N]`` score matrix. The spec, including the tie rule (equal scores: lower
+    row first) and the exact score formula, is ``silverrec.ops.reference.ivf_int8_topk_reference``.
+
+    Args:
+        q_codes (Tensor): int8 ``[B, D]`` query codes in ``[-127, 127]``.
+        q_scales (Tensor): float32 ``[B]`` query scales.
+        codes (Tensor): int8 ``[N, D]`` item codes in cluster-sorted row order.
+        scales (Tensor): float32 ``[N]`` item scales.
+        cluster_offsets (Tensor): int64 ``[C + 1]``; cluster ``c`` is rows ``offsets[c]:offsets[c+1]``.
+        probe (Tensor): int64 ``[B, P]`` probed cluster ids (``-1`` = padding; repeats count once).
+            All rows: ``probe = [[0]] * B`` with ``cluster_offsets = [0, N]``.
+        mask (Optional[Tensor]): int64 ``[B, ceil(N / 64)]`` packed filter bits (bit ``n % 64``
+            of word ``n // 64`` is row ``n``), or ``None`` for no filter.
+        k (int): results per query.
+
+    Returns:
+        Tuple[Tensor, Tensor, Tensor]: ``scores`` float32 ``[B, K]`` and ``rows`` int64 ``[B, K]``
+        best-first, padded with ``-inf`` / ``-1``, and ``num_valid`` int64 ``[B]``.
+
+    Example::
+
+        >>> q = torch.tensor([[1, 2]], dtype=torch.int8)
+        >>> codes = torch.tensor([[1, 0], [0, 1], [2, 2]], dtype=torch.int8)
+        >>> scores, rows, n = ivf_int8_topk(q, torch.ones(1), codes, torch.ones(3),
+        ...     torch.tensor([0, 2, 3]), torch.tensor([[0, 1]]), None, 2)
+        >>> rows.tolist(), scores.tolist(), n.tolist()
+        ([[2, 1]], [[6.0, 2.0]], [2])
+    """
+    return torch.ops.silverrec.ivf_int8_topk(q_codes, q_scales, codes, scales, cluster_offsets, probe, mask, k)

@@ -22,6 +22,10 @@ SCHEMAS: Dict[str, str] = {
         "Tensor posting_rows, Tensor probe, Tensor cluster_offsets) -> Tensor"
     ),
     # --- ivf_int8_topk (ANN issue) ---
+    "ivf_int8_topk": (
+        "ivf_int8_topk(Tensor q_codes, Tensor q_scales, Tensor codes, Tensor scales, "
+        "Tensor cluster_offsets, Tensor probe, Tensor? mask, int k) -> (Tensor, Tensor, Tensor)"
+    ),
 }
 
 _ALLOWED_KEYS = ("CPU", "CUDA", "Meta")

@@ -46,3 +46,43 @@ def bloom_search_fake(
 FAKE_IMPLS["bloom_search"] = {"Meta": bloom_search_fake}
 
 # --- ivf_int8_topk ---
+
+
+def ivf_int8_topk_fake(
+    q_codes: Tensor,
+    q_scales: Tensor,
+    codes: Tensor,
+    scales: Tensor,
+    cluster_offsets: Tensor,
+    probe: Tensor,
+    mask: Optional[Tensor],
+    k: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Shapes of ``ivf_int8_topk``: ``scores [B, K]`` float32, ``rows [B, K]`` and ``num_valid [B]`` int64."""
+    torch._check(q_codes.dim() == 2, lambda: f"q_codes must be [B, D], got {tuple(q_codes.shape)}")
+    torch._check(codes.dim() == 2, lambda: f"codes must be [N, D], got {tuple(codes.shape)}")
+    torch._check(q_codes.dtype == torch.int8, lambda: f"q_codes must be int8, got {q_codes.dtype}")
+    torch._check(codes.dtype == torch.int8, lambda: f"codes must be int8, got {codes.dtype}")
+    B, D = q_codes.shape
+    N = codes.shape[0]
+    torch._check(codes.shape[1] == D, lambda: f"codes {tuple(codes.shape)} and q_codes {tuple(q_codes.shape)} differ in D")
+    torch._check(q_scales.dtype == torch.float32 and q_scales.shape == (B,),
+                 lambda: f"q_scales must be float32 [B]={B}, got {q_scales.dtype} {tuple(q_scales.shape)}")
+    torch._check(scales.dtype == torch.float32 and scales.shape == (N,),
+                 lambda: f"scales must be float32 [N]={N}, got {scales.dtype} {tuple(scales.shape)}")
+    torch._check(cluster_offsets.dtype == torch.int64 and cluster_offsets.dim() == 1,
+                 lambda: f"cluster_offsets must be int64 [C+1], got {cluster_offsets.dtype} {tuple(cluster_offsets.shape)}")
+    torch._check(probe.dtype == torch.int64 and probe.dim() == 2 and probe.shape[0] == B,
+                 lambda: f"probe must be int64 [B={B}, P], got {probe.dtype} {tuple(probe.shape)}")
+    if mask is not None:
+        torch._check(mask.dtype == torch.int64 and mask.shape == (B, (N + 63) // 64),
+                     lambda: f"mask must be int64 [B, ceil(N/64)]=[{B}, {(N + 63) // 64}], got {mask.dtype} {tuple(mask.shape)}")
+    torch._check(k >= 1, lambda: f"k must be >= 1, got {k}")
+    return (
+        q_codes.new_empty((B, k), dtype=torch.float32),
+        q_codes.new_empty((B, k), dtype=torch.int64),
+        q_codes.new_empty((B,), dtype=torch.int64),
+    )
+
+
+FAKE_IMPLS["ivf_int8_topk"] = {"Meta": ivf_int8_topk_fake}

@@ -118,3 +118,76 @@ def bloom_search_reference(
 
 
 # --- ivf_int8_topk ---
+
+
+def ivf_int8_topk_reference(
+    q_codes: Tensor,
+    q_scales: Tensor,
+    codes: Tensor,
+    scales: Tensor,
+    cluster_offsets: Tensor,
+    probe: Tensor,
+    mask: Optional[Tensor],
+    k: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Spec of ``torch.ops.silverrec.ivf_int8_topk``: probe, filter, INT8 score and top-k.
+
+    Row ``n`` is *eligible* for query ``b`` when it lies in one of the query's probed clusters
+    (``cluster_offsets[c] <= n < cluster_offsets[c + 1]`` for some ``c`` in ``probe[b]``; entries
+    ``-1`` are padding, repeated clusters count once) and, when ``mask`` is given, its mask bit is
+    1 (bit ``n % 64`` of word ``mask[b, n // 64]``, LSB first). Its score is
+    ``float(sum_d int32(q_codes[b, d]) * int32(codes[n, d])) * q_scales[b] * scales[n]``, the
+    int32 dot product converted to float32 and then multiplied by the two scales in that order
+    (so every backend gets bit-identical floats).
+
+    Tie rule: results are sorted by score descending; equal scores put the lower row first.
+
+    Args:
+        q_codes (Tensor): int8 ``[B, D]`` query codes.
+        q_scales (Tensor): float32 ``[B]`` query scales.
+        codes (Tensor): int8 ``[N, D]`` item codes in cluster-sorted row order.
+        scales (Tensor): float32 ``[N]`` item scales (a global scale is ``N`` equal values).
+        cluster_offsets (Tensor): int64 ``[C + 1]``; cluster ``c`` holds rows
+            ``cluster_offsets[c]:cluster_offsets[c + 1]``; non-decreasing, ``0`` .. ``N``.
+        probe (Tensor): int64 ``[B, P]`` probed cluster ids per query, ``-1`` = none.
+        mask (Optional[Tensor]): int64 ``[B, W]`` packed filter bits, ``W = ceil(N / 64)``;
+            ``None`` passes every row.
+        k (int): results per query, ``k >= 1``.
+
+    Returns:
+        Tuple[Tensor, Tensor, Tensor]: ``scores`` float32 ``[B, K]`` best-first, padded with
+        ``-inf``; ``rows`` int64 ``[B, K]`` padded with ``-1``; ``num_valid`` int64 ``[B]``,
+        the number of real results per query (``min(K, eligible rows)``).
+
+    Example::
+
+        >>> q = torch.tensor([[1, 2]], dtype=torch.int8)
+        >>> codes = torch.tensor([[1, 0], [0, 1], [2, 2]], dtype=torch.int8)
+        >>> s, r, n = ivf_int8_topk_reference(q, torch.ones(1), codes, torch.ones(3),
+        ...     torch.tensor([0, 2, 3]), torch.tensor([[0]]), None, 3)
+        >>> r.tolist(), n.tolist()
+        ([[1, 0, -1]], [2])
+    """
+    B, N = q_codes.shape[0], codes.shape[0]
+    rows_n = torch.arange(N, dtype=torch.int64)
+    # cluster of every row (rows of empty clusters never occur)
+    row_cluster = torch.searchsorted(cluster_offsets.cpu(), rows_n, right=True) - 1
+    probed = (probe.cpu()[:, :, None] == row_cluster[None, None, :]).any(dim=1)  # [B, N]
+    if mask is not None:
+        words = mask.cpu()[:, rows_n // 64]  # [B, N]
+        probed &= ((words >> (rows_n % 64)) & 1).bool()
+    acc = q_codes.cpu().to(torch.int32) @ codes.cpu().to(torch.int32).T  # [B, N] exact
+    scores = acc.to(torch.float32) * q_scales.cpu()[:, None] * scales.cpu()[None, :]
+    scores = scores.masked_fill(~probed, float("-inf"))
+    # stable descending sort: equal scores keep ascending row order (the tie rule)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    top_scores = torch.gather(scores, 1, order)
+    valid = torch.gather(probed, 1, order)
+    out_scores = torch.full((B, k), float("-inf"), dtype=torch.float32)
+    out_rows = torch.full((B, k), -1, dtype=torch.int64)
+    kk = order.shape[1]
+    out_scores[:, :kk] = top_scores.masked_fill(~valid, float("-inf"))
+    out_rows[:, :kk] = order.masked_fill(~valid, -1)
+    num_valid = probed.sum(dim=1).clamp(max=k).to(torch.int64)
+    dev = q_codes.device
+    return out_scores.to(dev), out_rows.to(dev), num_valid.to(dev)

@@ -7,3 +7,5 @@ from silverrec.retrieval.filter_plan import FilterPlan, compile_plans  # noqa: E
 from silverrec.retrieval.term_dictionary import TermDictionary  # noqa: E402
 
 # --- ivf (ANN issue) ---
+from silverrec.retrieval.ivf_index import IVFInt8Index  # noqa: F401
+from silverrec.retrieval.search_result import SearchResult  # noqa: F401

@@ -1,0 +1,213 @@
+"""``IVFInt8Index``: the FAISS-like Python face of the IVF-INT8 ANN layer.
+
+Publish time (:meth:`IVFInt8Index.build`): k-means clusters the items, rows are sorted by cluster
+(``cluster_offsets [C+1]``), and each row is stored as INT8 codes + scale (per item by default, or
+one global scale as in the SilverTorch paper) beside a float16 cache of the embedding.
+
+Query time (:meth:`IVFInt8Index.search`): centroid scores pick the probed clusters, the fused op
+``torch.ops.silverrec.ivf_int8_topk`` scans them (skipping masked rows) for the best K0 rows by
+INT8 score, and those K0 are re-scored exactly from the float16 cache before the final top-K.
+
+Selectivity fallback: with a filter passing a fraction ``r`` of the items (counted exactly from
+the packed mask: one popcount per query), a query probes ``ceil(n_probe / r)`` clusters (at most
+all C), so about as many passing rows are scored as ``n_probe`` clusters give without a filter.
+Queries that still find fewer than ``min(k, passing rows)`` results are re-run over all clusters
+(a filtered exhaustive scan), so a strict filter returns k results whenever k exist.
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.ivf_int8_topk)
+from silverrec.retrieval.kmeans import default_num_clusters, kmeans
+from silverrec.retrieval.packed_mask import pack_mask, popcount
+from silverrec.retrieval.quantize import _check_embeddings, quantize_int8_global, quantize_int8_per_item
+from silverrec.retrieval.search_result import SearchResult
+
+_QUANTIZATIONS = ("per_item", "global")
+_FP16_MAX = 65504.0
+
+
+@dataclass
+class IVFInt8Index:
+    """An IVF index over INT8 item codes with exact float16 re-scoring (build with :meth:`build`).
+
+    Args:
+        centroids (Tensor): float32 ``[C, D]`` k-means centroids.
+        cluster_offsets (Tensor): int64 ``[C + 1]``; cluster ``c`` is rows ``offsets[c]:offsets[c+1]``.
+        codes (Tensor): int8 ``[N, D]`` item codes in cluster-sorted row order.
+        scales (Tensor): float32 ``[N]`` item scales (all equal for ``quantization="global"``).
+        cache (Tensor): float16 ``[N, D]`` item embeddings in row order, for exact re-scoring.
+        row_to_id (Tensor): int64 ``[N]``; row ``n`` holds ``embeddings[row_to_id[n]]`` of ``build``.
+        quantization (str): ``"per_item"`` or ``"global"``.
+
+    Example::
+
+        >>> items = torch.randn(1000, 16, generator=torch.Generator().manual_seed(0))
+        >>> index = IVFInt8Index.build(items, num_clusters=10)
+        >>> scores, ids = index.search(items[:2], k=5, n_probe=10)
+        >>> ids[:, 0].tolist(), index.num_clusters
+        ([0, 1], 10)
+    """
+
+    centroids: Tensor
+    cluster_offsets: Tensor
+    codes: Tensor
+    scales: Tensor
+    cache: Tensor
+    row_to_id: Tensor
+    quantization: str = "per_item"
+
+    @classmethod
+    def build(
+        cls,
+        embeddings: Tensor,
+        num_clusters: Optional[int] = None,
+        quantization: str = "per_item",
+        num_iters: int = 10,
+        max_points_per_cluster: int = 64,
+        seed: int = 0,
+    ) -> "IVFInt8Index":
+        """Clusters, sorts and quantizes the items (the publish-time build).
+
+        Args:
+            embeddings (Tensor): float ``[N, D]`` item embeddings (finite, non-empty), CPU or GPU.
+            num_clusters (Optional[int]): C; default ``round(4 * sqrt(N))`` (4000 for 1M items).
+            quantization (str): ``"per_item"`` (default, one scale per row) or ``"global"``.
+            num_iters (int): Lloyd iterations of k-means.
+            max_points_per_cluster (int): k-means trains on ``min(N, this * C)`` sampled points.
+            seed (int): k-means seed.
+
+        Returns:
+            IVFInt8Index: on the device of ``embeddings``.
+        """
+        _check_embeddings(embeddings, "embeddings")
+        if quantization not in _QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {_QUANTIZATIONS}, got {quantization!r}")
+        N = embeddings.shape[0]
+        C = default_num_clusters(N) if num_clusters is None else num_clusters
+        if not 1 <= C <= N:
+            raise ValueError(f"num_clusters must be in [1, N={N}], got {num_clusters}")
+        amax = float(embeddings.abs().max())
+        if amax > _FP16_MAX:
+            raise ValueError(f"embeddings exceed the float16 range of the re-score cache (max |x| = {amax})")
+        result = kmeans(embeddings, C, num_iters=num_iters, max_points_per_cluster=max_points_per_cluster, seed=seed)
+        row_to_id = torch.sort(result.assignments, stable=True).indices
+        counts = torch.bincount(result.assignments, minlength=C)
+        offsets = torch.zeros(C + 1, dtype=torch.int64, device=embeddings.device)
+        offsets[1:] = torch.cumsum(counts, dim=0)
+        x = embeddings[row_to_id].float()
+        quantize = quantize_int8_per_item if quantization == "per_item" else quantize_int8_global
+        codes, scales = quantize(x)
+        return cls(result.centroids.float(), offsets, codes, scales, x.half(), row_to_id, quantization)
+
+    @property
+    def num_clusters(self) -> int:
+        """C, the number of k-means clusters."""
+        return self.centroids.shape[0]
+
+    @property
+    def num_items(self) -> int:
+        """N, the number of indexed items."""
+        return self.codes.shape[0]
+
+    def default_n_probe(self) -> int:
+        """``max(8, 2% of C)`` clusters (at most C): recall >= 0.95 on clustered data."""
+        return min(self.num_clusters, max(8, math.ceil(0.02 * self.num_clusters)))
+
+    def search(
+        self,
+        queries: Tensor,
+        k: int,
+        n_probe: Optional[int] = None,
+        mask: Optional[Tensor] = None,
+        rescore: bool = True,
+    ) -> SearchResult:
+        """Top-k items by inner product, probing ``n_probe`` clusters (more under a filter).
+
+        Args:
+            queries (Tensor): float ``[B, D]`` query embeddings.
+            k (int): K, results per query (``>= 1``).
+            n_probe (Optional[int]): clusters probed per unfiltered query, in ``[1, C]``;
+                default :meth:`default_n_probe`.
+            mask (Optional[Tensor]): filter: bool ``[B, N]`` over the rows of the ``embeddings``
+                given to ``build``, or packed int64 ``[B, ceil(N / 64)]`` in this index's row
+                order (as ``bloom_search`` produces; row ``n`` is item ``row_to_id[n]``).
+            rescore (bool): re-score the best ``K0 = 2K + 16`` INT8 candidates exactly from the
+                float16 cache (default); ``False`` returns the INT8 scores of the best K.
+
+        Returns:
+            SearchResult: ``scores`` float32 ``[B, K]`` and ``ids`` int64 ``[B, K]`` (rows of
+            ``embeddings``), best-first (equal scores: lower id first), padded with -inf / -1.
+        """
+        N, C = self.num_items, self.num_clusters
+        if queries.dim() != 2 or queries.shape[1] != self.codes.shape[1]:
+            raise ValueError(f"queries must be [B, D={self.codes.shape[1]}], got {tuple(queries.shape)}")
+        _check_embeddings(queries, "queries")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        n_probe = self.default_n_probe() if n_probe is None else n_probe
+        if not 1 <= n_probe <= C:
+            raise ValueError(f"n_probe must be in [1, num_clusters={C}], got {n_probe}")
+        B, dev = queries.shape[0], self.codes.device
+        q = queries.to(dev).float()
+        packed = self._packed_mask(mask, B)
+        q_codes, q_scales = quantize_int8_per_item(q)
+        k0 = 2 * k + 16 if rescore else k
+
+        # selectivity fallback: scale the probe count by 1 / pass rate (see module docstring)
+        if packed is None:
+            passing = torch.full((B,), N, dtype=torch.int64, device=dev)
+            n_eff = torch.full((B,), n_probe, dtype=torch.int64, device=dev)
+        else:
+            passing = popcount(packed)
+            n_eff = torch.ceil(n_probe * N / passing.clamp(min=1).double()).long().clamp(max=C)
+        P = int(n_eff.max())
+        cand = torch.topk(q @ self.centroids.T, P, dim=1).indices  # [B, P]
+        probe = torch.where(torch.arange(P, device=dev) < n_eff[:, None], cand, -1)
+        scores, rows, valid = torch.ops.silverrec.ivf_int8_topk(
+            q_codes, q_scales, self.codes, self.scales, self.cluster_offsets, probe, packed, k0
+        )
+        short = (valid < passing.clamp(max=k)) & (n_eff < C)
+        if bool(short.any()):  # exhaustive filtered scan for the queries that came up short
+            idx = short.nonzero().flatten()
+            all_rows = torch.tensor([0, N], dtype=torch.int64, device=dev)
+            everything = torch.zeros((idx.numel(), 1), dtype=torch.int64, device=dev)
+            sub_mask = None if packed is None else packed[idx]
+            s2, r2, _ = torch.ops.silverrec.ivf_int8_topk(
+                q_codes[idx], q_scales[idx], self.codes, self.scales, all_rows, everything, sub_mask, k0
+            )
+            scores, rows = scores.index_copy(0, idx, s2), rows.index_copy(0, idx, r2)
+        if rescore:
+            scores = self._exact_scores(q, rows)
+        ids = torch.where(rows >= 0, self.row_to_id[rows.clamp(min=0)], -1)
+        # tie rule: sort by id (padding last), then stable by score descending
+        by_id = torch.sort(torch.where(ids >= 0, ids, N), dim=1, stable=True).indices
+        scores, ids = scores.gather(1, by_id), ids.gather(1, by_id)
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+        return SearchResult(scores.gather(1, order), ids.gather(1, order))
+
+    def _exact_scores(self, q: Tensor, rows: Tensor) -> Tensor:
+        """float32 [B, K0] inner products of q [B, D] with the cached rows; -inf for padding."""
+        cand = self.cache[rows.clamp(min=0)].float()  # [B, K0, D]
+        exact = torch.bmm(cand, q[:, :, None]).squeeze(2)
+        return exact.masked_fill(rows < 0, float("-inf"))
+
+    def _packed_mask(self, mask: Optional[Tensor], B: int) -> Optional[Tensor]:
+        """Validates ``mask`` and returns it packed in row order (int64 [B, W]) or None."""
+        if mask is None:
+            return None
+        N, W = self.num_items, (self.num_items + 63) // 64
+        mask = mask.to(self.codes.device)
+        if mask.dtype == torch.bool:
+            if mask.shape != (B, N):
+                raise ValueError(f"bool mask must be [B, N] = [{B}, {N}], got {tuple(mask.shape)}")
+            return pack_mask(mask[:, self.row_to_id])
+        if mask.dtype == torch.int64:
+            if mask.shape != (B, W):
+                raise ValueError(f"packed mask must be int64 [B, ceil(N/64)] = [{B}, {W}], got {tuple(mask.shape)}")
+            return mask.contiguous()
+        raise ValueError(f"mask must be bool [B, N] or packed int64 [B, W], got dtype {mask.dtype}")

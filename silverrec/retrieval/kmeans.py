@@ -1,0 +1,158 @@
+"""k-means in plain torch (CPU or GPU) for the publish-time IVF build.
+
+Lloyd iterations on squared L2 distance, seeded with k-means++ (D^2 sampling). As in FAISS, the
+centroids are trained on a random sample of at most ``max_points_per_cluster * C`` points and
+every point is then assigned; k-means++ itself runs on a smaller sample of ``4 * C`` points
+(it is sequential in C, so seeding on the training sample would cost C full passes). Empty
+clusters are re-seeded with the training points farthest from their centroids.
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from silverrec.retrieval.quantize import _check_embeddings
+
+_CHUNK_ELEMS = 1 << 24  # rows per distance chunk = this / C (a 64 MiB float32 block)
+
+
+@dataclass
+class KMeansResult:
+    """Output of :func:`kmeans`.
+
+    Args:
+        centroids (Tensor): float32 ``[C, D]``.
+        assignments (Tensor): int64 ``[N]`` nearest centroid of every input point.
+    """
+
+    centroids: Tensor
+    assignments: Tensor
+
+
+def default_num_clusters(num_items: int) -> int:
+    """About ``4 * sqrt(N)`` clusters, at least 1 and at most N (e.g. 4000 for 1M items).
+
+    Example::
+
+        >>> default_num_clusters(1_000_000), default_num_clusters(1000), default_num_clusters(3)
+        (4000, 126, 3)
+    """
+    return max(1, min(num_items, int(round(4 * math.sqrt(num_items)))))
+
+
+def assign_clusters(x: Tensor, centroids: Tensor) -> Tensor:
+    """Nearest centroid (squared L2, ties to the lower id) of every row, in memory-bounded chunks.
+
+    Args:
+        x (Tensor): float ``[N, D]``.
+        centroids (Tensor): float ``[C, D]``.
+
+    Returns:
+        Tensor: int64 ``[N]``.
+
+    Example::
+
+        >>> assign_clusters(torch.tensor([[0.0], [0.9], [3.0]]), torch.tensor([[0.0], [1.0]])).tolist()
+        [0, 1, 1]
+    """
+    return _nearest(x, centroids)[0]
+
+
+def _nearest(x: Tensor, centroids: Tensor) -> "tuple[Tensor, Tensor]":
+    """(assignment int64 [N], squared distance float32 [N]) by argmax of x.c - |c|^2 / 2."""
+    c = centroids.float()
+    half_norm = 0.5 * (c * c).sum(dim=1)  # [C]
+    chunk = max(1, _CHUNK_ELEMS // c.shape[0])
+    ids, dists = [], []
+    for start in range(0, x.shape[0], chunk):
+        xb = x[start : start + chunk].float()
+        best, idx = (xb @ c.T - half_norm).max(dim=1)  # [n]
+        ids.append(idx)
+        dists.append(((xb * xb).sum(dim=1) - 2 * best).clamp_(min=0))
+    return torch.cat(ids), torch.cat(dists)
+
+
+def kmeans_plus_plus(x: Tensor, num_clusters: int, generator: torch.Generator) -> Tensor:
+    """k-means++ seeding: each next centroid is a point drawn with probability ~ D(x)^2.
+
+    Args:
+        x (Tensor): float ``[S, D]`` points, ``S >= num_clusters``.
+        num_clusters (int): C.
+        generator (torch.Generator): random source (on ``x``'s device).
+
+    Returns:
+        Tensor: float32 ``[C, D]`` seeds (rows of ``x``).
+
+    Example::
+
+        >>> g = torch.Generator().manual_seed(0)
+        >>> kmeans_plus_plus(torch.tensor([[0.0], [0.1], [10.0]]), 2, g).shape
+        torch.Size([2, 1])
+    """
+    x = x.float()
+    S = x.shape[0]
+    chosen = torch.empty(num_clusters, dtype=torch.int64, device=x.device)
+    chosen[0] = torch.randint(S, (1,), generator=generator, device=x.device)[0]
+    d2 = ((x - x[chosen[0]]) ** 2).sum(dim=1)
+    for i in range(1, num_clusters):
+        if float(d2.sum()) > 0:
+            nxt = torch.multinomial(d2, 1, generator=generator)[0]
+        else:  # every point coincides with a seed: any point will do
+            nxt = torch.randint(S, (1,), generator=generator, device=x.device)[0]
+        chosen[i] = nxt
+        d2 = torch.minimum(d2, ((x - x[nxt]) ** 2).sum(dim=1))
+    return x[chosen].clone()
+
+
+def kmeans(
+    x: Tensor,
+    num_clusters: int,
+    num_iters: int = 10,
+    max_points_per_cluster: int = 64,
+    seed: int = 0,
+) -> KMeansResult:
+    """Clusters the rows of ``x`` (k-means++ seeding, then Lloyd iterations on a sample).
+
+    Args:
+        x (Tensor): float ``[N, D]`` points, finite, on CPU or GPU.
+        num_clusters (int): C, ``1 <= C <= N``.
+        num_iters (int): Lloyd iterations on the training sample.
+        max_points_per_cluster (int): training sample size is ``min(N, this * C)``.
+        seed (int): random seed (results are deterministic for a given seed and device).
+
+    Returns:
+        KMeansResult: ``centroids [C, D]`` and ``assignments [N]`` of all points.
+
+    Example::
+
+        >>> x = torch.cat([torch.zeros(5, 2), torch.full((5, 2), 9.0)])
+        >>> r = kmeans(x, 2)
+        >>> r.assignments[:5].unique().numel(), bool(r.assignments[0] != r.assignments[9])
+        (1, True)
+    """
+    _check_embeddings(x, "x")
+    N = x.shape[0]
+    if not 1 <= num_clusters <= N:
+        raise ValueError(f"num_clusters must be in [1, N={N}], got {num_clusters}")
+    if num_iters < 0:
+        raise ValueError(f"num_iters must be >= 0, got {num_iters}")
+    if max_points_per_cluster < 1:
+        raise ValueError(f"max_points_per_cluster must be >= 1, got {max_points_per_cluster}")
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    C = num_clusters
+    n_train = min(N, max_points_per_cluster * C)
+    train = x[torch.randperm(N, generator=g, device=x.device)[:n_train]].float()  # random order
+    centroids = kmeans_plus_plus(train[: min(n_train, 4 * C)], C, g)
+    for _ in range(num_iters):
+        assign, d2 = _nearest(train, centroids)
+        counts = torch.bincount(assign, minlength=C)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, train)
+        nonempty = counts > 0
+        centroids = torch.where(nonempty[:, None], sums / counts.clamp(min=1)[:, None].float(), centroids)
+        empty = (~nonempty).nonzero().flatten()
+        if empty.numel() > 0:  # re-seed with the worst-fitting points
+            far = torch.topk(d2, min(empty.numel(), n_train)).indices
+            centroids[empty[: far.numel()]] = train[far]
+    return KMeansResult(centroids=centroids, assignments=assign_clusters(x, centroids))
