@@ -66,13 +66,25 @@ class JaggedColumn:
     def take(self, rows: np.ndarray) -> "JaggedColumn":
         """The sub-column of the given rows (in that order)."""
         rows = np.asarray(rows, dtype=np.int64)
-        starts, ends = self.offsets[rows], self.offsets[rows + 1]
-        lengths = ends - starts
-        offsets = np.zeros(rows.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        # gather index: for each output position, starts[row] + position within the row
-        idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
-        return JaggedColumn(self.values[idx], offsets)
+        starts = self.offsets[rows]
+        return gather_ranges(self.values, starts, self.offsets[rows + 1] - starts)
+
+
+def gather_ranges(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> JaggedColumn:
+    """The jagged column whose row r is ``values[starts[r] : starts[r] + lengths[r]]``.
+
+    Args:
+        values (np.ndarray): [L] source values.
+        starts (np.ndarray): int64 [R] start of each range.
+        lengths (np.ndarray): int64 [R] length of each range (>= 0).
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    # for each output position: its range's start + its position within the range
+    idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+    return JaggedColumn(values[idx], offsets)
 
 
 @dataclass

@@ -1,0 +1,101 @@
+"""``silverrec-eval``: full-corpus recall@K / NDCG@K of a checkpoint, next to most-popular.
+
+    silverrec-eval ckpt_path=runs/demo/checkpoints/step_00002000.pt
+    silverrec-eval ckpt_path=... data=movielens data.path=/data/ml-1m   # other data than trained on
+
+Writes a JSON report (``report_path``) and, unless ``logger=null``, TensorBoard scalars.
+"""
+import json
+import os
+import tempfile
+from typing import Any, Dict, Optional, Sequence
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from silverrec.data.dataset import RecDataset
+from silverrec.train.checkpoint import load_checkpoint
+from silverrec.train.distributed import DistContext, init_distributed, shutdown_distributed
+from silverrec.train.evaluator import Evaluator
+from silverrec.train.tb_logging import TensorBoardLogger, make_logger
+from silverrec.train.trainer import load_two_tower
+
+
+def evaluate_model(
+    model: nn.Module,
+    dataset: RecDataset,
+    ctx: DistContext,
+    ks: Sequence[int] = (10, 50, 100),
+    splits: Sequence[str] = ("valid", "test"),
+) -> Dict[str, Dict[str, float]]:
+    """Exact-retrieval metrics and the most-popular baseline on each split.
+
+    Returns:
+        Dict[str, Dict[str, float]]: per split ``{"recall@K": .., "ndcg@K": .., "popularity_recall@K": ..,
+        "popularity_ndcg@K": .., "num_users": ..}``.
+    """
+    out: Dict[str, Dict[str, float]] = {}
+    for split in splits:
+        ev = Evaluator(dataset, split, ks)
+        metrics = ev.evaluate(model, ctx)
+        metrics.update({f"popularity_{k}": v for k, v in ev.popularity_baseline().items()})
+        metrics["num_users"] = int(ev.users.users.size)
+        out[split] = metrics
+    return out
+
+
+def write_json_atomic(path: str, payload: Dict[str, Any]) -> None:
+    """Writes JSON through a temporary file and a rename (never a half-written report)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def log_metrics(logger: Optional[TensorBoardLogger], report: Dict[str, Dict[str, float]], step: int) -> None:
+    if logger is None:
+        return
+    for split, metrics in report.items():
+        logger.scalars({k: v for k, v in metrics.items() if "@" in k}, step, prefix=f"{split}/")
+    logger.flush()
+
+
+def run_evaluation(cfg: DictConfig) -> Dict[str, Any]:
+    payload = load_checkpoint(cfg.ckpt_path)
+    data_cfg = cfg.data if cfg.get("data") is not None else OmegaConf.create(payload["data_config"])
+    dataset: RecDataset = instantiate(data_cfg)
+    dataset.validate()
+    if dataset.schema.to_dict() != payload["schema"]:
+        raise ValueError(
+            f"the data set's schema differs from the one checkpoint {cfg.ckpt_path!r} was trained on "
+            "(features or vocabularies changed); evaluate on the data it was trained with"
+        )
+    ctx = init_distributed("cpu")
+    try:
+        model = load_two_tower(payload)
+        report: Dict[str, Any] = evaluate_model(model, dataset, ctx, ks=list(cfg.ks), splits=list(cfg.splits))
+        report["checkpoint"] = {"path": os.path.abspath(cfg.ckpt_path), "step": int(payload["step"])}
+        if ctx.is_main:
+            logger = make_logger(cfg.logger.log_dir if cfg.get("logger") else None, True)
+            log_metrics(logger, {s: report[s] for s in cfg.splits}, int(payload["step"]))
+            if logger:
+                logger.close()
+            write_json_atomic(cfg.report_path, report)
+            print(json.dumps(report, indent=2, sort_keys=True))
+        return report
+    finally:
+        shutdown_distributed()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    run_evaluation(cfg)
+
+
+if __name__ == "__main__":
+    main()

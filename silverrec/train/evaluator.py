@@ -1,0 +1,148 @@
+"""Full-corpus retrieval evaluation: exact inner-product top-K vs held-out interactions.
+
+For a split (valid or test) the evaluated users are those with at least one held-out
+interaction. Each user's query is built from their history up to the split (train items for
+valid, train + valid items for test); those same items are excluded from the ranking, so a
+model is never credited for retrieving what the user already consumed. The most-popular
+baseline ranks items by training frequency with the same exclusions.
+"""
+from dataclasses import dataclass
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from silverrec.data.batching import FeatureBatcher, HistoryIndex
+from silverrec.data.dataset import JaggedColumn, RecDataset
+from silverrec.retrieval.exact import exact_topk
+from silverrec.train.distributed import DistContext, all_gather_rows
+from silverrec.train.metrics import recall_ndcg
+
+
+@dataclass
+class EvalUsers:
+    """The evaluated users of one split.
+
+    Args:
+        users (np.ndarray): int64 [U] user rows.
+        history (JaggedColumn): U rows, the query history (latest ``history_length`` items).
+        seen (JaggedColumn): U rows, every item seen before the split (excluded from rankings).
+        heldout (JaggedColumn): U rows, the held-out item rows.
+    """
+
+    users: np.ndarray
+    history: JaggedColumn
+    seen: JaggedColumn
+    heldout: JaggedColumn
+
+
+def eval_users(dataset: RecDataset, split: str, max_users: int = 0, seed: int = 0) -> EvalUsers:
+    """Collects the users, histories, exclusions and held-out sets of ``split`` (valid or test).
+
+    Args:
+        max_users (int): evaluate a fixed random subset of this many users (0 = all).
+    """
+    if split not in ("valid", "test"):
+        raise ValueError(f"evaluation split must be 'valid' or 'test', got {split!r}")
+    sp, it = dataset.split, dataset.interactions
+    held_idx = sp.get(split)
+    if held_idx.size == 0:
+        raise ValueError(f"the {split!r} split is empty: nothing to evaluate")
+    before = sp.train if split == "valid" else np.concatenate([sp.train, sp.valid])
+    num_users = dataset.users.num_rows
+    seen_index = HistoryIndex(it, before, num_users)
+    held_index = HistoryIndex(it, held_idx, num_users)
+    users = np.unique(it.user[held_idx])
+    if max_users and users.size > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    return EvalUsers(
+        users=users,
+        history=seen_index.latest(users, dataset.schema.history_length),
+        seen=seen_index.all_items(users),
+        heldout=held_index.all_items(users),
+    )
+
+
+@torch.no_grad()
+def embed_in_chunks(model: nn.Module, make_kjt, total: int, side: int, ctx: DistContext, chunk: int = 2048) -> torch.Tensor:
+    """Embeds ``total`` rows with ``model`` (plain or DistributedModelParallel).
+
+    Every rank runs the same number of equally sized forwards (the last chunk is padded by
+    repeating rows), rank r taking chunks r, r + W, ...; the results are all-gathered.
+
+    Args:
+        make_kjt (Callable[[np.ndarray], KeyedJaggedTensor]): rows -> KJT of that batch.
+        side (int): 0 to keep the user embeddings, 1 the item embeddings.
+
+    Returns:
+        Tensor: float32 [total, D] on the CPU, on every rank.
+    """
+    n_chunks = max(1, -(-total // chunk))
+    rounds = -(-n_chunks // ctx.world_size)
+    out = []
+    for r in range(rounds):
+        c = r * ctx.world_size + ctx.rank
+        rows = np.arange(c * chunk, (c + 1) * chunk) % max(total, 1)  # padded chunks wrap around
+        emb = model(make_kjt(rows).to(ctx.device))[side].float()
+        out.append(all_gather_rows(emb, ctx).cpu())
+    # round r gathered chunks r*W .. r*W + W-1 in rank order, so the concatenation is in row order
+    return torch.cat(out)[:total]
+
+
+class Evaluator:
+    """Exact full-corpus evaluation of a two-tower model on one split.
+
+    Args:
+        dataset (RecDataset): the data.
+        split (str): ``valid`` or ``test``.
+        ks (Sequence[int]): cut-offs, e.g. (10, 50, 100).
+        max_users (int): evaluate at most this many users (fixed random subset; 0 = all).
+    """
+
+    def __init__(self, dataset: RecDataset, split: str, ks: Sequence[int] = (10, 50, 100), max_users: int = 0) -> None:
+        self.dataset = dataset
+        self.split = split
+        self.ks = tuple(sorted(ks))
+        self.users = eval_users(dataset, split, max_users)
+        self.batcher = FeatureBatcher(dataset.schema, dataset.users, dataset.items)
+        train_items = dataset.interactions.item[dataset.split.train]
+        counts = np.bincount(train_items, minlength=dataset.items.num_rows)
+        self.popularity = torch.from_numpy(np.log1p(counts).astype(np.float32))
+
+    def embed(self, model: nn.Module, ctx: DistContext) -> Tuple[torch.Tensor, torch.Tensor]:
+        """User embeddings [U, D] of the evaluated users and item embeddings [N, D] of the corpus."""
+        ev = self.users
+        n_items = self.dataset.items.num_rows
+        items = embed_in_chunks(
+            model, lambda rows: self.batcher.kjt(rows.size, item_rows=rows), n_items, side=1, ctx=ctx
+        )
+        users = embed_in_chunks(
+            model,
+            lambda rows: self.batcher.kjt(rows.size, user_rows=ev.users[rows], history=ev.history.take(rows)),
+            ev.users.size,
+            side=0,
+            ctx=ctx,
+        )
+        return users, items
+
+    def evaluate(self, model: nn.Module, ctx: DistContext) -> Dict[str, float]:
+        """recall@K and ndcg@K of exact inner-product retrieval (computed on every rank)."""
+        was_training = model.training
+        model.eval()
+        try:
+            u, v = self.embed(model, ctx)
+        finally:
+            model.train(was_training)
+        return self.metrics_of(u, v)
+
+    def metrics_of(self, user_embeddings: torch.Tensor, item_embeddings: torch.Tensor) -> Dict[str, float]:
+        _, rows = exact_topk(user_embeddings, item_embeddings, max(self.ks), exclude=self.users.seen)
+        return recall_ndcg(rows, self.users.heldout, self.ks)
+
+    def popularity_baseline(self) -> Dict[str, float]:
+        """The most-popular ranking (training frequency) with the same exclusions."""
+        u = self.users.users.size
+        ones = torch.ones(u, 1)
+        _, rows = exact_topk(ones, torch.zeros(self.popularity.numel(), 1), max(self.ks), exclude=self.users.seen, item_bias=self.popularity)
+        return recall_ndcg(rows, self.users.heldout, self.ks)

@@ -1,0 +1,65 @@
+"""Optimizers: a fused sparse optimizer for the embedding tables, a dense one for the rest.
+
+The sparse optimizer is applied in the backward pass (``apply_optimizer_in_backward``), which
+DistributedModelParallel turns into FBGEMM's fused table-batched kernels for the sharded
+tables; the dense optimizer (any ``torch.optim`` class, given as a partial) updates the MLPs,
+the temperature and any table the planner chose to replicate (data-parallel).
+"""
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Type
+
+import torch
+from torch import nn
+from torch.distributed.optim import _apply_optimizer_in_backward as apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+SPARSE_OPTIMIZERS: Dict[str, Type[torch.optim.Optimizer]] = {
+    "rowwise_adagrad": RowWiseAdagrad,
+    "adagrad": torch.optim.Adagrad,
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+}
+
+
+@dataclass
+class SparseOptimizerConfig:
+    """The fused optimizer of the embedding tables (YAML ``optim.sparse``).
+
+    Args:
+        name (str): one of ``rowwise_adagrad`` (default; one accumulator per row), ``adagrad``,
+            ``sgd``, ``adam``.
+        lr (float): learning rate.
+        eps (float): numerical epsilon (adagrad/adam family).
+    """
+
+    name: str = "rowwise_adagrad"
+    lr: float = 0.05
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.name not in SPARSE_OPTIMIZERS:
+            raise ValueError(f"optim.sparse.name={self.name!r} is not one of {sorted(SPARSE_OPTIMIZERS)}")
+        if not self.lr > 0:
+            raise ValueError(f"optim.sparse.lr must be > 0, got {self.lr}")
+
+
+def apply_sparse_optimizer(tables: Iterable[nn.Parameter], config: SparseOptimizerConfig) -> None:
+    """Marks the embedding tables to be optimised in backward (before DMP wraps the model)."""
+    kwargs = {"lr": config.lr}
+    if config.name != "sgd":
+        kwargs["eps"] = config.eps
+    apply_optimizer_in_backward(SPARSE_OPTIMIZERS[config.name], tables, kwargs)
+
+
+def combined_optimizer(model: nn.Module, dense: Callable[..., torch.optim.Optimizer]) -> CombinedOptimizer:
+    """The model's fused optimizer (from DMP) combined with ``dense`` over every other parameter.
+
+    Args:
+        model (nn.Module): a DistributedModelParallel model.
+        dense (Callable): a partial ``torch.optim`` class, e.g. ``functools.partial(Adam, lr=1e-3)``.
+    """
+    dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
+    dense_opt = KeyedOptimizerWrapper(dense_params, lambda params: dense(params))
+    return CombinedOptimizer([model.fused_optimizer, dense_opt])

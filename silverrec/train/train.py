@@ -1,0 +1,82 @@
+"""``silverrec-train``: the Hydra entry point (configs in ``silverrec/conf``).
+
+    silverrec-train                                   # default synthetic world
+    silverrec-train data=movielens data.path=/data/ml-1m
+    torchrun --nproc_per_node=2 -m silverrec.train.train trainer.num_threads=1
+
+Trains with TorchRec DistributedModelParallel, validates periodically, then evaluates the
+final model on valid and test (exact full-corpus retrieval next to most-popular), logs to
+TensorBoard and writes ``report.json`` in the run folder.
+"""
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Dict
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from silverrec.data.dataset import RecDataset
+from silverrec.train.distributed import broadcast_object, init_distributed, shutdown_distributed
+from silverrec.train.evaluate import evaluate_model, log_metrics, write_json_atomic
+from silverrec.train.tb_logging import flatten, make_logger
+from silverrec.train.trainer import Trainer, TrainerConfig
+
+
+def run_training(cfg: DictConfig) -> Dict[str, Any]:
+    """Trains, evaluates and reports; returns the report (on every rank)."""
+    trainer_cfg: TrainerConfig = instantiate(cfg.trainer)
+    if trainer_cfg.num_threads:
+        torch.set_num_threads(trainer_cfg.num_threads)
+    ctx = init_distributed(trainer_cfg.device)
+    try:
+        # every rank must write to rank 0's run folder (hydra's date-stamped names can differ)
+        paths = broadcast_object(OmegaConf.to_container(cfg.paths, resolve=True), ctx)
+        log_dir = broadcast_object(cfg.logger.log_dir if cfg.get("logger") else None, ctx)
+        dataset: RecDataset = instantiate(cfg.data)
+        dataset.validate()
+        logger = make_logger(log_dir, ctx.is_main)
+        trainer = Trainer(trainer_cfg, ctx, paths["checkpoint_dir"], logger)
+        t0 = time.perf_counter()
+        result = trainer.fit(
+            dataset,
+            instantiate(cfg.model),
+            instantiate(cfg.optim.sparse),
+            instantiate(cfg.optim.dense),
+            seed=cfg.seed,
+            ckpt_path=cfg.ckpt_path,
+            extra={"data_config": OmegaConf.to_container(cfg.data, resolve=True)},
+        )
+        train_seconds = time.perf_counter() - t0
+        report: Dict[str, Any] = evaluate_model(result.model.module.two_tower, dataset, ctx, ks=trainer_cfg.ks)
+        report["train"] = {
+            "steps": result.step,
+            "seconds": round(train_seconds, 1),
+            "world_size": ctx.world_size,
+            "checkpoint": os.path.abspath(result.checkpoint),
+            "validation_history": result.history,
+        }
+        if ctx.is_main:
+            log_metrics(logger, {s: report[s] for s in ("valid", "test")}, result.step)
+            if logger:
+                hp = flatten({"model": dataclasses.asdict(instantiate(cfg.model)), "trainer": dataclasses.asdict(trainer_cfg)})
+                hp.update({"seed": cfg.seed, "world_size": ctx.world_size})
+                logger.hparams(hp, {f"test/{k}": v for k, v in report["test"].items() if k.startswith("recall@")})
+                logger.close()
+            write_json_atomic(paths["report_path"], report)
+            print(json.dumps({s: {k: round(v, 4) for k, v in report[s].items()} for s in ("valid", "test")}, indent=2))
+        return report
+    finally:
+        shutdown_distributed()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    run_training(cfg)
+
+
+if __name__ == "__main__":
+    main()

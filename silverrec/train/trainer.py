@@ -1,0 +1,233 @@
+"""The training loop: DistributedModelParallel, fused + dense optimizers, validation,
+TensorBoard, atomic checkpoints and resume.
+"""
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from torchrec.distributed import DistributedModelParallel
+from tqdm import tqdm
+
+from silverrec.data.batching import TrainBatches
+from silverrec.data.dataset import RecDataset
+from silverrec.models.losses import InBatchSoftmaxLoss, item_log_frequency
+from silverrec.models.train_task import TwoTowerTrainTask
+from silverrec.models.two_tower import TwoTower, TwoTowerConfig, build_two_tower
+from silverrec.train import checkpoint as ckpt
+from silverrec.train.distributed import DistContext, broadcast_object
+from silverrec.train.evaluator import Evaluator
+from silverrec.train.optim import SparseOptimizerConfig, apply_sparse_optimizer, combined_optimizer
+from silverrec.train.tb_logging import TensorBoardLogger
+
+
+@dataclass
+class TrainerConfig:
+    """Training-loop settings (YAML ``trainer:``).
+
+    Args:
+        max_steps (int): optimizer steps in total (epochs follow from the data size).
+        batch_size (int): global batch size (split evenly over the processes).
+        warmup_steps (int): linear warm-up of the dense learning rate.
+        eval_every (int): validate every this many steps (0 = only at the end).
+        eval_max_users (int): users in the periodic validation (fixed random subset; 0 = all).
+        checkpoint_every (int): checkpoint every this many steps (and always at the end).
+        keep_checkpoints (int): most recent checkpoints kept.
+        log_every (int): TensorBoard scalar interval in steps.
+        ks (List[int]): recall/NDCG cut-offs.
+        device (str): ``cpu`` or ``cuda``.
+        resume (bool): resume from the latest checkpoint of the run folder if there is one.
+        progress (bool): show a tqdm progress bar (rank 0).
+        num_threads (int): torch intra-op threads per process (0: torch's default). Applied by
+            the entry point; under ``torchrun`` use 1 per process on a small machine.
+    """
+
+    max_steps: int = 2000
+    batch_size: int = 1024
+    warmup_steps: int = 100
+    eval_every: int = 500
+    eval_max_users: int = 2000
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 20
+    ks: List[int] = field(default_factory=lambda: [10, 50, 100])
+    device: str = "cpu"
+    resume: bool = True
+    progress: bool = True
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "eval_max_users"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` leaves behind.
+
+    Args:
+        step (int): the last step.
+        checkpoint (str): path of the final checkpoint.
+        model (DistributedModelParallel): the trained (sharded) train task.
+        history (List[Dict[str, float]]): periodic validation metrics, with their step.
+    """
+
+    step: int
+    checkpoint: str
+    model: DistributedModelParallel
+    history: List[Dict[str, float]]
+
+
+class Trainer:
+    """Trains a two-tower model with TorchRec DistributedModelParallel.
+
+    Args:
+        config (TrainerConfig): loop settings.
+        ctx (DistContext): process group context.
+        checkpoint_dir (str): where checkpoints go (written by rank 0).
+        logger (Optional[TensorBoardLogger]): TensorBoard writer (rank 0) or None.
+    """
+
+    def __init__(self, config: TrainerConfig, ctx: DistContext, checkpoint_dir: str, logger: Optional[TensorBoardLogger]) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.checkpoint_dir = checkpoint_dir
+        self.logger = logger
+
+    def build(self, dataset: RecDataset, model_config: TwoTowerConfig, sparse: SparseOptimizerConfig, dense: Callable[..., torch.optim.Optimizer]):
+        """The sharded train task and its combined optimizer."""
+        two_tower = build_two_tower(dataset.schema, model_config, device=torch.device("meta"))
+        train_items = torch.from_numpy(dataset.interactions.item[dataset.split.train])
+        loss = InBatchSoftmaxLoss(item_log_frequency(train_items, dataset.items.num_rows))
+        task = TwoTowerTrainTask(two_tower, loss)
+        apply_sparse_optimizer(two_tower.ebc.parameters(), sparse)
+        model = DistributedModelParallel(task, device=self.ctx.device)
+        return model, combined_optimizer(model, dense)
+
+    def fit(
+        self,
+        dataset: RecDataset,
+        model_config: TwoTowerConfig,
+        sparse: SparseOptimizerConfig,
+        dense: Callable[..., torch.optim.Optimizer],
+        seed: int = 0,
+        ckpt_path: Optional[str] = None,
+        extra: Optional[Dict[str, Any]] = None,
+    ) -> TrainResult:
+        """Trains to ``config.max_steps``, resuming from ``ckpt_path`` or the latest checkpoint.
+
+        Args:
+            extra (Optional[Dict[str, Any]]): JSON-able metadata stored in every checkpoint
+                (e.g. the data config, so evaluation and export can rebuild the data).
+        """
+        cfg, ctx = self.config, self.ctx
+        torch.manual_seed(seed)
+        model, opt = self.build(dataset, model_config, sparse, dense)
+        batches = TrainBatches(dataset, cfg.batch_size, seed=seed, rank=ctx.rank, world_size=ctx.world_size)
+        validator = Evaluator(dataset, "valid", cfg.ks, max_users=cfg.eval_max_users) if cfg.eval_every else None
+        meta = {"schema": dataset.schema.to_dict(), "model_config": dataclasses.asdict(model_config), **(extra or {})}
+
+        start = 0
+        resume_from = ckpt_path or (ckpt.latest_checkpoint(self.checkpoint_dir) if cfg.resume else None)
+        resume_from = broadcast_object(resume_from, ctx)
+        if resume_from:
+            start = self._restore(resume_from, model, opt, meta)
+
+        base_lr = [g["lr"] for g in opt.param_groups]
+        history: List[Dict[str, float]] = []
+        bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not (cfg.progress and ctx.is_main), dynamic_ncols=True)
+        step, last_path = start, resume_from or ""
+        t_last, ex_since = time.perf_counter(), 0
+        model.train()
+        while step < cfg.max_steps:
+            epoch, in_epoch = divmod(step, batches.steps_per_epoch)
+            for batch in batches.epoch(epoch, start_step=in_epoch):
+                self._set_lr(opt, base_lr, step)
+                loss, _ = model(batch.features.to(ctx.device), batch.item_rows.to(ctx.device))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+                ex_since += cfg.batch_size
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {float(loss)} at step {step}; lower the learning rates")
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    dt = time.perf_counter() - t_last
+                    scalars = {"train/loss": float(loss), "train/lr": opt.param_groups[-1]["lr"], "train/examples_per_s": ex_since / max(dt, 1e-9)}
+                    bar.set_postfix(loss=f"{float(loss):.3f}", ex_s=f"{scalars['train/examples_per_s']:.0f}")
+                    if self.logger:
+                        self.logger.scalars(scalars, step)
+                    t_last, ex_since = time.perf_counter(), 0
+                bar.update(1)
+                if validator and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                    history.append(self._validate(validator, model, step))
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.max_steps:
+                    last_path = self._save(model, opt, step, meta)
+                if step >= cfg.max_steps:
+                    break
+        bar.close()
+        return TrainResult(step=step, checkpoint=last_path, model=model, history=history)
+
+    def _set_lr(self, opt, base_lr: List[float], step: int) -> None:
+        if self.config.warmup_steps:
+            f = min(1.0, (step + 1) / self.config.warmup_steps)
+            for g, lr in zip(opt.param_groups, base_lr):
+                g["lr"] = lr * f
+
+    def _validate(self, validator: Evaluator, model, step: int) -> Dict[str, float]:
+        metrics = validator.evaluate(model.module.two_tower, self.ctx)
+        if self.logger:
+            self.logger.scalars(metrics, step, prefix="valid/")
+            self.logger.flush()
+        return {"step": step, **metrics}
+
+    def _save(self, model, opt, step: int, meta: Dict[str, Any]) -> str:
+        state = ckpt.gather_state(model.state_dict(), self.ctx)
+        opt_state = ckpt.gather_state(opt.state_dict(), self.ctx)
+        path = ckpt.step_path(self.checkpoint_dir, step)
+        if self.ctx.is_main:
+            prefix = "two_tower."
+            payload = {
+                "model": {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                "optimizer": opt_state,
+                "step": step,
+                "world_size": self.ctx.world_size,
+                **meta,
+            }
+            ckpt.save_checkpoint(path, payload)
+            ckpt.prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
+        if dist.is_initialized():
+            dist.barrier()
+        return path
+
+    def _restore(self, path: str, model, opt, meta: Dict[str, Any]) -> int:
+        payload = ckpt.load_checkpoint(path)
+        for key in ("schema", "model_config"):
+            if payload[key] != meta[key]:
+                raise ValueError(
+                    f"checkpoint {path!r} was made with a different {key}; start a new run folder "
+                    f"(hydra.run.dir=...) or set trainer.resume=false"
+                )
+        state = model.state_dict()
+        full = {f"two_tower.{k}": v for k, v in payload["model"].items()}
+        model.load_state_dict(ckpt.scatter_into(state, full, "model"))
+        opt.load_state_dict(ckpt.scatter_into(opt.state_dict(), payload["optimizer"], "optimizer"))
+        if self.ctx.is_main:
+            print(f"resumed from {path} at step {payload['step']}")
+        return int(payload["step"])
+
+
+def load_two_tower(payload: Dict[str, Any]) -> TwoTower:
+    """A plain (unsharded) :class:`TwoTower` with a checkpoint's weights, in eval mode."""
+    from silverrec.schema import Schema
+
+    schema = Schema.from_dict(payload["schema"])
+    model = build_two_tower(schema, TwoTowerConfig(**payload["model_config"]))
+    model.load_state_dict(payload["model"])
+    return model.eval()
