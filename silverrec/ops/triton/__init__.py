@@ -9,5 +9,11 @@ from typing import Callable, Dict
 CUDA_IMPLS: Dict[str, Dict[str, Callable]] = {}
 
 # --- bloom_search ---
+try:
+    from silverrec.ops.triton.bloom_search import bloom_search_cuda
+except ImportError:  # pragma: no cover - triton missing: no CUDA kernel, the CPU path still works
+    pass
+else:
+    CUDA_IMPLS["bloom_search"] = {"CUDA": bloom_search_cuda}
 
 # --- ivf_int8_topk ---
