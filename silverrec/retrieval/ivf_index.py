@@ -192,7 +192,9 @@ class IVFInt8Index:
 
     def _exact_scores(self, q: Tensor, rows: Tensor) -> Tensor:
         """float32 [B, K0] inner products of q [B, D] with the cached rows; -inf for padding."""
-        cand = self.cache[rows.clamp(min=0)].float()  # [B, K0, D]
+        B, K0 = rows.shape
+        # index_select (not advanced indexing, which is ~7x slower on float16 CPU tensors)
+        cand = self.cache.index_select(0, rows.clamp(min=0).flatten()).float().view(B, K0, -1)  # [B, K0, D]
         exact = torch.bmm(cand, q[:, :, None]).squeeze(2)
         return exact.masked_fill(rows < 0, float("-inf"))
 

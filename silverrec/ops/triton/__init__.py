@@ -17,3 +17,9 @@ else:
     CUDA_IMPLS["bloom_search"] = {"CUDA": bloom_search_cuda}
 
 # --- ivf_int8_topk ---
+try:
+    from silverrec.ops.triton.ivf_int8_topk import ivf_int8_topk_cuda
+except ImportError:  # pragma: no cover - Triton missing or too old: no CUDA kernel registered
+    pass
+else:
+    CUDA_IMPLS["ivf_int8_topk"] = {"CUDA": ivf_int8_topk_cuda}
