@@ -1,0 +1,146 @@
+"""IVFInt8Index: build layout, recall vs exact float32 search, filters, selectivity fallback, errors."""
+import pytest
+import torch
+
+from silverrec.retrieval import IVFInt8Index
+from silverrec.retrieval.packed_mask import pack_mask, popcount, unpack_mask
+
+
+def _data(seed: int, N: int = 3000, D: int = 32, B: int = 24):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(40, D, generator=g)
+    x = centers[torch.randint(0, 40, (N,), generator=g)] + 0.6 * torch.randn(N, D, generator=g)
+    x = x * torch.exp(0.5 * torch.randn(N, 1, generator=g))  # varied norms, as learned embeddings have
+    q = centers[torch.randint(0, 40, (B,), generator=g)] + 0.6 * torch.randn(B, D, generator=g)
+    return x, q, g
+
+
+def _exact(q: torch.Tensor, x: torch.Tensor, k: int, mask=None) -> torch.Tensor:
+    s = q @ x.T
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return torch.topk(s, k).indices
+
+
+def _recall(ids: torch.Tensor, truth: torch.Tensor) -> float:
+    hit = sum(len(set(a.tolist()) & set(t.tolist())) for a, t in zip(ids, truth))
+    return hit / truth.numel()
+
+
+@pytest.fixture(scope="module")
+def built():
+    x, q, g = _data(0)
+    return x, q, g, IVFInt8Index.build(x, num_clusters=50)
+
+
+def test_build_layout(built) -> None:
+    x, _, _, index = built
+    assert index.num_clusters == 50 and index.num_items == 3000
+    off = index.cluster_offsets
+    assert off[0] == 0 and off[-1] == 3000 and (off[1:] >= off[:-1]).all()
+    assert torch.equal(torch.sort(index.row_to_id).values, torch.arange(3000))
+    # every row sits in the cluster of its nearest centroid
+    rows_cluster = torch.searchsorted(off, torch.arange(3000), right=True) - 1
+    d = torch.cdist(x[index.row_to_id], index.centroids)
+    assert torch.equal(d.argmin(1), rows_cluster)
+    assert torch.allclose(index.cache.float(), x[index.row_to_id], atol=1e-2, rtol=1e-3)
+    assert index.codes.dtype == torch.int8 and index.cache.dtype == torch.float16
+    assert IVFInt8Index.build(x[:1000]).num_clusters == 126  # default 4 * sqrt(N)
+
+
+def test_recall_and_ids(built) -> None:
+    x, q, _, index = built
+    truth = _exact(q, x, 50)
+    scores, ids = index.search(q, 50, n_probe=50)
+    assert _recall(ids, truth) >= 0.99
+    # scores are exact inner products of the returned ids (float16 cache), sorted best-first
+    assert torch.allclose(scores, (q[:, None, :] * x[ids]).sum(-1), rtol=1e-2, atol=1e-2)
+    assert (scores[:, 1:] <= scores[:, :-1]).all()
+    recalls = [_recall(index.search(q, 50, n_probe=p).ids, truth) for p in (1, 5, 20)]
+    assert recalls == sorted(recalls) and recalls[0] < recalls[-1]
+
+
+def test_rescore_beats_global_int8(built) -> None:
+    x, q, _, index = built
+    truth = _exact(q, x, 50)
+    paper = IVFInt8Index.build(x, num_clusters=50, quantization="global")
+    global_int8 = _recall(paper.search(q, 50, n_probe=50, rescore=False).ids, truth)
+    per_item_int8 = _recall(index.search(q, 50, n_probe=50, rescore=False).ids, truth)
+    ours = _recall(index.search(q, 50, n_probe=50).ids, truth)
+    assert global_int8 < per_item_int8 < ours == 1.0
+    assert _recall(paper.search(q, 50, n_probe=50).ids, truth) == 1.0  # re-scoring fixes global too
+
+
+def test_filter_and_packed_mask(built) -> None:
+    x, q, g, index = built
+    mask = torch.rand(q.shape[0], 3000, generator=g) < 0.1
+    scores, ids = index.search(q, 30, n_probe=5, mask=mask)
+    assert mask.gather(1, ids).all()
+    assert _recall(ids, _exact(q, x, 30, mask)) >= 0.95
+    packed = pack_mask(mask[:, index.row_to_id])  # row order, as bloom_search produces
+    s2, i2 = index.search(q, 30, n_probe=5, mask=packed)
+    assert torch.equal(ids, i2) and torch.equal(scores, s2)
+    assert torch.equal(unpack_mask(packed, 3000), mask[:, index.row_to_id])
+    assert torch.equal(popcount(packed), mask.sum(1))
+
+
+def test_strict_filter_still_returns_k(built) -> None:
+    """Selectivity fallback: 0.5% of the items pass; n_probe=1 alone would see about 0.3 of them."""
+    x, q, g, index = built
+    mask = torch.rand(q.shape[0], 3000, generator=g) < 0.005
+    mask[0] = False
+    mask[0, [5, 700, 2999]] = True  # fewer than k exist: all of them, then padding
+    scores, ids = index.search(q, 10, n_probe=1, mask=mask)
+    assert torch.equal((ids >= 0).sum(1), mask.sum(1).clamp(max=10))  # k results whenever k exist
+    full = mask.sum(1) >= 10
+    assert full.sum() > 10 and _recall(ids[full], _exact(q[full], x, 10, mask[full])) >= 0.99
+    assert sorted(ids[0, :3].tolist()) == [5, 700, 2999]
+    assert (ids[0, 3:] == -1).all() and torch.isinf(scores[0, 3:]).all()
+
+
+def test_fallback_for_unlucky_probe() -> None:
+    """No filter, but the probed cluster holds fewer than k rows: the rest come from all clusters."""
+    x, q, _ = _data(1, N=400)
+    index = IVFInt8Index.build(x, num_clusters=40)
+    scores, ids = index.search(q, 60, n_probe=1)
+    assert (ids >= 0).all() and len(set(ids[0].tolist())) == 60
+
+
+def test_k_larger_than_n() -> None:
+    x, q, _ = _data(2, N=20, B=2)
+    scores, ids = IVFInt8Index.build(x, num_clusters=3).search(q, 25, n_probe=3)
+    assert sorted(ids[0, :20].tolist()) == list(range(20)) and (ids[:, 20:] == -1).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(queries=torch.zeros(2, 5), k=3), r"queries must be \[B, D=32\]"),
+        (dict(queries=torch.full((2, 32), float("nan")), k=3), "NaN/inf"),
+        (dict(k=0), "k must be >= 1"),
+        (dict(k=3, n_probe=51), "n_probe must be in"),
+        (dict(k=3, mask=torch.ones(24, 10, dtype=torch.bool)), r"bool mask must be \[B, N\]"),
+        (dict(k=3, mask=torch.ones(24, 3, dtype=torch.int64)), "packed mask must be"),
+        (dict(k=3, mask=torch.ones(24, 3000)), "mask must be bool"),
+    ],
+)
+def test_search_bad_input(built, kwargs, message: str) -> None:
+    _, q, _, index = built
+    kwargs.setdefault("queries", q)
+    with pytest.raises(ValueError, match=message):
+        index.search(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "embeddings, kwargs, message",
+    [
+        (torch.zeros(0, 8), {}, "non-empty"),
+        (torch.tensor([[1.0, float("inf")]]), {}, "NaN/inf"),
+        (torch.zeros(10, 4), dict(quantization="int4"), "quantization must be one of"),
+        (torch.zeros(10, 4), dict(num_clusters=11), "num_clusters must be in"),
+        (torch.full((3, 2), 1e6), {}, "float16 range"),
+    ],
+)
+def test_build_bad_input(embeddings, kwargs, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        IVFInt8Index.build(embeddings, **kwargs)

@@ -1,0 +1,64 @@
+"""k-means (k-means++ seeding + Lloyd on a sample): recovers separated blobs, is deterministic."""
+import pytest
+import torch
+
+from silverrec.retrieval.kmeans import assign_clusters, default_num_clusters, kmeans, kmeans_plus_plus
+
+
+def _blobs(seed: int, C: int, per: int, D: int, noise: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(C, D, generator=g) * 10
+    return (centers[:, None, :] + noise * torch.randn(C, per, D, generator=g)).reshape(C * per, D)
+
+
+def test_recovers_separated_blobs() -> None:
+    x = _blobs(0, C=8, per=50, D=6, noise=0.1)
+    r = kmeans(x, 8, num_iters=10)
+    truth = torch.arange(8).repeat_interleave(50)
+    # each true blob maps to exactly one cluster and vice versa
+    pairs = set(zip(truth.tolist(), r.assignments.tolist()))
+    assert len(pairs) == 8 and len({c for _, c in pairs}) == 8
+    assert r.centroids.shape == (8, 6) and r.assignments.dtype == torch.int64
+
+
+def test_lloyd_lowers_inertia_and_sampling() -> None:
+    x = _blobs(1, C=20, per=40, D=8, noise=3.0)
+    inertia = lambda r: ((x - r.centroids[r.assignments]) ** 2).sum()  # noqa: E731
+    seeded = kmeans(x, 20, num_iters=0)
+    trained = kmeans(x, 20, num_iters=8, max_points_per_cluster=10)  # trains on 200 of 800 points
+    assert inertia(trained) < inertia(seeded)
+    assert torch.equal(trained.assignments, assign_clusters(x, trained.centroids))
+
+
+def test_deterministic_and_no_empty_clusters() -> None:
+    x = _blobs(2, C=5, per=30, D=4, noise=1.0)
+    a, b = kmeans(x, 12, seed=3), kmeans(x, 12, seed=3)
+    assert torch.equal(a.centroids, b.centroids) and torch.equal(a.assignments, b.assignments)
+    assert torch.bincount(a.assignments, minlength=12).min() >= 1
+
+
+def test_kmeans_plus_plus_picks_distinct_points() -> None:
+    x = torch.tensor([[0.0], [0.0], [0.0], [100.0]])
+    seeds = kmeans_plus_plus(x, 2, torch.Generator().manual_seed(0))
+    assert sorted(seeds.flatten().tolist()) == [0.0, 100.0]
+    # duplicates only: still returns C seeds
+    assert kmeans_plus_plus(torch.zeros(3, 2), 3, torch.Generator().manual_seed(0)).shape == (3, 2)
+
+
+def test_default_num_clusters() -> None:
+    assert default_num_clusters(1_000_000) == 4000
+    assert default_num_clusters(1) == 1
+
+
+@pytest.mark.parametrize(
+    "x, C, message",
+    [
+        (torch.zeros(0, 3), 1, "non-empty"),
+        (torch.tensor([[float("nan"), 0.0]]), 1, "NaN/inf"),
+        (torch.zeros(5, 3), 6, "num_clusters"),
+        (torch.zeros(5, 3), 0, "num_clusters"),
+    ],
+)
+def test_bad_input(x: torch.Tensor, C: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        kmeans(x, C)
