@@ -42,17 +42,20 @@ def init_distributed(device: str = "cpu") -> DistContext:
         raise ValueError("trainer.device=cuda but CUDA is not available on this machine")
     backend = "nccl" if device == "cuda" else "gloo"
     if not dist.is_initialized():
-        if "RANK" not in os.environ:  # a plain single-process run
-            os.environ.update(
-                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
-            )
-        os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
-        dist.init_process_group(backend)
+        if "RANK" in os.environ:  # launched by torchrun (env:// rendezvous)
+            dist.init_process_group(backend)
+        else:  # a plain single-process run: a private store on a free loopback port
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     rank, world = dist.get_rank(), dist.get_world_size()
     dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if device == "cuda" else torch.device("cpu")
     if device == "cuda":
         torch.cuda.set_device(dev)
     return DistContext(rank=rank, world_size=world, device=dev, backend=backend)
+
+
+def local_context() -> DistContext:
+    """A 1-process CPU context that needs no process group (evaluation, export, tools)."""
+    return DistContext(rank=0, world_size=1, device=torch.device("cpu"), backend="none")
 
 
 def shutdown_distributed() -> None:

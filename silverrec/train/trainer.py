@@ -2,6 +2,7 @@
 TensorBoard, atomic checkpoints and resume.
 """
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
@@ -155,12 +156,13 @@ class Trainer:
                 opt.step()
                 step += 1
                 ex_since += cfg.batch_size
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {float(loss)} at step {step}; lower the learning rates")
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"training loss became {loss_value} at step {step}; lower the learning rates")
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
                     dt = time.perf_counter() - t_last
-                    scalars = {"train/loss": float(loss), "train/lr": opt.param_groups[-1]["lr"], "train/examples_per_s": ex_since / max(dt, 1e-9)}
-                    bar.set_postfix(loss=f"{float(loss):.3f}", ex_s=f"{scalars['train/examples_per_s']:.0f}")
+                    scalars = {"train/loss": loss_value, "train/lr": opt.param_groups[-1]["lr"], "train/examples_per_s": ex_since / max(dt, 1e-9)}
+                    bar.set_postfix(loss=f"{loss_value:.3f}", ex_s=f"{scalars['train/examples_per_s']:.0f}")
                     if self.logger:
                         self.logger.scalars(scalars, step)
                     t_last, ex_since = time.perf_counter(), 0
