@@ -90,7 +90,7 @@ class BloomIndex(nn.Module):
 
     @classmethod
     def build(cls, item_terms: ItemTerms, num_hashes: int = 4, bits_multiplier: float = 12.0,
-              item_order: Optional[Sequence[int]] = None) -> "BloomIndex":
+              item_order: Optional[Sequence[int]] = None, features: Optional[Sequence[str]] = None) -> "BloomIndex":
         """Builds the index from the item attribute table (publish time).
 
         Args:
@@ -101,6 +101,8 @@ class BloomIndex(nn.Module):
                 ``M = ceil(max terms per item * bits_multiplier)``.
             item_order (Optional[Sequence[int]]): row order (e.g. IVF cluster order): row r is
                 item ``item_order[r]``; a permutation of ``0..N-1``. None keeps the user order.
+            features (Optional[Sequence[str]]): filterable feature names in order (a filter may
+                name feature ``features[i]`` as ``i``); None: order of first appearance.
 
         Returns:
             BloomIndex: the index (N rows, M = ``num_bits``, H = ``num_hashes``).
@@ -115,7 +117,7 @@ class BloomIndex(nn.Module):
             if order.dim() != 1 or not torch.equal(order.sort().values, torch.arange(len(item_terms))):
                 raise ValueError(f"item_order must be a permutation of 0..{len(item_terms) - 1}")
             item_terms = [item_terms[i] for i in order.tolist()]
-        dictionary, offsets, term_ids = TermDictionary.from_item_terms(item_terms)
+        dictionary, offsets, term_ids = TermDictionary.from_item_terms(item_terms, features)
         n = offsets.size - 1
         counts = np.diff(offsets)
         num_bits = max(1, math.ceil(int(counts.max()) * bits_multiplier))

@@ -12,7 +12,8 @@ than ``OR``; ``NOT`` binds tightest)::
     value    := word | integer | quoted  ("hip hop" or 'hip hop'; \\" and \\\\ escape)
 
 A *word* is a run of characters other than white space, ``( ) , :`` and quotes, so values
-such as ``en-US``, ``3.5`` or ``sci-fi/fantasy`` need no quotes. An empty (or blank) filter
+such as ``en-US``, ``3.5`` or ``sci-fi/fantasy`` need no quotes; a keyword where a value is
+expected is a value (``country:IN``). An empty (or blank) filter
 parses to :class:`MatchAll`. Errors raise :class:`FilterSyntaxError` with a 1-based column.
 
 Example::
@@ -194,7 +195,7 @@ class _Parser:
 
     def value(self) -> str:
         tok = self.take()
-        if tok.kind not in ("word", "quoted"):
+        if tok.kind not in ("word", "quoted") + _KEYWORDS:  # country:IN is India, not a keyword
             raise self.fail(tok, "a value")
         return tok.text
 

@@ -13,7 +13,7 @@ Example::
     (('lang', 'tags'), 2, -1, [0, 1, 3], [0, 1, 2])
 """
 import hashlib
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -45,11 +45,15 @@ class TermDictionary:
         return len(self.terms)
 
     @classmethod
-    def from_item_terms(cls, item_terms: ItemTerms) -> Tuple["TermDictionary", np.ndarray, np.ndarray]:
+    def from_item_terms(cls, item_terms: ItemTerms, features: Optional[Sequence[str]] = None
+                        ) -> Tuple["TermDictionary", np.ndarray, np.ndarray]:
         """Builds the dictionary and the per-item term sets (CSR).
 
         Args:
             item_terms (Sequence[Mapping[str, Sequence]]): one ``{feature: [values]}`` per item.
+            features (Optional[Sequence[str]]): the filterable features in order (e.g. the
+                schema's); a feature no item holds is still known. None: the features of
+                ``item_terms`` in order of first appearance.
 
         Returns:
             Tuple[TermDictionary, np.ndarray, np.ndarray]: the dictionary, int64 ``offsets [N+1]``
@@ -58,7 +62,8 @@ class TermDictionary:
         """
         if len(item_terms) == 0:
             raise ValueError("item_terms is empty: the filter index needs at least one item")
-        features: Dict[str, None] = {}
+        declared = features is not None
+        features = dict.fromkeys(features or ())
         ids: Dict[Tuple[str, str], int] = {}
         offsets = np.zeros(len(item_terms) + 1, dtype=np.int64)
         flat: List[int] = []
@@ -69,7 +74,10 @@ class TermDictionary:
             for feat, values in attrs.items():
                 if not isinstance(feat, str) or not feat:
                     raise ValueError(f"item_terms[{i}] has a feature name {feat!r}; names must be non-empty str")
-                features.setdefault(feat)
+                if feat not in features:
+                    if declared:
+                        raise ValueError(f"item_terms[{i}] has feature {feat!r} not in features {list(features)}")
+                    features[feat] = None
                 if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
                     raise ValueError(f"item_terms[{i}][{feat!r}] must be a list of values, got {values!r}")
                 for v in values:
