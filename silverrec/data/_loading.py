@@ -1,0 +1,255 @@
+"""Helpers shared by the data loaders: fraction split, vocabularies, jagged string columns,
+checked CSV reading with file/line error messages.
+
+Private to ``silverrec.data``; the public entry points are :func:`time_fraction_split` (also
+exported from ``silverrec.data``) and the loaders that use the rest.
+"""
+import re
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from silverrec.data.dataset import JaggedColumn, Split
+
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+def time_fraction_split(user: np.ndarray, timestamp: np.ndarray, valid_fraction: float = 0.1,
+                        test_fraction: float = 0.1, min_train: int = 1) -> Split:
+    """Per-user time-ordered split by fractions of each user's history.
+
+    Each user's last ``max(1, round(test_fraction * n))`` interactions go to test, the
+    ``max(1, round(valid_fraction * n))`` before them to validation and the rest to train.
+    A fraction of 0 gives that split no rows. Users whose train part would hold fewer than
+    ``min_train`` interactions keep everything in train (like
+    :func:`~silverrec.data.dataset.time_ordered_split`); users with no interactions appear in
+    no split. Ties in time keep the input order.
+
+    Args:
+        user (np.ndarray): int64 [M] user rows.
+        timestamp (np.ndarray): int64 [M] times.
+        valid_fraction (float): share of each user's interactions for validation, in [0, 1).
+        test_fraction (float): share of each user's interactions for test, in [0, 1).
+        min_train (int): smallest train part a user must keep to contribute valid/test rows.
+
+    Returns:
+        Split: sorted int64 index arrays into the M interactions.
+
+    Example::
+
+        >>> import numpy as np
+        >>> s = time_fraction_split(np.zeros(10, dtype=np.int64), np.arange(10))
+        >>> s.train.tolist(), s.valid.tolist(), s.test.tolist()
+        ([0, 1, 2, 3, 4, 5, 6, 7], [8], [9])
+    """
+    for name, frac in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= frac < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {frac}")
+    if valid_fraction + test_fraction >= 1.0:
+        raise ValueError(f"valid_fraction + test_fraction must be < 1, got {valid_fraction} + {test_fraction}")
+    if min_train < 0:
+        raise ValueError(f"min_train must be >= 0, got {min_train}")
+    user = np.asarray(user, dtype=np.int64)
+    timestamp = np.asarray(timestamp, dtype=np.int64)
+    if user.shape != timestamp.shape or user.ndim != 1:
+        raise ValueError(f"user and timestamp must be 1-D of equal length, got {user.shape} and {timestamp.shape}")
+    if user.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Split(train=empty, valid=empty.copy(), test=empty.copy())
+    order = np.lexsort((np.arange(user.size), timestamp, user))
+    u_sorted = user[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(u_sorted)) + 1]
+    counts = np.diff(np.r_[starts, u_sorted.size])
+
+    def _part(frac: float) -> np.ndarray:
+        if frac == 0.0:
+            return np.zeros_like(counts)
+        return np.maximum(1, np.floor(frac * counts + 0.5).astype(np.int64))
+
+    n_test, n_valid = _part(test_fraction), _part(valid_fraction)
+    ok = counts - n_test - n_valid >= max(min_train, 1)
+    n_test, n_valid = np.where(ok, n_test, 0), np.where(ok, n_valid, 0)
+    from_end = np.repeat(counts, counts) - 1 - (np.arange(u_sorted.size) - np.repeat(starts, counts))
+    t_rep, v_rep = np.repeat(n_test, counts), np.repeat(n_valid, counts)
+    is_test = from_end < t_rep
+    is_valid = ~is_test & (from_end < t_rep + v_rep)
+    is_train = ~(is_test | is_valid)
+    return Split(train=np.sort(order[is_train]), valid=np.sort(order[is_valid]), test=np.sort(order[is_test]))
+
+
+def check_required_splits(split: Split, required: Sequence[str], source: str) -> None:
+    """Raises ``ValueError`` when a split listed in ``required`` has no rows."""
+    for name in required:
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"required_splits: unknown split {name!r}; expected a subset of {SPLIT_NAMES}")
+        if split.get(name).size == 0:
+            raise ValueError(
+                f"{source}: split {name!r} is empty (no user has enough interactions for train + valid + test); "
+                "use a larger data set, smaller valid/test fractions, or drop it from required_splits"
+            )
+
+
+def sort_interactions(user: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
+    """Permutation sorting interactions by (user, timestamp), ties in input order."""
+    return np.lexsort((np.arange(user.size), timestamp, user))
+
+
+def vocab_of(values: np.ndarray) -> Tuple[Tuple[str, ...], np.ndarray]:
+    """Sorted vocabulary of external values (as strings) and the int64 id of each value.
+
+    Integer arrays sort numerically ("2" before "10"), anything else by its string form.
+    """
+    values = np.asarray(values)
+    if values.dtype.kind not in "iu":
+        values = np.asarray([str(v) for v in values.tolist()], dtype=object)
+    uniq, inverse = np.unique(values, return_inverse=True)
+    return tuple(str(v) for v in uniq.tolist()), inverse.astype(np.int64).reshape(-1)
+
+
+def split_multi(value: object, sep: str) -> List[str]:
+    """The values of one multi-valued cell: a list/array cell, or a ``sep``-separated string."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [str(v) for v in value if v is not None and str(v) != ""]
+    if isinstance(value, float) and np.isnan(value):
+        return []
+    text = str(value)
+    if text == "":
+        return []
+    return [v for v in text.split(sep) if v != ""]
+
+
+def jagged_from_cells(cells: Sequence[object], sep: str) -> Tuple[JaggedColumn, Tuple[str, ...], int]:
+    """Encodes a column of (possibly multi-valued, possibly missing) cells.
+
+    Returns:
+        (JaggedColumn, vocab, max_length): duplicates within a cell are dropped (first kept);
+        missing cells become empty rows; ``max_length`` is at least 1.
+    """
+    rows = [list(dict.fromkeys(split_multi(c, sep))) for c in cells]
+    flat = [v for r in rows for v in r]
+    if not flat:
+        raise ValueError("column has no values at all")
+    vocab, ids = vocab_of(np.asarray(flat, dtype=object))
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return JaggedColumn(ids, offsets), vocab, max(1, int(lengths.max()))
+
+
+def require_file(path: Path, what: str) -> Path:
+    """``path`` if it is a file, else ``FileNotFoundError`` naming it and what it should hold."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; expected {what}")
+    return path
+
+
+def read_checked(path: Path, columns: Sequence[str], dtypes: Dict[str, str], *, sep: str = ",",
+                 header: bool = True, encoding: str = "utf-8", double_colon: bool = False) -> pd.DataFrame:
+    """Reads a delimited text file with a typed fast path and precise errors on bad rows.
+
+    Args:
+        path (Path): the file.
+        columns (Sequence[str]): expected column names (checked against the header, or used as
+            names for files without one).
+        dtypes (Dict[str, str]): ``"int"``, ``"float"`` or ``"str"`` per column; numeric columns
+            must parse in every row.
+        sep (str): field separator.
+        header (bool): the first line names the columns.
+        encoding (str): text encoding.
+        double_colon (bool): MovieLens ``::`` separator (rewritten to tabs for the C parser).
+
+    Returns:
+        pd.DataFrame: one row per data line, index = 0-based data row.
+
+    Raises:
+        ValueError: ``"<path>:<line>: ..."`` with the offending row for wrong field counts,
+            unparseable numbers or missing values.
+    """
+    first_line = 2 if header else 1
+    if double_colon:
+        import io
+
+        data = path.read_bytes().replace(b"::", b"\t")
+        opener = lambda: io.BytesIO(data)  # noqa: E731
+        sep = "\t"
+    else:
+        opener = lambda: path  # noqa: E731
+    kw = dict(sep=sep, header=0 if header else None, names=None if header else list(columns),
+              keep_default_na=False, na_filter=False, encoding=encoding, quoting=3 if double_colon else 0,
+              skip_blank_lines=False, engine="c")
+    typed = {c: {"int": np.int64, "float": np.float64}.get(dtypes.get(c, "str"), object) for c in columns}
+    try:  # fast path: the C parser with numeric dtypes; any problem -> slow path that finds the row
+        df = pd.read_csv(opener(), dtype=typed, **kw)
+        if not header and len(df.columns) == len(columns) and not any(
+                df[c].isna().any() for c in columns if typed[c] is np.float64):
+            return df
+        if header and all(c in df.columns for c in columns) and not any(
+                df[c].isna().any() for c in columns if typed[c] is np.float64):
+            return df[list(columns)].copy()
+    except (ValueError, TypeError, OverflowError):  # pandas' ParserError is a ValueError
+        pass
+    try:
+        df = pd.read_csv(opener(), dtype=str, **kw)
+    except pd.errors.ParserError as e:
+        m = re.search(r"line (\d+), saw (\d+)", str(e))
+        if m is None:
+            raise ValueError(f"{path}: cannot parse: {e}") from None
+        line = int(m.group(1))
+        raise ValueError(f"{path}:{line}: expected {len(columns)} fields, got {m.group(2)}: "
+                         f"{_raw_line(path, line, encoding)!r}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not {encoding} text ({e})") from None
+    if header:
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise ValueError(f"{path}: header {list(df.columns)} lacks required column(s) {missing}")
+    elif len(df.columns) != len(columns):
+        raise ValueError(f"{path}: expected {len(columns)} fields per line, got {len(df.columns)}")
+    out = {}
+    for col in columns:
+        kind = dtypes.get(col, "str")
+        s = df[col]
+        if kind == "str":
+            out[col] = s.to_numpy(dtype=object)
+            continue
+        num = pd.to_numeric(s, errors="coerce")
+        bad = num.isna().to_numpy()
+        if kind == "int" and not bad.any():
+            bad = (num != np.floor(num)).to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            line = row + first_line
+            raise ValueError(f"{path}:{line}: column {col!r} must be {'an integer' if kind == 'int' else 'a number'}, "
+                             f"got {s.iloc[row]!r} in row {_raw_line(path, line, encoding)!r}")
+        out[col] = num.to_numpy(dtype=np.int64 if kind == "int" else np.float64)
+    return pd.DataFrame(out)
+
+
+def _raw_line(path: Path, line: int, encoding: str) -> str:
+    with open(path, encoding=encoding, errors="replace") as f:
+        for i, text in enumerate(f, start=1):
+            if i == line:
+                return text.rstrip("\r\n")
+    return ""
+
+
+def drop_unknown(known: np.ndarray, what: str, source: str, on_unknown: str) -> None:
+    """Applies the unknown-reference policy: ``"drop"`` warns with a count, ``"error"`` raises."""
+    n_bad = int((~known).sum())
+    if n_bad == 0:
+        return
+    if on_unknown == "error":
+        raise ValueError(f"{source}: {n_bad} interaction(s) reference {what} not in the catalogue")
+    if on_unknown != "drop":
+        raise ValueError(f"on_unknown must be 'drop' or 'error', got {on_unknown!r}")
+    warnings.warn(f"{source}: dropped {n_bad} interaction(s) referencing {what} not in the catalogue",
+                  stacklevel=3)
+
+
+def optional_path(path: Optional[str]) -> Optional[Path]:
+    return None if path is None else Path(path)
