@@ -4,6 +4,7 @@ checked CSV reading with file/line error messages.
 Private to ``silverrec.data``; the public entry points are :func:`time_fraction_split` (also
 exported from ``silverrec.data``) and the loaders that use the rest.
 """
+import csv
 import re
 import warnings
 from pathlib import Path
@@ -170,7 +171,6 @@ def read_checked(path: Path, columns: Sequence[str], dtypes: Dict[str, str], *, 
         ValueError: ``"<path>:<line>: ..."`` with the offending row for wrong field counts,
             unparseable numbers or missing values.
     """
-    first_line = 2 if header else 1
     if double_colon:
         import io
 
@@ -179,20 +179,23 @@ def read_checked(path: Path, columns: Sequence[str], dtypes: Dict[str, str], *, 
         sep = "\t"
     else:
         opener = lambda: path  # noqa: E731
+    file_columns = list(pd.read_csv(path, sep=sep, nrows=0, encoding=encoding).columns) if header and \
+        not double_colon else list(columns)
+    if dtypes.get(file_columns[-1], "str") == "str":  # a short row would silently end in ""
+        _check_field_counts(path, len(file_columns), sep, header, encoding, double_colon)
     kw = dict(sep=sep, header=0 if header else None, names=None if header else list(columns),
               keep_default_na=False, na_filter=False, encoding=encoding, quoting=3 if double_colon else 0,
-              skip_blank_lines=False, engine="c")
+              skip_blank_lines=True, engine="c")
     typed = {c: {"int": np.int64, "float": np.float64}.get(dtypes.get(c, "str"), object) for c in columns}
     try:  # fast path: the C parser with numeric dtypes; any problem -> slow path that finds the row
         df = pd.read_csv(opener(), dtype=typed, **kw)
-        if not header and len(df.columns) == len(columns) and not any(
-                df[c].isna().any() for c in columns if typed[c] is np.float64):
-            return df
-        if header and all(c in df.columns for c in columns) and not any(
-                df[c].isna().any() for c in columns if typed[c] is np.float64):
+        if all(c in df.columns for c in columns) and (header or len(df.columns) == len(columns)) \
+                and not df[list(columns)].isna().to_numpy().any():
             return df[list(columns)].copy()
     except (ValueError, TypeError, OverflowError):  # pandas' ParserError is a ValueError
         pass
+    # slow path (only for bad files): field counts first, then per-column values
+    _check_field_counts(path, len(file_columns), sep, header, encoding, double_colon)
     try:
         df = pd.read_csv(opener(), dtype=str, **kw)
     except pd.errors.ParserError as e:
@@ -200,7 +203,7 @@ def read_checked(path: Path, columns: Sequence[str], dtypes: Dict[str, str], *, 
         if m is None:
             raise ValueError(f"{path}: cannot parse: {e}") from None
         line = int(m.group(1))
-        raise ValueError(f"{path}:{line}: expected {len(columns)} fields, got {m.group(2)}: "
+        raise ValueError(f"{path}:{line}: expected {len(file_columns)} fields, got {m.group(2)}: "
                          f"{_raw_line(path, line, encoding)!r}") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not {encoding} text ({e})") from None
@@ -222,12 +225,43 @@ def read_checked(path: Path, columns: Sequence[str], dtypes: Dict[str, str], *, 
         if kind == "int" and not bad.any():
             bad = (num != np.floor(num)).to_numpy()
         if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            line = row + first_line
+            line = line_of_row(path, int(np.flatnonzero(bad)[0]), header, encoding)
             raise ValueError(f"{path}:{line}: column {col!r} must be {'an integer' if kind == 'int' else 'a number'}, "
-                             f"got {s.iloc[row]!r} in row {_raw_line(path, line, encoding)!r}")
+                             f"got {s.iloc[int(np.flatnonzero(bad)[0])]!r} in row {_raw_line(path, line, encoding)!r}")
         out[col] = num.to_numpy(dtype=np.int64 if kind == "int" else np.float64)
     return pd.DataFrame(out)
+
+
+def _check_field_counts(path: Path, n: int, sep: str, header: bool, encoding: str, double_colon: bool) -> None:
+    """Raises ``ValueError`` at the first non-blank line that does not hold ``n`` fields."""
+    if double_colon:
+        with open(path, encoding=encoding, errors="replace") as f:
+            for line, text in enumerate(f, start=1):
+                text = text.rstrip("\r\n")
+                if text.strip() and text.count("::") != n - 1:
+                    raise ValueError(f"{path}:{line}: expected {n} fields, got {text.count('::') + 1}: {text!r}")
+        return
+    with open(path, newline="", encoding=encoding, errors="replace") as f:
+        reader = csv.reader(f, delimiter=sep)
+        for row in reader:
+            if (header and reader.line_num == 1) or not row or not any(row):
+                continue
+            if len(row) != n:
+                line = reader.line_num
+                raise ValueError(f"{path}:{line}: expected {n} fields, got {len(row)}: {_raw_line(path, line, encoding)!r}")
+
+
+def line_of_row(path: Path, row: int, header: bool, encoding: str = "utf-8") -> int:
+    """The 1-based file line of 0-based data row ``row`` (blank lines are not rows)."""
+    seen = -1 if header else 0
+    with open(path, encoding=encoding, errors="replace") as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            if seen == row:
+                return line
+            seen += 1
+    return line
 
 
 def _raw_line(path: Path, line: int, encoding: str) -> str:
