@@ -107,10 +107,6 @@ class BloomIndex(nn.Module):
         Returns:
             BloomIndex: the index (N rows, M = ``num_bits``, H = ``num_hashes``).
         """
-        if num_hashes < 1:
-            raise ValueError(f"num_hashes must be >= 1, got {num_hashes}")
-        if not bits_multiplier > 0:
-            raise ValueError(f"bits_multiplier must be > 0, got {bits_multiplier}")
         order = None
         if item_order is not None:
             order = torch.as_tensor(np.asarray(item_order, dtype=np.int64))
@@ -118,6 +114,27 @@ class BloomIndex(nn.Module):
                 raise ValueError(f"item_order must be a permutation of 0..{len(item_terms) - 1}")
             item_terms = [item_terms[i] for i in order.tolist()]
         dictionary, offsets, term_ids = TermDictionary.from_item_terms(item_terms, features)
+        return cls.from_term_sets(dictionary, offsets, term_ids, num_hashes, bits_multiplier, order)
+
+    @classmethod
+    def from_term_sets(cls, dictionary: TermDictionary, offsets: np.ndarray, term_ids: np.ndarray, num_hashes: int = 4,
+                       bits_multiplier: float = 12.0, item_order: Optional[Tensor] = None) -> "BloomIndex":
+        """Builds the index from encoded term sets whose rows are already in index order.
+
+        Args:
+            dictionary (TermDictionary): the T terms.
+            offsets (np.ndarray): int64 ``[N+1]`` and term_ids (np.ndarray): int64 ``[nnz]``: CSR
+                term sets of the rows (as returned by ``TermDictionary.from_item_terms``).
+            num_hashes (int), bits_multiplier (float): as in :meth:`build`.
+            item_order (Optional[Tensor]): int64 ``[N]`` user item of each row (None: identity).
+
+        Returns:
+            BloomIndex: the index.
+        """
+        if num_hashes < 1:
+            raise ValueError(f"num_hashes must be >= 1, got {num_hashes}")
+        if not bits_multiplier > 0:
+            raise ValueError(f"bits_multiplier must be > 0, got {bits_multiplier}")
         n = offsets.size - 1
         counts = np.diff(offsets)
         num_bits = max(1, math.ceil(int(counts.max()) * bits_multiplier))
@@ -128,7 +145,8 @@ class BloomIndex(nn.Module):
         signature[term_hashes[term_ids].reshape(-1), np.repeat(rows, num_hashes)] = True
         bits = np.packbits(signature, axis=1, bitorder="little").view("<i8")  # [M, W]
         table = AttributeTable(offsets, term_ids, len(dictionary))
-        return cls(dictionary, torch.from_numpy(np.ascontiguousarray(bits)), torch.from_numpy(term_hashes), table, order)
+        return cls(dictionary, torch.from_numpy(np.ascontiguousarray(bits)), torch.from_numpy(term_hashes), table,
+                   item_order)
 
     def plan(self, expressions: Sequence[str]) -> FilterPlan:
         """Parses B filter expressions into plan tensors (``opcodes/terms [B, L]``, ``hashes [B, L, H]``)."""

@@ -112,18 +112,18 @@ class TermDictionary:
     def hash_positions(self, num_hashes: int, num_bits: int) -> np.ndarray:
         """Bloom bit positions of every term: int64 ``[T, H]`` in ``[0, num_bits)``.
 
-        Double hashing (``h1 + i * h2 mod num_bits``) of a 128-bit BLAKE2b digest of the
-        term, so positions are stable across processes and Python versions.
+        Position i is the i-th 64-bit word of BLAKE2b digests of the term (8 words per digest,
+        digest j personalised with j) modulo ``num_bits``: independent positions, stable across
+        processes and Python versions. (Double hashing ``h1 + i h2`` was measured to give up to 3x
+        the theoretical false-positive rate at these small widths: few distinct position sets.)
         """
         if num_hashes < 1 or num_bits < 1:
             raise ValueError(f"num_hashes and num_bits must be >= 1, got {num_hashes} and {num_bits}")
-        digests = np.frombuffer(
-            b"".join(hashlib.blake2b(f"{f}\x1f{v}".encode(), digest_size=16).digest() for f, v in self.terms),
-            dtype="<u8",
-        ).reshape(len(self.terms), 2)
-        h1 = digests[:, :1]
-        h2 = digests[:, 1:] | np.uint64(1)
-        i = np.arange(num_hashes, dtype=np.uint64)[None, :]
-        with np.errstate(over="ignore"):
-            pos = (h1 + i * h2) % np.uint64(num_bits)
-        return pos.astype(np.int64).reshape(len(self.terms), num_hashes)
+        n_digests = (num_hashes + 7) // 8
+        data = b"".join(
+            hashlib.blake2b(f"{f}\x1f{v}".encode(), digest_size=64, person=j.to_bytes(16, "little")).digest()
+            for f, v in self.terms
+            for j in range(n_digests)
+        )
+        words = np.frombuffer(data, dtype="<u8").reshape(len(self.terms), 8 * n_digests)[:, :num_hashes]
+        return (words % np.uint64(num_bits)).astype(np.int64)

@@ -23,6 +23,9 @@ namespace {
 constexpr int64_t kNop = 0, kTerm = 1, kNotTerm = 2, kAnd = 3, kOr = 4, kFalse = 5, kTrue = 6;
 constexpr int64_t kChunkWords = 256;  // mask words per parallel task (16384 rows)
 constexpr int64_t kBlockWords = 64;   // mask words per stack slot
+// Parallelise only when each thread gets about this many word reads (~5 ms): waking a thread
+// team for a small batch costs more than it saves, badly so on a busy machine.
+constexpr int64_t kMinReadsPerThread = int64_t{1} << 23;
 
 struct Instr {
   int64_t op;
@@ -188,7 +191,8 @@ at::Tensor bloom_search_cpu(const at::Tensor& bits, const at::Tensor& opcodes, c
   const int64_t M = bits.size(0), W = bits.size(1), B = opcodes.size(0), L = opcodes.size(1), H = hashes.size(2);
   const int64_t T = posting_offsets.size(0) - 1, nnz = posting_rows.size(0), P = probe.size(1);
   const int64_t C = cluster_offsets.size(0) - 1;
-  at::Tensor out = at::zeros({B, W}, bits.options());
+  // Every word is written below; at::zeros would spend a (multi-threaded) pass on it.
+  at::Tensor out = at::empty({B, W}, bits.options());
   if (B == 0 || W == 0) return out;
 
   const auto* bits_p = reinterpret_cast<const uint64_t*>(bits_c.data_ptr<int64_t>());
@@ -212,29 +216,32 @@ at::Tensor bloom_search_cpu(const at::Tensor& bits, const at::Tensor& opcodes, c
 
   auto* out_p = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
   const int64_t chunks = (W + kChunkWords - 1) / kChunkWords;
-  at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
+  int64_t reads = 0;  // rows read per word, summed over the plans
+  for (const Program& p : programs) reads += static_cast<int64_t>(p.rows.size() + p.code.size());
+  const int64_t grain = std::max<int64_t>(1, kMinReadsPerThread / (kChunkWords * std::max<int64_t>(1, reads / B)));
+  at::parallel_for(0, B * chunks, grain, [&](int64_t begin, int64_t end) {
     std::vector<uint64_t> stack(max_depth * kBlockWords);
     std::vector<uint64_t> in_range(kChunkWords);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / chunks, cw0 = (task % chunks) * kChunkWords;
       const int64_t cw1 = std::min(W, cw0 + kChunkWords);
       std::fill(in_range.begin(), in_range.end(), 0);
-      bool any = false;
       for (int64_t j = 0; j < P; ++j) {
         const int64_t c = probe_p[b * P + j];
         if (c == -1) continue;
         const int64_t start = std::max(co_p[c], 64 * cw0), stop = std::min(co_p[c + 1], 64 * cw1);
         if (start >= stop) continue;
-        any = true;
         for (int64_t w = start >> 6; w <= (stop - 1) >> 6; ++w) in_range[w - cw0] |= range_bits(w, start, stop);
       }
-      if (!any) continue;
       for (int64_t w0 = cw0; w0 < cw1; w0 += kBlockWords) {
         const int64_t n = std::min(kBlockWords, cw1 - w0);
         const uint64_t* rm = in_range.data() + (w0 - cw0);
-        if (std::all_of(rm, rm + n, [](uint64_t x) { return x == 0; })) continue;
-        run_block(programs[b], w0, n, stack.data());
         uint64_t* dst = out_p + b * W + w0;
+        if (std::all_of(rm, rm + n, [](uint64_t x) { return x == 0; })) {
+          fill(dst, n, 0);  // no probed row in this block
+          continue;
+        }
+        run_block(programs[b], w0, n, stack.data());
         for (int64_t i = 0; i < n; ++i) dst[i] = stack[i] & rm[i];
       }
     }
