@@ -8,11 +8,12 @@ Query time (:meth:`IVFInt8Index.search`): centroid scores pick the probed cluste
 ``torch.ops.silverrec.ivf_int8_topk`` scans them (skipping masked rows) for the best K0 rows by
 INT8 score, and those K0 are re-scored exactly from the float16 cache before the final top-K.
 
-Selectivity fallback: with a filter passing a fraction ``r`` of the items (counted exactly from
-the packed mask: one popcount per query), a query probes ``ceil(n_probe / r)`` clusters (at most
-all C), so about as many passing rows are scored as ``n_probe`` clusters give without a filter.
-Queries that still find fewer than ``min(k, passing rows)`` results are re-run over all clusters
-(a filtered exhaustive scan), so a strict filter returns k results whenever k exist.
+Selectivity fallback: with a filter passing a fraction ``r`` of the items (estimated per query by
+a popcount of at most ``_RATE_SAMPLE_WORDS`` evenly strided words of the packed mask, i.e. about
+65k rows), a query probes ``ceil(n_probe / r)`` clusters (at most all C), so about as many passing
+rows are scored as ``n_probe`` clusters give without a filter. Queries that still find fewer than
+k results are re-run with 4x as many clusters, up to all C (a filtered exhaustive scan), so a
+strict filter returns k results whenever k exist.
 """
 import math
 from dataclasses import dataclass
@@ -24,11 +25,13 @@ from torch import Tensor
 import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.ivf_int8_topk)
 from silverrec.retrieval.kmeans import default_num_clusters, kmeans
 from silverrec.retrieval.packed_mask import pack_mask, popcount
-from silverrec.retrieval.quantize import _check_embeddings, quantize_int8_global, quantize_int8_per_item
+from silverrec.retrieval.quantize import _check_embeddings, _quantize_rows, quantize_int8_global, quantize_int8_per_item
 from silverrec.retrieval.search_result import SearchResult
 
 _QUANTIZATIONS = ("per_item", "global")
 _FP16_MAX = 65504.0
+_RATE_SAMPLE_WORDS = 1024  # mask words popcounted per query to estimate the filter's pass rate
+_ESCALATION = 4  # probe-count growth per round for queries that found fewer than k results
 
 
 @dataclass
@@ -125,6 +128,7 @@ class IVFInt8Index:
         n_probe: Optional[int] = None,
         mask: Optional[Tensor] = None,
         rescore: bool = True,
+        k0: Optional[int] = None,
     ) -> SearchResult:
         """Top-k items by inner product, probing ``n_probe`` clusters (more under a filter).
 
@@ -136,8 +140,9 @@ class IVFInt8Index:
             mask (Optional[Tensor]): filter: bool ``[B, N]`` over the rows of the ``embeddings``
                 given to ``build``, or packed int64 ``[B, ceil(N / 64)]`` in this index's row
                 order (as ``bloom_search`` produces; row ``n`` is item ``row_to_id[n]``).
-            rescore (bool): re-score the best ``K0 = 2K + 16`` INT8 candidates exactly from the
-                float16 cache (default); ``False`` returns the INT8 scores of the best K.
+            rescore (bool): re-score the best ``K0`` INT8 candidates exactly from the float16
+                cache (default); ``False`` returns the INT8 scores of the best K.
+            k0 (Optional[int]): K0 >= K, INT8 candidates re-scored; default ``K + max(16, K // 2)``.
 
         Returns:
             SearchResult: ``scores`` float32 ``[B, K]`` and ``ids`` int64 ``[B, K]`` (rows of
@@ -152,43 +157,52 @@ class IVFInt8Index:
         n_probe = self.default_n_probe() if n_probe is None else n_probe
         if not 1 <= n_probe <= C:
             raise ValueError(f"n_probe must be in [1, num_clusters={C}], got {n_probe}")
+        if k0 is not None and (k0 < k or not rescore):
+            raise ValueError(f"k0 must be >= k={k} and needs rescore=True, got k0={k0}, rescore={rescore}")
+        k0 = (k0 or k + max(16, k // 2)) if rescore else k
         B, dev = queries.shape[0], self.codes.device
         q = queries.to(dev).float()
         packed = self._packed_mask(mask, B)
-        q_codes, q_scales = quantize_int8_per_item(q)
-        k0 = 2 * k + 16 if rescore else k
+        q_codes, q_scales = _quantize_rows(q)
 
         # selectivity fallback: scale the probe count by 1 / pass rate (see module docstring)
-        if packed is None:
-            passing = torch.full((B,), N, dtype=torch.int64, device=dev)
-            n_eff = torch.full((B,), n_probe, dtype=torch.int64, device=dev)
-        else:
-            passing = popcount(packed)
-            n_eff = torch.ceil(n_probe * N / passing.clamp(min=1).double()).long().clamp(max=C)
-        P = int(n_eff.max())
-        cand = torch.topk(q @ self.centroids.T, P, dim=1).indices  # [B, P]
-        probe = torch.where(torch.arange(P, device=dev) < n_eff[:, None], cand, -1)
-        scores, rows, valid = torch.ops.silverrec.ivf_int8_topk(
-            q_codes, q_scales, self.codes, self.scales, self.cluster_offsets, probe, packed, k0
-        )
-        short = (valid < passing.clamp(max=k)) & (n_eff < C)
-        if bool(short.any()):  # exhaustive filtered scan for the queries that came up short
+        n_eff = torch.full((B,), n_probe, dtype=torch.int64, device=dev)
+        if packed is not None:
+            stride = max(1, packed.shape[1] // _RATE_SAMPLE_WORDS)
+            sample = packed[:, ::stride]
+            rate = popcount(sample).double() / min(N, 64 * sample.shape[1])
+            n_eff = torch.ceil(n_probe / rate.clamp(min=1.0 / N)).long().clamp(min=n_probe, max=C)
+        centroid_scores = q @ self.centroids.T  # [B, C]
+        scores, rows, valid = self._scan(centroid_scores, q_codes, q_scales, n_eff, packed, k0)
+        short = (valid < k) & (n_eff < C)
+        while bool(short.any()):  # too few results: widen the probe for those queries only
             idx = short.nonzero().flatten()
-            all_rows = torch.tensor([0, N], dtype=torch.int64, device=dev)
-            everything = torch.zeros((idx.numel(), 1), dtype=torch.int64, device=dev)
+            n_eff = n_eff.index_copy(0, idx, (n_eff[idx] * _ESCALATION).clamp(max=C))
             sub_mask = None if packed is None else packed[idx]
-            s2, r2, _ = torch.ops.silverrec.ivf_int8_topk(
-                q_codes[idx], q_scales[idx], self.codes, self.scales, all_rows, everything, sub_mask, k0
-            )
+            s2, r2, v2 = self._scan(centroid_scores[idx], q_codes[idx], q_scales[idx], n_eff[idx], sub_mask, k0)
             scores, rows = scores.index_copy(0, idx, s2), rows.index_copy(0, idx, r2)
+            valid = valid.index_copy(0, idx, v2)
+            short = (valid < k) & (n_eff < C)
         if rescore:
             scores = self._exact_scores(q, rows)
-        ids = torch.where(rows >= 0, self.row_to_id[rows.clamp(min=0)], -1)
-        # tie rule: sort by id (padding last), then stable by score descending
-        by_id = torch.sort(torch.where(ids >= 0, ids, N), dim=1, stable=True).indices
-        scores, ids = scores.gather(1, by_id), ids.gather(1, by_id)
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
-        return SearchResult(scores.gather(1, order), ids.gather(1, order))
+        ids = self.row_to_id.index_select(0, rows.clamp(min=0).flatten()).view(rows.shape)
+        return _best_k(scores, torch.where(rows >= 0, ids, -1), k, N)
+
+    def _scan(
+        self, centroid_scores: Tensor, q_codes: Tensor, q_scales: Tensor, n_eff: Tensor, mask: Optional[Tensor], k0: int
+    ) -> "tuple[Tensor, Tensor, Tensor]":
+        """One ``ivf_int8_topk`` call probing the best ``n_eff[b]`` clusters of each query."""
+        dev = q_codes.device
+        lo, hi = int(n_eff.min()), int(n_eff.max())
+        if lo >= self.num_clusters:  # all scan everything: the one-cluster form
+            everything = torch.zeros((q_codes.shape[0], 1), dtype=torch.int64, device=dev)
+            all_rows = torch.tensor([0, self.num_items], dtype=torch.int64, device=dev)
+            return torch.ops.silverrec.ivf_int8_topk(q_codes, q_scales, self.codes, self.scales, all_rows, everything, mask, k0)
+        probe = torch.topk(centroid_scores, hi, dim=1, sorted=lo < hi).indices  # [B, P]
+        if lo < hi:
+            probe = torch.where(torch.arange(hi, device=dev) < n_eff[:, None], probe, -1)
+        return torch.ops.silverrec.ivf_int8_topk(
+            q_codes, q_scales, self.codes, self.scales, self.cluster_offsets, probe, mask, k0)
 
     def _exact_scores(self, q: Tensor, rows: Tensor) -> Tensor:
         """float32 [B, K0] inner products of q [B, D] with the cached rows; -inf for padding."""
@@ -213,3 +227,22 @@ class IVFInt8Index:
                 raise ValueError(f"packed mask must be int64 [B, ceil(N/64)] = [{B}, {W}], got {tuple(mask.shape)}")
             return mask.contiguous()
         raise ValueError(f"mask must be bool [B, N] or packed int64 [B, W], got dtype {mask.dtype}")
+
+
+def _best_k(scores: Tensor, ids: Tensor, k: int, num_items: int) -> SearchResult:
+    """Top-k of [B, K0] candidates, best-first, equal scores by lower id, padding (-1) last.
+
+    One ``topk`` over an int64 key that orders like the rule: the float's bits mapped to a
+    signed-monotone int32 in the high word, ``2**32 - 1 - id`` in the low word (ids < 2**32).
+    """
+    s = scores + 0.0  # -0.0 -> +0.0, so both zeros tie
+    bits = s.view(torch.int32)
+    fkey = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    low = 0xFFFFFFFF - torch.where(ids >= 0, ids, num_items)
+    top = torch.topk((fkey.to(torch.int64) << 32) | low, min(k, ids.shape[1]), dim=1).indices
+    out_s, out_i = scores.gather(1, top), ids.gather(1, top)
+    if out_s.shape[1] < k:  # K0 < k cannot happen through search(); kept for completeness
+        pad = k - out_s.shape[1]
+        out_s = torch.cat([out_s, out_s.new_full((out_s.shape[0], pad), float("-inf"))], 1)
+        out_i = torch.cat([out_i, out_i.new_full((out_i.shape[0], pad), -1)], 1)
+    return SearchResult(out_s, out_i)

@@ -93,16 +93,18 @@ def kmeans_plus_plus(x: Tensor, num_clusters: int, generator: torch.Generator) -
     """
     x = x.float()
     S = x.shape[0]
+    sq = (x * x).sum(dim=1)  # [S]
+    # draw all uniforms up front; each step inverts the cumulative D^2 (no host sync per step)
+    u = torch.rand(num_clusters, generator=generator, device=x.device, dtype=torch.float64)
     chosen = torch.empty(num_clusters, dtype=torch.int64, device=x.device)
-    chosen[0] = torch.randint(S, (1,), generator=generator, device=x.device)[0]
-    d2 = ((x - x[chosen[0]]) ** 2).sum(dim=1)
+    chosen[0] = torch.clamp((u[0] * S).long(), max=S - 1)
+    d2 = (sq - 2 * (x @ x[chosen[0]]) + sq[chosen[0]]).clamp_(min=0)
     for i in range(1, num_clusters):
-        if float(d2.sum()) > 0:
-            nxt = torch.multinomial(d2, 1, generator=generator)[0]
-        else:  # every point coincides with a seed: any point will do
-            nxt = torch.randint(S, (1,), generator=generator, device=x.device)[0]
+        cdf = torch.cumsum(d2.double(), dim=0)
+        # all-zero D^2 (every point on a seed) gives cdf == 0 and picks the last point: any will do
+        nxt = torch.searchsorted(cdf, (u[i] * cdf[-1]).reshape(1), right=True).clamp_(max=S - 1)[0]
         chosen[i] = nxt
-        d2 = torch.minimum(d2, ((x - x[nxt]) ** 2).sum(dim=1))
+        d2 = torch.minimum(d2, (sq - 2 * (x @ x[nxt]) + sq[nxt]).clamp_(min=0))
     return x[chosen].clone()
 
 

@@ -144,3 +144,20 @@ def test_search_bad_input(built, kwargs, message: str) -> None:
 def test_build_bad_input(embeddings, kwargs, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         IVFInt8Index.build(embeddings, **kwargs)
+
+
+def test_equal_scores_lower_id_first() -> None:
+    """Duplicated items score alike: the lower id (row of ``embeddings``) must come first."""
+    x, q, _ = _data(3, N=200, B=3)
+    x = torch.cat([x, x])  # item i and i + 200 are identical
+    scores, ids = IVFInt8Index.build(x, num_clusters=4).search(q, 20, n_probe=4)
+    assert torch.equal(scores[:, 0::2], scores[:, 1::2])
+    assert torch.equal(ids[:, 0::2] + 200, ids[:, 1::2])
+
+
+def test_k0_validation(built) -> None:
+    _, q, _, index = built
+    with pytest.raises(ValueError, match="k0 must be >= k"):
+        index.search(q, 10, k0=5)
+    with pytest.raises(ValueError, match="needs rescore=True"):
+        index.search(q, 10, k0=20, rescore=False)

@@ -5,7 +5,7 @@
 // skipped word by word (64 rows per word, so a strict filter costs ~N/64 word reads plus the
 // passing rows); every passing row gets an exact int32 dot product (AVX2, see dot_i8) and the
 // score float(acc) * q_scale * scale, applied in that order as in the reference so the floats are
-// bit-identical; a size-K min-heap keeps the running top-k under the tie rule (higher score first,
+// bit-identical; a threshold + partial-selection buffer keeps the running top-k under the tie rule (higher score first,
 // equal scores: lower row first). No [B, N] buffer is ever allocated.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -56,22 +56,38 @@ inline bool better(const Entry& a, const Entry& b) {
   return a.first > b.first || (a.first == b.first && a.second < b.second);
 }
 
-// Running top-k: a heap whose front is the worst kept entry.
+// Running top-k: candidates better than the current threshold (the k-th best seen so far) are
+// appended to a buffer; once it has held k entries their worst is the threshold, and when it
+// holds 2k, nth_element keeps the best k and raises the threshold to the k-th best. Amortised O(1) per candidate, unlike a heap's O(log k) sift per insertion.
 struct TopK {
-  explicit TopK(int64_t k) : k_(k) { heap_.reserve(k); }
+  explicit TopK(int64_t k) : k_(k) { buf_.reserve(2 * k); }
   inline void push(float score, int64_t row) {
-    const Entry e{score, row};
-    if (static_cast<int64_t>(heap_.size()) < k_) {
-      heap_.push_back(e);
-      std::push_heap(heap_.begin(), heap_.end(), better);
-    } else if (better(e, heap_.front())) {
-      std::pop_heap(heap_.begin(), heap_.end(), better);
-      heap_.back() = e;
-      std::push_heap(heap_.begin(), heap_.end(), better);
+    if (full_ && (score < thr_.first || (score == thr_.first && row > thr_.second))) return;
+    buf_.push_back({score, row});
+    const int64_t n = static_cast<int64_t>(buf_.size());
+    if (n >= 2 * k_) {
+      compact();
+    } else if (n == k_ && !full_) {  // first k seen: their worst is already a valid threshold
+      thr_ = *std::min_element(buf_.begin(), buf_.end(), [](const Entry& a, const Entry& b) { return better(b, a); });
+      full_ = true;
     }
   }
+  void compact() {
+    std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.end(), better);
+    buf_.resize(k_);
+    thr_ = buf_[k_ - 1];  // nth_element leaves the k-th best at k-1, all better ones before it
+    full_ = true;
+  }
+  // The kept entries, best first.
+  const std::vector<Entry>& finish() {
+    if (static_cast<int64_t>(buf_.size()) > k_) compact();
+    std::sort(buf_.begin(), buf_.end(), better);
+    return buf_;
+  }
   int64_t k_;
-  std::vector<Entry> heap_;
+  bool full_ = false;
+  Entry thr_{0.0f, 0};
+  std::vector<Entry> buf_;
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
@@ -177,10 +193,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
           }
         }
       }
-      std::sort(top.heap_.begin(), top.heap_.end(), better);
-      for (size_t i = 0; i < top.heap_.size(); ++i) {
-        os[b * k + i] = top.heap_[i].first;
-        orw[b * k + i] = top.heap_[i].second;
+      const std::vector<Entry>& best = top.finish();
+      for (size_t i = 0; i < best.size(); ++i) {
+        os[b * k + i] = best[i].first;
+        orw[b * k + i] = best[i].second;
       }
       ov[b] = std::min(eligible, k);
     }
