@@ -8,7 +8,7 @@ import csv
 import re
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -284,6 +284,3 @@ def drop_unknown(known: np.ndarray, what: str, source: str, on_unknown: str) -> 
     warnings.warn(f"{source}: dropped {n_bad} interaction(s) referencing {what} not in the catalogue",
                   stacklevel=3)
 
-
-def optional_path(path: Optional[str]) -> Optional[Path]:
-    return None if path is None else Path(path)

@@ -47,7 +47,6 @@ Example::
 import dataclasses
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
@@ -361,13 +360,3 @@ def synthetic_dataset(size: str = "default", seed: int = 0, num_users: Optional[
 
     return cached(Path(cache_dir), f"synthetic-{size}-{config.digest()}", lambda: generate(config, progress))
 
-
-if __name__ == "__main__":  # python -m silverrec.data.synthetic: sizes and generation time per preset
-    for name in ("tiny", "small", "default"):
-        t0 = time.perf_counter()
-        ds = generate(SyntheticConfig.preset(name))
-        dt = time.perf_counter() - t0
-        s = ds.split
-        print(f"{name:8s} users={ds.users.num_rows:6d} items={ds.items.num_rows:6d} "
-              f"interactions={len(ds.interactions):8d} train/valid/test={s.train.size}/{s.valid.size}/{s.test.size} "
-              f"time={dt:.1f}s")

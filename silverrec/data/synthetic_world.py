@@ -8,10 +8,13 @@ the oracle that produced the data (``WorldLatents.logits``).
 Letters: U users, N items, C categories, L languages, Y years, K creators, D factor dim.
 """
 from dataclasses import dataclass
-from typing import Tuple
+from typing import TYPE_CHECKING, Tuple
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from silverrec.data.synthetic import SyntheticConfig
 
 LANGUAGES = ("en", "es", "pt", "fr", "de", "it", "ja", "ko", "zh", "ru")
 # (country, home language), most populous first
@@ -212,7 +215,7 @@ def _sample_tags(rng: np.random.Generator, item_cat: np.ndarray, n_tags: int, n_
     return (cand[keep].astype(np.int64), offsets), names, home
 
 
-def draw_world(cfg: "SyntheticConfig") -> World:  # noqa: F821 (defined in silverrec.data.synthetic)
+def draw_world(cfg: "SyntheticConfig") -> World:
     """Draws attributes and latents of a world (see :mod:`silverrec.data.synthetic`)."""
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
     U, N, C, L, K, D = cfg.num_users, cfg.num_items, cfg.num_categories, cfg.num_languages, cfg.num_creators, cfg.dim

@@ -56,8 +56,10 @@ def _read(path: Path, what: str, required: Sequence[str], ints: Sequence[str] = 
         for col in list(ints) + floats:
             df[col] = _parquet_numeric(df[col], path, col, col in ints)
         for col in required:
-            bad = np.flatnonzero(df[col].isna().to_numpy()) if col in ints or col in floats else \
-                np.flatnonzero([v is None or (isinstance(v, float) and np.isnan(v)) or v == "" for v in df[col].tolist()])
+            missing_cell = df[col].isna()
+            if df[col].dtype == object:
+                missing_cell |= df[col].astype(str) == ""
+            bad = np.flatnonzero(missing_cell.to_numpy())
             if bad.size:
                 raise ValueError(f"{path}: row {int(bad[0])}: column {col!r} is missing in row "
                                  f"{df.iloc[int(bad[0])].to_dict()}")
@@ -96,22 +98,29 @@ def _parquet_numeric(s: pd.Series, path: Path, col: str, integer: bool) -> pd.Se
     return num
 
 
-def _ids(values: np.ndarray) -> np.ndarray:
-    """External ids as strings (integers without a trailing .0)."""
+def _keys(values: np.ndarray) -> np.ndarray:
+    """External ids as int64 when the column is integral, else as strings."""
     if values.dtype.kind in "iu":
-        return values.astype(str).astype(object)
-    return np.asarray([str(v) for v in values.tolist()], dtype=object)
+        return values.astype(np.int64)
+    return pd.Series(values, dtype=object).astype(str).to_numpy(dtype=object)
 
 
-def _catalogue(df: pd.DataFrame, id_col: str, path: Path, first: int, unit: str) -> Tuple[np.ndarray, Dict[str, int]]:
-    ids = _ids(df[id_col].to_numpy())
-    index: Dict[str, int] = {}
-    for r, v in enumerate(ids.tolist()):
-        if v in index:
-            raise ValueError(f"{path}:{unit} {r + first}: {id_col} {v!r} already appeared "
-                             f"at {unit} {index[v] + first}")
-        index[v] = r
-    return ids, index
+def _comparable(a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Both key arrays as int64 if both are, else both as strings (``7`` matches ``"7"``)."""
+    if a.dtype.kind == "i" and b.dtype.kind == "i":
+        return a, b
+    return a.astype(str).astype(object), b.astype(str).astype(object)
+
+
+def _catalogue(df: pd.DataFrame, id_col: str, path: Path, first: int, unit: str) -> np.ndarray:
+    """The id column's keys; a repeated id raises ``ValueError`` naming both places."""
+    keys = _keys(df[id_col].to_numpy())
+    dup = pd.Index(keys).duplicated()
+    if dup.any():
+        r = int(np.flatnonzero(dup)[0])
+        r0 = int(np.flatnonzero(keys == keys[r])[0])
+        raise ValueError(f"{path}:{unit} {r + first}: {id_col} {str(keys[r])!r} already appeared at {unit} {r0 + first}")
+    return keys
 
 
 def _features(df: pd.DataFrame, id_col: str, path: Path, sep: str,
@@ -132,8 +141,10 @@ def _features(df: pd.DataFrame, id_col: str, path: Path, sep: str,
     return feats, cols
 
 
-def _lookup(index: Dict[str, int], ids: np.ndarray) -> np.ndarray:
-    return np.fromiter((index.get(v, -1) for v in ids.tolist()), dtype=np.int64, count=ids.size)
+def _lookup(catalogue: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Row of each key in the catalogue, -1 where absent."""
+    catalogue, keys = _comparable(catalogue, keys)
+    return pd.Index(catalogue).get_indexer(keys).astype(np.int64)
 
 
 def _tasks(df: pd.DataFrame, labels: List[str], path: Path, first: int, unit: str) -> Tuple[Tuple[Task, ...], Dict[str, np.ndarray]]:
@@ -186,29 +197,33 @@ def load_tables(interactions: PathLike, items: PathLike, users: Optional[PathLik
     ipath, tpath = Path(interactions), Path(items)
     upath = None if users is None else Path(users)
     items_df, ifirst, iunit = _read(tpath, "an item table with an item_id column", ["item_id"])
-    item_ids, item_index = _catalogue(items_df, "item_id", tpath, ifirst, iunit)
+    item_ids = _catalogue(items_df, "item_id", tpath, ifirst, iunit)
     item_feats, item_cols = _features(items_df, "item_id", tpath, sep, filterable)
     if any(f.name == ITEM_ID for f in item_feats):
         raise ValueError(f"{tpath}: duplicate item_id column")
     inter, first, unit = _read(ipath, "an interactions table with user_id, item_id, timestamp columns",
                                ["user_id", "item_id", "timestamp"], ints=["timestamp"], other_numeric=True)
     label_cols = [c for c in inter.columns if c not in ("user_id", "item_id", "timestamp")]
-    item = _lookup(item_index, _ids(inter["item_id"].to_numpy()))
+    item = _lookup(item_ids, _keys(inter["item_id"].to_numpy()))
     known = item >= 0
     drop_unknown(known, "unknown item_id(s)", str(ipath), on_unknown)
-    raw_users = _ids(inter["user_id"].to_numpy())
+    raw_users = _keys(inter["user_id"].to_numpy())
     if upath is not None:
         users_df, ufirst, uunit = _read(upath, "a user table with a user_id column", ["user_id"])
-        user_ids, user_index = _catalogue(users_df, "user_id", upath, ufirst, uunit)
+        user_ids = _catalogue(users_df, "user_id", upath, ufirst, uunit)
         user_feats, user_cols = _features(users_df, "user_id", upath, sep, filterable=[])
-        user = _lookup(user_index, raw_users)
+        user = _lookup(user_ids, raw_users)
         drop_unknown((user >= 0) | ~known, "unknown user_id(s)", str(ipath), on_unknown)
         known &= user >= 0
         user_table = FeatureTable(user_ids.size, user_cols)
     else:
-        user_ids, user = np.unique(raw_users[known], return_inverse=True)
+        codes, uniq = pd.factorize(raw_users[known])  # hashing: fast for millions of string ids
+        order = np.argsort(np.asarray(uniq), kind="stable")  # numeric or string order
+        rank = np.empty(order.size, dtype=np.int64)
+        rank[order] = np.arange(order.size)
+        user_ids = np.asarray(uniq)[order]
         full = np.full(raw_users.size, -1, dtype=np.int64)
-        full[known] = user.reshape(-1)
+        full[known] = rank[codes]
         user, user_feats, user_table = full, [], FeatureTable(user_ids.size, {})
     tasks, labels = _tasks(inter, label_cols, ipath, first, unit)
     ts = inter["timestamp"].to_numpy().astype(np.int64)
@@ -220,7 +235,7 @@ def load_tables(interactions: PathLike, items: PathLike, users: Optional[PathLik
     split = time_fraction_split(user, ts, valid_fraction, test_fraction)
     check_required_splits(split, required_splits, str(ipath))
     schema = Schema(user_features=tuple(user_feats), history_length=history_length, tasks=tasks,
-                    item_features=(Feature(ITEM_ID, tuple(item_ids.tolist())), *item_feats))
+                    item_features=(Feature(ITEM_ID, tuple(str(v) for v in item_ids.tolist())), *item_feats))
     item_cols[ITEM_ID] = JaggedColumn.from_ids(np.arange(item_ids.size))
     ds = RecDataset(schema, user_table, FeatureTable(item_ids.size, item_cols), Interactions(user, item, ts, labels), split)
     ds.validate()
