@@ -225,7 +225,7 @@ class IVFInt8Index:
         if mask.dtype == torch.int64:
             if mask.shape != (B, W):
                 raise ValueError(f"packed mask must be int64 [B, ceil(N/64)] = [{B}, {W}], got {tuple(mask.shape)}")
-            return mask.contiguous()
+            return mask  # the kernel accepts strided rows (e.g. one filter expanded over B)
         raise ValueError(f"mask must be bool [B, N] or packed int64 [B, W], got dtype {mask.dtype}")
 
 

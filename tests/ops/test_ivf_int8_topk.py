@@ -99,6 +99,16 @@ def test_all_rows_form_and_large_scan() -> None:
     assert_same(ivf_int8_topk(*args), ivf_int8_topk_reference(*args))
 
 
+def test_strided_mask_rows() -> None:
+    """One filter expanded over the batch (row stride 0) reads the same bits as a dense copy."""
+    args = list(random_case(7, B=5, N=400, D=24, C=6, P=3, k=12, density=0.3, code_range=127, with_mask=True))
+    args[6] = args[6][:1].expand(5, -1)
+    want = ivf_int8_topk_reference(*args)
+    assert_same(ivf_int8_topk(*args), want)
+    args[6] = args[6].contiguous()
+    assert_same(ivf_int8_topk(*args), want)
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [

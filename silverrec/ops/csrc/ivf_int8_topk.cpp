@@ -125,8 +125,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
   const at::Tensor scales = scales_in.contiguous();
   const at::Tensor offsets_t = cluster_offsets_in.contiguous();
   const at::Tensor probe_t = probe_in.contiguous();
+  // rows of the mask may be strided (e.g. one filter expanded over the batch): only words must be dense
   at::Tensor mask_t;
-  if (mask_in.has_value()) mask_t = mask_in->contiguous();
+  if (mask_in.has_value()) mask_t = mask_in->stride(1) == 1 ? *mask_in : mask_in->contiguous();
+  const int64_t mask_row_stride = mask_in.has_value() ? mask_t.stride(0) : 0;
 
   const int64_t C = offsets_t.size(0) - 1, P = probe_t.size(1);
   const int64_t* off = offsets_t.data_ptr<int64_t>();
@@ -181,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
           for (int64_t row = lo; row < hi; ++row) visit(row);
           continue;
         }
-        const uint64_t* mb = mk + b * W;
+        const uint64_t* mb = mk + b * mask_row_stride;
         for (int64_t w = lo >> 6; w < ((hi + 63) >> 6); ++w) {
           uint64_t bits = mb[w];
           const int64_t base = w << 6;
