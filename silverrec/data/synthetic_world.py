@@ -137,7 +137,8 @@ class WorldLatents:
         ue, ve = self.extended(full)
         scores = ue[torch.from_numpy(users)] @ ve.T
         if full:
-            ci = creator_items(self.item_creator, int(self.item_creator.max()) + 1)
+            num_creators = int(max(self.item_creator.max(), self.loyal_creators.max(initial=0))) + 1
+            ci = creator_items(self.item_creator, num_creators)
             for j, u in enumerate(users.tolist()):  # per user: rows need not be contiguous
                 self._loyal_row(scores[j:j + 1], u, ci)
         return scores

@@ -11,7 +11,7 @@ import torch
 from silverrec.data import cache as cache_mod
 from silverrec.data.synthetic import (SyntheticConfig, generate, generate_with_world, sample_without_replacement,
                                       synthetic_dataset)
-from silverrec.data.synthetic_world import CLASSIC, NOVELTY, recency_preference
+from silverrec.data.synthetic_world import CLASSIC, NOVELTY, creator_items, recency_preference
 from silverrec.schema import TaskKind
 
 # a mid-size world: big enough for the statistics below, ~1 s to generate
@@ -145,6 +145,18 @@ def test_oracle_recall_orders_popularity_dot_full(mid):
     r_dot = _recall_at_100(ds, lambda u: world.latents.logits(u, full=False))
     r_full = _recall_at_100(ds, lambda u: world.latents.logits(u, full=True))
     assert r_dot > 1.5 * r_pop and r_full > r_dot + 0.1, (r_pop, r_dot, r_full)
+
+
+def test_vectorised_loyalty_matches_per_user_loop(mid):
+    _, world = mid
+    lat = world.latents
+    ue, ve = lat.extended(True)
+    start, b = 64, 100
+    fast = ue[start:start + b] @ ve.T
+    lat.add_loyalty(fast, start, creator_items(lat.item_creator, MID.num_creators))
+    slow = lat.logits(np.arange(start, start + b), full=True)  # per-user loop
+    assert np.diff(lat.loyal_offsets[start:start + b + 1]).sum() > 20
+    torch.testing.assert_close(fast, slow)
 
 
 def test_sampler_matches_exact_inclusion_probabilities():
