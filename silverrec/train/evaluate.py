@@ -3,7 +3,7 @@
     silverrec-eval ckpt_path=runs/demo/checkpoints/step_00002000.pt
     silverrec-eval ckpt_path=... data=movielens data.path=/data/ml-1m   # other data than trained on
 
-Writes a JSON report (``report_path``) and, unless ``logger=null``, TensorBoard scalars.
+Writes a JSON report (``report_path``) and, unless ``~logger`` is given, TensorBoard scalars.
 """
 import json
 import os

@@ -33,7 +33,7 @@ class TensorBoardLogger:
 
 
 def make_logger(log_dir: Optional[str], is_main: bool) -> Optional[TensorBoardLogger]:
-    """A logger on rank 0 when a log dir is configured (``logger: null`` disables it)."""
+    """A logger on rank 0 when a log dir is configured (no ``logger`` config: none)."""
     return TensorBoardLogger(log_dir) if (log_dir and is_main) else None
 
 

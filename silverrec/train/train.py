@@ -2,7 +2,7 @@
 
     silverrec-train                                   # default synthetic world
     silverrec-train data=movielens data.path=/data/ml-1m
-    torchrun --nproc_per_node=2 -m silverrec.train.train trainer.num_threads=1
+    torchrun --standalone --nproc_per_node=2 -m silverrec.train.train trainer.num_threads=1
 
 Trains with TorchRec DistributedModelParallel, validates periodically, then evaluates the
 final model on valid and test (exact full-corpus retrieval next to most-popular), logs to

@@ -219,6 +219,10 @@ class Trainer:
         state = model.state_dict()
         full = {f"two_tower.{k}": v for k, v in payload["model"].items()}
         model.load_state_dict(ckpt.scatter_into(state, full, "model"))
+        # torchrec's KeyedOptimizer loads only into existing state; dense optimizers create theirs
+        # lazily on the first step, so materialise it (a zero-gradient step) before loading
+        opt.init_state()
+        opt.zero_grad()
         opt.load_state_dict(ckpt.scatter_into(opt.state_dict(), payload["optimizer"], "optimizer"))
         if self.ctx.is_main:
             print(f"resumed from {path} at step {payload['step']}")

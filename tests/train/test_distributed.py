@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_torchrun_two_processes(tmp_path):
     out = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "silverrec.train.train", "debug=cpu_tiny", f"hydra.run.dir={out}",
         "trainer.max_steps=6", "trainer.checkpoint_every=3", "trainer.num_threads=1",
     ]

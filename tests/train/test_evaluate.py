@@ -43,7 +43,7 @@ def test_popularity_baseline_is_sane(tiny_dataset):
 def test_eval_cli_writes_a_json_report(tiny_run, tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "silverrec.train.evaluate", f"ckpt_path={tiny_run['checkpoint']}",
-         f"hydra.run.dir={tmp_path}", "logger=null"],
+         f"hydra.run.dir={tmp_path}", "~logger"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr[-2000:]
