@@ -18,7 +18,8 @@ BLOOM_AND = 3  # pop two, push their intersection
 BLOOM_OR = 4  # pop two, push their union
 BLOOM_FALSE = 5  # push: no item (a value never seen in the item table)
 BLOOM_TRUE = 6  # push: every item (the empty filter)
-BLOOM_NUM_OPCODES = 7
+BLOOM_NOT_ROWS = 7  # push: items NOT having all H bits hashes[b, l, :] set (exact on an exact-term row)
+BLOOM_NUM_OPCODES = 8
 
 
 def bloom_search_reference(
@@ -41,15 +42,18 @@ def bloom_search_reference(
     stack of item sets; it must leave exactly one set, the result. ``TERM`` tests the Bloom
     signature (never misses an item holding the term; may add false positives), ``NOT_TERM``
     is exact (the term's posting list), so a plan in negation normal form never misses a match.
+    ``bits`` may hold, after the M' signature rows, exact bitmap rows of frequent terms: a
+    ``TERM`` whose H positions all name such a row is exact, and ``NOT_ROWS`` on it is an exact
+    ``NOT`` that reads one row instead of a long posting list.
     Rows outside ``[cluster_offsets[c], cluster_offsets[c+1])`` for every ``c = probe[b, p] >= 0``
     get bit 0 (``probe[b, p] == -1`` is padding). To evaluate over all N items, pass
     ``probe = [[0]] * B`` and ``cluster_offsets = [0, N]``.
 
     Args:
-        bits (Tensor): int64 ``[M, W]`` bit-sliced signatures (M signature bits, W mask words).
+        bits (Tensor): int64 ``[M, W]`` bit rows: signature bits, then any exact term rows.
         opcodes (Tensor): int64 ``[B, L]`` programs, padded with ``BLOOM_NOP``.
         terms (Tensor): int64 ``[B, L]`` term id of ``NOT_TERM`` (and ``TERM``) instructions, else -1.
-        hashes (Tensor): int64 ``[B, L, H]`` signature bit positions of ``TERM`` instructions.
+        hashes (Tensor): int64 ``[B, L, H]`` rows of ``bits`` read by ``TERM``/``NOT_ROWS`` instructions.
         posting_offsets (Tensor): int64 ``[T+1]``; term t is held by rows
             ``posting_rows[posting_offsets[t]:posting_offsets[t+1]]`` (ascending).
         posting_rows (Tensor): int64 ``[nnz]``.
@@ -76,14 +80,14 @@ def bloom_search_reference(
             op = int(opcodes[b, l])
             if op == BLOOM_NOP:
                 continue
-            if op == BLOOM_TERM:
+            if op in (BLOOM_TERM, BLOOM_NOT_ROWS):
                 pos = hashes[b, l]
                 if bool(((pos < 0) | (pos >= M)).any()):
                     raise ValueError(f"bloom_search: plan {b} instruction {l}: hash positions {pos.tolist()} outside [0, {M})")
                 member = torch.ones(n_rows, dtype=torch.bool)
                 for p in pos.tolist():
                     member &= unpack(bits[p])
-                stack.append(member)
+                stack.append(member if op == BLOOM_TERM else ~member)
             elif op == BLOOM_NOT_TERM:
                 t = int(terms[b, l])
                 if not 0 <= t < T:

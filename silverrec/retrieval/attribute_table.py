@@ -28,6 +28,7 @@ from silverrec.ops.reference import (
     BLOOM_AND,
     BLOOM_FALSE,
     BLOOM_NOP,
+    BLOOM_NOT_ROWS,
     BLOOM_NOT_TERM,
     BLOOM_OR,
     BLOOM_TERM,
@@ -78,7 +79,7 @@ class AttributeTable(nn.Module):
         """Exact evaluation of one postfix program over all rows: bool ``[N]``."""
         stack: List[np.ndarray] = []
         for op, term in program:
-            if op in (BLOOM_TERM, BLOOM_NOT_TERM):
+            if op in (BLOOM_TERM, BLOOM_NOT_TERM, BLOOM_NOT_ROWS):  # NOT_ROWS: NOT of a term (exact row)
                 member = np.zeros(self.num_items, dtype=bool)
                 member[self.postings(term)] = True
                 stack.append(member if op == BLOOM_TERM else ~member)
@@ -123,10 +124,9 @@ class AttributeTable(nn.Module):
         sp = torch.zeros(B, 1, 1, dtype=torch.int64, device=rows.device)
         for l in range(L):
             op = opcodes[:, l, None]  # [B, 1]
-            push = torch.where(
-                op == BLOOM_TERM, member[:, :, l], torch.where(op == BLOOM_NOT_TERM, ~member[:, :, l], op == BLOOM_TRUE)
-            )  # [B, K]
-            is_push = (op == BLOOM_TERM) | (op == BLOOM_NOT_TERM) | (op == BLOOM_TRUE) | (op == BLOOM_FALSE)
+            is_not = (op == BLOOM_NOT_TERM) | (op == BLOOM_NOT_ROWS)  # both negate the term terms[:, l]
+            push = torch.where(op == BLOOM_TERM, member[:, :, l], torch.where(is_not, ~member[:, :, l], op == BLOOM_TRUE))
+            is_push = (op == BLOOM_TERM) | is_not | (op == BLOOM_TRUE) | (op == BLOOM_FALSE)  # [B, 1]
             is_bin = (op == BLOOM_AND) | (op == BLOOM_OR)
             top1 = stack.gather(2, (sp - 1).clamp(min=0).expand(B, K, 1))[:, :, 0]
             top2 = stack.gather(2, (sp - 2).clamp(min=0).expand(B, K, 1))[:, :, 0]

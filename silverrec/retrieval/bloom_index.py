@@ -4,7 +4,14 @@ Every item row gets an M-bit Bloom signature: each of its terms sets H bit posit
 signatures are stored *bit-sliced*: ``bits[p, w]`` holds bit ``p`` of rows ``64 w .. 64 w + 63``
 (bit ``r % 64`` is row ``r``), so a contiguous row range (an IVF cluster) is a contiguous word
 range of every bit row, and a term test reads only its H rows. ``M = ceil(max terms per item *
-bits_multiplier)``. Rows are in index order: ``publish`` passes the IVF cluster order as
+bits_multiplier)``.
+
+Frequent terms (held by at least ``dense_fraction`` of the items, e.g. ``lang:en``) get an
+exact bitmap row after the M signature rows instead of signature bits: their tests are exact
+and read one row, and ``NOT`` of them reads that row instead of a long posting list. Rarer
+terms keep the Bloom bits; their ``NOT`` is evaluated exactly from their posting lists.
+
+Rows are in index order: ``publish`` passes the IVF cluster order as
 ``item_order`` and the user-facing methods (:meth:`search`, :meth:`matches`) answer in the
 user's item order.
 
@@ -19,7 +26,7 @@ Example::
     [[False, False, True], [False, True, False]]
 """
 import math
-from typing import Optional, Sequence, Union
+from typing import Dict, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -43,30 +50,50 @@ def unpack_mask(packed: Tensor, num_items: int) -> Tensor:
     return torch.from_numpy(bits).view(torch.bool)
 
 
+class BloomBits(NamedTuple):
+    """The bit rows of a :class:`BloomIndex` (E = number of frequent terms with an exact row).
+
+    Args:
+        bits (Tensor): int64 ``[M + E, W]``: M bit-sliced signature rows, then E exact rows.
+        term_hashes (Tensor): int64 ``[T, H]`` rows of ``bits`` tested for each term (its H
+            signature positions, or H times its exact row).
+        num_bits (int): M, the signature width.
+        dense (np.ndarray): bool ``[T]``, the terms with an exact row.
+    """
+
+    bits: Tensor
+    term_hashes: Tensor
+    num_bits: int
+    dense: np.ndarray
+
+
 class BloomIndex(nn.Module):
-    """Bit-sliced Bloom signatures of N items plus their exact attribute table.
+    """Bit-sliced Bloom signatures (+ exact rows of frequent terms) of N items and their exact table.
 
     Use :meth:`build`; the constructor takes built parts.
 
     Args:
         dictionary (TermDictionary): term ids of the T ``(feature, value)`` terms.
-        bits (Tensor): int64 ``[M, W]`` bit-sliced signatures, rows in index order.
-        term_hashes (Tensor): int64 ``[T, H]`` signature bit positions of each term.
+        signatures (BloomBits): the bit rows (index order) and each term's rows.
         table (AttributeTable): exact term sets of the rows (index order).
         item_order (Optional[Tensor]): int64 ``[N]``: row r holds user item ``item_order[r]``
             (None: identity).
     """
 
-    def __init__(self, dictionary: TermDictionary, bits: Tensor, term_hashes: Tensor, table: AttributeTable,
+    def __init__(self, dictionary: TermDictionary, signatures: BloomBits, table: AttributeTable,
                  item_order: Optional[Tensor] = None) -> None:
         super().__init__()
+        bits, term_hashes = signatures.bits, signatures.term_hashes
         if bits.dim() != 2 or 64 * bits.shape[1] < table.num_items:
             raise ValueError(f"bits must be [M, W] with 64 * W >= N={table.num_items}, got {tuple(bits.shape)}")
-        if term_hashes.shape[0] != len(dictionary):
-            raise ValueError(f"term_hashes has {term_hashes.shape[0]} rows, the dictionary {len(dictionary)} terms")
+        if term_hashes.shape[0] != len(dictionary) or signatures.dense.shape != (len(dictionary),):
+            raise ValueError(f"term_hashes {tuple(term_hashes.shape)} and dense {signatures.dense.shape} must have "
+                             f"one row per term of the dictionary ({len(dictionary)})")
         self.dictionary = dictionary
         self.table = table
         self.num_items = table.num_items
+        self.num_bits = signatures.num_bits
+        self.dense_terms = signatures.dense
         self.register_buffer("bits", bits)
         self.register_buffer("term_hashes", term_hashes)
         self._term_hashes_np = term_hashes.numpy()
@@ -79,30 +106,28 @@ class BloomIndex(nn.Module):
         self.register_buffer("_all_items", torch.tensor([0, self.num_items], dtype=torch.int64), persistent=False)
 
     @property
-    def num_bits(self) -> int:
-        """M, the signature width in bits."""
-        return self.bits.shape[0]
-
-    @property
     def num_hashes(self) -> int:
         """H, the bit positions per term."""
         return self.term_hashes.shape[1]
 
     @classmethod
     def build(cls, item_terms: ItemTerms, num_hashes: int = 4, bits_multiplier: float = 12.0,
-              item_order: Optional[Sequence[int]] = None, features: Optional[Sequence[str]] = None) -> "BloomIndex":
+              item_order: Optional[Sequence[int]] = None, features: Optional[Sequence[str]] = None,
+              dense_fraction: float = 1 / 16) -> "BloomIndex":
         """Builds the index from the item attribute table (publish time).
 
         Args:
             item_terms (Sequence[Mapping[str, Sequence]]): per item (user order) ``{feature: [values]}``;
                 values compare as strings. ``RecDataset.item_terms()`` produces this list.
             num_hashes (int): H, bit positions per term.
-            bits_multiplier (float): signature bits per term of the item with most terms:
+            bits_multiplier (float): signature bits per term of the item with most (Bloom) terms:
                 ``M = ceil(max terms per item * bits_multiplier)``.
             item_order (Optional[Sequence[int]]): row order (e.g. IVF cluster order): row r is
                 item ``item_order[r]``; a permutation of ``0..N-1``. None keeps the user order.
             features (Optional[Sequence[str]]): filterable feature names in order (a filter may
                 name feature ``features[i]`` as ``i``); None: order of first appearance.
+            dense_fraction (float): terms held by at least this fraction of the items get an
+                exact row instead of signature bits (``W`` words each); > 1 disables.
 
         Returns:
             BloomIndex: the index (N rows, M = ``num_bits``, H = ``num_hashes``).
@@ -114,18 +139,19 @@ class BloomIndex(nn.Module):
                 raise ValueError(f"item_order must be a permutation of 0..{len(item_terms) - 1}")
             item_terms = [item_terms[i] for i in order.tolist()]
         dictionary, offsets, term_ids = TermDictionary.from_item_terms(item_terms, features)
-        return cls.from_term_sets(dictionary, offsets, term_ids, num_hashes, bits_multiplier, order)
+        return cls.from_term_sets(dictionary, offsets, term_ids, num_hashes, bits_multiplier, order, dense_fraction)
 
     @classmethod
     def from_term_sets(cls, dictionary: TermDictionary, offsets: np.ndarray, term_ids: np.ndarray, num_hashes: int = 4,
-                       bits_multiplier: float = 12.0, item_order: Optional[Tensor] = None) -> "BloomIndex":
+                       bits_multiplier: float = 12.0, item_order: Optional[Tensor] = None,
+                       dense_fraction: float = 1 / 16) -> "BloomIndex":
         """Builds the index from encoded term sets whose rows are already in index order.
 
         Args:
             dictionary (TermDictionary): the T terms.
             offsets (np.ndarray): int64 ``[N+1]`` and term_ids (np.ndarray): int64 ``[nnz]``: CSR
                 term sets of the rows (as returned by ``TermDictionary.from_item_terms``).
-            num_hashes (int), bits_multiplier (float): as in :meth:`build`.
+            num_hashes (int), bits_multiplier (float), dense_fraction (float): as in :meth:`build`.
             item_order (Optional[Tensor]): int64 ``[N]`` user item of each row (None: identity).
 
         Returns:
@@ -135,22 +161,28 @@ class BloomIndex(nn.Module):
             raise ValueError(f"num_hashes must be >= 1, got {num_hashes}")
         if not bits_multiplier > 0:
             raise ValueError(f"bits_multiplier must be > 0, got {bits_multiplier}")
+        if not dense_fraction >= 0:
+            raise ValueError(f"dense_fraction must be >= 0, got {dense_fraction}")
         n = offsets.size - 1
-        counts = np.diff(offsets)
-        num_bits = max(1, math.ceil(int(counts.max()) * bits_multiplier))
+        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+        dense = np.bincount(term_ids, minlength=len(dictionary)) >= dense_fraction * n  # [T]
+        in_bloom = ~dense[term_ids]  # [nnz]
+        bloom_counts = np.bincount(rows[in_bloom], minlength=n)
+        num_bits = max(1, math.ceil(int(bloom_counts.max(initial=0)) * bits_multiplier))
         term_hashes = dictionary.hash_positions(num_hashes, num_bits)  # [T, H]
+        term_hashes[dense] = (num_bits + np.arange(int(dense.sum())))[:, None]  # exact rows after the M
         words = (n + 63) // 64
-        signature = np.zeros((num_bits, 64 * words), dtype=bool)  # [M, 64 W], bit p of row r
-        rows = np.repeat(np.arange(n, dtype=np.int64), counts)
-        signature[term_hashes[term_ids].reshape(-1), np.repeat(rows, num_hashes)] = True
-        bits = np.packbits(signature, axis=1, bitorder="little").view("<i8")  # [M, W]
-        table = AttributeTable(offsets, term_ids, len(dictionary))
-        return cls(dictionary, torch.from_numpy(np.ascontiguousarray(bits)), torch.from_numpy(term_hashes), table,
-                   item_order)
+        unpacked = np.zeros((num_bits + int(dense.sum()), 64 * words), dtype=bool)  # [M + E, 64 W]
+        unpacked[term_hashes[term_ids[in_bloom]].reshape(-1), np.repeat(rows[in_bloom], num_hashes)] = True
+        unpacked[term_hashes[term_ids[~in_bloom], 0], rows[~in_bloom]] = True
+        bits = np.packbits(unpacked, axis=1, bitorder="little").view("<i8")  # [M + E, W]
+        signatures = BloomBits(torch.from_numpy(np.ascontiguousarray(bits)), torch.from_numpy(term_hashes), num_bits,
+                               dense)
+        return cls(dictionary, signatures, AttributeTable(offsets, term_ids, len(dictionary)), item_order)
 
     def plan(self, expressions: Sequence[str]) -> FilterPlan:
         """Parses B filter expressions into plan tensors (``opcodes/terms [B, L]``, ``hashes [B, L, H]``)."""
-        return compile_plans(expressions, self.dictionary, self._term_hashes_np)
+        return compile_plans(expressions, self.dictionary, self._term_hashes_np, self.dense_terms)
 
     def forward(self, opcodes: Tensor, terms: Tensor, hashes: Tensor, probe: Tensor, cluster_offsets: Tensor) -> Tensor:
         """Packed Bloom masks of B plans over the probed clusters (graph-friendly; calls the op).
@@ -190,7 +222,7 @@ class BloomIndex(nn.Module):
         """Bloom evaluation over all items: bool ``[B, N]`` in user item order.
 
         Never misses an item that satisfies its filter; may include false positives (items
-        whose signature happens to hold a term's bits). ``NOT`` terms are exact.
+        whose signature happens to hold a term's bits). ``NOT`` terms and frequent terms are exact.
 
         Args:
             filters (Sequence[str] | FilterPlan): B expressions (or their plan).
@@ -229,19 +261,25 @@ class BloomIndex(nn.Module):
         return self.table(plan.opcodes, plan.terms, rows)
 
     def expected_false_positive_rate(self) -> float:
-        """Theoretical false-positive rate of a one-term query on a random item not holding it.
+        """Theoretical false-positive rate of a one-term query for a (non-frequent) term on a
+        random item not holding it.
 
-        The mean over rows of ``(1 - exp(-H n_r / M))^H`` with ``n_r`` the row's term count.
+        The mean over rows of ``(1 - exp(-H n_r / M))^H`` with ``n_r`` the row's number of
+        terms in the Bloom signature (frequent terms have exact rows and no false positives).
         """
-        counts = np.diff(np.searchsorted(self.table.keys.numpy()[:-1] // max(self.table.num_terms, 1),
-                                         np.arange(self.num_items + 1)))
+        keys = self.table.keys.numpy()[:-1]
+        num_terms = max(self.table.num_terms, 1)
+        in_bloom = ~self.dense_terms[keys % num_terms]
+        counts = np.bincount(keys[in_bloom] // num_terms, minlength=self.num_items)
         return float(np.mean((1.0 - np.exp(-self.num_hashes * counts / self.num_bits)) ** self.num_hashes))
 
-    def memory_bytes(self) -> dict:
-        """Bytes of the Bloom signatures, the posting lists and the check keys."""
+    def memory_bytes(self) -> Dict[str, int]:
+        """Bytes of the Bloom signatures, the exact rows, the posting lists and the check keys."""
         t = self.table
+        words = self.bits.shape[1]
         return {
-            "bloom": self.bits.numel() * 8,
+            "bloom": self.num_bits * words * 8,
+            "exact_rows": (self.bits.shape[0] - self.num_bits) * words * 8,
             "postings": (t.posting_rows.numel() + t.posting_offsets.numel()) * 8,
             "check_keys": t.keys.numel() * 8,
         }

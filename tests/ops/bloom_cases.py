@@ -9,6 +9,7 @@ from silverrec.ops.reference import (
     BLOOM_AND,
     BLOOM_FALSE,
     BLOOM_NOP,
+    BLOOM_NOT_ROWS,
     BLOOM_NOT_TERM,
     BLOOM_OR,
     BLOOM_TERM,
@@ -21,11 +22,11 @@ Args = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 def _program(rng: random.Random, depth: int, num_bits: int, num_terms: int, H: int) -> List[Tuple[int, int, List[int]]]:
     """A random well-formed postfix program: ``(opcode, term, hash positions)`` triples."""
     if depth == 0 or rng.random() < 0.3:
-        kind = rng.choice([BLOOM_TERM, BLOOM_TERM, BLOOM_NOT_TERM, BLOOM_NOT_TERM, BLOOM_FALSE, BLOOM_TRUE])
+        kind = rng.choice([BLOOM_TERM, BLOOM_TERM, BLOOM_NOT_TERM, BLOOM_NOT_TERM, BLOOM_NOT_ROWS, BLOOM_FALSE, BLOOM_TRUE])
         if kind == BLOOM_NOT_TERM and num_terms == 0:
             kind = BLOOM_TRUE
         term = rng.randrange(num_terms) if kind in (BLOOM_TERM, BLOOM_NOT_TERM) and num_terms else -1
-        hashes = [rng.randrange(num_bits) for _ in range(H)] if kind == BLOOM_TERM else [0] * H
+        hashes = [rng.randrange(num_bits) for _ in range(H)] if kind in (BLOOM_TERM, BLOOM_NOT_ROWS) else [0] * H
         return [(kind, term, hashes)]
     op = rng.choice([BLOOM_AND, BLOOM_OR])
     return _program(rng, depth - 1, num_bits, num_terms, H) + _program(rng, depth - 1, num_bits, num_terms, H) + [

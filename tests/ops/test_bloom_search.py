@@ -13,6 +13,7 @@ from bloom_cases import random_case
 from silverrec.ops import bloom_search
 from silverrec.ops.reference import (
     BLOOM_AND,
+    BLOOM_NOT_ROWS,
     BLOOM_NOT_TERM,
     BLOOM_OR,
     BLOOM_TERM,
@@ -55,17 +56,19 @@ def _rows_of(mask: torch.Tensor, n: int) -> list:
 
 def test_semantics_by_hand() -> None:
     bits, offsets, rows, n = _small_index()
-    opcodes = torch.tensor([[BLOOM_TERM, 0, 0], [BLOOM_TERM, BLOOM_NOT_TERM, BLOOM_AND], [BLOOM_NOT_TERM, BLOOM_TRUE, BLOOM_OR]])
-    terms = torch.tensor([[0, -1, -1], [0, 1, -1], [1, -1, -1]])
-    hashes = torch.tensor([[[0, 2]] * 3] * 3)
+    opcodes = torch.tensor([[BLOOM_TERM, 0, 0], [BLOOM_TERM, BLOOM_NOT_TERM, BLOOM_AND], [BLOOM_NOT_TERM, BLOOM_TRUE, BLOOM_OR],
+                            [BLOOM_NOT_ROWS, 0, 0]])
+    terms = torch.tensor([[0, -1, -1], [0, 1, -1], [1, -1, -1], [-1, -1, -1]])
+    hashes = torch.tensor([[[0, 2]] * 3] * 4)
     cluster_offsets = torch.tensor([0, 10, n])  # cluster 0 = rows 0..9, cluster 1 = rows 10..129
-    probe = torch.tensor([[0, 1], [1, -1], [0, -1]])
+    probe = torch.tensor([[0, 1], [1, -1], [0, -1], [0, 0]])
     out = bloom_search(bits, opcodes, terms, hashes, offsets, rows, probe, cluster_offsets)
     assert torch.equal(out, bloom_search_reference(bits, opcodes, terms, hashes, offsets, rows, probe, cluster_offsets))
     assert _rows_of(out[0], n) == [0, 5, 7, 64, 129]  # Bloom: includes the false positive 7
     assert _rows_of(out[1], n) == [64]  # rows 10.. only; NOT odd rows is exact (129 is odd)
     assert _rows_of(out[2], n) == list(range(10))  # TRUE over cluster 0 only
-    assert out.shape == (3, 3) and int(out[2, 1]) == 0 and int(out[2, 2]) == 0
+    assert _rows_of(out[3], n) == [1, 2, 3, 4, 6, 8, 9]  # NOT_ROWS: complement of rows {0, 5, 7}
+    assert out.shape == (4, 3) and int(out[2, 1]) == 0 and int(out[2, 2]) == 0
 
 
 @pytest.mark.parametrize(
@@ -75,6 +78,7 @@ def test_semantics_by_hand() -> None:
         (lambda a: a[1].copy_(torch.tensor([[BLOOM_AND]])), "two operands"),
         (lambda a: a[1].copy_(torch.tensor([[BLOOM_NOT_TERM]])), "term"),
         (lambda a: a[3].fill_(7), "hash position"),
+        (lambda a: (a[1].fill_(BLOOM_NOT_ROWS), a[3].fill_(-1)), "hash position"),
         (lambda a: a[6].fill_(3), "cluster"),
     ],
 )

@@ -8,15 +8,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bloom_strategies import FEATURES, expressions, item_tables, oracle
+from silverrec.ops.reference import BLOOM_NOT_ROWS
 from silverrec.retrieval import BloomIndex, FilterError, unpack_mask
 from silverrec.retrieval.attribute_table import AttributeTable
 
 
 @settings(deadline=None, max_examples=40, derandomize=True)
 @given(items=item_tables(), exprs=st.lists(expressions(), min_size=1, max_size=4),
-       num_hashes=st.integers(1, 4), bits_multiplier=st.sampled_from([0.5, 2.0, 8.0]))
-def test_search_never_misses_and_exact_paths_are_exact(items, exprs, num_hashes, bits_multiplier) -> None:
-    index = BloomIndex.build(items, num_hashes=num_hashes, bits_multiplier=bits_multiplier, features=FEATURES)
+       num_hashes=st.integers(1, 4), bits_multiplier=st.sampled_from([0.5, 2.0, 8.0]),
+       dense_fraction=st.sampled_from([0.0, 0.15, 2.0]))
+def test_search_never_misses_and_exact_paths_are_exact(items, exprs, num_hashes, bits_multiplier, dense_fraction) -> None:
+    index = BloomIndex.build(items, num_hashes=num_hashes, bits_multiplier=bits_multiplier, features=FEATURES,
+                             dense_fraction=dense_fraction)
     texts = [t for _, t in exprs]
     truth = torch.tensor([[oracle(ast, item) for item in items] for ast, _ in exprs])
     assert torch.equal(index.matches(texts), truth)
@@ -29,13 +32,36 @@ def test_search_never_misses_and_exact_paths_are_exact(items, exprs, num_hashes,
     assert torch.equal(index.check(texts, torch.where(found, rows, -1)), truth)
 
 
-def test_not_is_exact_even_with_a_saturated_filter() -> None:
+@pytest.mark.parametrize("dense_fraction", [1 / 16, 2.0])
+def test_not_is_exact_even_with_a_saturated_filter(dense_fraction: float) -> None:
     rng = random.Random(0)
     items = [{"tags": [f"t{rng.randrange(30)}" for _ in range(8)]} for _ in range(500)]
-    index = BloomIndex.build(items, num_hashes=2, bits_multiplier=0.25)  # M = 2: every Bloom test passes
+    index = BloomIndex.build(items, num_hashes=2, bits_multiplier=0.25, dense_fraction=dense_fraction)
     exprs = ["NOT tags:t3", "NOT tags:t3 AND NOT tags:t4", "NOT (tags:t1 OR tags:t2)", "NOT tags:nope"]
     assert torch.equal(index.search(exprs), index.matches(exprs))
-    assert bool(index.search(["tags:t3"]).all())  # positive terms are only an upper bound
+    if dense_fraction > 1:  # no exact rows; M = 2: every Bloom test passes
+        assert index.num_bits == 2 and not index.dense_terms.any()
+        assert bool(index.search(["tags:t3"]).all())  # positive terms are only an upper bound
+    else:  # each tag is held by ~25% of the items: all get exact rows, the index is exact
+        assert index.dense_terms.all() and index.bits.shape[0] == index.num_bits + 30
+        assert torch.equal(index.search(["tags:t3", "tags:t3 OR tags:t9"]), index.matches(["tags:t3", "tags:t3 OR tags:t9"]))
+
+
+def test_frequent_terms_get_exact_rows() -> None:
+    rng = random.Random(3)
+    items = [{"lang": ["en" if i % 10 else "de"], "tags": [f"t{rng.randrange(400)}" for _ in range(4)]}
+             for i in range(2000)]
+    index = BloomIndex.build(items, num_hashes=3, bits_multiplier=4.0)  # lang:de holds 10% >= 1/16
+    d = index.dictionary
+    assert index.dense_terms[d.term_id("lang", "en")] and index.dense_terms[d.term_id("lang", "de")]
+    assert index.dense_terms.sum() == 2 and index.num_bits == 16 and index.bits.shape[0] == 18
+    plan = index.plan(["NOT lang:en", "lang:de AND NOT tags:t1"])
+    # exact rows follow the 16 signature rows in term id order: lang:de (item 0) is row 16, lang:en row 17
+    assert d.term_id("lang", "de") < d.term_id("lang", "en")
+    assert plan.opcodes[0, 0] == BLOOM_NOT_ROWS and plan.hashes[0, 0].tolist() == [17, 17, 17]
+    exact = ["lang:en", "NOT lang:de", "lang:de AND NOT tags:t1", "NOT lang:en OR NOT tags:t2"]
+    assert torch.equal(index.search(exact), index.matches(exact))
+    assert index.memory_bytes()["exact_rows"] == 2 * 32 * 8
 
 
 def test_item_order_permutes_rows_but_not_answers() -> None:
@@ -81,7 +107,7 @@ def test_false_positive_rate_near_theory() -> None:
     theory = index.expected_false_positive_rate()
     assert 0 < theory < 0.01
     assert theory / 2 <= fp_rate <= 2 * theory, (fp_rate, theory)
-    assert index.num_bits == 120 and index.num_hashes == 4
+    assert index.num_bits == 120 and index.num_hashes == 4 and not index.dense_terms.any()
     assert index.memory_bytes()["bloom"] == 120 * ((20000 + 63) // 64) * 8
 
 
@@ -126,6 +152,8 @@ def test_build_errors() -> None:
         BloomIndex.build([{"a": ["b"]}], num_hashes=0)
     with pytest.raises(ValueError, match="bits_multiplier"):
         BloomIndex.build([{"a": ["b"]}], bits_multiplier=0)
+    with pytest.raises(ValueError, match="dense_fraction"):
+        BloomIndex.build([{"a": ["b"]}], dense_fraction=-1)
     with pytest.raises(ValueError, match="empty"):
         BloomIndex.build([])
     index = BloomIndex.build([{}, {}], features=["a"])  # no terms at all: only TRUE/FALSE plans

@@ -7,6 +7,7 @@ from silverrec.ops.reference import (
     BLOOM_AND,
     BLOOM_FALSE,
     BLOOM_NOP,
+    BLOOM_NOT_ROWS,
     BLOOM_NOT_TERM,
     BLOOM_OR,
     BLOOM_TERM,
@@ -36,6 +37,17 @@ def test_programs(dictionary: TermDictionary) -> None:
         (BLOOM_NOT_TERM, 1), (BLOOM_NOT_TERM, 4), (BLOOM_AND, -1), (BLOOM_TERM, 3), (BLOOM_OR, -1)]
     assert compile_program("", dictionary) == [(BLOOM_TRUE, -1)]
     assert compile_program("0:de", dictionary) == [(BLOOM_TERM, 2)]  # feature 0 is lang
+
+
+def test_dense_terms_negate_their_exact_row(dictionary: TermDictionary) -> None:
+    dense = np.array([True, False, False, False, False])  # lang:en has an exact row
+    assert compile_program("NOT lang:en AND NOT lang:de", dictionary, dense) == [
+        (BLOOM_NOT_ROWS, 0), (BLOOM_NOT_TERM, 2), (BLOOM_AND, -1)]
+    term_hashes = dictionary.hash_positions(2, 8)
+    term_hashes[0] = 8  # the exact row after the 8 signature rows
+    plan = compile_plans(["NOT lang:en", "lang:en"], dictionary, term_hashes, dense)
+    assert plan.opcodes[:, 0].tolist() == [BLOOM_NOT_ROWS, BLOOM_TERM]
+    assert plan.hashes[:, 0].tolist() == [[8, 8], [8, 8]]
 
 
 def test_unknown_values_match_nothing(dictionary: TermDictionary) -> None:

@@ -7,6 +7,7 @@
 // as a stack machine over blocks of kBlockWords words (the stack stays in L1), touching only the
 // signature rows named by the plan's TERM hash positions and the posting lists of its NOT_TERMs.
 // Blocks with no row in a probed cluster are skipped. AND/OR/row combination use AVX2.
+// NOT_ROWS (the complement of a TERM) serves exact NOTs of frequent terms from one exact row.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -20,7 +21,7 @@ namespace silverrec {
 namespace {
 
 // Opcodes: keep in sync with BLOOM_* in silverrec/ops/reference.py.
-constexpr int64_t kNop = 0, kTerm = 1, kNotTerm = 2, kAnd = 3, kOr = 4, kFalse = 5, kTrue = 6;
+constexpr int64_t kNop = 0, kTerm = 1, kNotTerm = 2, kAnd = 3, kOr = 4, kFalse = 5, kTrue = 6, kNotRows = 7;
 constexpr int64_t kChunkWords = 256;  // mask words per parallel task (16384 rows)
 constexpr int64_t kBlockWords = 64;   // mask words per stack slot
 // Parallelise only when each thread gets about this many word reads (~5 ms): waking a thread
@@ -37,30 +38,33 @@ struct Instr {
 
 struct Program {
   std::vector<Instr> code;
-  std::vector<const uint64_t*> rows;  // signature rows (each W words) of TERM instructions
+  std::vector<const uint64_t*> rows;  // bit rows (each W words) of TERM / NOT_ROWS instructions
   int64_t max_depth = 0;
 };
 
 inline void fill(uint64_t* dst, int64_t n, uint64_t value) { std::fill(dst, dst + n, value); }
 
-// dst[i] = AND over k of rows[k][w0 + i], i < n (all ones when there are no rows).
-inline void and_rows(uint64_t* dst, const uint64_t* const* rows, int64_t num_rows, int64_t w0, int64_t n) {
+// dst[i] = AND over k of rows[k][w0 + i], i < n (all ones when there are no rows), inverted
+// when `invert` (NOT_ROWS).
+inline void and_rows(uint64_t* dst, const uint64_t* const* rows, int64_t num_rows, int64_t w0, int64_t n, bool invert) {
+  const uint64_t flip = invert ? ~uint64_t{0} : 0;
   if (num_rows == 0) {
-    fill(dst, n, ~uint64_t{0});
+    fill(dst, n, ~flip);
     return;
   }
+  const __m256i flip_v = _mm256_set1_epi64x(static_cast<long long>(flip));
   int64_t i = 0;
   for (; i + 4 <= n; i += 4) {
     __m256i acc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[0] + w0 + i));
     for (int64_t k = 1; k < num_rows; ++k) {
       acc = _mm256_and_si256(acc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[k] + w0 + i)));
     }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), acc);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_xor_si256(acc, flip_v));
   }
   for (; i < n; ++i) {
     uint64_t acc = rows[0][w0 + i];
     for (int64_t k = 1; k < num_rows; ++k) acc &= rows[k][w0 + i];
-    dst[i] = acc;
+    dst[i] = acc ^ flip;
   }
 }
 
@@ -92,10 +96,11 @@ Program decode(int64_t b, const int64_t* ops, const int64_t* terms, const int64_
   int64_t depth = 0;
   for (int64_t l = 0; l < L; ++l) {
     const int64_t op = ops[b * L + l];
-    TORCH_CHECK_VALUE(op >= kNop && op <= kTrue, "bloom_search: plan ", b, " instruction ", l, ": unknown opcode ", op);
+    TORCH_CHECK_VALUE(op >= kNop && op <= kNotRows, "bloom_search: plan ", b, " instruction ", l, ": unknown opcode ",
+                      op);
     if (op == kNop) continue;
     Instr ins{op, 0, 0, nullptr, nullptr};
-    if (op == kTerm) {
+    if (op == kTerm || op == kNotRows) {
       ins.first_row = static_cast<int64_t>(p.rows.size());
       ins.num_rows = H;
       for (int64_t h = 0; h < H; ++h) {
@@ -132,7 +137,8 @@ void run_block(const Program& p, int64_t w0, int64_t n, uint64_t* stack) {
     uint64_t* top = stack + sp * kBlockWords;
     switch (ins.op) {
       case kTerm:
-        and_rows(top, p.rows.data() + ins.first_row, ins.num_rows, w0, n);
+      case kNotRows:
+        and_rows(top, p.rows.data() + ins.first_row, ins.num_rows, w0, n, ins.op == kNotRows);
         ++sp;
         break;
       case kNotTerm: {

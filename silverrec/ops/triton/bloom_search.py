@@ -2,7 +2,7 @@
 
 Math (spec: ``silverrec.ops.reference.bloom_search_reference``): for query b and mask word w,
 run the postfix plan ``opcodes[b]`` on a stack of 64-row words; ``TERM`` ANDs the H signature
-rows ``bits[hashes[b, l, h], w]``, ``NOT_TERM`` clears the bits of the term's posting rows,
+rows ``bits[hashes[b, l, h], w]`` (``NOT_ROWS`` complements that), ``NOT_TERM`` clears the bits of the term's posting rows,
 ``AND``/``OR`` combine the top two entries; the result is ANDed with the probed-cluster bits.
 
 Layout: a persistent grid ``(B, G)``; program ``(b, g)`` walks the blocks of ``BLOCK_W`` words
@@ -23,7 +23,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from silverrec.ops.reference import BLOOM_AND, BLOOM_FALSE, BLOOM_NOT_TERM, BLOOM_OR, BLOOM_TERM, BLOOM_TRUE
+from silverrec.ops.reference import (
+    BLOOM_AND,
+    BLOOM_FALSE,
+    BLOOM_NOT_ROWS,
+    BLOOM_NOT_TERM,
+    BLOOM_OR,
+    BLOOM_TERM,
+    BLOOM_TRUE,
+)
 
 
 @triton.jit
@@ -31,7 +39,8 @@ def _bloom_search_kernel(bits_ptr, opcodes_ptr, terms_ptr, hashes_ptr, post_off_
                          co_ptr, out_ptr, stack_ptr, M, W, L, H, P, T, C, NNZ, NUM_BLOCKS, GRID_W,
                          BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr, SEARCH_STEPS: tl.constexpr,
                          OP_TERM: tl.constexpr, OP_NOT_TERM: tl.constexpr, OP_AND: tl.constexpr,
-                         OP_OR: tl.constexpr, OP_FALSE: tl.constexpr, OP_TRUE: tl.constexpr):
+                         OP_OR: tl.constexpr, OP_FALSE: tl.constexpr, OP_TRUE: tl.constexpr,
+                         OP_NOT_ROWS: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1).to(tl.int64)
     lanes = tl.arange(0, BLOCK_W).to(tl.int64)
@@ -60,13 +69,13 @@ def _bloom_search_kernel(bits_ptr, opcodes_ptr, terms_ptr, hashes_ptr, post_off_
             for l in range(L):
                 op = tl.load(opcodes_ptr + b * L + l)
                 top = stack + tl.minimum(sp, L) * BLOCK_W + lanes
-                if op == OP_TERM:
+                if (op == OP_TERM) | (op == OP_NOT_ROWS):
                     acc = ones
                     for h in range(H):
                         pos = tl.load(hashes_ptr + (b * L + l) * H + h)
                         pos = tl.minimum(tl.maximum(pos, 0), M - 1)
                         acc &= tl.load(bits_ptr + pos * W + w, mask=w_ok, other=0)
-                    tl.store(top, acc)
+                    tl.store(top, tl.where(op == OP_NOT_ROWS, ~acc, acc))
                     sp += 1
                 elif op == OP_NOT_TERM:
                     t = tl.minimum(tl.maximum(tl.load(terms_ptr + b * L + l), 0), tl.maximum(T - 1, 0))
@@ -167,6 +176,6 @@ def bloom_search_cuda(bits: Tensor, opcodes: Tensor, terms: Tensor, hashes: Tens
         M, W, L, H, P, posting_offsets.numel() - 1, cluster_offsets.numel() - 1, nnz, num_blocks, grid_w,
         BLOCK_W=block_w, BLOCK_P=block_p, SEARCH_STEPS=max(1, int(nnz).bit_length() + 1),
         OP_TERM=BLOOM_TERM, OP_NOT_TERM=BLOOM_NOT_TERM, OP_AND=BLOOM_AND, OP_OR=BLOOM_OR,
-        OP_FALSE=BLOOM_FALSE, OP_TRUE=BLOOM_TRUE,
+        OP_FALSE=BLOOM_FALSE, OP_TRUE=BLOOM_TRUE, OP_NOT_ROWS=BLOOM_NOT_ROWS,
     )
     return out
