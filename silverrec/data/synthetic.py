@@ -219,7 +219,7 @@ def sample_without_replacement(logits: torch.Tensor, n: torch.Tensor,
     with np.errstate(divide="ignore"):
         np.log(noise, out=noise)
         np.negative(noise, out=noise)
-        np.log(noise, out=noise)  # -Gumbel, at most 16.7 in float32
+        np.log(noise, out=noise)  # = -Gumbel(0, 1); the Gumbel is at most 16.7 in float32
     logits.sub_(torch.from_numpy(noise))  # impossible pairs stay below -1e3 + 17
     k = min(int(n.max()), num)
     vals, idx = logits.topk(k, dim=1)

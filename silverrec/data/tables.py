@@ -98,6 +98,11 @@ def _parquet_numeric(s: pd.Series, path: Path, col: str, integer: bool) -> pd.Se
     return num
 
 
+def _where(path: Path, unit: str, row: int, first: int) -> str:
+    """``file:line`` for CSV (``first`` = line of data row 0), ``file: row r`` for Parquet."""
+    return f"{path}:{row + first}" if unit == "line" else f"{path}: row {row}"
+
+
 def _keys(values: np.ndarray) -> np.ndarray:
     """External ids as int64 when the column is integral, else as strings."""
     if values.dtype.kind in "iu":
@@ -119,7 +124,8 @@ def _catalogue(df: pd.DataFrame, id_col: str, path: Path, first: int, unit: str)
     if dup.any():
         r = int(np.flatnonzero(dup)[0])
         r0 = int(np.flatnonzero(keys == keys[r])[0])
-        raise ValueError(f"{path}:{unit} {r + first}: {id_col} {str(keys[r])!r} already appeared at {unit} {r0 + first}")
+        raise ValueError(f"{_where(path, unit, r, first)}: {id_col} {str(keys[r])!r} already appeared at "
+                         f"{unit} {r0 + first}")
     return keys
 
 
@@ -155,7 +161,7 @@ def _tasks(df: pd.DataFrame, labels: List[str], path: Path, first: int, unit: st
         v = df[name].to_numpy(dtype=np.float64)
         bad = np.flatnonzero(~((v >= 0) & (v <= 1)))
         if bad.size:
-            raise ValueError(f"{path}:{unit} {int(bad[0]) + first}: label {name!r} must be in [0, 1], got {v[bad[0]]} "
+            raise ValueError(f"{_where(path, unit, int(bad[0]), first)}: label {name!r} must be in [0, 1], got {v[bad[0]]} "
                              f"in row {df.iloc[int(bad[0])].to_dict()}")
         binary = bool(np.isin(v, (0.0, 1.0)).all())
         if name != "click":
@@ -199,8 +205,6 @@ def load_tables(interactions: PathLike, items: PathLike, users: Optional[PathLik
     items_df, ifirst, iunit = _read(tpath, "an item table with an item_id column", ["item_id"])
     item_ids = _catalogue(items_df, "item_id", tpath, ifirst, iunit)
     item_feats, item_cols = _features(items_df, "item_id", tpath, sep, filterable)
-    if any(f.name == ITEM_ID for f in item_feats):
-        raise ValueError(f"{tpath}: duplicate item_id column")
     inter, first, unit = _read(ipath, "an interactions table with user_id, item_id, timestamp columns",
                                ["user_id", "item_id", "timestamp"], ints=["timestamp"], other_numeric=True)
     label_cols = [c for c in inter.columns if c not in ("user_id", "item_id", "timestamp")]

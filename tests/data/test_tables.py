@@ -99,14 +99,14 @@ def test_malformed_rows(tmp_path):
     with pytest.raises(ValueError, match=r"ev\.csv:3: column 'user_id' is empty"):
         load_tables(ev, it)
     ev.write_text("user_id,item_id,timestamp,like\nu1,10,5,1\nu1,20,6,3\n")
-    with pytest.raises(ValueError, match=r"ev\.csv:line 3: label 'like' must be in \[0, 1\], got 3.0"):
+    with pytest.raises(ValueError, match=r"ev\.csv:3: label 'like' must be in \[0, 1\], got 3.0"):
         load_tables(ev, it)
     bad_items = tmp_path / "bad.csv"
     bad_items.write_text("item_id,genre\n10,drama\n20\n")
     with pytest.raises(ValueError, match=r"bad\.csv:3: expected 2 fields, got 1: '20'"):
         load_tables(ev, bad_items)
     bad_items.write_text("item_id,genre\n10,drama\n10,news\n")
-    with pytest.raises(ValueError, match=r"bad\.csv:line 3: item_id '10' already appeared at line 2"):
+    with pytest.raises(ValueError, match=r"bad\.csv:3: item_id '10' already appeared at line 2"):
         load_tables(ev, bad_items)
     pq = _write(EVENTS.assign(timestamp=EVENTS["timestamp"].astype(str).where(EVENTS.index != 4, "x")),
                 tmp_path / "ev.parquet")
