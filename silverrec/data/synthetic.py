@@ -47,9 +47,10 @@ Example::
 import dataclasses
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -215,13 +216,22 @@ def sample_without_replacement(logits: torch.Tensor, n: torch.Tensor,
     if b == 0:
         empty = torch.zeros(0, dtype=torch.int64)
         return empty, empty.clone()
-    noise = rng.random((b, num), dtype=np.float32)
+    return _top_n(logits, n, _neg_gumbel(rng, (b, num)))
+
+
+def _neg_gumbel(rng: np.random.Generator, shape: Tuple[int, int]) -> np.ndarray:
+    """float32 ``-Gumbel(0, 1)`` noise; the Gumbel is at most 16.7 in float32 (-inf for u = 0)."""
+    noise = rng.random(shape, dtype=np.float32)
     with np.errstate(divide="ignore"):
         np.log(noise, out=noise)
         np.negative(noise, out=noise)
-        np.log(noise, out=noise)  # = -Gumbel(0, 1); the Gumbel is at most 16.7 in float32
-    logits.sub_(torch.from_numpy(noise))  # impossible pairs stay below -1e3 + 17
-    k = min(int(n.max()), num)
+        np.log(noise, out=noise)
+    return noise
+
+
+def _top_n(logits: torch.Tensor, n: torch.Tensor, neg_gumbel: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+    logits.sub_(torch.from_numpy(neg_gumbel))  # impossible pairs stay below -1e3 + 17
+    k = min(int(n.max()), logits.shape[1])
     vals, idx = logits.topk(k, dim=1)
     keep = (torch.arange(k)[None, :] < n[:, None]) & (vals > -1e3)
     rows = torch.nonzero(keep)[:, 0]
@@ -236,19 +246,26 @@ def _sample(world: World, cfg: SyntheticConfig, progress: bool) -> Tuple[np.ndar
     vt = ve.T.contiguous()
     ci = creator_items(lat.item_creator, cfg.num_creators)
     n = torch.from_numpy(world.n_interactions)
-    starts = range(0, cfg.num_users, cfg.chunk_size)
+    starts = list(range(0, cfg.num_users, cfg.chunk_size))
+    shapes = [(min(a + cfg.chunk_size, cfg.num_users) - a, cfg.num_items) for a in starts]
+    chunks: Iterable[Tuple[int, int]] = enumerate(starts)
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc="synthetic interactions", unit="chunk")
+        chunks = tqdm(chunks, total=len(starts), desc="synthetic interactions", unit="chunk")
     users, items = [], []
-    for a in starts:
-        b = min(a + cfg.chunk_size, cfg.num_users)
-        scores = ue[a:b] @ vt  # [B, N] logits
-        lat.add_loyalty(scores, a, ci)
-        rows, cols = sample_without_replacement(scores, n[a:b], rng)
-        users.append((rows + a).numpy())
-        items.append(cols.numpy())
+    with ThreadPoolExecutor(1) as pool:  # NumPy draws the next chunk's noise while torch works
+        pending = pool.submit(_neg_gumbel, rng, shapes[0])
+        for i, a in chunks:
+            b = min(a + cfg.chunk_size, cfg.num_users)
+            noise = pending.result()
+            if i + 1 < len(shapes):
+                pending = pool.submit(_neg_gumbel, rng, shapes[i + 1])
+            scores = ue[a:b] @ vt  # [B, N] logits
+            lat.add_loyalty(scores, a, ci)
+            rows, cols = _top_n(scores, n[a:b], noise)
+            users.append((rows + a).numpy())
+            items.append(cols.numpy())
     return np.concatenate(users).astype(np.int64), np.concatenate(items).astype(np.int64)
 
 
