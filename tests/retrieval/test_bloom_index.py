@@ -160,3 +160,20 @@ def test_build_errors() -> None:
     assert index.search(["", "NOT a:b", "a:b"]).tolist() == [[True, True], [True, True], [False, False]]
     with pytest.raises(FilterError, match=r"unknown feature 'c' in filter; the index knows \['a'\]"):
         index.search(["c:d"])
+
+
+def test_built_from_a_data_set() -> None:
+    """``RecDataset.item_terms()`` feeds the index; filters name the schema's features."""
+    from silverrec.data.synthetic import synthetic_dataset
+
+    ds = synthetic_dataset("tiny", seed=1)
+    features = [f.name for f in ds.schema.filterable_features]
+    items = ds.item_terms()
+    index = BloomIndex.build(items, features=features)
+    lang, cat = items[0]["language"][0], items[0]["category"][0]
+    exprs = [f"language:{lang} AND NOT category:{cat}", f'tags:"{items[0]["tags"][0]}" OR 4:2022', "year IN (2020, 2021)"]
+    truth = torch.tensor([[lang in it["language"] and cat not in it["category"] for it in items],
+                          [items[0]["tags"][0] in it["tags"] or "2022" in it["year"] for it in items],
+                          [bool({"2020", "2021"} & set(it["year"])) for it in items]])
+    assert torch.equal(index.matches(exprs), truth)
+    assert not bool((truth & ~index.search(exprs)).any())
