@@ -177,3 +177,17 @@ def test_built_from_a_data_set() -> None:
                           [bool({"2020", "2021"} & set(it["year"])) for it in items]])
     assert torch.equal(index.matches(exprs), truth)
     assert not bool((truth & ~index.search(exprs)).any())
+
+
+def test_index_module_exports_with_dynamic_batch() -> None:
+    rng = random.Random(4)
+    items = [{"lang": [rng.choice(["en", "de"])], "tags": [f"t{rng.randrange(40)}" for _ in range(3)]} for _ in range(300)]
+    index = BloomIndex.build(items, num_hashes=3, bits_multiplier=4.0)
+    plan = index.plan(["lang:en AND NOT tags:t1", "tags:t2 OR NOT lang:de", "tags IN (t3, t4)"])
+    probe = torch.tensor([[0, 1], [1, -1], [2, 0]])
+    cluster_offsets = torch.tensor([0, 100, 250, 300])
+    batch = torch.export.Dim("batch")
+    inputs = (plan.opcodes, plan.terms, plan.hashes, probe, cluster_offsets)
+    ep = torch.export.export(index, inputs, dynamic_shapes=({0: batch}, {0: batch}, {0: batch}, {0: batch}, None))
+    assert torch.equal(ep.module()(*inputs), index(*inputs))
+    assert torch.equal(ep.module()(*(t[:2] for t in inputs[:4]), cluster_offsets), index(*inputs)[:2])
