@@ -147,7 +147,8 @@ def test_compile_fullgraph_equals_eager() -> None:
 def test_triton_kernel_under_interpreter() -> None:
     """Runs the Triton launcher on CPU tensors with TRITON_INTERPRET=1 in a fresh process."""
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=_HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    path = os.pathsep.join([_HERE, os.path.join(os.path.dirname(_HERE), "retrieval"), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
     proc = subprocess.run([sys.executable, os.path.join(_HERE, "bloom_triton_interpret.py")], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
