@@ -1,6 +1,6 @@
 """Bloom filter benchmark: false-positive rate, memory and throughput on 1,000,000 items.
 
-Run:  .venv/bin/python benchmarks/bloom.py            (about 3-4 minutes on 2 cores)
+Run:  .venv/bin/python benchmarks/bloom.py            (about 3-5 minutes on 2 shared cores)
       .venv/bin/python benchmarks/bloom.py --items 100000 --fast   (a quick look)
 
 Items carry 3-10 terms from a realistic vocabulary: ``lang`` (8 values, skewed), ``format``

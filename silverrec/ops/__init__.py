@@ -44,8 +44,9 @@ def bloom_search(
 
     Calls ``torch.ops.silverrec.bloom_search`` (C++ on CPU, Triton on CUDA). Plans are postfix
     programs (``silverrec.retrieval.filter_plan``); ``TERM`` tests a term's H signature bits (no
-    misses, rare false positives), ``NOT_TERM`` is exact (posting lists). The spec is
-    ``silverrec.ops.reference.bloom_search_reference``.
+    misses, rare false positives; exact on a frequent term's exact row), ``NOT_TERM`` is exact
+    (posting lists), ``NOT_ROWS`` complements rows (an exact row for frequent terms). The spec
+    is ``silverrec.ops.reference.bloom_search_reference``.
 
     Args:
         bits (Tensor): int64 ``[M, W]`` bit-sliced signatures (bit ``r % 64`` of word ``r // 64``
