@@ -191,3 +191,29 @@ def test_index_module_exports_with_dynamic_batch() -> None:
     ep = torch.export.export(index, inputs, dynamic_shapes=({0: batch}, {0: batch}, {0: batch}, {0: batch}, None))
     assert torch.equal(ep.module()(*inputs), index(*inputs))
     assert torch.equal(ep.module()(*(t[:2] for t in inputs[:4]), cluster_offsets), index(*inputs)[:2])
+
+
+def test_mask_feeds_the_ivf_scan_and_check_removes_false_positives() -> None:
+    """The packed-mask contract with ``ivf_int8_topk``: results lie in probed clusters and in the mask."""
+    from silverrec.ops import ivf_int8_topk
+
+    rng = random.Random(5)
+    n = 500
+    items = [{"lang": [rng.choice(["en", "de", "fr"])], "tags": [f"t{rng.randrange(50)}" for _ in range(3)]} for _ in range(n)]
+    index = BloomIndex.build(items, num_hashes=3, bits_multiplier=1.0, dense_fraction=2.0)  # narrow: many FPs
+    exprs = ["lang:de AND NOT tags:t1", "tags:t2 OR tags:t3"]
+    plan = index.plan(exprs)
+    cluster_offsets, probe = torch.tensor([0, 120, 300, 500]), torch.tensor([[0, 2], [1, -1]])
+    mask = index(plan.opcodes, plan.terms, plan.hashes, probe, cluster_offsets)
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(-127, 128, (n, 8), dtype=torch.int8, generator=gen)
+    queries = torch.randint(-127, 128, (2, 8), dtype=torch.int8, generator=gen)
+    _, rows, _ = ivf_int8_topk(queries, torch.ones(2), codes, torch.ones(n), cluster_offsets, probe, mask, 50)
+    in_mask = unpack_mask(mask, n)
+    truth = index.matches(exprs)
+    passed = index.check(plan, rows)
+    for b in range(2):
+        got = [r for r in rows[b].tolist() if r >= 0]
+        assert got and all(in_mask[b, r] for r in got)
+        assert passed[b].tolist() == [r >= 0 and bool(truth[b, r]) for r in rows[b].tolist()]
+    assert bool((~passed & (rows >= 0)).any())  # the mask had false positives; the check removed them
