@@ -180,9 +180,13 @@ class BloomIndex(nn.Module):
                                dense)
         return cls(dictionary, signatures, AttributeTable(offsets, term_ids, len(dictionary)), item_order)
 
-    def plan(self, expressions: Sequence[str]) -> FilterPlan:
-        """Parses B filter expressions into plan tensors (``opcodes/terms [B, L]``, ``hashes [B, L, H]``)."""
-        return compile_plans(expressions, self.dictionary, self._term_hashes_np, self.dense_terms)
+    def plan(self, expressions: Sequence[str], length: Optional[int] = None) -> FilterPlan:
+        """Parses B filter expressions into plan tensors (``opcodes/terms [B, L]``, ``hashes [B, L, H]``).
+
+        ``length`` pads every program to a fixed L (as an exported module expects); None pads
+        to the longest program of the batch.
+        """
+        return compile_plans(expressions, self.dictionary, self._term_hashes_np, self.dense_terms, length)
 
     def forward(self, opcodes: Tensor, terms: Tensor, hashes: Tensor, probe: Tensor, cluster_offsets: Tensor) -> Tensor:
         """Packed Bloom masks of B plans over the probed clusters (graph-friendly; calls the op).

@@ -103,7 +103,7 @@ def compile_program(expression: str, dictionary: TermDictionary, dense: Optional
 
 
 def compile_plans(expressions: Sequence[str], dictionary: TermDictionary, term_hashes: np.ndarray,
-                  dense: Optional[np.ndarray] = None) -> FilterPlan:
+                  dense: Optional[np.ndarray] = None, length: Optional[int] = None) -> FilterPlan:
     """Compiles a batch of B filter expressions (one per query) into padded plan tensors.
 
     Args:
@@ -112,15 +112,24 @@ def compile_plans(expressions: Sequence[str], dictionary: TermDictionary, term_h
         term_hashes (np.ndarray): int64 ``[T, H]`` rows of ``bits`` of every term (its Bloom
             positions, or H times its exact row).
         dense (Optional[np.ndarray]): bool ``[T]``, terms with an exact row (None: none).
+        length (Optional[int]): pad every program to this L (e.g. the L an exported serving
+            module was traced with); None: the longest program of the batch.
 
     Returns:
         FilterPlan: ``opcodes [B, L]``, ``terms [B, L]``, ``hashes [B, L, H]``.
+
+    Raises:
+        FilterError: a program longer than ``length`` (the filter is too long).
     """
     if isinstance(expressions, str):
         raise TypeError("compile_plans takes a sequence of expressions (one per query), not a single str")
     programs = [compile_program(e, dictionary, dense) for e in expressions]
     B, H = len(programs), term_hashes.shape[1]
-    L = max([len(p) for p in programs] + [1])
+    longest = max([len(p) for p in programs] + [1])
+    if length is not None and longest > length:
+        b = max(range(B), key=lambda i: len(programs[i]))
+        raise FilterError(f"filter {expressions[b]!r} compiles to {longest} instructions, more than length={length}")
+    L = longest if length is None else length
     opcodes = np.full((B, L), BLOOM_NOP, dtype=np.int64)
     terms = np.full((B, L), -1, dtype=np.int64)
     for b, prog in enumerate(programs):

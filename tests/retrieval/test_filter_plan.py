@@ -77,6 +77,10 @@ def test_plan_tensors_padding_and_hashes(dictionary: TermDictionary) -> None:
     assert plan.hashes.shape == (3, 3, 3) and plan.opcodes.dtype == plan.hashes.dtype == torch.int64
     assert plan.hashes[0, 0].tolist() == term_hashes[0].tolist() and plan.hashes[1, 0].tolist() == term_hashes[4].tolist()
     assert int(plan.hashes[0, 1:].abs().sum()) == 0  # only TERM instructions carry hash positions
+    padded = compile_plans(["category:pop"], dictionary, term_hashes, length=5)
+    assert padded.opcodes.tolist() == [[BLOOM_TERM] + [BLOOM_NOP] * 4] and padded.hashes.shape == (1, 5, 3)
+    with pytest.raises(FilterError, match="compiles to 3 instructions, more than length=2"):
+        compile_plans(["category:pop", "lang:en OR lang:de"], dictionary, term_hashes, length=2)
     empty = compile_plans([], dictionary, term_hashes)
     assert empty.opcodes.shape == (0, 1) and empty.hashes.shape == (0, 1, 3)
     with pytest.raises(TypeError, match="sequence"):
