@@ -239,33 +239,46 @@ def _top_n(logits: torch.Tensor, n: torch.Tensor, neg_gumbel: np.ndarray) -> Tup
 
 
 def _sample(world: World, cfg: SyntheticConfig, progress: bool) -> Tuple[np.ndarray, np.ndarray]:
-    """Each user's distinct items, sampled chunk by chunk of users from the full logits."""
+    """Each user's distinct items, sampled chunk by chunk of users from the full logits.
+
+    Items released after a user's active period starts have probability 0, so users are taken
+    in order of that year and items in order of release year: a chunk only scores the prefix
+    of items released up to its latest user's year (about half of all pairs are skipped; the
+    skipped pairs are exactly the impossible ones, so the sample is unchanged in law).
+    """
     lat = world.latents
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 2]))
     ue, ve = lat.extended(full=True)
-    vt = ve.T.contiguous()
+    by_year = np.argsort(lat.item_year, kind="stable")  # sorted column -> item
+    item_pos = np.empty_like(by_year)
+    item_pos[by_year] = np.arange(by_year.size)  # item -> sorted column
+    vt = ve[torch.from_numpy(by_year)].T.contiguous()  # [E, N] in release order
+    user_year = np.floor(1970.0 + world.active_start / (365.2425 * 86400) - cfg.year_min).astype(np.int64)
+    user_order = np.argsort(user_year, kind="stable")
     ci = creator_items(lat.item_creator, cfg.num_creators)
     n = torch.from_numpy(world.n_interactions)
-    starts = list(range(0, cfg.num_users, cfg.chunk_size))
-    shapes = [(min(a + cfg.chunk_size, cfg.num_users) - a, cfg.num_items) for a in starts]
-    chunks: Iterable[Tuple[int, int]] = enumerate(starts)
+    chunks = [user_order[a:a + cfg.chunk_size] for a in range(0, cfg.num_users, cfg.chunk_size)]
+    widths = [int(np.searchsorted(lat.item_year[by_year], user_year[c].max(), side="right")) for c in chunks]
+    steps: Iterable[int] = range(len(chunks))
     if progress:
         from tqdm import tqdm
 
-        chunks = tqdm(chunks, total=len(starts), desc="synthetic interactions", unit="chunk")
+        steps = tqdm(steps, desc="synthetic interactions", unit="chunk")
     users, items = [], []
     with ThreadPoolExecutor(1) as pool:  # NumPy draws the next chunk's noise while torch works
-        pending = pool.submit(_neg_gumbel, rng, shapes[0])
-        for i, a in chunks:
-            b = min(a + cfg.chunk_size, cfg.num_users)
+        pending = pool.submit(_neg_gumbel, rng, (chunks[0].size, widths[0]))
+        for i in steps:
             noise = pending.result()
-            if i + 1 < len(shapes):
-                pending = pool.submit(_neg_gumbel, rng, shapes[i + 1])
-            scores = ue[a:b] @ vt  # [B, N] logits
-            lat.add_loyalty(scores, a, ci)
-            rows, cols = _top_n(scores, n[a:b], noise)
-            users.append((rows + a).numpy())
-            items.append(cols.numpy())
+            if i + 1 < len(chunks):
+                pending = pool.submit(_neg_gumbel, rng, (chunks[i + 1].size, widths[i + 1]))
+            if widths[i] == 0:
+                continue
+            idx = chunks[i]
+            scores = ue[torch.from_numpy(idx)] @ vt[:, :widths[i]]  # [B, N'] logits
+            lat.add_loyalty(scores, idx, ci, item_pos)
+            rows, cols = _top_n(scores, n[torch.from_numpy(idx)], noise)
+            users.append(idx[rows.numpy()])
+            items.append(by_year[cols.numpy()])
     return np.concatenate(users).astype(np.int64), np.concatenate(items).astype(np.int64)
 
 

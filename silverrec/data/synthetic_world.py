@@ -8,7 +8,7 @@ the oracle that produced the data (``WorldLatents.logits``).
 Letters: U users, N items, C categories, L languages, Y years, K creators, D factor dim.
 """
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
 import torch
@@ -108,18 +108,24 @@ class WorldLatents:
                   torch.nn.functional.one_hot(torch.from_numpy(self.item_year), n_year).float()]
         return torch.cat(u, 1).contiguous(), torch.cat(v, 1).contiguous()
 
-    def add_loyalty(self, scores: torch.Tensor, start: int, creator_items: Tuple[np.ndarray, np.ndarray]) -> None:
-        """Adds ``loyalty_bonus`` in place to [B, N] ``scores`` of users ``start:start+B``."""
-        offsets, items = creator_items
-        b = scores.shape[0]
-        lo, hi = self.loyal_offsets[start], self.loyal_offsets[start + b]
-        if hi == lo:
-            return
-        rows = np.repeat(np.arange(b), np.diff(self.loyal_offsets[start:start + b + 1]))
-        creators = self.loyal_creators[lo:hi]
-        counts = offsets[creators + 1] - offsets[creators]
-        pos = np.repeat(offsets[creators] - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(counts.sum())
-        r, c = torch.from_numpy(np.repeat(rows, counts)), torch.from_numpy(items[pos])
+    def add_loyalty(self, scores: torch.Tensor, users: np.ndarray, creator_items: Tuple[np.ndarray, np.ndarray],
+                    item_pos: Optional[np.ndarray] = None) -> None:
+        """Adds ``loyalty_bonus`` in place to the scores of each user's loyal creators' items.
+
+        Args:
+            scores (torch.Tensor): float32 [B, N'] scores of ``users`` (row b is ``users[b]``).
+            users (np.ndarray): int64 [B] user rows.
+            creator_items (Tuple[np.ndarray, np.ndarray]): CSR from :func:`creator_items`.
+            item_pos (Optional[np.ndarray]): int64 [N] column of each item in ``scores``
+                (``None``: item i is column i); items at columns >= N' are skipped.
+        """
+        rows, creators = _csr_gather(self.loyal_offsets, self.loyal_creators, np.asarray(users, dtype=np.int64))
+        which, cols = _csr_gather(*creator_items, creators)
+        rows = rows[which]
+        if item_pos is not None:
+            cols = item_pos[cols]
+        keep = cols < scores.shape[1]
+        r, c = torch.from_numpy(rows[keep]), torch.from_numpy(cols[keep])
         scores.index_put_((r, c), torch.tensor(self.loyalty_bonus), accumulate=True)
 
     def logits(self, users: np.ndarray, full: bool = True) -> torch.Tensor:
@@ -138,15 +144,15 @@ class WorldLatents:
         scores = ue[torch.from_numpy(users)] @ ve.T
         if full:
             num_creators = int(max(self.item_creator.max(), self.loyal_creators.max(initial=0))) + 1
-            ci = creator_items(self.item_creator, num_creators)
-            for j, u in enumerate(users.tolist()):  # per user: rows need not be contiguous
-                self._loyal_row(scores[j:j + 1], u, ci)
+            self.add_loyalty(scores, users, creator_items(self.item_creator, num_creators))
         return scores
 
-    def _loyal_row(self, row: torch.Tensor, user: int, ci: Tuple[np.ndarray, np.ndarray]) -> None:
-        offsets, items = ci
-        for c in self.loyal_creators[self.loyal_offsets[user]:self.loyal_offsets[user + 1]].tolist():
-            row[0, torch.from_numpy(items[offsets[c]:offsets[c + 1]])] += self.loyalty_bonus
+
+def _csr_gather(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(position in ``rows``, value) of every value of the given CSR rows, row by row."""
+    counts = offsets[rows + 1] - offsets[rows]
+    pos = np.repeat(offsets[rows] - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(counts.sum())
+    return np.repeat(np.arange(rows.size), counts), values[pos]
 
 
 def creator_items(item_creator: np.ndarray, num_creators: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -151,12 +151,22 @@ def test_vectorised_loyalty_matches_per_user_loop(mid):
     _, world = mid
     lat = world.latents
     ue, ve = lat.extended(True)
-    start, b = 64, 100
-    fast = ue[start:start + b] @ ve.T
-    lat.add_loyalty(fast, start, creator_items(lat.item_creator, MID.num_creators))
-    slow = lat.logits(np.arange(start, start + b), full=True)  # per-user loop
-    assert np.diff(lat.loyal_offsets[start:start + b + 1]).sum() > 20
+    users = np.random.default_rng(0).choice(MID.num_users, 100, replace=False)
+    base = ue[torch.from_numpy(users)] @ ve.T
+    fast = lat.logits(users, full=True)  # vectorised add_loyalty
+    slow = base.clone()
+    for j, u in enumerate(users.tolist()):  # plain reference
+        for c in lat.loyal_creators[lat.loyal_offsets[u]:lat.loyal_offsets[u + 1]].tolist():
+            slow[j, torch.from_numpy(np.flatnonzero(lat.item_creator == c))] += lat.loyalty_bonus
+    assert (fast != base).any(1).sum() > 20
     torch.testing.assert_close(fast, slow)
+    # with a column permutation and a truncated width (the sampler's release-year order)
+    perm = np.random.default_rng(1).permutation(MID.num_items)
+    pos = np.empty_like(perm)
+    pos[perm] = np.arange(perm.size)
+    part = base[:, torch.from_numpy(perm[:1000])].clone()
+    lat.add_loyalty(part, users, creator_items(lat.item_creator, MID.num_creators), pos)
+    torch.testing.assert_close(part, slow[:, torch.from_numpy(perm[:1000])])
 
 
 def test_sampler_matches_exact_inclusion_probabilities():
