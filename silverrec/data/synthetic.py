@@ -89,7 +89,8 @@ class SyntheticConfig:
         history_length (int): ``Schema.history_length``.
         valid_fraction (float): per-user share of the latest interactions for validation.
         test_fraction (float): per-user share of the latest interactions for test.
-        chunk_size (int): users scored per matmul in the sampler (memory ~ 4 * chunk * N * 3 B).
+        chunk_size (int): users scored per matmul in the sampler (memory ~ 12 * chunk * N bytes);
+            part of the draw order, so changing it changes the sample (not its distribution).
         seed (int): everything is a deterministic function of the config and this seed.
     """
 
