@@ -10,9 +10,10 @@ import glob
 import os
 import re
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from silverrec.train.distributed import DistContext
@@ -21,28 +22,83 @@ _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 
 
 def gather_state(state: Any, ctx: DistContext) -> Any:
-    """Replaces every ShardedTensor in a nested state by its full tensor (on rank 0; None elsewhere).
+    """The full, unsharded copy of a nested state on rank 0 (``None`` on the other ranks).
 
-    Must be called on every rank (the gathers are collectives).
+    Every rank sends rank 0 its leaves: the local shards of each ShardedTensor (with their
+    offsets) and its plain tensors and values. The ranks' structures may differ (TorchRec's
+    fused optimizer lists only the state of locally held tables), so rank 0 merges the leaves
+    by path and assembles every ShardedTensor from the shards of all ranks. Must be called on
+    every rank (it is a collective).
     """
+    leaves = list(_leaves(state, ()))
+    if ctx.world_size == 1:
+        gathered = [leaves]
+    else:
+        gathered = [None] * ctx.world_size if ctx.is_main else None
+        dist.gather_object(leaves, gathered, dst=0)
+    if not ctx.is_main:
+        return None
+    merged: Dict[Tuple, Any] = {}
+    for rank_leaves in gathered:
+        for path, kind, payload in rank_leaves:
+            if kind == "shards":
+                size, shards = payload
+                if not shards:  # a ShardedTensor with no shard on that rank
+                    continue
+                if merged.get(path) is None:
+                    merged[path] = torch.empty(size, dtype=shards[0][1].dtype)
+                full = merged[path]
+                for offsets, tensor in shards:
+                    full[tuple(slice(o, o + n) for o, n in zip(offsets, tensor.shape))] = tensor
+            else:
+                merged.setdefault(path, payload)
+    return _unflatten(merged)
+
+
+def _leaves(state: Any, path: Tuple):
+    """(path, kind, payload) of every leaf; path items are ("d", key) or ("l", index)."""
     if isinstance(state, ShardedTensor):
-        out = torch.empty(state.size(), dtype=state.dtype) if ctx.is_main else None
-        state.gather(dst=0, out=out)
-        return out
-    if isinstance(state, dict):
-        return {k: gather_state(v, ctx) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(gather_state(v, ctx) for v in state)
-    if isinstance(state, torch.Tensor):
-        return state.detach().cpu().clone()
-    return state
+        shards = [(tuple(sh.metadata.shard_offsets), sh.tensor.detach().cpu().clone()) for sh in state.local_shards()]
+        yield path, "shards", (tuple(state.size()), shards)
+    elif isinstance(state, dict):
+        for k, v in state.items():
+            yield from _leaves(v, path + (("d", k),))
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            yield from _leaves(v, path + (("l", i),))
+    elif isinstance(state, torch.Tensor):
+        yield path, "tensor", state.detach().cpu().clone()
+    else:
+        yield path, "value", state
+
+
+def _unflatten(merged: Dict[Tuple, Any]) -> Any:
+    root: Dict[Any, Any] = {}
+    for path, value in merged.items():
+        if not path:
+            return value
+        node = root
+        for kind_key in path[:-1]:
+            node = node.setdefault(kind_key, {})
+        node[path[-1]] = value
+    return _containers(root)
+
+
+def _containers(node: Any) -> Any:
+    if not isinstance(node, dict) or not node or not all(isinstance(k, tuple) and len(k) == 2 for k in node):
+        return node
+    if all(kind == "l" for kind, _ in node):
+        return [_containers(node[("l", i)]) for i in range(len(node))]
+    return {key: _containers(v) for (_, key), v in node.items()}
 
 
 def scatter_into(target: Any, full: Any, where: str = "") -> Any:
     """Copies full (unsharded) tensors into a nested state of the same structure.
 
-    ShardedTensors receive the slices of their local shards; plain tensors are copied whole.
-    Returns ``target`` (filled in place), ready for ``load_state_dict``.
+    ShardedTensors receive the slices of their local shards; plain tensors are copied whole;
+    other leaves (learning rates, parameter names) keep the target's values, so the current
+    config's hyperparameters apply to a resumed run. Returns ``target`` (filled in place),
+    ready for ``load_state_dict``.
     """
     if isinstance(target, ShardedTensor):
         _check_shape(target.size(), full, where)
@@ -60,12 +116,14 @@ def scatter_into(target: Any, full: Any, where: str = "") -> Any:
             target[k] = scatter_into(target[k], full[k], f"{where}.{k}" if where else str(k))
         return target
     if isinstance(target, list):
+        if not isinstance(full, list) or len(full) != len(target):
+            return target
         return [scatter_into(t, f, f"{where}[{i}]") for i, (t, f) in enumerate(zip(target, full))]
     if isinstance(target, torch.Tensor):
         _check_shape(target.shape, full, where)
         target.copy_(full)
         return target
-    return full
+    return target  # non-tensor leaves (hyperparameters, parameter names) stay as configured now
 
 
 def save_checkpoint(path: str, payload: Dict[str, Any]) -> None:

@@ -1,9 +1,9 @@
 """Optimizers: a fused sparse optimizer for the embedding tables, a dense one for the rest.
 
 The sparse optimizer is applied in the backward pass (``apply_optimizer_in_backward``), which
-DistributedModelParallel turns into FBGEMM's fused table-batched kernels for the sharded
-tables; the dense optimizer (any ``torch.optim`` class, given as a partial) updates the MLPs,
-the temperature and any table the planner chose to replicate (data-parallel).
+DistributedModelParallel turns into FBGEMM's fused table-batched kernels (every table is
+planned on the fused kernel, see ``trainer.sharding_plan``); the dense optimizer (any
+``torch.optim`` class, given as a partial) updates the MLPs and the temperature.
 """
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Type

@@ -10,6 +10,10 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.distributed as dist
 from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.types import ShardingType
 from tqdm import tqdm
 
 from silverrec.data.batching import TrainBatches
@@ -108,7 +112,8 @@ class Trainer:
         loss = InBatchSoftmaxLoss(item_log_frequency(train_items, dataset.items.num_rows))
         task = TwoTowerTrainTask(two_tower, loss)
         apply_sparse_optimizer(two_tower.ebc.parameters(), sparse)
-        model = DistributedModelParallel(task, device=self.ctx.device)
+        plan = sharding_plan(task, two_tower.ebc.embedding_bag_configs(), self.ctx)
+        model = DistributedModelParallel(task, device=self.ctx.device, plan=plan)
         return model, combined_optimizer(model, dense)
 
     def fit(
@@ -227,6 +232,30 @@ class Trainer:
         if self.ctx.is_main:
             print(f"resumed from {path} at step {payload['step']}")
         return int(payload["step"])
+
+
+def sharding_plan(module: torch.nn.Module, tables, ctx: DistContext):
+    """TorchRec's plan with every table on the fused kernel (table- or row-wise sharded).
+
+    Without the constraint the planner replicates small tables (data-parallel, updated by the
+    dense optimizer) and which tables those are depends on the number of processes; forcing
+    the fused kernel keeps one optimizer per table on any world size, so a checkpoint resumes
+    on 1 process what 2 processes wrote and vice versa.
+    """
+    constraints = {
+        t.name: ParameterConstraints(
+            sharding_types=[ShardingType.TABLE_WISE.value, ShardingType.ROW_WISE.value],
+            compute_kernels=[EmbeddingComputeKernel.FUSED.value],
+        )
+        for t in tables
+    }
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(world_size=ctx.world_size, compute_device=ctx.device.type), constraints=constraints
+    )
+    sharders = [EmbeddingBagCollectionSharder()]
+    if ctx.world_size == 1 and not dist.is_initialized():
+        return planner.plan(module, sharders)
+    return planner.collective_plan(module, sharders, dist.group.WORLD)
 
 
 def load_two_tower(payload: Dict[str, Any]) -> TwoTower:
