@@ -7,7 +7,7 @@ user and item tables turn into TorchRec ``KeyedJaggedTensor`` batches without sp
 Shapes: R rows (users U or items N), L total values of a column, M interactions.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 

@@ -6,7 +6,6 @@ Writes everything under ``runs/demo`` (checkpoints, TensorBoard, ``retrieval.pt2
 ``item_embeddings.pt``, ``report.json``) and prints a summary table. A killed demo resumes
 from its last checkpoint when run again.
 """
-import json
 import os
 import sys
 import time

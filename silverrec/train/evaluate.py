@@ -11,7 +11,6 @@ import tempfile
 from typing import Any, Dict, Optional, Sequence
 
 import hydra
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn

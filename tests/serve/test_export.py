@@ -1,10 +1,8 @@
 """Export -> load in a fresh process -> same top-K as the training-side modules (parity)."""
-import json
 import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
