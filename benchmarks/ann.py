@@ -213,7 +213,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256])
     p.add_argument("--filters", type=float, nargs="+", default=[1.0, 0.1, 0.01])
     p.add_argument("--nprobe", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024])
-    p.add_argument("--ef", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
+    p.add_argument("--ef", type=int, nargs="+", default=[32, 128, 512])
     p.add_argument("--queries", type=int, default=512, help="queries per setting (batch 16 / 256)")
     p.add_argument("--queries-b1", type=int, default=64, help="queries per setting at batch 1")
     p.add_argument("--no-hnsw", action="store_true", help="skip HNSW (its 1M build takes minutes)")

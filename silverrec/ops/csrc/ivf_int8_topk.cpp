@@ -78,6 +78,10 @@ struct TopK {
     thr_ = buf_[k_ - 1];  // nth_element leaves the k-th best at k-1, all better ones before it
     full_ = true;
   }
+  void reset() {
+    buf_.clear();
+    full_ = false;
+  }
   // The kept entries, best first.
   const std::vector<Entry>& finish() {
     if (static_cast<int64_t>(buf_.size()) > k_) compact();
@@ -161,23 +165,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
   const uint64_t* mk = mask_in.has_value() ? reinterpret_cast<const uint64_t*>(mask_t.data_ptr<int64_t>()) : nullptr;
 
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<int64_t> clusters;
-    clusters.reserve(P);
+    // clusters are scanned in probe order (best centroid first, so the top-k threshold rises
+    // early and later clusters insert little); `seen` skips repeats and is reset after each query
+    std::vector<uint8_t> seen(C, 0);
+    TopK top(k);
     for (int64_t b = b0; b < b1; ++b) {
       const int8_t* qb = q + b * D;
       const float qscale = qs[b];
-      TopK top(k);
+      top.reset();
       int64_t eligible = 0;
       auto visit = [&](int64_t row) {
         const int32_t acc = dot_i8(qb, cd + row * D, D);
         top.push(static_cast<float>(acc) * qscale * sc[row], row);
         ++eligible;
       };
-      clusters.assign(prb + b * P, prb + (b + 1) * P);
-      std::sort(clusters.begin(), clusters.end());
-      clusters.erase(std::unique(clusters.begin(), clusters.end()), clusters.end());
-      for (const int64_t c : clusters) {
-        if (c < 0) continue;
+      const int64_t* pb = prb + b * P;
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t c = pb[p];
+        if (c < 0 || seen[c]) continue;
+        seen[c] = 1;
         const int64_t lo = off[c], hi = off[c + 1];
         if (mk == nullptr) {
           for (int64_t row = lo; row < hi; ++row) visit(row);
@@ -194,6 +200,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
             bits &= bits - 1;
           }
         }
+      }
+      for (int64_t p = 0; p < P; ++p) {
+        if (pb[p] >= 0) seen[pb[p]] = 0;
       }
       const std::vector<Entry>& best = top.finish();
       for (size_t i = 0; i < best.size(); ++i) {
