@@ -99,6 +99,29 @@ def test_all_rows_form_and_large_scan() -> None:
     assert_same(ivf_int8_topk(*args), ivf_int8_topk_reference(*args))
 
 
+@settings(deadline=None, max_examples=40, derandomize=True)
+@given(seed=st.integers(0, 2**31 - 1), D=st.integers(1, 40), k=st.integers(1, 30))
+def test_probe_then_filter_equals_filter_then_probe(seed: int, D: int, k: int) -> None:
+    """Masks from ``bloom_search`` over the probed clusters only (the serving path) give the same
+    results as masks over all rows: the scan never reads bits outside its probed clusters."""
+    from bloom_cases import random_case as bloom_case  # tests/ops helper of the filter issue
+
+    from silverrec.ops import bloom_search
+
+    bits, opcodes, terms, hashes, post_off, post_rows, probe, offsets = bloom_case(seed)
+    B, N = probe.shape[0], int(offsets[-1])
+    everything = (torch.zeros(B, 1, dtype=torch.int64), torch.tensor([0, N]))
+    probed_mask = bloom_search(bits, opcodes, terms, hashes, post_off, post_rows, probe, offsets)
+    full_mask = bloom_search(bits, opcodes, terms, hashes, post_off, post_rows, *everything)
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-127, 128, (B, D), dtype=torch.int8, generator=g)
+    codes = torch.randint(-128, 128, (N, D), dtype=torch.int8, generator=g)
+    qs, sc = torch.rand(B, generator=g), torch.rand(N, generator=g)
+    a = ivf_int8_topk(q, qs, codes, sc, offsets, probe, probed_mask, k)
+    assert_same(a, ivf_int8_topk(q, qs, codes, sc, offsets, probe, full_mask, k))
+    assert_same(a, ivf_int8_topk_reference(q, qs, codes, sc, offsets, probe, full_mask, k))
+
+
 def test_strided_mask_rows() -> None:
     """One filter expanded over the batch (row stride 0) reads the same bits as a dense copy."""
     args = list(random_case(7, B=5, N=400, D=24, C=6, P=3, k=12, density=0.3, code_range=127, with_mask=True))
