@@ -206,6 +206,9 @@ at::Tensor bloom_search_cpu(const at::Tensor& bits, const at::Tensor& opcodes, c
   const int64_t* co_p = co_c.data_ptr<int64_t>();
   std::vector<Program> programs;
   programs.reserve(B);
+  // Per query, the probed row ranges sorted and merged (disjoint, ascending), so that a task
+  // finds the ranges meeting its chunk by binary search instead of scanning all P probes.
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> ranges(B);
   int64_t max_depth = 1;
   for (int64_t b = 0; b < B; ++b) {
     programs.push_back(decode(b, ops_c.data_ptr<int64_t>(), terms_c.data_ptr<int64_t>(), hashes_c.data_ptr<int64_t>(),
@@ -217,7 +220,19 @@ at::Tensor bloom_search_cpu(const at::Tensor& bits, const at::Tensor& opcodes, c
       TORCH_CHECK_VALUE(c >= 0 && c < C, "bloom_search: probe[", b, "] has cluster ", c, " outside [-1, ", C, ")");
       TORCH_CHECK_VALUE(0 <= co_p[c] && co_p[c] <= co_p[c + 1] && co_p[c + 1] <= 64 * W, "bloom_search: cluster ", c,
                         " rows [", co_p[c], ", ", co_p[c + 1], ") outside [0, ", 64 * W, "]");
+      if (co_p[c] < co_p[c + 1]) ranges[b].emplace_back(co_p[c], co_p[c + 1]);
     }
+    auto& r = ranges[b];
+    std::sort(r.begin(), r.end());
+    size_t kept = 0;
+    for (size_t i = 0; i < r.size(); ++i) {
+      if (kept > 0 && r[i].first <= r[kept - 1].second) {
+        r[kept - 1].second = std::max(r[kept - 1].second, r[i].second);
+      } else {
+        r[kept++] = r[i];
+      }
+    }
+    r.resize(kept);
   }
 
   auto* out_p = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
@@ -232,11 +247,11 @@ at::Tensor bloom_search_cpu(const at::Tensor& bits, const at::Tensor& opcodes, c
       const int64_t b = task / chunks, cw0 = (task % chunks) * kChunkWords;
       const int64_t cw1 = std::min(W, cw0 + kChunkWords);
       std::fill(in_range.begin(), in_range.end(), 0);
-      for (int64_t j = 0; j < P; ++j) {
-        const int64_t c = probe_p[b * P + j];
-        if (c == -1) continue;
-        const int64_t start = std::max(co_p[c], 64 * cw0), stop = std::min(co_p[c + 1], 64 * cw1);
-        if (start >= stop) continue;
+      const auto& r = ranges[b];
+      auto it = std::upper_bound(r.begin(), r.end(), 64 * cw0,
+                                 [](int64_t row, const std::pair<int64_t, int64_t>& range) { return row < range.second; });
+      for (; it != r.end() && it->first < 64 * cw1; ++it) {
+        const int64_t start = std::max(it->first, 64 * cw0), stop = std::min(it->second, 64 * cw1);
         for (int64_t w = start >> 6; w <= (stop - 1) >> 6; ++w) in_range[w - cw0] |= range_bits(w, start, stop);
       }
       for (int64_t w0 = cw0; w0 < cw1; w0 += kBlockWords) {
