@@ -1,0 +1,153 @@
+"""OverArch: a learned (user, candidate) similarity that re-scores retrieved candidates per task.
+
+Two kinds, chosen by :class:`OverArchConfig`:
+
+- ``"mlp"``: a TorchRec ``MLP`` over the pair features ``[u, v, u*v]`` shared by all tasks, then
+  one linear logit per task.
+- ``"mixture_of_logits"`` (MoL, after Zhai et al. 2023, "Revisiting Neural Retrieval on
+  Accelerators"): P learned projections of u and of v give P component similarities
+  (cosines of the projected pairs); per-task gating weights, a softmax over P computed by an MLP
+  over ``[u, v, u*v]``, mix them into one logit per task (with a learned per-task scale and bias).
+
+The user side is either one embedding per task ``u [B, T, D]`` (the multi-task user tower) or one
+shared embedding ``u [B, D]``; the candidates ``v [B, K, D]`` are shared by all tasks. Works in
+bf16/fp16 (the gating softmax runs in float32).
+"""
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchrec.modules.mlp import MLP
+
+KINDS = ("mlp", "mixture_of_logits")
+
+
+@dataclass
+class OverArchConfig:
+    """Configuration of :class:`OverArch`.
+
+    Args:
+        kind (str): ``"mlp"`` or ``"mixture_of_logits"``.
+        hidden (List[int]): hidden layer sizes of the MLP over ``[u, v, u*v]`` (the scorer for
+            ``"mlp"``, the gating network for ``"mixture_of_logits"``).
+        num_tasks (int): T, one logit per task.
+        num_mixtures (int): P, MoL components (``"mixture_of_logits"`` only).
+        mixture_dim (int): dimension of each MoL component's projections of u and v.
+    """
+
+    kind: str = "mlp"
+    hidden: List[int] = field(default_factory=lambda: [64, 32])
+    num_tasks: int = 1
+    num_mixtures: int = 4
+    mixture_dim: int = 16
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"OverArchConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        self.hidden = list(self.hidden)
+        if not self.hidden or any(int(h) != h or h < 1 for h in self.hidden):
+            raise ValueError(f"OverArchConfig.hidden must be a non-empty list of positive ints, got {self.hidden}")
+        for name in ("num_tasks", "num_mixtures", "mixture_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"OverArchConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _pair_features(u: Tensor, v: Tensor) -> Tensor:
+    """[B, S, D] x [B, K, D] -> [B, K, S, 3D]: ``[u, v, u*v]`` for every (candidate, user slot)."""
+    b, s, d = u.shape
+    k = v.shape[1]
+    uu = u.unsqueeze(1).expand(b, k, s, d)
+    vv = v.unsqueeze(2).expand(b, k, s, d)
+    return torch.cat([uu, vv, uu * vv], dim=-1)
+
+
+def _per_task(h: Tensor, weight: Tensor) -> Tensor:
+    """Per-task linear maps of per-slot features: h [B, K, S, H] with S in {1, T}, weight [T, H, O]
+    -> [B, K, T, O] (slot t uses task t's weights; a single slot is shared by all tasks)."""
+    if h.shape[2] == 1:
+        return torch.einsum("bkh,tho->bkto", h[:, :, 0], weight)
+    return torch.einsum("bkth,tho->bkto", h, weight)
+
+
+class _MlpScorer(nn.Module):
+    def __init__(self, embedding_dim: int, config: OverArchConfig) -> None:
+        super().__init__()
+        self.mlp = MLP(3 * embedding_dim, config.hidden, bias=True)
+        self.head_weight = nn.Parameter(torch.empty(config.num_tasks, config.hidden[-1], 1))
+        self.head_bias = nn.Parameter(torch.zeros(config.num_tasks))
+        nn.init.normal_(self.head_weight, std=config.hidden[-1] ** -0.5)
+
+    def forward(self, u: Tensor, v: Tensor) -> Tensor:
+        h = self.mlp(_pair_features(u, v))  # [B, K, S, H]
+        return _per_task(h, self.head_weight)[..., 0] + self.head_bias  # [B, K, T]
+
+
+class _MixtureOfLogits(nn.Module):
+    def __init__(self, embedding_dim: int, config: OverArchConfig) -> None:
+        super().__init__()
+        p, d = config.num_mixtures, config.mixture_dim
+        self.num_mixtures, self.mixture_dim = p, d
+        self.user_proj = nn.Linear(embedding_dim, p * d)
+        self.item_proj = nn.Linear(embedding_dim, p * d)
+        self.gate_mlp = MLP(3 * embedding_dim, config.hidden, bias=True)
+        self.gate_weight = nn.Parameter(torch.empty(config.num_tasks, config.hidden[-1], p))
+        self.gate_bias = nn.Parameter(torch.zeros(config.num_tasks, p))
+        nn.init.normal_(self.gate_weight, std=config.hidden[-1] ** -0.5)
+        # component logits are cosines in [-1, 1]; a per-task scale (and bias) makes them logits
+        self.scale = nn.Parameter(torch.full((config.num_tasks,), 5.0))
+        self.bias = nn.Parameter(torch.zeros(config.num_tasks))
+
+    def forward(self, u: Tensor, v: Tensor) -> Tensor:
+        b, s, _ = u.shape
+        k = v.shape[1]
+        fu = F.normalize(self.user_proj(u).view(b, s, self.num_mixtures, self.mixture_dim), dim=-1)
+        gv = F.normalize(self.item_proj(v).view(b, k, self.num_mixtures, self.mixture_dim), dim=-1)
+        components = torch.einsum("bspd,bkpd->bksp", fu, gv)  # [B, K, S, P]
+        gate_logits = _per_task(self.gate_mlp(_pair_features(u, v)), self.gate_weight) + self.gate_bias
+        gates = torch.softmax(gate_logits.float(), dim=-1).to(components.dtype)  # [B, K, T, P]
+        return (gates * components).sum(-1) * self.scale + self.bias  # [B, K, T]
+
+
+class OverArch(nn.Module):
+    """Learned per-task similarity of (user, candidate) pairs: an MLP or a Mixture-of-Logits.
+
+    Args:
+        embedding_dim (int): D, the dimension of the user and item embeddings.
+        config (OverArchConfig): kind, hidden sizes, number of tasks and of MoL components.
+
+    Call Args:
+        u (Tensor): user embeddings, one per task [B, T, D] or shared [B, D].
+        v (Tensor): candidate embeddings [B, K, D].
+
+    Returns:
+        Tensor: [B, K, T] logits, in the dtype of the inputs.
+
+    Example::
+
+        >>> arch = OverArch(8, OverArchConfig(kind="mixture_of_logits", hidden=[16], num_tasks=3))
+        >>> arch(torch.randn(2, 3, 8), torch.randn(2, 5, 8)).shape
+        torch.Size([2, 5, 3])
+        >>> OverArch(8, OverArchConfig(kind="mlp", hidden=[16], num_tasks=3))(torch.randn(2, 8), torch.randn(2, 5, 8)).shape
+        torch.Size([2, 5, 3])
+    """
+
+    def __init__(self, embedding_dim: int, config: OverArchConfig) -> None:
+        super().__init__()
+        if embedding_dim < 1:
+            raise ValueError(f"OverArch.embedding_dim must be >= 1, got {embedding_dim}")
+        self.embedding_dim = embedding_dim
+        self.num_tasks = config.num_tasks
+        self.kind = config.kind
+        self.scorer = _MlpScorer(embedding_dim, config) if config.kind == "mlp" else _MixtureOfLogits(embedding_dim, config)
+
+    def forward(self, u: Tensor, v: Tensor) -> Tensor:
+        d, t = self.embedding_dim, self.num_tasks
+        if u.dim() not in (2, 3) or u.shape[-1] != d or (u.dim() == 3 and u.shape[1] not in (1, t)):
+            raise ValueError(f"OverArch expects u [B, {t}, {d}] or [B, {d}], got {list(u.shape)}")
+        if u.dim() == 2:
+            u = u.unsqueeze(1)
+        if v.dim() != 3 or v.shape[-1] != d:
+            raise ValueError(f"OverArch expects v [B, K, {d}], got {list(v.shape)}")
+        return self.scorer(u, v)
