@@ -2,8 +2,9 @@
 
 Two kinds, chosen by :class:`OverArchConfig`:
 
-- ``"mlp"``: a TorchRec ``MLP`` over the pair features ``[u, v, u*v]`` shared by all tasks, then
-  one linear logit per task.
+- ``"mlp"``: an MLP over the pair features ``[u, v, u*v]`` shared by all tasks (ReLU hidden
+  layers; the first one computed without building the concatenation, the others a TorchRec
+  ``MLP``), then one linear logit per task.
 - ``"mixture_of_logits"`` (MoL, after Zhai et al. 2023, "Revisiting Neural Retrieval on
   Accelerators"): P learned projections of u and of v give P component similarities
   (cosines of the projected pairs); per-task gating weights, a softmax over P computed by an MLP
@@ -54,13 +55,28 @@ class OverArchConfig:
                 raise ValueError(f"OverArchConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
-def _pair_features(u: Tensor, v: Tensor) -> Tensor:
-    """[B, S, D] x [B, K, D] -> [B, K, S, 3D]: ``[u, v, u*v]`` for every (candidate, user slot)."""
-    b, s, d = u.shape
-    k = v.shape[1]
-    uu = u.unsqueeze(1).expand(b, k, s, d)
-    vv = v.unsqueeze(2).expand(b, k, s, d)
-    return torch.cat([uu, vv, uu * vv], dim=-1)
+class _PairMLP(nn.Module):
+    """MLP over ``[u, v, u*v]`` that never materialises the concatenation: the first layer
+    ``W [u; v; u*v] = W_u u + W_v v + W_x (u*v)`` computes ``W_u u`` once per user slot and
+    ``W_v v`` once per candidate; later layers are a TorchRec ``MLP``.
+
+    u [B, S, D] x v [B, K, D] -> [B, K, S, H] (H = hidden[-1]).
+    """
+
+    def __init__(self, embedding_dim: int, hidden: List[int]) -> None:
+        super().__init__()
+        self.user = nn.Linear(embedding_dim, hidden[0])
+        self.item = nn.Linear(embedding_dim, hidden[0], bias=False)
+        self.cross = nn.Linear(embedding_dim, hidden[0], bias=False)
+        with torch.no_grad():  # the init of one Linear over the 3D-wide concatenation
+            for layer in (self.user, self.item, self.cross):
+                layer.weight.mul_(3 ** -0.5)
+            self.user.bias.mul_(3 ** -0.5)
+        self.rest = MLP(hidden[0], hidden[1:], bias=True) if len(hidden) > 1 else nn.Identity()
+
+    def forward(self, u: Tensor, v: Tensor) -> Tensor:
+        first = self.user(u).unsqueeze(1) + self.item(v).unsqueeze(2) + self.cross(u.unsqueeze(1) * v.unsqueeze(2))
+        return self.rest(torch.relu(first))
 
 
 def _per_task(h: Tensor, weight: Tensor) -> Tensor:
@@ -74,13 +90,13 @@ def _per_task(h: Tensor, weight: Tensor) -> Tensor:
 class _MlpScorer(nn.Module):
     def __init__(self, embedding_dim: int, config: OverArchConfig) -> None:
         super().__init__()
-        self.mlp = MLP(3 * embedding_dim, config.hidden, bias=True)
+        self.mlp = _PairMLP(embedding_dim, config.hidden)
         self.head_weight = nn.Parameter(torch.empty(config.num_tasks, config.hidden[-1], 1))
         self.head_bias = nn.Parameter(torch.zeros(config.num_tasks))
         nn.init.normal_(self.head_weight, std=config.hidden[-1] ** -0.5)
 
     def forward(self, u: Tensor, v: Tensor) -> Tensor:
-        h = self.mlp(_pair_features(u, v))  # [B, K, S, H]
+        h = self.mlp(u, v)  # [B, K, S, H]
         return _per_task(h, self.head_weight)[..., 0] + self.head_bias  # [B, K, T]
 
 
@@ -91,7 +107,7 @@ class _MixtureOfLogits(nn.Module):
         self.num_mixtures, self.mixture_dim = p, d
         self.user_proj = nn.Linear(embedding_dim, p * d)
         self.item_proj = nn.Linear(embedding_dim, p * d)
-        self.gate_mlp = MLP(3 * embedding_dim, config.hidden, bias=True)
+        self.gate_mlp = _PairMLP(embedding_dim, config.hidden)
         self.gate_weight = nn.Parameter(torch.empty(config.num_tasks, config.hidden[-1], p))
         self.gate_bias = nn.Parameter(torch.zeros(config.num_tasks, p))
         nn.init.normal_(self.gate_weight, std=config.hidden[-1] ** -0.5)
@@ -105,7 +121,7 @@ class _MixtureOfLogits(nn.Module):
         fu = F.normalize(self.user_proj(u).view(b, s, self.num_mixtures, self.mixture_dim), dim=-1)
         gv = F.normalize(self.item_proj(v).view(b, k, self.num_mixtures, self.mixture_dim), dim=-1)
         components = torch.einsum("bspd,bkpd->bksp", fu, gv)  # [B, K, S, P]
-        gate_logits = _per_task(self.gate_mlp(_pair_features(u, v)), self.gate_weight) + self.gate_bias
+        gate_logits = _per_task(self.gate_mlp(u, v), self.gate_weight) + self.gate_bias
         gates = torch.softmax(gate_logits.float(), dim=-1).to(components.dtype)  # [B, K, T, P]
         return (gates * components).sum(-1) * self.scale + self.bias  # [B, K, T]
 

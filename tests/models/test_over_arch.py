@@ -112,3 +112,14 @@ def test_export_with_dynamic_batch(kind: str) -> None:
     )
     u, v = torch.randn(7, 3, 8), torch.randn(7, 6, 8)
     torch.testing.assert_close(exported.module()(u, v), arch(u, v))
+
+
+def test_pair_mlp_is_an_mlp_over_the_concatenation() -> None:
+    torch.manual_seed(0)
+    arch = OverArch(6, OverArchConfig(kind="mlp", hidden=[8, 4], num_tasks=2))
+    pair = arch.scorer.mlp
+    u, v = torch.randn(3, 2, 6), torch.randn(3, 5, 6)
+    uu, vv = u.unsqueeze(1).expand(3, 5, 2, 6), v.unsqueeze(2).expand(3, 5, 2, 6)
+    weight = torch.cat([pair.user.weight, pair.item.weight, pair.cross.weight], dim=1)  # [H, 3D]
+    first = torch.relu(nn.functional.linear(torch.cat([uu, vv, uu * vv], dim=-1), weight, pair.user.bias))
+    torch.testing.assert_close(pair(u, v), pair.rest(first))
