@@ -296,7 +296,11 @@ def test_export_with_dynamic_batch() -> None:
     module = _Scorer()
     batch = torch.export.Dim("batch", min=1, max=1024)
     exported = torch.export.export(module, (torch.randn(4, 6, 4),), dynamic_shapes=({0: batch},))
-    x = torch.randn(9, 6, 4)
+    for x in (torch.randn(9, 6, 4), torch.randn(1, 6, 4)):
+        torch.testing.assert_close(exported.module()(x), module(x))
+    candidates = torch.export.Dim("candidates", min=1, max=4096)
+    exported = torch.export.export(module, (torch.randn(4, 6, 4),), dynamic_shapes=({0: batch, 1: candidates},))
+    x = torch.randn(3, 11, 4)
     torch.testing.assert_close(exported.module()(x), module(x))
 
 
@@ -313,3 +317,11 @@ def test_half_precision_scores_are_upcast() -> None:
     out = vm(x.to(torch.bfloat16))
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, vm(x), atol=2e-2, rtol=1e-2)
+
+
+def test_float32_agrees_with_float64() -> None:
+    vm = ValueModel("0.6*like + 0.3*share/(click + 0.1) + 0.1*log(watch) - pow(like, 1.5) + sigmoid(3*click)", TASKS)
+    x = torch.rand(4, 50, 4, dtype=torch.float64)
+    out = vm(x.float())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), vm(x), rtol=1e-5, atol=1e-5)
