@@ -35,19 +35,10 @@ from torch import Tensor, nn
 from silverrec.ops import bloom_search
 from silverrec.retrieval.attribute_table import AttributeTable
 from silverrec.retrieval.filter_plan import FilterPlan, compile_plans, compile_program
+from silverrec.retrieval.packed_mask import unpack_mask
 from silverrec.retrieval.term_dictionary import ItemTerms, TermDictionary
 
 Filters = Union[Sequence[str], FilterPlan]
-
-
-def unpack_mask(packed: Tensor, num_items: int) -> Tensor:
-    """Unpacks int64 ``[B, W]`` packed masks to bool ``[B, N]`` (bit ``r % 64`` of word ``r // 64``)."""
-    B, W = packed.shape
-    if num_items > 64 * W:
-        raise ValueError(f"num_items={num_items} exceeds the {64 * W} rows of {W} mask words")
-    as_bytes = packed.contiguous().numpy().view(np.uint8)  # little-endian: byte k of a word = rows 8k..8k+7
-    bits = np.unpackbits(as_bytes, axis=1, count=num_items, bitorder="little")
-    return torch.from_numpy(bits).view(torch.bool)
 
 
 class BloomBits(NamedTuple):

@@ -2,6 +2,7 @@
 
 The layout ``bloom_search`` produces and ``ivf_int8_topk`` consumes; bits for rows >= N are 0.
 """
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,6 +40,12 @@ def unpack_mask(words: Tensor, num_rows: int) -> Tensor:
         >>> unpack_mask(torch.tensor([[5]]), 3).tolist()
         [[True, False, True]]
     """
+    if num_rows > 64 * words.shape[1]:
+        raise ValueError(f"num_rows={num_rows} exceeds the {64 * words.shape[1]} rows of {words.shape[1]} mask words")
+    if words.device.type == "cpu" and not torch.compiler.is_compiling():
+        # fast host path: little-endian bytes, so byte k of a word holds rows 8k..8k+7
+        as_bytes = words.contiguous().numpy().view(np.uint8)
+        return torch.from_numpy(np.unpackbits(as_bytes, axis=1, count=num_rows, bitorder="little")).view(torch.bool)
     shifts = torch.arange(64, dtype=torch.int64, device=words.device)
     bits = (words[:, :, None] >> shifts) & 1  # [B, W, 64]
     return bits.reshape(words.shape[0], -1)[:, :num_rows].bool()
