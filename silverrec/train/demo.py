@@ -2,7 +2,7 @@
 
     python -m silverrec.train.demo [hydra overrides...]     # e.g. data.size=small
 
-Writes everything under ``runs/demo`` (checkpoints, TensorBoard, ``retrieval.pt2``,
+Writes everything under ``runs/demo`` (or ``paths.output_dir=...``: checkpoints, TensorBoard, ``retrieval.pt2``,
 ``item_embeddings.pt``, ``report.json``) and prints a summary table. A killed demo resumes
 from its last checkpoint when run again.
 """
@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from silverrec.data.dataset import RecDataset
+from silverrec.models.two_tower import TwoTower
 from silverrec.retrieval.exact import exact_topk
 from silverrec.serve.artifact import ExportedRetriever
 from silverrec.train.checkpoint import load_checkpoint
@@ -41,9 +42,8 @@ def _latency_ms(retriever: ExportedRetriever, dataset: RecDataset, batch: int, r
     return 1000.0 * float(np.median(times))
 
 
-def _parity(retriever: ExportedRetriever, payload: Dict[str, Any], dataset: RecDataset, num_users: int = 64) -> float:
+def _parity(retriever: ExportedRetriever, model: TwoTower, dataset: RecDataset, num_users: int = 64) -> float:
     """Share of top-K ids where the exported module agrees with the training-side modules."""
-    model = load_two_tower(payload)
     ev = Evaluator(dataset, "test", [retriever.k], max_users=num_users)
     u, v = ev.embed(model, local_context())
     _, want = exact_topk(u, v, retriever.k)
@@ -72,22 +72,23 @@ def run_demo(overrides: Sequence[str]) -> Dict[str, Any]:
             # OpenMP threads slow training ~10x when anything else runs (measured on 2 cores)
             overrides=[f"paths.output_dir={RUN_DIR}", "trainer.num_threads=1", *overrides],
         )
+    run_dir = cfg.paths.output_dir  # runs/demo unless overridden (paths.output_dir=...)
     report = run_training(cfg)
     payload = load_checkpoint(report["train"]["checkpoint"])
     dataset: RecDataset = instantiate(cfg.data)
     model = load_two_tower(payload)
-    path = os.path.join(RUN_DIR, "retrieval.pt2")
+    path = os.path.join(run_dir, "retrieval.pt2")
     t0 = time.perf_counter()
     meta = export_retrieval(model, dataset, 100, path, {"checkpoint": report["train"]["checkpoint"], "step": int(payload["step"])})
     export_s = time.perf_counter() - t0
     retriever = ExportedRetriever(path)
     latency = {str(b): round(_latency_ms(retriever, dataset, b), 2) for b in (1, 16, 256)}
-    parity = _parity(retriever, payload, dataset)
+    parity = _parity(retriever, model, dataset)
 
     # embeddings for benchmarks/ann.py: the published items and the test users' queries
     ev = Evaluator(dataset, "test", [100])
     users, items = ev.embed(model, local_context())
-    torch.save({"items": items, "users": users}, os.path.join(RUN_DIR, "item_embeddings.pt"))
+    torch.save({"items": items, "users": users}, os.path.join(run_dir, "item_embeddings.pt"))
 
     report["export"] = {
         "path": os.path.abspath(path),
@@ -98,12 +99,12 @@ def run_demo(overrides: Sequence[str]) -> Dict[str, Any]:
         "parity_top100_ids": parity,
         "latency_ms_by_batch": latency,
     }
-    write_json_atomic(os.path.join(RUN_DIR, "report.json"), report)
-    _print_summary(report)
+    write_json_atomic(os.path.join(run_dir, "report.json"), report)
+    _print_summary(report, run_dir)
     return report
 
 
-def _print_summary(report: Dict[str, Any]) -> None:
+def _print_summary(report: Dict[str, Any], run_dir: str) -> None:
     test, valid = report["test"], report["valid"]
     rows = [["metric (test split)", "two-tower", "most popular", "ratio"]]
     for k in (10, 50, 100):
@@ -122,8 +123,8 @@ def _print_summary(report: Dict[str, Any]) -> None:
     for b, ms in ex["latency_ms_by_batch"].items():
         lat.append([b, f"{ms:.2f}", f"{int(b) * 1000 / ms:.0f}"])
     print(_table(lat))
-    print(f"report: {os.path.join(RUN_DIR, 'report.json')}")
-    print(f"TensorBoard: .venv/bin/tensorboard --logdir {RUN_DIR}/tb")
+    print(f"report: {os.path.join(run_dir, 'report.json')}")
+    print(f"TensorBoard: .venv/bin/tensorboard --logdir {run_dir}/tb")
 
 
 def main() -> None:
