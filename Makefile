@@ -25,6 +25,7 @@ $(VENV)/.stack: Makefile
 	$(PIP) install -q $(TORCH) $(FBGEMM)
 	$(PIP) install -q --no-deps torchrec==1.8.0
 	$(PIP) install -q $(TORCH) $(DEPS)
+	@echo "note: pip's complaint that torchrec requires fbgemm-gpu is expected; $(FBGEMM) provides it"
 	touch $@
 
 # 2. silverrec itself, editable, with its C++ extension built in place (re-run on packaging
