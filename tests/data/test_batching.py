@@ -86,3 +86,16 @@ def test_jagged_take_and_validation():
     assert col.take(np.array([2, 0, 1])).lengths.tolist() == [1, 2, 0]
     with pytest.raises(ValueError, match="offsets"):
         JaggedColumn(np.array([1, 2]), np.array([0, 3]))
+
+
+def test_validate_names_ids_outside_the_vocabulary(tiny_dataset):
+    import copy
+
+    ds = copy.deepcopy(tiny_dataset)
+    ds.items.columns["category"].values[3] = 10**6
+    with pytest.raises(ValueError, match="item feature 'category': id 1000000 outside its vocabulary"):
+        ds.validate()
+    ds = copy.deepcopy(tiny_dataset)
+    ds.interactions.item[0] = -1
+    with pytest.raises(ValueError, match="Interactions.item"):
+        ds.validate()
