@@ -18,8 +18,6 @@ Example::
     True
 """
 import json
-import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Callable, Dict, Union
 
 import numpy as np
 
+from silverrec.atomic_file import write_atomically
 from silverrec.data.dataset import FeatureTable, Interactions, JaggedColumn, RecDataset, Split
 from silverrec.schema import Schema
 
@@ -65,17 +64,11 @@ def save_dataset(ds: RecDataset, path: Union[str, Path]) -> None:
     arrays.update({"inter.user": it.user, "inter.item": it.item, "inter.timestamp": it.timestamp})
     arrays.update({f"inter.label.{i}": it.labels[name] for i, name in enumerate(label_names)})
     arrays.update({f"split.{name}": ds.split.get(name) for name in ("train", "valid", "test")})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare path
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    write_atomically(path, write, ".tmp")
 
 
 def load_dataset(path: Union[str, Path]) -> RecDataset:

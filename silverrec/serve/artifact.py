@@ -8,13 +8,13 @@ with a ``ValueError`` that says which.
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any, Dict, Tuple
 
 import torch
 from torch import Tensor
 
 import silverrec  # noqa: F401  (registers torch.ops.silverrec before loading a graph)
+from silverrec.atomic_file import write_atomically
 from silverrec.schema import HISTORY, Schema
 
 FORMAT_VERSION = 1
@@ -34,16 +34,7 @@ def version_stamp(program: torch.export.ExportedProgram) -> str:
 def save_artifact(program: torch.export.ExportedProgram, path: str, metadata: Dict[str, Any]) -> Dict[str, Any]:
     """Writes the program and metadata atomically (temporary file + rename); returns the metadata."""
     meta = {**metadata, "format_version": FORMAT_VERSION, "version": version_stamp(program)}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt2", dir=folder)
-    os.close(fd)
-    try:
-        torch.export.save(program, tmp, extra_files={_META: json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomically(path, lambda tmp: torch.export.save(program, tmp, extra_files={_META: json.dumps(meta)}), ".pt2")
     return meta
 
 

@@ -9,13 +9,13 @@ renamed, so a killed run never leaves a truncated checkpoint behind.
 import glob
 import os
 import re
-import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
+from silverrec.atomic_file import write_atomically
 from silverrec.train.distributed import DistContext
 
 _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
@@ -128,16 +128,7 @@ def scatter_into(target: Any, full: Any, where: str = "") -> Any:
 
 def save_checkpoint(path: str, payload: Dict[str, Any]) -> None:
     """Writes ``payload`` to ``path`` atomically (temporary file in the same folder + rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomically(path, lambda tmp: torch.save(payload, tmp), ".pt")
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:

@@ -7,7 +7,6 @@ Writes a JSON report (``report_path``) and, unless ``~logger`` is given, TensorB
 """
 import json
 import os
-import tempfile
 from typing import Any, Dict, Optional, Sequence
 
 import hydra
@@ -15,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from silverrec.atomic_file import write_atomically
 from silverrec.data.dataset import RecDataset
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.distributed import DistContext, init_distributed, shutdown_distributed
@@ -48,12 +48,11 @@ def evaluate_model(
 
 def write_json_atomic(path: str, payload: Dict[str, Any]) -> None:
     """Writes JSON through a temporary file and a rename (never a half-written report)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True)
+
+    write_atomically(path, write, ".json")
 
 
 def log_metrics(logger: Optional[TensorBoardLogger], report: Dict[str, Dict[str, float]], step: int) -> None:
