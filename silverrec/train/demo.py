@@ -17,7 +17,6 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from silverrec.data.dataset import RecDataset
-from silverrec.models.two_tower import TwoTower
 from silverrec.retrieval.exact import exact_topk
 from silverrec.serve.artifact import ExportedRetriever
 from silverrec.train.checkpoint import load_checkpoint
@@ -42,12 +41,14 @@ def _latency_ms(retriever: ExportedRetriever, dataset: RecDataset, batch: int, r
     return 1000.0 * float(np.median(times))
 
 
-def _parity(retriever: ExportedRetriever, model: TwoTower, dataset: RecDataset, num_users: int = 64) -> float:
-    """Share of top-K ids where the exported module agrees with the training-side modules."""
-    ev = Evaluator(dataset, "test", [retriever.k], max_users=num_users)
-    u, v = ev.embed(model, local_context())
-    _, want = exact_topk(u, v, retriever.k)
-    values, lengths = request_tensors(dataset, ev.users.users, ev.users.history)
+def _parity(retriever: ExportedRetriever, ev: Evaluator, users: torch.Tensor, items: torch.Tensor,
+            dataset: RecDataset, num_users: int = 64) -> float:
+    """Share of top-K ids where the exported module agrees with the training-side embeddings
+    (``users`` [U, D] of ``ev``'s users, ``items`` [N, D]) for the first ``num_users`` users."""
+    n = min(num_users, users.shape[0])
+    _, want = exact_topk(users[:n], items, retriever.k)
+    rows = np.arange(n)
+    values, lengths = request_tensors(dataset, ev.users.users[rows], ev.users.history.take(rows))
     got, _ = retriever.search(values, lengths)
     return float((got == want).float().mean())
 
@@ -73,9 +74,9 @@ def run_demo(overrides: Sequence[str]) -> Dict[str, Any]:
             overrides=[f"paths.output_dir={RUN_DIR}", "trainer.num_threads=1", *overrides],
         )
     run_dir = cfg.paths.output_dir  # runs/demo unless overridden (paths.output_dir=...)
-    report = run_training(cfg)
-    payload = load_checkpoint(report["train"]["checkpoint"])
     dataset: RecDataset = instantiate(cfg.data)
+    report = run_training(cfg, dataset)
+    payload = load_checkpoint(report["train"]["checkpoint"])
     model = load_two_tower(payload)
     path = os.path.join(run_dir, "retrieval.pt2")
     t0 = time.perf_counter()
@@ -83,11 +84,10 @@ def run_demo(overrides: Sequence[str]) -> Dict[str, Any]:
     export_s = time.perf_counter() - t0
     retriever = ExportedRetriever(path)
     latency = {str(b): round(_latency_ms(retriever, dataset, b), 2) for b in (1, 16, 256)}
-    parity = _parity(retriever, model, dataset)
-
-    # embeddings for benchmarks/ann.py: the published items and the test users' queries
+    # the test users' queries and the published items: for the parity check and benchmarks/ann.py
     ev = Evaluator(dataset, "test", [100])
     users, items = ev.embed(model, local_context())
+    parity = _parity(retriever, ev, users, items, dataset)
     torch.save({"items": items, "users": users}, os.path.join(run_dir, "item_embeddings.pt"))
 
     report["export"] = {

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import hydra
 import torch
@@ -26,8 +26,11 @@ from silverrec.train.tb_logging import flatten, make_logger
 from silverrec.train.trainer import Trainer, TrainerConfig
 
 
-def run_training(cfg: DictConfig) -> Dict[str, Any]:
-    """Trains, evaluates and reports; returns the report (on every rank)."""
+def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[str, Any]:
+    """Trains, evaluates and reports; returns the report (on every rank).
+
+    ``dataset`` is the already instantiated ``cfg.data`` when the caller needs it too (the demo).
+    """
     trainer_cfg: TrainerConfig = instantiate(cfg.trainer)
     if trainer_cfg.num_threads:
         torch.set_num_threads(trainer_cfg.num_threads)
@@ -36,7 +39,8 @@ def run_training(cfg: DictConfig) -> Dict[str, Any]:
         # every rank must write to rank 0's run folder (hydra's date-stamped names can differ)
         paths = broadcast_object(OmegaConf.to_container(cfg.paths, resolve=True), ctx)
         log_dir = broadcast_object(cfg.logger.log_dir if cfg.get("logger") else None, ctx)
-        dataset: RecDataset = instantiate(cfg.data)
+        if dataset is None:
+            dataset = instantiate(cfg.data)
         dataset.validate()
         logger = make_logger(log_dir, ctx.is_main)
         trainer = Trainer(trainer_cfg, ctx, paths["checkpoint_dir"], logger)
