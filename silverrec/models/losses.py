@@ -1,4 +1,6 @@
 """Retrieval loss: in-batch sampled softmax with logQ correction and accidental-hit masking."""
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
@@ -17,9 +19,11 @@ class InBatchSoftmaxLoss(nn.Module):
     Call Args:
         logits (Tensor): [B, B] temperature-scaled similarities of user i and positive item j.
         item_rows (Tensor): int64 [B] rows of the positive items.
+        weights (Optional[Tensor]): float32 [B] per-row weights (a task's labels: a row whose
+            label is 0 is not a positive of that task); None = all ones.
 
     Returns:
-        Tensor: scalar mean cross-entropy.
+        Tensor: scalar weighted mean cross-entropy (0 when all weights are 0).
 
     Example::
 
@@ -32,7 +36,7 @@ class InBatchSoftmaxLoss(nn.Module):
         super().__init__()
         self.register_buffer("item_log_q", item_log_q.float(), persistent=False)
 
-    def forward(self, logits: Tensor, item_rows: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, item_rows: Tensor, weights: Optional[Tensor] = None) -> Tensor:
         b = logits.shape[0]
         if logits.shape != (b, b) or item_rows.shape != (b,):
             raise ValueError(f"InBatchSoftmaxLoss: logits {tuple(logits.shape)} and item_rows {tuple(item_rows.shape)} must be [B, B] and [B]")
@@ -40,7 +44,24 @@ class InBatchSoftmaxLoss(nn.Module):
         same = item_rows.unsqueeze(0) == item_rows.unsqueeze(1)
         diag = torch.eye(b, dtype=torch.bool, device=logits.device)
         logits = logits.masked_fill(same & ~diag, float("-inf"))
-        return nn.functional.cross_entropy(logits, torch.arange(b, device=logits.device))
+        return weighted_cross_entropy(logits, torch.arange(b, device=logits.device), weights)
+
+
+def weighted_cross_entropy(logits: Tensor, target: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+    """Softmax cross-entropy of each row, averaged with ``weights``.
+
+    Args:
+        logits (Tensor): [B, C] (masked entries -inf).
+        target (Tensor): int64 [B] the positive column of each row.
+        weights (Optional[Tensor]): [B] non-negative row weights; None = plain mean.
+
+    Returns:
+        Tensor: scalar ``sum(w * ce) / max(sum(w), 1e-6)`` (0 when all weights are 0).
+    """
+    if weights is None:
+        return nn.functional.cross_entropy(logits, target)
+    ce = nn.functional.cross_entropy(logits, target, reduction="none")
+    return (ce * weights).sum() / weights.sum().clamp_min(1e-6)
 
 
 def item_log_frequency(item_rows: Tensor, num_items: int) -> Tensor:

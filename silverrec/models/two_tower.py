@@ -1,17 +1,23 @@
 """The two-tower model: one TorchRec ``EmbeddingBagCollection`` shared by both towers.
 
-Layout (B pairs, F_u user keys, F_i item keys, E embedding dim, D output dim)::
+Layout (B pairs, F_u user keys, F_i item keys, E embedding dim, D output dim, T tasks)::
 
     KJT [keys: user__* (+ user__history), item__*; stride B]
         └─ EmbeddingBagCollection ─► KeyedTensor [B, (F_u + F_i) * E]
-              ├─ UserTower (user__* keys) ─► u [B, D]
+              ├─ UserTower (user__* keys; one head per task) ─► u [B, T, D]
               └─ ItemTower (item__* keys) ─► v [B, D]
 
 The ``item__item_id`` table serves two features: the item's own id and the user history
 (``user__history``, mean-pooled), so the history is pooled from the item-id table.
+
+The model also holds the re-scoring layers used after retrieval (:meth:`TwoTower.task_logits`,
+:meth:`TwoTower.task_scores`): the :class:`~silverrec.models.over_arch.OverArch`, which adds a
+learned per-task correction to the dot-product logit of a (user, candidate) pair, and the
+:class:`~silverrec.models.value_model.ValueModel`, which turns per-task predictions into one value.
 """
+import dataclasses
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -19,36 +25,46 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from silverrec.models.over_arch import OverArch, OverArchConfig
 from silverrec.models.similarity import Similarity
 from silverrec.models.towers import ItemTower, UserTower
+from silverrec.models.value_model import ValueModel
 from silverrec.schema import HISTORY, ITEM_ID, Schema, item_key, user_key
 
 
 class TwoTower(nn.Module):
-    """User and item towers over one shared ``EmbeddingBagCollection``.
+    """User and item towers over one shared ``EmbeddingBagCollection``, plus the re-scorers.
 
     Args:
         embedding_bag_collection (EmbeddingBagCollection): all tables of both sides.
-        user_tower (UserTower): dense user tower.
+        user_tower (UserTower): dense user tower, one head per task.
         item_tower (ItemTower): dense item tower.
         similarity (Similarity): the similarity used by loss, evaluation and serving.
+        over_arch (Optional[OverArch]): learned per-task re-scorer of candidates (None: dot only).
+        value_model (ValueModel): the value formula over the T task predictions.
+
+    Buffers:
+        task_rates (Tensor): float32 [T], each task's mean label over the training
+            interactions (set by the trainer; turns per-task candidate distributions into
+            expected labels, see :meth:`task_scores`).
 
     Call Args:
         features (KeyedJaggedTensor): both sides' keys, stride B (a side may have empty rows).
 
     Returns:
-        Tuple[Tensor, Tensor]: u [B, D], v [B, D], L2-normalised.
+        Tuple[Tensor, Tensor]: u [B, T, D], v [B, D], L2-normalised.
 
     Example::
 
         >>> from silverrec.schema import Feature, Schema
         >>> schema = Schema((Feature("country", ("a", "b")),), (Feature("item_id", ("x", "y", "z")),))
-        >>> model = build_two_tower(schema, TwoTowerConfig(embedding_dim=4, user_layers=[8], item_layers=[8]))
+        >>> model = build_two_tower(schema, TwoTowerConfig(embedding_dim=4, user_layers=[8], item_layers=[8],
+        ...                                                 value_formula="click"))
         >>> kjt = KeyedJaggedTensor.from_lengths_sync(
         ...     keys=list(schema.user_keys + schema.item_keys),
         ...     values=torch.tensor([1, 2]), lengths=torch.tensor([1, 0, 1]))
         >>> [t.shape for t in model(kjt)]
-        [torch.Size([1, 8]), torch.Size([1, 8])]
+        [torch.Size([1, 1, 8]), torch.Size([1, 8])]
     """
 
     def __init__(
@@ -57,20 +73,73 @@ class TwoTower(nn.Module):
         user_tower: UserTower,
         item_tower: ItemTower,
         similarity: Similarity,
+        over_arch: Optional[OverArch],
+        value_model: ValueModel,
     ) -> None:
         super().__init__()
         if user_tower.out_features != item_tower.out_features:
             raise ValueError(
                 f"user tower outputs {user_tower.out_features} dims, item tower {item_tower.out_features}"
             )
+        num_tasks = len(value_model.task_names)
+        if user_tower.num_heads != num_tasks:
+            raise ValueError(f"the user tower has {user_tower.num_heads} heads for {num_tasks} tasks")
+        if over_arch is not None and over_arch.num_tasks != num_tasks:
+            raise ValueError(f"the OverArch scores {over_arch.num_tasks} tasks, the model has {num_tasks}")
         self.ebc = embedding_bag_collection
         self.user_tower = user_tower
         self.item_tower = item_tower
         self.similarity = similarity
+        self.over_arch = over_arch
+        self.value_model = value_model
+        self.register_buffer("task_rates", torch.ones(num_tasks))
+
+    @property
+    def task_names(self) -> List[str]:
+        return self.value_model.task_names
 
     def forward(self, features: KeyedJaggedTensor) -> Tuple[Tensor, Tensor]:
         pooled = self.ebc(features)
         return self.user_tower(pooled), self.item_tower(pooled)
+
+    def task_logits(self, u: Tensor, v: Tensor, over_arch: bool = True) -> Tensor:
+        """Per-task logits of candidates: the temperature-scaled dot product of each task's user
+        embedding with the candidate, plus the OverArch's learned correction (if ``over_arch``
+        and the model has one).
+
+        Args:
+            u (Tensor): [B, T, D] user embeddings.
+            v (Tensor): [B, K, D] candidate embeddings.
+
+        Returns:
+            Tensor: float32 [B, K, T].
+        """
+        logits = torch.einsum("btd,bkd->bkt", u.float(), v.float()) * self.similarity.scale()
+        if over_arch and self.over_arch is not None:
+            logits = logits + self.over_arch(u, v).float()
+        return logits
+
+    def task_scores(self, logits: Tensor, valid: Tensor) -> Tensor:
+        """Per-task predictions of the K candidates of each query: ``task_rates[t]`` times the
+        softmax of task t's logits over the query's valid candidates (an estimate of
+        P(user engages with the candidate and the task's label | the candidate list), whose sum
+        over candidates is the task's mean label). Invalid candidates score 0.
+
+        Args:
+            logits (Tensor): float32 [B, K, T] from :meth:`task_logits`.
+            valid (Tensor): bool [B, K].
+
+        Returns:
+            Tensor: float32 [B, K, T].
+        """
+        masked = logits.masked_fill(~valid.unsqueeze(-1), float("-inf"))
+        # a query without any valid candidate: softmax of all -inf is NaN -> 0
+        p = torch.softmax(masked, dim=1).nan_to_num(0.0)
+        return p * self.task_rates
+
+    def value(self, task_scores: Tensor, valid: Tensor) -> Tensor:
+        """The Value Model over ``task_scores`` [B, K, T]; invalid candidates get -inf. -> [B, K]."""
+        return self.value_model(task_scores).masked_fill(~valid, float("-inf"))
 
 
 @dataclass
@@ -83,6 +152,11 @@ class TwoTowerConfig:
         item_layers (List[int]): item tower hidden sizes, then D (must end with the same D).
         temperature (float): initial softmax temperature of the similarity.
         learn_temperature (bool): learn the temperature.
+        over_arch (Optional[OverArchConfig]): the OverArch re-scorer (a dict is converted;
+            None: no OverArch, candidates are scored by the dot product only). Its ``num_tasks``
+            is set from the schema.
+        value_formula (str): the Value Model's formula over the schema's task names, e.g.
+            ``"0.6*like + 0.3*share + 0.1*watch"`` (see :mod:`silverrec.models.value_formula`).
     """
 
     embedding_dim: int = 64
@@ -90,6 +164,13 @@ class TwoTowerConfig:
     item_layers: List[int] = field(default_factory=lambda: [256, 64])
     temperature: float = 0.05
     learn_temperature: bool = True
+    over_arch: Optional[Union[OverArchConfig, Dict[str, Any]]] = field(default_factory=OverArchConfig)
+    value_formula: str = "click"
+
+    def __post_init__(self) -> None:
+        self.user_layers, self.item_layers = list(self.user_layers), list(self.item_layers)
+        if self.over_arch is not None and not isinstance(self.over_arch, OverArchConfig):
+            self.over_arch = OverArchConfig(**dict(self.over_arch))
 
 
 def embedding_tables(schema: Schema, embedding_dim: int) -> List[EmbeddingBagConfig]:
@@ -130,11 +211,19 @@ def build_two_tower(schema: Schema, config: TwoTowerConfig, device: torch.device
             f"{config.item_layers[-1]}: both towers must output the same dimension"
         )
     e = config.embedding_dim
+    tasks = list(schema.task_names)
+    value_model = ValueModel(config.value_formula, tasks)  # formula errors surface here, at build/load time
     ebc = EmbeddingBagCollection(tables=embedding_tables(schema, e), device=device)
     user_keys, item_keys = schema.user_keys, schema.item_keys
+    over_arch = None
+    if config.over_arch is not None:
+        oa = dataclasses.replace(config.over_arch, num_tasks=len(tasks))
+        over_arch = OverArch(config.user_layers[-1], oa)
     return TwoTower(
         ebc,
-        UserTower(user_keys, in_features=e * len(user_keys), layer_sizes=config.user_layers),
+        UserTower(user_keys, in_features=e * len(user_keys), layer_sizes=config.user_layers, num_heads=len(tasks)),
         ItemTower(item_keys, in_features=e * len(item_keys), layer_sizes=config.item_layers),
         Similarity(config.temperature, config.learn_temperature),
+        over_arch,
+        value_model,
     )

@@ -111,7 +111,8 @@ class Evaluator:
         self.popularity = torch.from_numpy(np.log1p(counts).astype(np.float32))
 
     def embed(self, model: nn.Module, ctx: DistContext) -> Tuple[torch.Tensor, torch.Tensor]:
-        """User embeddings [U, D] of the evaluated users and item embeddings [N, D] of the corpus."""
+        """User embeddings [U, T, D] (one per task) of the evaluated users and item embeddings
+        [N, D] of the corpus."""
         ev = self.users
         n_items = self.dataset.items.num_rows
         items = embed_in_chunks(
@@ -137,6 +138,10 @@ class Evaluator:
         return self.metrics_of(u, v)
 
     def metrics_of(self, user_embeddings: torch.Tensor, item_embeddings: torch.Tensor) -> Dict[str, float]:
+        """recall@K and ndcg@K of the first task's (``click``) embeddings ``user_embeddings``
+        [U, T, D] (or [U, D]) against every held-out interaction."""
+        if user_embeddings.dim() == 3:
+            user_embeddings = user_embeddings[:, 0]
         _, rows = exact_topk(user_embeddings, item_embeddings, max(self.ks), exclude=self.users.seen)
         return recall_ndcg(rows, self.users.heldout, self.ks)
 

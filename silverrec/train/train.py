@@ -53,6 +53,7 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
             seed=cfg.seed,
             ckpt_path=cfg.ckpt_path,
             extra={"data_config": OmegaConf.to_container(cfg.data, resolve=True)},
+            loss_config=instantiate(cfg.loss),
         )
         train_seconds = time.perf_counter() - t0
         report: Dict[str, Any] = evaluate_model(result.model.module.two_tower, dataset, ctx, ks=trainer_cfg.ks)
@@ -66,7 +67,8 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
         if ctx.is_main:
             log_metrics(logger, {s: report[s] for s in ("valid", "test")}, result.step)
             if logger:
-                hp = flatten({"model": dataclasses.asdict(instantiate(cfg.model)), "trainer": dataclasses.asdict(trainer_cfg)})
+                hp = flatten({"model": dataclasses.asdict(instantiate(cfg.model)), "loss": dataclasses.asdict(instantiate(cfg.loss)),
+                              "trainer": dataclasses.asdict(trainer_cfg)})
                 hp.update({"seed": cfg.seed, "world_size": ctx.world_size})
                 logger.hparams(hp, {f"test/{k}": v for k, v in report["test"].items() if k.startswith("recall@")})
                 logger.close()

@@ -16,14 +16,14 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterCons
 from torchrec.distributed.types import ShardingType
 from tqdm import tqdm
 
-from silverrec.data.batching import TrainBatches
+from silverrec.data.batching import FeatureBatcher, TrainBatches
 from silverrec.data.dataset import RecDataset
-from silverrec.models.losses import InBatchSoftmaxLoss, item_log_frequency
-from silverrec.models.train_task import TwoTowerTrainTask
+from silverrec.models.losses import item_log_frequency
+from silverrec.models.train_task import LossConfig, TwoTowerTrainTask
 from silverrec.models.two_tower import TwoTower, TwoTowerConfig, build_two_tower
 from silverrec.train import checkpoint as ckpt
 from silverrec.train.distributed import DistContext, broadcast_object
-from silverrec.train.evaluator import Evaluator
+from silverrec.train.evaluator import Evaluator, embed_in_chunks
 from silverrec.train.optim import SparseOptimizerConfig, apply_sparse_optimizer, combined_optimizer
 from silverrec.train.tb_logging import TensorBoardLogger
 
@@ -105,12 +105,21 @@ class Trainer:
         self.checkpoint_dir = checkpoint_dir
         self.logger = logger
 
-    def build(self, dataset: RecDataset, model_config: TwoTowerConfig, sparse: SparseOptimizerConfig, dense: Callable[..., torch.optim.Optimizer]):
+    def build(
+        self,
+        dataset: RecDataset,
+        model_config: TwoTowerConfig,
+        sparse: SparseOptimizerConfig,
+        dense: Callable[..., torch.optim.Optimizer],
+        loss_config: Optional[LossConfig] = None,
+    ):
         """The sharded train task and its combined optimizer."""
         two_tower = build_two_tower(dataset.schema, model_config, device=torch.device("meta"))
-        train_items = torch.from_numpy(dataset.interactions.item[dataset.split.train])
-        loss = InBatchSoftmaxLoss(item_log_frequency(train_items, dataset.items.num_rows))
-        task = TwoTowerTrainTask(two_tower, loss)
+        train = dataset.split.train
+        with torch.no_grad():
+            two_tower.task_rates.copy_(torch.tensor([float(dataset.interactions.labels[t][train].mean()) for t in two_tower.task_names]))
+        train_items = torch.from_numpy(dataset.interactions.item[train])
+        task = TwoTowerTrainTask(two_tower, item_log_frequency(train_items, dataset.items.num_rows), loss_config)
         apply_sparse_optimizer(two_tower.ebc.parameters(), sparse)
         plan = sharding_plan(task, two_tower.ebc.embedding_bag_configs(), self.ctx)
         model = DistributedModelParallel(task, device=self.ctx.device, plan=plan)
@@ -125,16 +134,20 @@ class Trainer:
         seed: int = 0,
         ckpt_path: Optional[str] = None,
         extra: Optional[Dict[str, Any]] = None,
+        loss_config: Optional[LossConfig] = None,
     ) -> TrainResult:
         """Trains to ``config.max_steps``, resuming from ``ckpt_path`` or the latest checkpoint.
 
         Args:
             extra (Optional[Dict[str, Any]]): JSON-able metadata stored in every checkpoint
                 (e.g. the data config, so evaluation and export can rebuild the data).
+            loss_config (Optional[LossConfig]): task weights and negatives (None: defaults).
         """
         cfg, ctx = self.config, self.ctx
+        loss_config = loss_config or LossConfig()
         torch.manual_seed(seed)
-        model, opt = self.build(dataset, model_config, sparse, dense)
+        model, opt = self.build(dataset, model_config, sparse, dense, loss_config)
+        tasks = list(dataset.schema.task_names)
         batches = TrainBatches(dataset, cfg.batch_size, seed=seed, rank=ctx.rank, world_size=ctx.world_size)
         validator = Evaluator(dataset, "valid", cfg.ks, max_users=cfg.eval_max_users) if cfg.eval_every else None
         meta = {"schema": dataset.schema.to_dict(), "model_config": dataclasses.asdict(model_config), **(extra or {})}
@@ -155,7 +168,10 @@ class Trainer:
             epoch, in_epoch = divmod(step, batches.steps_per_epoch)
             for batch in batches.epoch(epoch, start_step=in_epoch):
                 self._set_lr(opt, base_lr, step)
-                loss, _ = model(batch.features.to(ctx.device), batch.item_rows.to(ctx.device))
+                if loss_config.hard_negatives and step % loss_config.hard_negative_refresh == 0 and step > 0:
+                    self._refresh_negatives(model, dataset)
+                labels = torch.stack([batch.labels[t] for t in tasks], dim=1)
+                loss, parts = model(batch.features.to(ctx.device), batch.item_rows.to(ctx.device), labels.to(ctx.device))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -167,6 +183,7 @@ class Trainer:
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
                     dt = time.perf_counter() - t_last
                     scalars = {"train/loss": loss_value, "train/lr": opt.param_groups[-1]["lr"], "train/examples_per_s": ex_since / max(dt, 1e-9)}
+                    scalars.update({f"train/loss_{k}": float(p) for k, p in parts.items()})
                     bar.set_postfix(loss=f"{loss_value:.3f}", ex_s=f"{scalars['train/examples_per_s']:.0f}")
                     if self.logger:
                         self.logger.scalars(scalars, step)
@@ -186,6 +203,19 @@ class Trainer:
             f = min(1.0, (step + 1) / self.config.warmup_steps)
             for g, lr in zip(opt.param_groups, base_lr):
                 g["lr"] = lr * f
+
+    def _refresh_negatives(self, model, dataset: RecDataset) -> None:
+        """Rebuilds the hard-negative index from the current item embeddings (every rank)."""
+        batcher = FeatureBatcher(dataset.schema, dataset.users, dataset.items)
+        was_training = model.training
+        model.eval()
+        try:
+            items = embed_in_chunks(
+                model.module.two_tower, lambda rows: batcher.kjt(rows.size, item_rows=rows), dataset.items.num_rows, side=1, ctx=self.ctx
+            )
+        finally:
+            model.train(was_training)
+        model.module.set_negative_bank(items)
 
     def _validate(self, validator: Evaluator, model, step: int) -> Dict[str, float]:
         metrics = validator.evaluate(model.module.two_tower, self.ctx)
