@@ -15,6 +15,7 @@ The model also holds the re-scoring layers used after retrieval (:meth:`TwoTower
 learned per-task correction to the dot-product logit of a (user, candidate) pair, and the
 :class:`~silverrec.models.value_model.ValueModel`, which turns per-task predictions into one value.
 """
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -25,6 +26,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from silverrec.models.candidate_scorer import CandidateScorer, candidate_values, task_logits, task_scores
 from silverrec.models.over_arch import OverArch, OverArchConfig
 from silverrec.models.similarity import Similarity
 from silverrec.models.towers import ItemTower, UserTower
@@ -103,9 +105,9 @@ class TwoTower(nn.Module):
         return self.user_tower(pooled), self.item_tower(pooled)
 
     def task_logits(self, u: Tensor, v: Tensor, over_arch: bool = True) -> Tensor:
-        """Per-task logits of candidates: the temperature-scaled dot product of each task's user
-        embedding with the candidate, plus the OverArch's learned correction (if ``over_arch``
-        and the model has one).
+        """Per-task logits of candidates (see :mod:`silverrec.models.candidate_scorer`): the
+        temperature-scaled dot product of each task's user embedding with the candidate, plus the
+        OverArch's learned correction (if ``over_arch`` and the model has one).
 
         Args:
             u (Tensor): [B, T, D] user embeddings.
@@ -114,32 +116,20 @@ class TwoTower(nn.Module):
         Returns:
             Tensor: float32 [B, K, T].
         """
-        logits = torch.einsum("btd,bkd->bkt", u.float(), v.float()) * self.similarity.scale()
-        if over_arch and self.over_arch is not None:
-            logits = logits + self.over_arch(u, v).float()
-        return logits
+        return task_logits(self.similarity, self.over_arch if over_arch else None, u, v)
 
     def task_scores(self, logits: Tensor, valid: Tensor) -> Tensor:
-        """Per-task predictions of the K candidates of each query: ``task_rates[t]`` times the
-        softmax of task t's logits over the query's valid candidates (an estimate of
-        P(user engages with the candidate and the task's label | the candidate list), whose sum
-        over candidates is the task's mean label). Invalid candidates score 0.
-
-        Args:
-            logits (Tensor): float32 [B, K, T] from :meth:`task_logits`.
-            valid (Tensor): bool [B, K].
-
-        Returns:
-            Tensor: float32 [B, K, T].
-        """
-        masked = logits.masked_fill(~valid.unsqueeze(-1), float("-inf"))
-        # a query without any valid candidate: softmax of all -inf is NaN -> 0
-        p = torch.softmax(masked, dim=1).nan_to_num(0.0)
-        return p * self.task_rates
+        """Per-task predictions [B, K, T] of the candidates: ``task_rates[t]`` times the softmax of
+        task t's logits over the query's valid candidates (invalid ones score 0)."""
+        return task_scores(logits, valid, self.task_rates)
 
     def value(self, task_scores: Tensor, valid: Tensor) -> Tensor:
         """The Value Model over ``task_scores`` [B, K, T]; invalid candidates get -inf. -> [B, K]."""
-        return self.value_model(task_scores).masked_fill(~valid, float("-inf"))
+        return candidate_values(self.value_model, task_scores, valid)
+
+    def candidate_scorer(self) -> CandidateScorer:
+        """Copies of the re-scoring layers, for the serving graph."""
+        return CandidateScorer(copy.deepcopy(self.similarity), copy.deepcopy(self.over_arch), copy.deepcopy(self.value_model), self.task_rates)
 
 
 @dataclass

@@ -26,6 +26,13 @@ SCHEMAS: Dict[str, str] = {
         "ivf_int8_topk(Tensor q_codes, Tensor q_scales, Tensor codes, Tensor scales, "
         "Tensor cluster_offsets, Tensor probe, Tensor? mask, int k) -> (Tensor, Tensor, Tensor)"
     ),
+    "ivf_select_probes": (
+        "ivf_select_probes(Tensor centroid_scores, Tensor cluster_offsets, Tensor? mask, int n_probe, "
+        "int min_rows, int max_probe) -> Tensor"
+    ),
+    "ivf_rescore_topk": (
+        "ivf_rescore_topk(Tensor queries, Tensor cache, Tensor rows, Tensor row_to_id, int k) -> (Tensor, Tensor)"
+    ),
 }
 
 _ALLOWED_KEYS = ("CPU", "CUDA", "Meta")

@@ -86,3 +86,50 @@ def ivf_int8_topk_fake(
 
 
 FAKE_IMPLS["ivf_int8_topk"] = {"Meta": ivf_int8_topk_fake}
+
+# --- ivf_select_probes ---
+
+
+def ivf_select_probes_fake(
+    centroid_scores: Tensor,
+    cluster_offsets: Tensor,
+    mask: Optional[Tensor],
+    n_probe: int,
+    min_rows: int,
+    max_probe: int,
+) -> Tensor:
+    """Shape of ``ivf_select_probes``: int64 ``[B, max_probe]``."""
+    torch._check(centroid_scores.dtype == torch.float32 and centroid_scores.dim() == 2,
+                 lambda: f"centroid_scores must be float32 [B, C], got {centroid_scores.dtype} {tuple(centroid_scores.shape)}")
+    B, C = centroid_scores.shape
+    torch._check(cluster_offsets.dtype == torch.int64 and cluster_offsets.shape == (C + 1,),
+                 lambda: f"cluster_offsets must be int64 [C+1]={C + 1}, got {cluster_offsets.dtype} {tuple(cluster_offsets.shape)}")
+    if mask is not None:
+        torch._check(mask.dtype == torch.int64 and mask.dim() == 2 and mask.shape[0] == B,
+                     lambda: f"mask must be int64 [B={B}, ceil(N/64)], got {mask.dtype} {tuple(mask.shape)}")
+    torch._check(n_probe >= 1 and min_rows >= 0 and max_probe >= 1,
+                 lambda: f"need n_probe >= 1, min_rows >= 0, max_probe >= 1, got {n_probe}, {min_rows}, {max_probe}")
+    return centroid_scores.new_empty((B, max_probe), dtype=torch.int64)
+
+
+FAKE_IMPLS["ivf_select_probes"] = {"Meta": ivf_select_probes_fake}
+
+# --- ivf_rescore_topk ---
+
+
+def ivf_rescore_topk_fake(queries: Tensor, cache: Tensor, rows: Tensor, row_to_id: Tensor, k: int) -> Tuple[Tensor, Tensor]:
+    """Shapes of ``ivf_rescore_topk``: ``scores [B, K]`` float32 and ``ids [B, K]`` int64."""
+    torch._check(queries.dtype == torch.float32 and queries.dim() == 2,
+                 lambda: f"queries must be float32 [B, D], got {queries.dtype} {tuple(queries.shape)}")
+    B, D = queries.shape
+    torch._check(cache.dtype in (torch.float16, torch.bfloat16) and cache.dim() == 2 and cache.shape[1] == D,
+                 lambda: f"cache must be float16/bfloat16 [N, D={D}], got {cache.dtype} {tuple(cache.shape)}")
+    torch._check(rows.dtype == torch.int64 and rows.dim() == 2 and rows.shape[0] == B,
+                 lambda: f"rows must be int64 [B={B}, K0], got {rows.dtype} {tuple(rows.shape)}")
+    torch._check(row_to_id.dtype == torch.int64 and row_to_id.shape == (cache.shape[0],),
+                 lambda: f"row_to_id must be int64 [N={cache.shape[0]}], got {row_to_id.dtype} {tuple(row_to_id.shape)}")
+    torch._check(k >= 1, lambda: f"k must be >= 1, got {k}")
+    return queries.new_empty((B, k)), queries.new_empty((B, k), dtype=torch.int64)
+
+
+FAKE_IMPLS["ivf_rescore_topk"] = {"Meta": ivf_rescore_topk_fake}

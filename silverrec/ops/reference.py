@@ -195,3 +195,133 @@ def ivf_int8_topk_reference(
     num_valid = probed.sum(dim=1).clamp(max=k).to(torch.int64)
     dev = q_codes.device
     return out_scores.to(dev), out_rows.to(dev), num_valid.to(dev)
+
+
+# --- ivf_select_probes ---
+
+
+def _rank_order(scores: Tensor, ids: Tensor) -> Tensor:
+    """Indices sorting each row by score descending, equal scores (-0.0 == +0.0) by lower id."""
+    by_id = torch.argsort(ids, dim=1, stable=True)
+    by_score = torch.sort(scores.gather(1, by_id), dim=1, descending=True, stable=True).indices
+    return by_id.gather(1, by_score)
+
+
+def _passing_rows(cluster_offsets: Tensor, mask: Optional[Tensor], B: int) -> Tensor:
+    """int64 [B, C]: rows of each cluster whose mask bit is 1 (all rows without a mask)."""
+    off = cluster_offsets.cpu()
+    sizes = off[1:] - off[:-1]
+    if mask is None:
+        return sizes.expand(B, -1)
+    N = int(off[-1])
+    rows_n = torch.arange(N, dtype=torch.int64)
+    bits = ((mask.cpu()[:, rows_n // 64] >> (rows_n % 64)) & 1).bool()  # [B, N]
+    cluster = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)  # [N]
+    out = torch.zeros(B, sizes.numel(), dtype=torch.int64)
+    return out.index_add_(1, cluster, bits.long())
+
+
+def ivf_select_probes_reference(
+    centroid_scores: Tensor,
+    cluster_offsets: Tensor,
+    mask: Optional[Tensor],
+    n_probe: int,
+    min_rows: int,
+    max_probe: int,
+) -> Tensor:
+    """Spec of ``torch.ops.silverrec.ivf_select_probes``: the clusters each query probes.
+
+    Query ``b`` visits the clusters in centroid order (``centroid_scores[b]`` descending; equal
+    scores, with -0.0 equal to +0.0, put the lower cluster id first) and takes the ``j``-th one
+    while ``j < n_probe`` **or** the clusters taken so far cover fewer than ``min_rows`` passing
+    rows, and ``j < max_probe``. A row passes when its ``mask`` bit is 1 (bit ``n % 64`` of word
+    ``mask[b, n // 64]``); without a mask every row passes. So the query probes at least
+    ``n_probe`` clusters and, with a strict filter, as many more as it takes to cover
+    ``min_rows`` rows that pass (every cluster when the whole mask passes fewer), never more
+    than ``max_probe``.
+
+    Args:
+        centroid_scores (Tensor): float32 ``[B, C]`` query-centroid similarities (finite).
+        cluster_offsets (Tensor): int64 ``[C + 1]``, non-decreasing from 0; ``N = offsets[C]``.
+        mask (Optional[Tensor]): int64 ``[B, ceil(N / 64)]`` packed filter bits, or ``None``.
+        n_probe (int): clusters always probed (``>= 1``; at most ``min(C, max_probe)``).
+        min_rows (int): passing rows to cover (``>= 0``).
+        max_probe (int): P, the width of the output (``>= 1``).
+
+    Returns:
+        Tensor: int64 ``[B, P]`` cluster ids in centroid order, padded with ``-1``.
+
+    Example::
+
+        >>> scores = torch.tensor([[0.1, 0.9, 0.5, 0.9]])
+        >>> offsets = torch.tensor([0, 10, 11, 12, 40])  # cluster sizes 10, 1, 1, 28
+        >>> ivf_select_probes_reference(scores, offsets, None, 1, 0, 3).tolist()
+        [[1, -1, -1]]
+        >>> ivf_select_probes_reference(scores, offsets, None, 1, 25, 3).tolist()  # 1 + 28 rows
+        [[1, 3, -1]]
+    """
+    B, C = centroid_scores.shape
+    if n_probe < 1 or min_rows < 0 or max_probe < 1:
+        raise ValueError(f"ivf_select_probes: need n_probe >= 1, min_rows >= 0, max_probe >= 1, got {n_probe}, {min_rows}, {max_probe}")
+    ids = torch.arange(C, dtype=torch.int64).expand(B, C)
+    order = _rank_order(centroid_scores.cpu().float() + 0.0, ids)  # [B, C]
+    passing = _passing_rows(cluster_offsets, mask, B).gather(1, order)
+    covered_before = torch.cumsum(passing, dim=1) - passing
+    j = torch.arange(C)
+    taken = ((j < n_probe) | (covered_before < min_rows)) & (j < max_probe)
+    out = torch.full((B, max_probe), -1, dtype=torch.int64)
+    width = min(C, max_probe)
+    out[:, :width] = torch.where(taken, order, -1)[:, :width]
+    return out.to(centroid_scores.device)
+
+
+# --- ivf_rescore_topk ---
+
+
+def ivf_rescore_topk_reference(
+    queries: Tensor, cache: Tensor, rows: Tensor, row_to_id: Tensor, k: int
+) -> Tuple[Tensor, Tensor]:
+    """Spec of ``torch.ops.silverrec.ivf_rescore_topk``: exact re-score of candidates, final top-k.
+
+    Candidate ``rows[b, j] >= 0`` (``-1`` = padding) gets the score
+    ``float32(sum_d float64(cache[r, d]) * float64(queries[b, d])) + 0.0``: the products of a
+    16-bit float and a float32 are exact in float64, the sum is rounded once to float32 (so a
+    backend may sum in any order; it differs only when the exact sum lies within about
+    ``D`` float64 ulps of a float32 rounding boundary), and ``+ 0.0`` turns -0.0 into +0.0.
+    Its id is ``row_to_id[r]`` (``< 2**32``). Results are sorted by score descending; equal
+    scores put the lower id first.
+
+    Args:
+        queries (Tensor): float32 ``[B, D]``.
+        cache (Tensor): float16 or bfloat16 ``[N, D]`` item embeddings in row order.
+        rows (Tensor): int64 ``[B, K0]`` candidate rows, ``-1`` = none.
+        row_to_id (Tensor): int64 ``[N]`` external id of each row.
+        k (int): K, results per query (``>= 1``).
+
+    Returns:
+        Tuple[Tensor, Tensor]: ``scores`` float32 ``[B, K]`` best-first, padded with ``-inf``;
+        ``ids`` int64 ``[B, K]`` padded with ``-1``.
+
+    Example::
+
+        >>> cache = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float16)
+        >>> s, i = ivf_rescore_topk_reference(torch.tensor([[2.0, 2.0]]), cache,
+        ...     torch.tensor([[0, 2, 1, -1]]), torch.tensor([7, 3, 5]), 3)
+        >>> s.tolist(), i.tolist()  # rows 0 and 1 tie at 2.0: id 3 (row 1) before id 7 (row 0)
+        ([[4.0, 2.0, 2.0]], [[5, 3, 7]])
+    """
+    B, K0 = rows.shape
+    rows_c = rows.cpu()
+    valid = rows_c >= 0
+    safe = rows_c.clamp(min=0)
+    cand = cache.cpu()[safe].double()  # [B, K0, D]
+    exact = (cand * queries.cpu().double()[:, None, :]).sum(dim=2).float() + 0.0
+    exact = exact.masked_fill(~valid, float("-inf"))
+    ids = torch.where(valid, row_to_id.cpu()[safe], -1)
+    order = _rank_order(exact, torch.where(valid, ids, 2**40))[:, :k]  # padding sorts last
+    out_s = torch.full((B, k), float("-inf"), dtype=torch.float32)
+    out_i = torch.full((B, k), -1, dtype=torch.int64)
+    out_s[:, : order.shape[1]] = exact.gather(1, order)
+    out_i[:, : order.shape[1]] = ids.gather(1, order)
+    dev = queries.device
+    return out_s.to(dev), out_i.to(dev)

@@ -25,7 +25,9 @@ def merge_candidates(rows: Tensor) -> Tensor:
     if rows.dim() != 2:
         raise ValueError(f"merge_candidates expects rows [B, M], got {list(rows.shape)}")
     s = rows.sort(dim=1).values
-    repeat = torch.cat([torch.zeros_like(s[:, :1], dtype=torch.bool), s[:, 1:] == s[:, :-1]], dim=1)
+    # equal to its left neighbour (roll, not slicing, keeps M symbolic under torch.export)
+    first = torch.arange(s.shape[1], device=s.device) == 0
+    repeat = (s == s.roll(1, dims=1)) & ~first
     keep = (s >= 0) & ~repeat
     out = s.masked_fill(~keep, _DROPPED).sort(dim=1).values
     return out.masked_fill(out == _DROPPED, -1)

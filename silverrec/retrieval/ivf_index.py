@@ -24,14 +24,16 @@ from torch import Tensor
 
 import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.ivf_int8_topk)
 from silverrec.retrieval.kmeans import default_num_clusters, kmeans
-from silverrec.retrieval.packed_mask import pack_mask, popcount
+from silverrec.retrieval.packed_mask import pack_mask
 from silverrec.retrieval.quantize import _check_embeddings, _quantize_rows, quantize_int8_global, quantize_int8_per_item
 from silverrec.retrieval.search_result import SearchResult
 
 _QUANTIZATIONS = ("per_item", "global")
 _FP16_MAX = 65504.0
-_RATE_SAMPLE_WORDS = 1024  # mask words popcounted per query to estimate the filter's pass rate
-_ESCALATION = 4  # probe-count growth per round for queries that found fewer than k results
+# With a filter, a query covers at least max(K0, n_probe * K0 / this) passing rows (see search).
+_ROWS_PER_PROBE_DIV = 4
+# Unfiltered, a query may probe this many clusters beyond n_probe to reach K0 rows.
+_EXTRA_PROBES = 32
 
 
 @dataclass
@@ -171,59 +173,29 @@ class IVFInt8Index:
         _check_embeddings(q, "queries")
         q_codes, q_scales = _quantize_rows(q)
 
-        # selectivity fallback: scale the probe count by 1 / pass rate (see module docstring)
-        n_eff: "Tensor | int" = n_probe
-        if packed is not None:
-            stride = max(1, packed.shape[1] // _RATE_SAMPLE_WORDS)
-            sample = packed[:, ::stride]
-            rate = popcount(sample).double() / min(N, 64 * sample.shape[1])
-            n_eff = torch.ceil(n_probe / rate.clamp(min=1.0 / N)).long().clamp(min=n_probe, max=C)
+        # probes: the n_probe best clusters, then more in centroid order until min_rows rows
+        # that pass the filter are covered (see module docstring); one op, no host sync
         centroid_scores = q @ self._centroids_t  # [B, C]
-        scores, rows, valid = self._scan(centroid_scores, q_codes, q_scales, n_eff, packed, k0)
-        short = (valid < k) & (torch.as_tensor(n_eff, device=dev) < C)
-        while bool(short.any()):  # too few results: widen the probe for those queries only
-            idx = short.nonzero().flatten()
-            n_eff = torch.as_tensor(n_eff, device=dev).expand(B).clone()
-            n_eff = n_eff.index_copy(0, idx, (n_eff[idx] * _ESCALATION).clamp(max=C))
-            sub_mask = None if packed is None else packed[idx]
-            s2, r2, v2 = self._scan(centroid_scores[idx], q_codes[idx], q_scales[idx], n_eff[idx], sub_mask, k0)
-            scores, rows = scores.index_copy(0, idx, s2), rows.index_copy(0, idx, r2)
-            valid = valid.index_copy(0, idx, v2)
-            short = (valid < k) & (n_eff < C)
+        if packed is None:
+            min_rows, max_probe = k0, min(C, n_probe + _EXTRA_PROBES)
+        else:
+            min_rows, max_probe = max(k0, n_probe * k0 // _ROWS_PER_PROBE_DIV), C
+        probe = torch.ops.silverrec.ivf_select_probes(centroid_scores, self.cluster_offsets, packed, n_probe, min_rows, max_probe)
+        scores, rows, valid = torch.ops.silverrec.ivf_int8_topk(
+            q_codes, q_scales, self.codes, self.scales, self.cluster_offsets, probe, packed, k0)
+        if max_probe < C:  # unfiltered: a query whose capped probe list held fewer than k rows scans all
+            short = (valid < k) & (probe[:, -1] >= 0)
+            if bool(short.any()):
+                idx = short.nonzero().flatten()
+                everything = torch.zeros((idx.numel(), 1), dtype=torch.int64, device=dev)
+                all_rows = torch.tensor([0, N], dtype=torch.int64, device=dev)
+                s2, r2, _ = torch.ops.silverrec.ivf_int8_topk(
+                    q_codes[idx], q_scales[idx], self.codes, self.scales, all_rows, everything, None, k0)
+                scores, rows = scores.index_copy(0, idx, s2), rows.index_copy(0, idx, r2)
         if rescore:
-            scores = self._exact_scores(q, rows)
+            return SearchResult(*torch.ops.silverrec.ivf_rescore_topk(q, self.cache, rows, self.row_to_id, k))
         ids = self.row_to_id.index_select(0, rows.clamp(min=0).flatten()).view(rows.shape)
         return _best_k(scores, torch.where(rows >= 0, ids, -1), k, N)
-
-    def _scan(
-        self,
-        centroid_scores: Tensor,
-        q_codes: Tensor,
-        q_scales: Tensor,
-        n_eff: "Tensor | int",
-        mask: Optional[Tensor],
-        k0: int,
-    ) -> "tuple[Tensor, Tensor, Tensor]":
-        """One ``ivf_int8_topk`` call probing the best ``n_eff`` (int, or int64 [B]) clusters per query."""
-        dev = q_codes.device
-        lo, hi = (n_eff, n_eff) if isinstance(n_eff, int) else (int(n_eff.min()), int(n_eff.max()))
-        if lo >= self.num_clusters:  # all scan everything: the one-cluster form
-            everything = torch.zeros((q_codes.shape[0], 1), dtype=torch.int64, device=dev)
-            all_rows = torch.tensor([0, self.num_items], dtype=torch.int64, device=dev)
-            return torch.ops.silverrec.ivf_int8_topk(q_codes, q_scales, self.codes, self.scales, all_rows, everything, mask, k0)
-        probe = torch.topk(centroid_scores, hi, dim=1).indices  # [B, P], best centroid first
-        if lo < hi:
-            probe = torch.where(torch.arange(hi, device=dev) < n_eff[:, None], probe, -1)  # type: ignore[index]
-        return torch.ops.silverrec.ivf_int8_topk(
-            q_codes, q_scales, self.codes, self.scales, self.cluster_offsets, probe, mask, k0)
-
-    def _exact_scores(self, q: Tensor, rows: Tensor) -> Tensor:
-        """float32 [B, K0] inner products of q [B, D] with the cached rows; -inf for padding."""
-        B, K0 = rows.shape
-        # index_select (not advanced indexing, which is ~7x slower on float16 CPU tensors)
-        cand = self.cache.index_select(0, rows.clamp(min=0).flatten()).float().view(B, K0, -1)  # [B, K0, D]
-        exact = torch.bmm(cand, q[:, :, None]).squeeze(2)
-        return exact.masked_fill(rows < 0, float("-inf"))
 
     def _packed_mask(self, mask: Optional[Tensor], B: int) -> Optional[Tensor]:
         """Validates ``mask`` and returns it packed in row order (int64 [B, W]) or None."""

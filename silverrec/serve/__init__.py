@@ -1,5 +1,6 @@
-"""Loading and querying exported serving modules (needs only ``silverrec`` installed)."""
-from silverrec.serve.artifact import ExportedRetriever, load_artifact
-from silverrec.serve.encoding import encode_users
+"""Loading and querying exported serving graphs (needs only ``silverrec`` installed)."""
+from silverrec.serve.artifact import load_artifact
+from silverrec.serve.requests import RequestEncoder
+from silverrec.serve.retriever import Retriever
 
-__all__ = ["ExportedRetriever", "encode_users", "load_artifact"]
+__all__ = ["Retriever", "RequestEncoder", "load_artifact"]

@@ -1,12 +1,14 @@
 """``silverrec-export``: a checkpoint -> one ``.pt2`` serving file (torch.export, dynamic batch).
 
-    silverrec-export ckpt_path=runs/demo/checkpoints/step_00002000.pt k=100 output=retrieval.pt2
+    silverrec-export ckpt_path=runs/demo/checkpoints/step_00002000.pt serving.k=100 output=serving.pt2
 
-The serving graph: user feature tensors -> user tower -> exact top-K over the item embeddings
-published from the trained item tower. Load it with ``silverrec.serve.ExportedRetriever``.
+Publishes the trained item tower's embeddings into the IVF-INT8 index and the item attributes
+into the Bloom filter, assembles the serving graph (:mod:`silverrec.retrieval.serving_graph`:
+user tower heads -> filter + ANN per task -> merge -> fp16 re-score -> OverArch -> Value Model ->
+exact filter check -> top-K) and exports it. Load it with ``silverrec.serve.Retriever``.
 """
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List
 
 import hydra
 import numpy as np
@@ -18,10 +20,11 @@ from torch import Tensor
 from silverrec.data.batching import FeatureBatcher, HistoryIndex
 from silverrec.data.dataset import JaggedColumn, RecDataset
 from silverrec.models.two_tower import TwoTower
-from silverrec.models.user_encoder import user_encoder_from_two_tower
-from silverrec.retrieval.exact import ExactSearch
-from silverrec.retrieval.serving import ExactRetrievalModule
+from silverrec.retrieval.publish import publish, serving_metadata
+from silverrec.retrieval.serving_graph import ServingConfig
+from silverrec.schema import HISTORY
 from silverrec.serve.artifact import save_artifact
+from silverrec.serve.requests import RequestEncoder
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.distributed import local_context
 from silverrec.train.evaluator import embed_in_chunks
@@ -37,40 +40,51 @@ def publish_item_embeddings(model: TwoTower, dataset: RecDataset) -> Tensor:
     return emb
 
 
-def request_tensors(dataset: RecDataset, users: np.ndarray, history: JaggedColumn) -> Tuple[Tensor, Tensor]:
-    """The serving module's ``(values [L], lengths [B, F])`` for user rows and their histories."""
-    n_user_keys = len(dataset.schema.user_keys)
-    kjt = FeatureBatcher(dataset.schema, dataset.users, dataset.items).kjt(users.size, user_rows=users, history=history)
-    user_kjt = kjt.split([n_user_keys, len(dataset.schema.item_keys)])[0]
-    return user_kjt.values(), user_kjt.lengths().view(n_user_keys, -1).t().contiguous()
+def example_users(dataset: RecDataset, users: np.ndarray, history: JaggedColumn) -> List[Dict[str, Any]]:
+    """Users as external values (``{feature: value(s), "history": [item ids]}``), as a client sends them."""
+    schema = dataset.schema
+    out = []
+    for i, u in enumerate(users.tolist()):
+        user: Dict[str, Any] = {}
+        for f in schema.user_features:
+            ids = dataset.users.columns[f.name].row(u).tolist()
+            user[f.name] = [f.vocab[j] for j in ids] if f.max_length > 1 else (f.vocab[ids[0]] if ids else None)
+        user[HISTORY] = [schema.item_ids[j] for j in history.row(i).tolist()]
+        out.append({k: v for k, v in user.items() if v is not None})
+    return out
 
 
-def example_request(dataset: RecDataset, num_users: int = 4) -> Tuple[Tensor, Tensor]:
-    """Request tensors of the first users with their latest training history (export example)."""
-    users = np.arange(num_users) % dataset.users.num_rows
-    history = HistoryIndex(dataset.interactions, dataset.split.train, dataset.users.num_rows).latest(
-        users, dataset.schema.history_length
-    )
-    return request_tensors(dataset, users, history)
+def latest_history(dataset: RecDataset, users: np.ndarray) -> JaggedColumn:
+    """Each user's latest ``history_length`` training items."""
+    index = HistoryIndex(dataset.interactions, dataset.split.train, dataset.users.num_rows)
+    return index.latest(users, dataset.schema.history_length)
 
 
-def export_retrieval(model: TwoTower, dataset: RecDataset, k: int, path: str, extra: Dict[str, Any]) -> Dict[str, Any]:
-    """Builds the serving module, exports it with a dynamic batch and writes ``path`` atomically.
+def export_serving(model: TwoTower, dataset: RecDataset, config: ServingConfig, path: str, extra: Dict[str, Any]
+                   ) -> Dict[str, Any]:
+    """Publishes the index into the serving graph, exports it with a dynamic batch and writes
+    ``path`` atomically.
 
     Returns:
-        Dict[str, Any]: the artifact metadata (schema, k, version stamp, ...).
+        Dict[str, Any]: the artifact metadata (schema, filter dictionary, K, tasks, version stamp, ...).
     """
     items = publish_item_embeddings(model, dataset)
-    module = ExactRetrievalModule(user_encoder_from_two_tower(model, dataset.schema), ExactSearch(items, k)).eval()
-    values, lengths = example_request(dataset)
+    graph = publish(model, dataset.schema, items, dataset.item_terms(), config)
+    meta = serving_metadata(graph, dataset.schema, config)
+    encoder = RequestEncoder(meta)
+    users = np.arange(3) % dataset.users.num_rows
+    reqs = example_users(dataset, users, latest_history(dataset, users))
+    first = dataset.schema.filterable_features[0]
+    filters = ["", f"{first.name}:{first.vocab[0]}", f"NOT {first.name}:{first.vocab[0]}"]
+    exclude = [r.get(HISTORY, [])[:2] for r in reqs]
+    args = (encoder.users(reqs), *encoder.filters(filters, len(reqs)), encoder.exclude(exclude, len(reqs)))
     batch = torch.export.Dim("batch", min=1, max=65536)
-    total = torch.export.Dim("num_values", min=1, max=2**31 - 1)
+    width = torch.export.Dim("exclude", min=1, max=2**20)
+    dynamic = {"user_ids": {0: batch}, "opcodes": {0: batch}, "terms": {0: batch}, "hashes": {0: batch},
+               "exclude": {0: batch, 1: width}}
     with torch.no_grad():
-        program = torch.export.export(
-            module, (values, lengths), dynamic_shapes={"values": {0: total}, "lengths": {0: batch}}, strict=False
-        )
-    meta = {"schema": dataset.schema.to_dict(), "k": k, "num_items": int(items.shape[0]), "dim": int(items.shape[1]), **extra}
-    return save_artifact(program, path, meta)
+        program = torch.export.export(graph, args, dynamic_shapes=dynamic, strict=False)
+    return save_artifact(program, path, {**meta, **extra})
 
 
 def run_export(cfg: DictConfig) -> Dict[str, Any]:
@@ -78,9 +92,10 @@ def run_export(cfg: DictConfig) -> Dict[str, Any]:
     data_cfg = cfg.data if cfg.get("data") is not None else OmegaConf.create(payload["data_config"])
     dataset: RecDataset = instantiate(data_cfg)
     model = load_two_tower(payload)
-    meta = export_retrieval(model, dataset, int(cfg.k), cfg.output, {"checkpoint": os.path.abspath(cfg.ckpt_path), "step": int(payload["step"])})
+    serving: ServingConfig = instantiate(cfg.serving)
+    meta = export_serving(model, dataset, serving, cfg.output, {"checkpoint": os.path.abspath(cfg.ckpt_path), "step": int(payload["step"])})
     size_mb = os.path.getsize(cfg.output) / 2**20
-    print(f"exported {cfg.output} ({size_mb:.1f} MiB, k={cfg.k}, version {meta['version']})")
+    print(f"exported {cfg.output} ({size_mb:.1f} MiB, k={serving.k}, version {meta['version']})")
     return {"path": os.path.abspath(cfg.output), "size_mb": size_mb, **meta}
 
 

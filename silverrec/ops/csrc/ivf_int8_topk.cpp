@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -215,9 +217,235 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
   return {out_scores, out_rows, out_valid};
 }
 
+// ---------------------------------------------------------------------------------------------
+// ivf_select_probes: centroid order + passing-row coverage (spec: ivf_select_probes_reference).
+
+// An int64 key ordering like the tie rule: higher score first, equal scores (-0.0 == +0.0) by
+// lower id. The float's bits map to a signed-monotone int32 in the high word, 2**32 - 1 - id in
+// the low word (ids < 2**32). Scores must not be NaN.
+inline int64_t rank_key(float score, int64_t id) {
+  const float s = score + 0.0f;  // -0.0 -> +0.0 (not an identity, so never folded away)
+  int32_t bits;
+  std::memcpy(&bits, &s, sizeof(bits));
+  const int32_t fkey = bits ^ ((bits >> 31) & 0x7FFFFFFF);
+  return static_cast<int64_t>(static_cast<uint64_t>(static_cast<int64_t>(fkey)) << 32) |
+         static_cast<int64_t>(0xFFFFFFFFLL - id);
+}
+inline int64_t key_id(int64_t key) { return 0xFFFFFFFFLL - (key & 0xFFFFFFFFLL); }
+
+// Set bits of the packed mask row `mb` within rows [lo, hi).
+inline int64_t count_bits(const uint64_t* mb, int64_t lo, int64_t hi) {
+  if (lo >= hi) return 0;
+  const int64_t w0 = lo >> 6, w1 = (hi - 1) >> 6;
+  int64_t n = 0;
+  for (int64_t w = w0; w <= w1; ++w) {
+    uint64_t bits = mb[w];
+    if (w == w0) bits &= ~uint64_t(0) << (lo & 63);
+    if (w == w1 && (hi & 63) != 0) bits &= ~uint64_t(0) >> (64 - (hi & 63));
+    n += __builtin_popcountll(bits);
+  }
+  return n;
+}
+
+// The best m keys of keys[0, C), sorted best first, into out (size m): a threshold pass with a
+// 2m buffer compacted by nth_element, so about C comparisons when m << C.
+void best_keys(const std::vector<int64_t>& keys, int64_t m, std::vector<int64_t>& buf, std::vector<int64_t>& out) {
+  const int64_t C = static_cast<int64_t>(keys.size());
+  buf.clear();
+  int64_t thr = std::numeric_limits<int64_t>::min();
+  bool full = false;
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t key = keys[c];
+    if (full && key <= thr) continue;
+    buf.push_back(key);
+    if (static_cast<int64_t>(buf.size()) >= 2 * m) {
+      std::nth_element(buf.begin(), buf.begin() + (m - 1), buf.end(), std::greater<int64_t>());
+      buf.resize(m);
+      thr = buf[m - 1];
+      full = true;
+    }
+  }
+  const int64_t kept = std::min<int64_t>(m, buf.size());
+  std::partial_sort(buf.begin(), buf.begin() + kept, buf.end(), std::greater<int64_t>());
+  out.assign(buf.begin(), buf.begin() + kept);
+}
+
+at::Tensor ivf_select_probes_cpu(const at::Tensor& scores_in, const at::Tensor& cluster_offsets_in,
+                                 const std::optional<at::Tensor>& mask_in, int64_t n_probe, int64_t min_rows,
+                                 int64_t max_probe) {
+  TORCH_CHECK(scores_in.dim() == 2 && scores_in.scalar_type() == at::kFloat,
+              "ivf_select_probes: centroid_scores must be float32 [B, C], got ", scores_in.scalar_type(), " ",
+              scores_in.sizes());
+  const int64_t B = scores_in.size(0), C = scores_in.size(1);
+  TORCH_CHECK(cluster_offsets_in.scalar_type() == at::kLong && cluster_offsets_in.dim() == 1 &&
+                  cluster_offsets_in.size(0) == C + 1,
+              "ivf_select_probes: cluster_offsets must be int64 [C+1]=[", C + 1, "], got ",
+              cluster_offsets_in.scalar_type(), " ", cluster_offsets_in.sizes());
+  TORCH_CHECK(C >= 1 && C <= 0xFFFFFFFFLL, "ivf_select_probes: need 1 <= C < 2**32 clusters, got C=", C);
+  TORCH_CHECK(n_probe >= 1 && min_rows >= 0 && max_probe >= 1,
+              "ivf_select_probes: need n_probe >= 1, min_rows >= 0, max_probe >= 1, got ", n_probe, ", ",
+              min_rows, ", ", max_probe);
+  const at::Tensor scores = scores_in.contiguous();
+  const at::Tensor offsets_t = cluster_offsets_in.contiguous();
+  const int64_t* off = offsets_t.data_ptr<int64_t>();
+  TORCH_CHECK(off[0] == 0, "ivf_select_probes: cluster_offsets must start at 0, got ", off[0]);
+  for (int64_t c = 0; c < C; ++c) {
+    TORCH_CHECK(off[c] <= off[c + 1], "ivf_select_probes: cluster_offsets must be non-decreasing, got ", off[c],
+                " > ", off[c + 1], " at cluster ", c);
+  }
+  const int64_t N = off[C];
+  at::Tensor mask_t;
+  int64_t mask_row_stride = 0;
+  if (mask_in.has_value()) {
+    TORCH_CHECK(mask_in->scalar_type() == at::kLong && mask_in->dim() == 2 && mask_in->size(0) == B &&
+                    mask_in->size(1) == (N + 63) / 64,
+                "ivf_select_probes: mask must be int64 [B, ceil(N/64)]=[", B, ", ", (N + 63) / 64, "] with N=",
+                N, " (cluster_offsets[-1]), got ", mask_in->scalar_type(), " ", mask_in->sizes());
+    mask_t = mask_in->stride(1) == 1 ? *mask_in : mask_in->contiguous();
+    mask_row_stride = mask_t.stride(0);
+  }
+  const uint64_t* mk = mask_in.has_value() ? reinterpret_cast<const uint64_t*>(mask_t.data_ptr<int64_t>()) : nullptr;
+  const float* sc = scores.data_ptr<float>();
+  at::Tensor out = at::full({B, max_probe}, -1, offsets_t.options());
+  int64_t* po = out.data_ptr<int64_t>();
+  const int64_t limit = std::min(C, max_probe);
+  // ~C key computations per query: small batches run inline (no thread wake-up)
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / C);
+  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+    std::vector<int64_t> keys(C), buf, order;
+    buf.reserve(2 * std::min(limit, std::max<int64_t>(n_probe, 32)));
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* sb = sc + b * C;
+      for (int64_t c = 0; c < C; ++c) keys[c] = rank_key(sb[c], c);
+      const uint64_t* mb = mk == nullptr ? nullptr : mk + b * mask_row_stride;
+      int64_t m = std::min(limit, std::max<int64_t>(n_probe, 32));
+      best_keys(keys, m, buf, order);
+      int64_t covered = 0, j = 0;
+      while (j < limit) {
+        if (j == static_cast<int64_t>(order.size())) {  // the candidates ran out: 4x more
+          m = std::min(limit, 4 * m);
+          best_keys(keys, m, buf, order);  // same total order, so its prefix is what was taken
+        }
+        if (j >= n_probe && covered >= min_rows) break;
+        const int64_t c = key_id(order[j]);
+        po[b * max_probe + j] = c;
+        covered += mb == nullptr ? off[c + 1] - off[c] : count_bits(mb, off[c], off[c + 1]);
+        ++j;
+      }
+    }
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ivf_rescore_topk: exact re-score from the float16/bfloat16 cache + final top-k by id
+// (spec: ivf_rescore_topk_reference). Products of a 16-bit float and a float32 are exact in
+// float64, and the float64 sum is rounded once to float32, so the summation order changes the
+// result only when the exact sum lies within ~D ulp(float64) of a float32 rounding boundary.
+
+// The 8 cache values at p as float32.
+template <typename T>
+inline __m256 load8(const T* p);
+template <>
+__attribute__((target("avx2,f16c"))) inline __m256 load8<at::Half>(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+template <>
+__attribute__((target("avx2"))) inline __m256 load8<at::BFloat16>(const at::BFloat16* p) {
+  const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+
+template <typename T>
+__attribute__((target("avx2,fma,f16c"))) double dot_f64(const T* row, const double* q, int64_t D) {
+  __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+  int64_t d = 0;
+  for (; d + 8 <= D; d += 8) {
+    const __m256 x = load8<T>(row + d);
+    acc0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), _mm256_loadu_pd(q + d), acc0);
+    acc1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), _mm256_loadu_pd(q + d + 4), acc1);
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(acc0, acc1));
+  double acc = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+  for (; d < D; ++d) acc += static_cast<double>(static_cast<float>(row[d])) * q[d];
+  return acc;
+}
+
+template <typename T>
+void rescore_rows(const float* qf, const T* cache, const int64_t* rows, const int64_t* row_to_id, float* os,
+                  int64_t* oi, int64_t B, int64_t K0, int64_t D, int64_t k) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, K0 * D));
+  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+    std::vector<double> qd(D);
+    std::vector<std::pair<int64_t, float>> cand;  // (rank key, score)
+    cand.reserve(K0);
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t d = 0; d < D; ++d) qd[d] = qf[b * D + d];
+      cand.clear();
+      for (int64_t j = 0; j < K0; ++j) {
+        const int64_t r = rows[b * K0 + j];
+        if (r < 0) continue;
+        const float s = static_cast<float>(dot_f64<T>(cache + r * D, qd.data(), D)) + 0.0f;
+        cand.push_back({rank_key(s, row_to_id[r]), s});
+      }
+      const int64_t kept = std::min<int64_t>(k, cand.size());
+      std::partial_sort(cand.begin(), cand.begin() + kept, cand.end(),
+                        [](const std::pair<int64_t, float>& a, const std::pair<int64_t, float>& b) { return a.first > b.first; });
+      for (int64_t i = 0; i < kept; ++i) {
+        os[b * k + i] = cand[i].second;
+        oi[b * k + i] = key_id(cand[i].first);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> ivf_rescore_topk_cpu(const at::Tensor& queries_in, const at::Tensor& cache_in,
+                                                        const at::Tensor& rows_in, const at::Tensor& row_to_id_in,
+                                                        int64_t k) {
+  TORCH_CHECK(queries_in.dim() == 2 && queries_in.scalar_type() == at::kFloat,
+              "ivf_rescore_topk: queries must be float32 [B, D], got ", queries_in.scalar_type(), " ", queries_in.sizes());
+  const int64_t B = queries_in.size(0), D = queries_in.size(1);
+  TORCH_CHECK(cache_in.dim() == 2 && cache_in.size(1) == D &&
+                  (cache_in.scalar_type() == at::kHalf || cache_in.scalar_type() == at::kBFloat16),
+              "ivf_rescore_topk: cache must be float16 or bfloat16 [N, D=", D, "], got ", cache_in.scalar_type(), " ",
+              cache_in.sizes());
+  const int64_t N = cache_in.size(0);
+  TORCH_CHECK(rows_in.dim() == 2 && rows_in.size(0) == B && rows_in.scalar_type() == at::kLong,
+              "ivf_rescore_topk: rows must be int64 [B=", B, ", K0], got ", rows_in.scalar_type(), " ", rows_in.sizes());
+  TORCH_CHECK(row_to_id_in.dim() == 1 && row_to_id_in.size(0) == N && row_to_id_in.scalar_type() == at::kLong,
+              "ivf_rescore_topk: row_to_id must be int64 [N=", N, "], got ", row_to_id_in.scalar_type(), " ",
+              row_to_id_in.sizes());
+  TORCH_CHECK(k >= 1, "ivf_rescore_topk: k must be >= 1, got ", k);
+  const at::Tensor queries = queries_in.contiguous(), cache = cache_in.contiguous();
+  const at::Tensor rows = rows_in.contiguous(), row_to_id = row_to_id_in.contiguous();
+  const int64_t K0 = rows.size(1);
+  const int64_t* rw = rows.data_ptr<int64_t>();
+  const int64_t* ids = row_to_id.data_ptr<int64_t>();
+  for (int64_t i = 0; i < B * K0; ++i) {
+    TORCH_CHECK(rw[i] >= -1 && rw[i] < N, "ivf_rescore_topk: rows entries must be -1 or in [0, N=", N, "), got ",
+                rw[i], " at [", i / K0, ", ", i % K0, "]");
+    TORCH_CHECK(rw[i] < 0 || (ids[rw[i]] >= 0 && ids[rw[i]] <= 0xFFFFFFFFLL),
+                "ivf_rescore_topk: row_to_id entries must lie in [0, 2**32), got ", rw[i] < 0 ? 0 : ids[rw[i]],
+                " for row ", rw[i]);
+  }
+  at::Tensor out_scores = at::full({B, k}, -std::numeric_limits<float>::infinity(), queries.options());
+  at::Tensor out_ids = at::full({B, k}, -1, rows.options());
+  if (cache.scalar_type() == at::kHalf) {
+    rescore_rows<at::Half>(queries.data_ptr<float>(), cache.data_ptr<at::Half>(), rw, ids,
+                           out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>(), B, K0, D, k);
+  } else {
+    rescore_rows<at::BFloat16>(queries.data_ptr<float>(), cache.data_ptr<at::BFloat16>(), rw, ids,
+                               out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>(), B, K0, D, k);
+  }
+  return {out_scores, out_ids};
+}
+
 }  // namespace
 }  // namespace silverrec
 
 TORCH_LIBRARY_IMPL(silverrec, CPU, m) {
   m.impl("ivf_int8_topk", &silverrec::ivf_int8_topk_cpu);
+  m.impl("ivf_select_probes", &silverrec::ivf_select_probes_cpu);
+  m.impl("ivf_rescore_topk", &silverrec::ivf_rescore_topk_cpu);
 }

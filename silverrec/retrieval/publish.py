@@ -1,0 +1,70 @@
+"""Publish: a trained model + its item embeddings + the item attribute table -> the serving graph."""
+import dataclasses
+from typing import Any, Dict, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from silverrec.models.padded_user_encoder import padded_user_encoder_from_two_tower, user_slots
+from silverrec.models.two_tower import TwoTower
+from silverrec.retrieval.bloom_index import BloomIndex
+from silverrec.retrieval.ivf_index import IVFInt8Index
+from silverrec.retrieval.serving_graph import RetrievalGraph, ServingConfig
+from silverrec.schema import Schema
+
+
+def publish(
+    model: TwoTower,
+    schema: Schema,
+    item_embeddings: Tensor,
+    item_terms: Sequence[Mapping[str, Sequence[str]]],
+    config: ServingConfig,
+) -> RetrievalGraph:
+    """Builds the IVF-INT8 index and the Bloom filter over the same rows and assembles the graph.
+
+    Args:
+        model (TwoTower): the trained model (its user side, OverArch and Value Model are copied).
+        schema (Schema): the data schema (user feature slots, tasks).
+        item_embeddings (Tensor): float32 [N, D] item tower outputs, row = item row.
+        item_terms (Sequence[Mapping[str, Sequence[str]]]): per item row ``{feature: [values]}``.
+        config (ServingConfig): K, K0, probes, index and filter settings.
+
+    Returns:
+        RetrievalGraph: in eval mode.
+    """
+    if len(item_terms) != item_embeddings.shape[0]:
+        raise ValueError(f"{len(item_terms)} item attribute rows for {item_embeddings.shape[0]} item embeddings")
+    index = IVFInt8Index.build(item_embeddings, num_clusters=config.num_clusters, quantization=config.quantization)
+    features = [f.name for f in schema.filterable_features]
+    bloom = BloomIndex.build(item_terms, num_hashes=config.bloom_hashes, bits_multiplier=config.bloom_bits_multiplier,
+                             item_order=index.row_to_id.tolist(), features=features)
+    scorer = model.candidate_scorer()
+    if not config.use_over_arch:
+        scorer.over_arch = None
+    n_probe = config.n_probe or index.default_n_probe()
+    graph = RetrievalGraph(padded_user_encoder_from_two_tower(model, schema), scorer, index, bloom, config.k,
+                           config.candidates_per_task, min(n_probe, index.num_clusters))
+    return graph.eval()
+
+
+def serving_metadata(graph: RetrievalGraph, schema: Schema, config: ServingConfig) -> Dict[str, Any]:
+    """What a client needs besides the graph: schema, slots, the filter dictionary, K, tasks."""
+    bloom = graph.bloom
+    return {
+        "kind": "retrieval_graph",
+        "schema": schema.to_dict(),
+        "k": graph.k,
+        "num_items": graph.num_items,
+        "user_slots": [[key, n] for key, n in user_slots(schema)],
+        "tasks": list(graph.scorer.value_model.task_names),
+        "value_formula": graph.scorer.value_model.formula,
+        "has_over_arch": graph.scorer.over_arch is not None,
+        "serving_config": dataclasses.asdict(config),
+        "filter": {
+            "features": list(bloom.dictionary.features),
+            "terms": [list(t) for t in bloom.dictionary.terms],
+            "term_hashes": bloom.term_hashes.tolist(),
+            "dense": [bool(x) for x in bloom.dense_terms],
+            "length": config.filter_length,
+        },
+    }

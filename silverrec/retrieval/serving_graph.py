@@ -1,0 +1,165 @@
+"""The serving graph: one module from request tensors to the final top-K, exported as one file.
+
+Data flow (B queries, T tasks, K0 candidates per task, M = T * K0, K results)::
+
+    user_ids [B, S] ─► PaddedUserEncoder ─► u [B, T, D]
+    filter plan ─► bloom_search over all rows ─► packed mask [B, W]  (minus the excluded items)
+    u ─► centroid scores ─► probed clusters per (query, task) ─► ivf_int8_topk (+mask) ─► [B, T, K0]
+      ─► merge_candidates ─► [B, M] ─► fp16 cache re-score + OverArch ─► task predictions [B, M, T]
+      ─► exact filter check (attribute table) ─► Value Model ─► top-K by value
+
+Fixed output shapes, no host syncs, no data-dependent Python control flow, so the module passes
+``torch.export`` with a dynamic batch. The probe count adapts per query without leaving the
+graph: with a filter passing a fraction r of the items (an exact popcount of the mask), a query
+probes ``ceil(n_probe / r)`` clusters (at most all of them: a filtered exhaustive scan), so a
+strict filter is not starved. Items in a query's ``exclude`` list are cleared from its mask
+before the scan, so they never take a candidate slot.
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.*)
+from silverrec.models.candidate_scorer import CandidateScorer
+from silverrec.models.padded_user_encoder import PaddedUserEncoder
+from silverrec.retrieval.bloom_index import BloomIndex
+from silverrec.retrieval.candidates import merge_candidates
+from silverrec.retrieval.ivf_index import IVFInt8Index
+from silverrec.retrieval.packed_mask import popcount
+from silverrec.retrieval.quantize import _quantize_rows
+
+
+@dataclass
+class ServingConfig:
+    """Settings of the serving graph (YAML ``serving:`` of ``silverrec-export``).
+
+    Args:
+        k (int): K, results per query (fixed in the graph).
+        candidates_per_task (int): K0, ANN candidates per task before the merge.
+        n_probe (Optional[int]): clusters probed per task query without a filter (None: the
+            index's default, ``max(8, 2% of C)``).
+        num_clusters (Optional[int]): IVF clusters (None: ``4 sqrt(N)``).
+        quantization (str): ``per_item`` or ``global`` INT8 scales.
+        filter_length (int): longest filter program (instructions) a request may carry.
+        bloom_hashes (int): Bloom hash positions per term.
+        bloom_bits_multiplier (float): Bloom signature bits per term of the fullest item.
+        use_over_arch (bool): re-score with the OverArch (False: dot product only).
+    """
+
+    k: int = 100
+    candidates_per_task: int = 100
+    n_probe: Optional[int] = None
+    num_clusters: Optional[int] = None
+    quantization: str = "per_item"
+    filter_length: int = 16
+    bloom_hashes: int = 4
+    bloom_bits_multiplier: float = 12.0
+    use_over_arch: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("k", "candidates_per_task", "filter_length", "bloom_hashes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"serving.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_probe is not None and self.n_probe < 1:
+            raise ValueError(f"serving.n_probe must be >= 1 or null, got {self.n_probe}")
+
+
+class RetrievalGraph(nn.Module):
+    """User features + filter + exclusions -> the K best items by value, with task predictions.
+
+    Build it with :func:`silverrec.retrieval.publish.publish`.
+
+    Args:
+        user_encoder (PaddedUserEncoder): the user tower (T heads).
+        scorer (CandidateScorer): similarity, OverArch and Value Model.
+        index (IVFInt8Index): the item index (its rows are the graph's rows).
+        bloom (BloomIndex): the filter index over the same rows (built with
+            ``item_order=index.row_to_id``), with its exact attribute table.
+        k (int): K.
+        candidates_per_task (int): K0 (T * K0 >= K).
+        n_probe (int): clusters probed per task query without a filter.
+
+    Call Args:
+        user_ids (Tensor): int64 ``[B, S]`` user feature slots (-1 = empty).
+        opcodes (Tensor): int64 ``[B, L]``, terms (Tensor): int64 ``[B, L]``, hashes (Tensor):
+            int64 ``[B, L, H]``: the filter plans (``BloomIndex.plan``; the blank filter matches all).
+        exclude (Tensor): int64 ``[B, E]`` item rows never to return (e.g. already seen), -1 = none.
+
+    Returns:
+        Tuple[Tensor, Tensor, Tensor, Tensor]: ``ids`` int64 ``[B, K]`` item rows best first
+        (-1 padding), ``value`` float32 ``[B, K]`` (-inf padding), ``task_scores`` float32
+        ``[B, K, T]`` and ``num_valid`` int64 ``[B]``.
+    """
+
+    def __init__(
+        self,
+        user_encoder: PaddedUserEncoder,
+        scorer: CandidateScorer,
+        index: IVFInt8Index,
+        bloom: BloomIndex,
+        k: int,
+        candidates_per_task: int,
+        n_probe: int,
+    ) -> None:
+        super().__init__()
+        num_tasks = len(scorer.value_model.task_names)
+        if num_tasks * candidates_per_task < k:
+            raise ValueError(f"{num_tasks} tasks x candidates_per_task={candidates_per_task} < k={k}: raise candidates_per_task")
+        if bloom.num_items != index.num_items:
+            raise ValueError(f"the filter index has {bloom.num_items} rows, the ANN index {index.num_items}")
+        if not 1 <= n_probe <= index.num_clusters:
+            raise ValueError(f"n_probe must be in [1, {index.num_clusters}], got {n_probe}")
+        if not 1 <= candidates_per_task <= index.num_items:
+            raise ValueError(f"candidates_per_task must be in [1, N={index.num_items}], got {candidates_per_task}")
+        self.user_encoder = user_encoder
+        self.scorer = scorer
+        self.bloom = bloom
+        self.k, self.k0, self.n_probe = k, candidates_per_task, n_probe
+        self.num_tasks = num_tasks
+        self.num_items, self.num_clusters = index.num_items, index.num_clusters
+        self.register_buffer("centroids_t", index.centroids.T.contiguous().float())
+        self.register_buffer("cluster_offsets", index.cluster_offsets.clone())
+        self.register_buffer("codes", index.codes)
+        self.register_buffer("scales", index.scales)
+        self.register_buffer("cache", index.cache)
+        self.register_buffer("row_to_item", index.row_to_id.clone())
+        rank = torch.empty_like(index.row_to_id)
+        rank[index.row_to_id] = torch.arange(index.num_items)
+        self.register_buffer("item_to_row", rank)
+        self.register_buffer("all_rows", torch.tensor([0, index.num_items], dtype=torch.int64))
+
+    def forward(self, user_ids: Tensor, opcodes: Tensor, terms: Tensor, hashes: Tensor, exclude: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        u = self.user_encoder(user_ids)  # [B, T, D]
+        B, T, D = u.shape
+        mask = self.bloom(opcodes, terms, hashes, user_ids.new_zeros((B, 1)), self.all_rows)  # [B, W]
+        mask = mask & ~self._excluded_words(exclude, mask)
+        # probes per query: n_probe / pass rate (all clusters for a very strict filter)
+        rate = popcount(mask).float() / self.num_items
+        n_eff = torch.ceil(self.n_probe / rate.clamp(min=1.0 / self.num_items)).long().clamp(self.n_probe, self.num_clusters)
+        q = u.reshape(B * T, D).float()
+        order = torch.argsort(q @ self.centroids_t, dim=1, descending=True)  # [B*T, C]
+        n_q = n_eff.repeat_interleave(T)
+        probe = torch.where(torch.arange(self.num_clusters, device=q.device) < n_q.unsqueeze(1), order, -1)
+        q_codes, q_scales = _quantize_rows(q)
+        _, rows, _ = torch.ops.silverrec.ivf_int8_topk(
+            q_codes, q_scales, self.codes, self.scales, self.cluster_offsets, probe, mask.repeat_interleave(T, dim=0), self.k0
+        )
+        rows = merge_candidates(rows.reshape(B, T * self.k0))  # [B, M] index rows
+        valid = (rows >= 0) & self.bloom.table(opcodes, terms, rows)  # exact filter check
+        v = self.cache.index_select(0, rows.clamp(min=0).flatten()).view(B, -1, D).float()  # fp16 cache re-score
+        task_scores, value = self.scorer(u, v, valid)
+        top_value, top = torch.topk(value, self.k, dim=1)
+        ok = valid.gather(1, top)
+        ids = torch.where(ok, self.row_to_item[rows.gather(1, top).clamp(min=0)], -1)
+        top_scores = task_scores.gather(1, top.unsqueeze(-1).expand(B, self.k, T))
+        return ids, top_value, top_scores, ok.sum(1)
+
+    def _excluded_words(self, exclude: Tensor, like: Tensor) -> Tensor:
+        """Packed [B, W] bits of each query's excluded items (index row order)."""
+        items = merge_candidates(exclude)  # de-duplicated: distinct bits, so a sum is an OR
+        ok = (items >= 0) & (items < self.num_items)
+        rows = self.item_to_row[items.clamp(0, self.num_items - 1)]
+        bits = torch.where(ok, torch.ones_like(rows) << (rows % 64), torch.zeros_like(rows))
+        return torch.zeros_like(like).scatter_add(1, rows // 64, bits)

@@ -1,0 +1,100 @@
+"""Encoding requests for the serving graph: external values -> the graph's input tensors.
+
+A request is a batch of users (``{feature: value or [values], "history": [item ids]}``, external
+values), one filter expression per user (or one for all), and per user the external ids of
+items to exclude. :class:`RequestEncoder` maps them through the schema and the filter
+dictionary stored with the exported graph, with clear errors naming the user, field and value.
+"""
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from silverrec.retrieval.filter_plan import compile_plans
+from silverrec.retrieval.term_dictionary import TermDictionary
+from silverrec.schema import HISTORY, Schema, user_key
+
+Filters = Union[None, str, Sequence[Optional[str]]]
+
+
+class RequestEncoder:
+    """Turns external users, filters and exclusions into ``RetrievalGraph`` inputs.
+
+    Args:
+        metadata (Dict[str, Any]): the serving metadata stored with the export
+            (:func:`silverrec.retrieval.publish.serving_metadata`).
+    """
+
+    def __init__(self, metadata: Dict[str, Any]) -> None:
+        self.schema = Schema.from_dict(metadata["schema"])
+        self.slots: List[Tuple[str, int]] = [(k, int(n)) for k, n in metadata["user_slots"]]
+        f = metadata["filter"]
+        self.dictionary = TermDictionary(f["features"], [tuple(t) for t in f["terms"]])
+        self.term_hashes = np.asarray(f["term_hashes"], dtype=np.int64).reshape(len(self.dictionary), -1)
+        self.dense = np.asarray(f["dense"], dtype=bool)
+        self.filter_length = int(f["length"])
+        self._features = {user_key(x.name): x for x in self.schema.user_features}
+        self._item_feature = self.schema.item_features[0]
+
+    @property
+    def num_slots(self) -> int:
+        return sum(n for _, n in self.slots)
+
+    def users(self, users: Sequence[Mapping[str, Any]]) -> Tensor:
+        """int64 ``[B, S]`` slots of the users (missing features empty; the latest history kept)."""
+        if len(users) == 0:
+            raise ValueError("no users given")
+        known = {x.name for x in self.schema.user_features} | {HISTORY}
+        out = np.full((len(users), self.num_slots), -1, dtype=np.int64)
+        for b, user in enumerate(users):
+            if not isinstance(user, Mapping):
+                raise ValueError(f"users[{b}] must be an object of feature -> value(s), got {type(user).__name__}")
+            unknown = set(user) - known
+            if unknown:
+                raise ValueError(f"users[{b}]: unknown feature(s) {sorted(unknown)}; known: {sorted(known)}")
+            start = 0
+            for key, n in self.slots:
+                if key == user_key(HISTORY):
+                    ids = self._ids(self._item_feature, user.get(HISTORY), f"users[{b}].{HISTORY}")[-n:]
+                else:
+                    feature = self._features[key]
+                    ids = self._ids(feature, user.get(feature.name), f"users[{b}].{feature.name}")
+                    if len(ids) > n:
+                        raise ValueError(f"users[{b}].{feature.name} has {len(ids)} values, at most {n} allowed")
+                out[b, start : start + len(ids)] = ids
+                start += n
+        return torch.from_numpy(out)
+
+    def filters(self, filters: Filters, batch: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """Plan tensors (``opcodes, terms [B, L]``, ``hashes [B, L, H]``) of one filter per user,
+        one filter for all (a str) or none (None / "")."""
+        if filters is None or isinstance(filters, str):
+            filters = [filters or ""] * batch
+        if len(filters) != batch:
+            raise ValueError(f"{len(filters)} filters for {batch} users: give one per user or one for all")
+        plan = compile_plans([f or "" for f in filters], self.dictionary, self.term_hashes, self.dense, self.filter_length)
+        return plan.opcodes, plan.terms, plan.hashes
+
+    def exclude(self, exclude: Optional[Sequence[Optional[Sequence[Any]]]], batch: int) -> Tensor:
+        """int64 ``[B, E]`` item rows of each user's excluded item ids (-1 padding; E >= 1)."""
+        lists = [[] for _ in range(batch)] if exclude is None else list(exclude)
+        if len(lists) != batch:
+            raise ValueError(f"{len(lists)} exclude lists for {batch} users: give one per user")
+        rows = [self._ids(self._item_feature, x, f"exclude[{b}]") for b, x in enumerate(lists)]
+        out = np.full((batch, max([1] + [len(r) for r in rows])), -1, dtype=np.int64)
+        for b, r in enumerate(rows):
+            out[b, : len(r)] = r
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def _ids(feature, raw: Any, where: str) -> List[int]:
+        if raw is None:
+            return []
+        values = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+        out = []
+        for v in values:
+            if not feature.has(v):
+                raise ValueError(f"{where}: {v!r} is not a known {feature.name} value")
+            out.append(feature.id_of(v))
+        return out

@@ -1,0 +1,113 @@
+"""The serving graph against a plain reference built from the training-side modules."""
+import numpy as np
+import pytest
+import torch
+
+from silverrec.data.batching import FeatureBatcher
+from silverrec.retrieval.publish import publish, serving_metadata
+from silverrec.retrieval.serving_graph import ServingConfig
+from silverrec.serve.requests import RequestEncoder
+from silverrec.train.checkpoint import load_checkpoint
+from silverrec.train.export import example_users, latest_history, publish_item_embeddings
+from silverrec.train.trainer import load_two_tower
+
+FILTERS = ["", "language:en", "NOT language:en AND (category:music OR category:comedy)", "creator:cr00003"]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_run, tiny_dataset):
+    model = load_two_tower(load_checkpoint(tiny_run["checkpoint"]))
+    items = publish_item_embeddings(model, tiny_dataset)
+    users = np.arange(8)
+    history = latest_history(tiny_dataset, users)
+    return {"model": model, "items": items, "users": users, "history": history,
+            "requests": example_users(tiny_dataset, users, history)}
+
+
+def _graph(served, ds, **kw):
+    cfg = ServingConfig(**{"k": 10, "num_clusters": 8, **kw})
+    graph = publish(served["model"], ds.schema, served["items"], ds.item_terms(), cfg)
+    return graph, RequestEncoder(serving_metadata(graph, ds.schema, cfg))
+
+
+def _inputs(encoder, reqs, filters, exclude):
+    return (encoder.users(reqs), *encoder.filters(filters, len(reqs)), encoder.exclude(exclude, len(reqs)))
+
+
+def test_padded_user_encoder_matches_the_training_tower(served, tiny_dataset):
+    graph, enc = _graph(served, tiny_dataset)
+    batcher = FeatureBatcher(tiny_dataset.schema, tiny_dataset.users, tiny_dataset.items)
+    kjt = batcher.kjt(len(served["users"]), user_rows=served["users"], history=served["history"])
+    with torch.no_grad():
+        u_train, _ = served["model"](kjt)
+        u_serve = graph.user_encoder(enc.users(served["requests"]))
+    assert u_serve.shape == u_train.shape and u_serve.shape[1] == len(tiny_dataset.schema.tasks)
+    torch.testing.assert_close(u_serve, u_train, rtol=1e-5, atol=1e-6)
+
+
+def test_exhaustive_graph_equals_the_reference(served, tiny_dataset):
+    """All clusters probed and K0 = N: the candidates are exactly the items passing the filter,
+    so the graph's top-K must equal OverArch + Value Model scoring of all of them."""
+    ds, model = tiny_dataset, served["model"]
+    n = ds.items.num_rows
+    graph, enc = _graph(served, ds, n_probe=8, candidates_per_task=n)
+    reqs = served["requests"][:4]
+    exclude = [r["history"][:3] for r in reqs]
+    with torch.no_grad():
+        ids, value, task_scores, num_valid = graph(*_inputs(enc, reqs, FILTERS, exclude))
+        u = graph.user_encoder(enc.users(reqs))
+    passing = graph.bloom.matches(FILTERS)  # exact, item order
+    cache = served["items"].half().float()
+    for b in range(4):
+        ok = passing[b].clone()
+        ok[[ds.schema.item_ids.index(x) for x in exclude[b]]] = False
+        rows = ok.nonzero().flatten()
+        with torch.no_grad():
+            logits = model.task_logits(u[b : b + 1], cache[rows][None])
+            valid = torch.ones(1, rows.numel(), dtype=torch.bool)
+            scores = model.task_scores(logits, valid)
+            values = model.value(scores, valid)[0]
+        order = torch.argsort(values, descending=True, stable=True)[:10]
+        m = min(10, rows.numel())
+        assert int(num_valid[b]) == m
+        assert ids[b, :m].tolist() == rows[order[:m]].tolist(), f"query {b} ({FILTERS[b]!r})"
+        torch.testing.assert_close(value[b, :m], values[order[:m]], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(task_scores[b, :m], scores[0, order[:m]], rtol=1e-4, atol=1e-7)
+        assert bool((ids[b, m:] == -1).all()) and bool(torch.isinf(value[b, m:]).all())
+
+
+def test_approximate_graph_keeps_its_promises(served, tiny_dataset):
+    """Default probes and K0: every result passes its filter exactly, none is excluded or
+    repeated, values are sorted, and a strict filter still fills K when K items pass."""
+    ds = tiny_dataset
+    graph, enc = _graph(served, ds, n_probe=1, candidates_per_task=12)
+    reqs = served["requests"]
+    filters = (FILTERS * 2)[: len(reqs)]
+    exclude = [r["history"] for r in reqs]
+    with torch.no_grad():
+        ids, value, _, num_valid = graph(*_inputs(enc, reqs, filters, exclude))
+    passing = graph.bloom.matches(filters)
+    for b in range(len(reqs)):
+        got = ids[b, : int(num_valid[b])].tolist()
+        assert len(set(got)) == len(got)
+        assert all(bool(passing[b, i]) for i in got)
+        seen = {ds.schema.item_ids.index(x) for x in exclude[b]}
+        assert not seen & set(got)
+        assert bool((value[b, :-1] >= value[b, 1:]).all())
+        n_pass = int(passing[b].sum()) - len(seen & set(passing[b].nonzero().flatten().tolist()))
+        assert int(num_valid[b]) == min(10, n_pass), f"query {b} ({filters[b]!r}) passes {n_pass} items"
+
+
+def test_a_filter_nothing_passes_returns_no_results(served, tiny_dataset):
+    graph, enc = _graph(served, tiny_dataset)
+    reqs = served["requests"][:2]
+    with torch.no_grad():
+        ids, value, task_scores, num_valid = graph(*_inputs(enc, reqs, ["language:xx", "language:en AND language:de"], None))
+    assert num_valid.tolist() == [0, 0] and bool((ids == -1).all()) and bool((task_scores == 0).all())
+
+
+def test_bad_config_is_named(served, tiny_dataset):
+    with pytest.raises(ValueError, match="candidates_per_task"):
+        _graph(served, tiny_dataset, k=100, candidates_per_task=10)
+    with pytest.raises(ValueError, match="serving.k"):
+        ServingConfig(k=0)
