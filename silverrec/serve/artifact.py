@@ -26,7 +26,7 @@ def version_stamp(program: torch.export.ExportedProgram) -> str:
     for name, t in sorted({**program.state_dict, **dict(program.constants)}.items()):
         if isinstance(t, Tensor):
             h.update(name.encode())
-            h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+            h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 

@@ -1,95 +1,106 @@
-"""Export -> load in a fresh process -> same top-K as the training-side modules (parity)."""
+"""Export -> load in a fresh process -> the same results as the eager serving graph (parity)."""
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
-from silverrec.models.user_encoder import user_encoder_from_two_tower
-from silverrec.retrieval.exact import exact_topk
-from silverrec.serve.artifact import ExportedRetriever, load_artifact
-from silverrec.serve.encoding import encode_users
+from silverrec.retrieval.publish import publish
+from silverrec.retrieval.serving_graph import ServingConfig
+from silverrec.serve import Retriever, load_artifact
 from silverrec.train.checkpoint import load_checkpoint
-from silverrec.train.distributed import local_context
-from silverrec.train.evaluator import Evaluator
-from silverrec.train.export import export_retrieval, request_tensors
+from silverrec.train.export import example_users, export_serving, latest_history, publish_item_embeddings
 from silverrec.train.trainer import load_two_tower
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = ServingConfig(k=20, candidates_per_task=30, num_clusters=12)
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_run, tiny_dataset, tmp_path_factory):
     payload = load_checkpoint(tiny_run["checkpoint"])
     model = load_two_tower(payload)
-    path = str(tmp_path_factory.mktemp("export") / "retrieval.pt2")
-    meta = export_retrieval(model, tiny_dataset, 20, path, {"step": payload["step"]})
+    path = str(tmp_path_factory.mktemp("export") / "serving.pt2")
+    meta = export_serving(model, tiny_dataset, CONFIG, path, {"step": payload["step"]})
     return {"path": path, "meta": meta, "model": model}
 
 
-def test_user_encoder_matches_the_training_tower(exported, tiny_dataset):
-    model = exported["model"]
-    ev = Evaluator(tiny_dataset, "test", [10], max_users=25)
-    u_train, _ = ev.embed(model, local_context())
-    values, lengths = request_tensors(tiny_dataset, ev.users.users, ev.users.history)
-    u_serve = user_encoder_from_two_tower(model, tiny_dataset.schema)(values, lengths)
-    torch.testing.assert_close(u_serve, u_train, rtol=1e-5, atol=1e-6)
+def _requests(ds, n):
+    users = np.arange(n) % ds.users.num_rows
+    return example_users(ds, users, latest_history(ds, users))
 
 
-def test_fresh_process_parity(exported, tiny_dataset, tmp_path):
-    """The loader in a new interpreter returns the training-side exact top-K."""
-    model = exported["model"]
-    ev = Evaluator(tiny_dataset, "test", [20], max_users=40)
-    u, v = ev.embed(model, local_context())
-    want_scores, want_ids = exact_topk(u, v, 20)
-    values, lengths = request_tensors(tiny_dataset, ev.users.users, ev.users.history)
-    torch.save({"values": values, "lengths": lengths}, tmp_path / "req.pt")
+def test_fresh_process_parity_with_the_eager_graph(exported, tiny_dataset, tmp_path):
+    """A new interpreter that imports only silverrec returns what the eager graph built from the
+    training modules returns (ids, values and OverArch/Value Model task scores)."""
+    ds = tiny_dataset
+    r = Retriever(exported["path"])
+    reqs = _requests(ds, 12)
+    filters = ["", "language:en", "NOT category:music", "category:music OR category:comedy"] * 3
+    exclude = [u["history"][:5] for u in reqs]
+    args = (r.encoder.users(reqs), *r.encoder.filters(filters, 12), r.encoder.exclude(exclude, 12))
+    items = publish_item_embeddings(exported["model"], ds)
+    graph = publish(exported["model"], ds.schema, items, ds.item_terms(), CONFIG)
+    with torch.no_grad():
+        want = graph(*args)
+    torch.save(args, tmp_path / "req.pt")
     script = (
         "import sys, torch\n"
-        "from silverrec.serve import ExportedRetriever\n"
-        "r = ExportedRetriever(sys.argv[1])\n"
-        "req = torch.load(sys.argv[2])\n"
-        "ids, scores = r.search(req['values'], req['lengths'])\n"
-        "torch.save({'ids': ids, 'scores': scores, 'version': r.version}, sys.argv[3])\n"
+        "from silverrec.serve import Retriever\n"
+        "r = Retriever(sys.argv[1])\n"
+        "out = r.search(*torch.load(sys.argv[2]))\n"
+        "torch.save({'out': out, 'version': r.version}, sys.argv[3])\n"
     )
     subprocess.run([sys.executable, "-c", script, exported["path"], str(tmp_path / "req.pt"), str(tmp_path / "out.pt")],
                    check=True, cwd=str(tmp_path), timeout=300)
     got = torch.load(tmp_path / "out.pt")
     assert got["version"] == exported["meta"]["version"]
-    torch.testing.assert_close(got["scores"], want_scores, rtol=1e-5, atol=1e-5)
-    # ids agree except where two items tie within float noise
-    same = got["ids"] == want_ids
-    assert same.float().mean() > 0.99
-    assert torch.allclose(got["scores"][~same], want_scores[~same], atol=1e-5)
+    ids, value, scores, num_valid = got["out"]
+    assert torch.equal(num_valid, want[3])
+    assert (ids == want[0]).float().mean() > 0.99  # equal up to float ties
+    torch.testing.assert_close(value, want[1], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(scores, want[2], rtol=1e-5, atol=1e-7)
 
 
-def test_dynamic_batch_and_users_without_history(exported, tiny_dataset):
-    r = ExportedRetriever(exported["path"])
-    schema = r.schema
+def test_query_with_external_ids_and_dynamic_batch(exported, tiny_dataset):
+    r = Retriever(exported["path"])
+    assert r.tasks == list(tiny_dataset.schema.task_names)
     for b in (1, 3, 17):
-        users = [{"history": list(schema.item_ids[i : i + 3])} if i % 2 else {} for i in range(b)]
-        values, lengths = encode_users(schema, users)
-        ids, scores = r.search(values, lengths)
-        assert ids.shape == scores.shape == (b, 20) and ids.dtype == torch.int64
-        assert bool((ids >= 0).all()) and bool((scores[:, :-1] >= scores[:, 1:]).all())
-    assert r.item_ids(ids[:1])[0][0] in schema.item_ids
+        reqs = _requests(tiny_dataset, b)
+        res = r.query(reqs, filter="language:en", exclude=[u["history"] for u in reqs], k=7)
+        assert len(res) == b
+        for u, rows in zip(reqs, res):
+            assert 0 < len(rows) <= 7
+            assert not {item for item, _, _ in rows} & set(u["history"])
+            values = [v for _, v, _ in rows]
+            assert values == sorted(values, reverse=True)
+            assert set(rows[0][2]) == set(r.tasks)
+            for item, _, _ in rows:
+                row = tiny_dataset.schema.item_ids.index(item)
+                assert tiny_dataset.item_terms()[row]["language"] == ["en"]
+    assert r.query([{}], k=3)[0]  # a user with no features still gets results
 
 
 def test_bad_requests_are_named(exported):
-    r = ExportedRetriever(exported["path"])
-    schema = r.schema
+    r = Retriever(exported["path"])
     with pytest.raises(ValueError, match="country"):
-        encode_users(schema, [{"country": "atlantis"}])
+        r.query([{"country": "atlantis"}])
     with pytest.raises(ValueError, match="unknown feature"):
-        encode_users(schema, [{"shoe_size": 3}])
+        r.query([{"shoe_size": 3}])
     with pytest.raises(ValueError, match="history"):
-        encode_users(schema, [{"history": ["no-such-item"]}])
-    values, lengths = encode_users(schema, [{"history": [schema.item_ids[0]]}])
-    with pytest.raises(ValueError, match="'history': id 999999"):
-        r.search(torch.tensor([999999]), lengths)
-    with pytest.raises(ValueError, match="lengths must be int64"):
-        r.search(values, lengths[:, :2])
+        r.query([{"history": ["no-such-item"]}])
+    with pytest.raises(ValueError, match="exclude"):
+        r.query([{}], exclude=[["no-such-item"]])
+    with pytest.raises(ValueError, match="column"):
+        r.query([{}], filter="language:en AND (")
+    with pytest.raises(ValueError, match="k must be"):
+        r.query([{}], k=1000)
+    user_ids = r.encoder.users([{}])
+    user_ids[0, 0] = 10**6
+    with pytest.raises(ValueError, match="outside"):
+        r.search(user_ids, *r.encoder.filters(None, 1), r.encoder.exclude(None, 1))
 
 
 def test_broken_files_fail_clearly(exported, tmp_path):
@@ -105,12 +116,12 @@ def test_broken_files_fail_clearly(exported, tmp_path):
 def test_export_cli_writes_one_file(tiny_run, tmp_path):
     out = tmp_path / "cli.pt2"
     res = subprocess.run(
-        [sys.executable, "-m", "silverrec.train.export", f"ckpt_path={tiny_run['checkpoint']}", "k=5",
-         f"output={out}", f"hydra.run.dir={tmp_path}"],
+        [sys.executable, "-m", "silverrec.train.export", f"ckpt_path={tiny_run['checkpoint']}", "serving.k=5",
+         "serving.num_clusters=10", f"output={out}", f"hydra.run.dir={tmp_path}"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "exported" in res.stdout and out.is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
     _, meta = load_artifact(str(out))
-    assert meta["k"] == 5 and meta["num_items"] > 0
+    assert meta["k"] == 5 and meta["num_items"] > 0 and meta["kind"] == "retrieval_graph"
