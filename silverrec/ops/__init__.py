@@ -125,3 +125,82 @@ def ivf_int8_topk(
         ([[2, 1]], [[6.0, 2.0]], [2])
     """
     return torch.ops.silverrec.ivf_int8_topk(q_codes, q_scales, codes, scales, cluster_offsets, probe, mask, k)
+
+
+# --- ivf_select_probes ---
+
+
+def ivf_select_probes(
+    centroid_scores: torch.Tensor,
+    cluster_offsets: torch.Tensor,
+    mask: "torch.Tensor | None",
+    n_probe: int,
+    min_rows: int,
+    max_probe: int,
+) -> torch.Tensor:
+    """Picks each query's probed clusters: centroid order, then coverage of passing rows.
+
+    Calls ``torch.ops.silverrec.ivf_select_probes`` (C++ on CPU, Triton on CUDA). A query takes
+    clusters in centroid order (score descending, equal scores by lower cluster id) while fewer
+    than ``n_probe`` are taken **or** those taken cover fewer than ``min_rows`` rows whose mask
+    bit is 1 (all rows without a mask), at most ``max_probe``; so a strict filter widens the
+    probe by exactly as much as its passing rows require, in one pass with no host sync. The
+    spec is ``silverrec.ops.reference.ivf_select_probes_reference``.
+
+    Args:
+        centroid_scores (Tensor): float32 ``[B, C]`` query-centroid similarities.
+        cluster_offsets (Tensor): int64 ``[C + 1]``; cluster ``c`` is rows ``offsets[c]:offsets[c+1]``.
+        mask (Optional[Tensor]): int64 ``[B, ceil(N / 64)]`` packed filter bits, or ``None``.
+        n_probe (int): clusters always probed (``>= 1``).
+        min_rows (int): passing rows the probed clusters must cover (``>= 0``).
+        max_probe (int): P, the most clusters per query and the output width.
+
+    Returns:
+        Tensor: int64 ``[B, P]`` cluster ids best-first, padded with ``-1`` (the ``probe`` input
+        of :func:`ivf_int8_topk`).
+
+    Example::
+
+        >>> scores = torch.tensor([[0.1, 0.9, 0.5, 0.9]])
+        >>> offsets = torch.tensor([0, 10, 11, 12, 40])  # cluster sizes 10, 1, 1, 28
+        >>> ivf_select_probes(scores, offsets, None, 2, 0, 4).tolist()  # tie 0.9: cluster 1 first
+        [[1, 3, -1, -1]]
+        >>> ivf_select_probes(scores, offsets, None, 1, 30, 4).tolist()  # 1 + 28 < 30 rows: one more
+        [[1, 3, 2, -1]]
+    """
+    return torch.ops.silverrec.ivf_select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe)
+
+
+# --- ivf_rescore_topk ---
+
+
+def ivf_rescore_topk(
+    queries: torch.Tensor, cache: torch.Tensor, rows: torch.Tensor, row_to_id: torch.Tensor, k: int
+) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Exact re-score of INT8 candidates from the 16-bit item cache, then the final top-k by id.
+
+    Calls ``torch.ops.silverrec.ivf_rescore_topk`` (C++ on CPU, Triton on CUDA): gathers the
+    candidate rows, scores them with float64-accumulated inner products rounded once to float32,
+    maps rows to ids and keeps the best K (equal scores: lower id first). The spec is
+    ``silverrec.ops.reference.ivf_rescore_topk_reference``.
+
+    Args:
+        queries (Tensor): float32 ``[B, D]``.
+        cache (Tensor): float16 or bfloat16 ``[N, D]`` item embeddings in row order.
+        rows (Tensor): int64 ``[B, K0]`` candidate rows (the ``rows`` of :func:`ivf_int8_topk`), ``-1`` = none.
+        row_to_id (Tensor): int64 ``[N]`` external id of each row (``< 2**32``).
+        k (int): K.
+
+    Returns:
+        Tuple[Tensor, Tensor]: ``scores`` float32 ``[B, K]`` and ``ids`` int64 ``[B, K]``,
+        best-first, padded with ``-inf`` / ``-1``.
+
+    Example::
+
+        >>> cache = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float16)
+        >>> s, i = ivf_rescore_topk(torch.tensor([[2.0, 2.0]]), cache, torch.tensor([[0, 2, 1, -1]]),
+        ...     torch.tensor([7, 3, 5]), 3)
+        >>> s.tolist(), i.tolist()
+        ([[4.0, 2.0, 2.0]], [[5, 3, 7]])
+    """
+    return torch.ops.silverrec.ivf_rescore_topk(queries, cache, rows, row_to_id, k)

@@ -4,16 +4,20 @@ Publish time (:meth:`IVFInt8Index.build`): k-means clusters the items, rows are 
 (``cluster_offsets [C+1]``), and each row is stored as INT8 codes + scale (per item by default, or
 one global scale as in the SilverTorch paper) beside a float16 cache of the embedding.
 
-Query time (:meth:`IVFInt8Index.search`): centroid scores pick the probed clusters, the fused op
-``torch.ops.silverrec.ivf_int8_topk`` scans them (skipping masked rows) for the best K0 rows by
-INT8 score, and those K0 are re-scored exactly from the float16 cache before the final top-K.
+Query time (:meth:`IVFInt8Index.search`): centroid scores (one matmul), then three ops:
+``ivf_select_probes`` picks each query's clusters, ``ivf_int8_topk``
+scans them (skipping masked rows) for the best K0 rows by INT8 score, and ``ivf_rescore_topk``
+re-scores those K0 exactly from the float16 cache and keeps the final top-K by id.
 
-Selectivity fallback: with a filter passing a fraction ``r`` of the items (estimated per query by
-a popcount of at most ``_RATE_SAMPLE_WORDS`` evenly strided words of the packed mask, i.e. about
-65k rows), a query probes ``ceil(n_probe / r)`` clusters (at most all C), so about as many passing
-rows are scored as ``n_probe`` clusters give without a filter. Queries that still find fewer than
-k results are re-run with 4x as many clusters, up to all C (a filtered exhaustive scan), so a
-strict filter returns k results whenever k exist.
+Probe selection: a query probes its ``n_probe`` best clusters, and more in centroid order until
+the probed clusters cover ``min_rows`` rows that pass its filter, counted exactly (a popcount of
+the packed mask over each cluster's word range): ``K0`` without a filter (so an unlucky probe of
+tiny clusters still yields K0 candidates), ``n_probe * K0`` with one. A strict filter thus widens
+the probe by as much as its passing rows require, and a filter passing fewer than ``min_rows``
+rows in all scans every cluster (the filtered exhaustive scan), so a strict filter returns k
+results whenever k exist. Without a filter the probe list is capped at ``n_probe + 32``
+clusters; the rare query whose capped list still holds fewer than k rows is re-run over all
+rows (the only host sync of a search).
 """
 import math
 from dataclasses import dataclass
@@ -30,8 +34,6 @@ from silverrec.retrieval.search_result import SearchResult
 
 _QUANTIZATIONS = ("per_item", "global")
 _FP16_MAX = 65504.0
-# With a filter, a query covers at least max(K0, n_probe * K0 / this) passing rows (see search).
-_ROWS_PER_PROBE_DIV = 4
 # Unfiltered, a query may probe this many clusters beyond n_probe to reach K0 rows.
 _EXTRA_PROBES = 32
 
@@ -179,7 +181,7 @@ class IVFInt8Index:
         if packed is None:
             min_rows, max_probe = k0, min(C, n_probe + _EXTRA_PROBES)
         else:
-            min_rows, max_probe = max(k0, n_probe * k0 // _ROWS_PER_PROBE_DIV), C
+            min_rows, max_probe = n_probe * k0, C
         probe = torch.ops.silverrec.ivf_select_probes(centroid_scores, self.cluster_offsets, packed, n_probe, min_rows, max_probe)
         scores, rows, valid = torch.ops.silverrec.ivf_int8_topk(
             q_codes, q_scales, self.codes, self.scales, self.cluster_offsets, probe, packed, k0)

@@ -161,3 +161,38 @@ def test_k0_validation(built) -> None:
         index.search(q, 10, k0=5)
     with pytest.raises(ValueError, match="needs rescore=True"):
         index.search(q, 10, k0=20, rescore=False)
+
+
+def test_capped_probe_list_falls_back_to_all_rows() -> None:
+    """Unfiltered, tiny clusters: n_probe + 32 clusters hold fewer than k rows, so the query scans all."""
+    x, q, _ = _data(4, N=400, B=3)
+    index = IVFInt8Index.build(x, num_clusters=200)
+    scores, ids = index.search(q, 300, n_probe=1)
+    full_s, full_i = index.search(q, 300, n_probe=200)
+    assert (ids >= 0).all() and torch.equal(ids, full_i) and torch.equal(scores, full_s)
+
+
+@pytest.mark.parametrize("density", [None, 0.3, 0.02])
+def test_search_equals_reference_pipeline(built, density) -> None:
+    """search() is the composition of the three ops' references (select, scan, re-score)."""
+    from silverrec.ops.reference import (ivf_int8_topk_reference, ivf_rescore_topk_reference,
+                                         ivf_select_probes_reference)
+    from silverrec.retrieval.quantize import _quantize_rows
+
+    x, q, g, index = built
+    q = q[:6]
+    packed = None
+    if density is not None:
+        packed = pack_mask((torch.rand(6, 3000, generator=g) < density)[:, index.row_to_id])
+    k, n_probe = 20, 3
+    k0 = k + 16
+    q_codes, q_scales = _quantize_rows(q)
+    C = index.num_clusters
+    min_rows, max_probe = (k0, min(C, n_probe + 32)) if packed is None else (n_probe * k0, C)
+    probe = ivf_select_probes_reference(q @ index.centroids.T.contiguous(), index.cluster_offsets, packed,
+                                        n_probe, min_rows, max_probe)
+    _, rows, _ = ivf_int8_topk_reference(q_codes, q_scales, index.codes, index.scales, index.cluster_offsets,
+                                         probe, packed, k0)
+    want = ivf_rescore_topk_reference(q, index.cache, rows, index.row_to_id, k)
+    got = index.search(q, k, n_probe=n_probe, mask=packed)
+    assert torch.equal(got.ids, want[1]) and torch.equal(got.scores, want[0])

@@ -306,7 +306,7 @@ at::Tensor ivf_select_probes_cpu(const at::Tensor& scores_in, const at::Tensor& 
   }
   const uint64_t* mk = mask_in.has_value() ? reinterpret_cast<const uint64_t*>(mask_t.data_ptr<int64_t>()) : nullptr;
   const float* sc = scores.data_ptr<float>();
-  at::Tensor out = at::full({B, max_probe}, -1, offsets_t.options());
+  at::Tensor out = at::empty({B, max_probe}, offsets_t.options());  // filled per query (at::full may go parallel)
   int64_t* po = out.data_ptr<int64_t>();
   const int64_t limit = std::min(C, max_probe);
   // ~C key computations per query: small batches run inline (no thread wake-up)
@@ -317,6 +317,7 @@ at::Tensor ivf_select_probes_cpu(const at::Tensor& scores_in, const at::Tensor& 
     for (int64_t b = b0; b < b1; ++b) {
       const float* sb = sc + b * C;
       for (int64_t c = 0; c < C; ++c) keys[c] = rank_key(sb[c], c);
+      std::fill(po + b * max_probe, po + (b + 1) * max_probe, int64_t(-1));
       const uint64_t* mb = mk == nullptr ? nullptr : mk + b * mask_row_stride;
       int64_t m = std::min(limit, std::max<int64_t>(n_probe, 32));
       best_keys(keys, m, buf, order);

@@ -23,3 +23,19 @@ except ImportError:  # pragma: no cover - Triton missing or too old: no CUDA ker
     pass
 else:
     CUDA_IMPLS["ivf_int8_topk"] = {"CUDA": ivf_int8_topk_cuda}
+
+# --- ivf_select_probes ---
+try:
+    from silverrec.ops.triton.ivf_select_probes import ivf_select_probes_cuda
+except ImportError:  # pragma: no cover - Triton missing or too old: no CUDA kernel registered
+    pass
+else:
+    CUDA_IMPLS["ivf_select_probes"] = {"CUDA": ivf_select_probes_cuda}
+
+# --- ivf_rescore_topk ---
+try:
+    from silverrec.ops.triton.ivf_rescore_topk import ivf_rescore_topk_cuda
+except ImportError:  # pragma: no cover - Triton missing or too old: no CUDA kernel registered
+    pass
+else:
+    CUDA_IMPLS["ivf_rescore_topk"] = {"CUDA": ivf_rescore_topk_cuda}
