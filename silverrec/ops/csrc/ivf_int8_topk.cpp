@@ -247,26 +247,45 @@ inline int64_t count_bits(const uint64_t* mb, int64_t lo, int64_t hi) {
   return n;
 }
 
-// The best m keys of keys[0, C), sorted best first, into out (size m): a threshold pass with a
-// 2m buffer compacted by nth_element, so about C comparisons when m << C.
-void best_keys(const std::vector<int64_t>& keys, int64_t m, std::vector<int64_t>& buf, std::vector<int64_t>& out) {
-  const int64_t C = static_cast<int64_t>(keys.size());
+// The rank keys of the best m of the C scores, sorted best first, into out. With C >= 64 m, a
+// lower bound t of the m-th best score comes first: the m-th largest of the maxima of blocks of
+// 32 scores (m blocks reach t, so m scores do). Only scores >= t (a small multiple of m) become
+// keys. About C/4 vector operations plus a selection over C/32 block maxima.
+void best_keys(const float* scores, int64_t C, int64_t m, std::vector<float>& block_max, std::vector<int64_t>& buf,
+               std::vector<int64_t>& out) {
   buf.clear();
-  int64_t thr = std::numeric_limits<int64_t>::min();
-  bool full = false;
-  for (int64_t c = 0; c < C; ++c) {
-    const int64_t key = keys[c];
-    if (full && key <= thr) continue;
-    buf.push_back(key);
-    if (static_cast<int64_t>(buf.size()) >= 2 * m) {
-      std::nth_element(buf.begin(), buf.begin() + (m - 1), buf.end(), std::greater<int64_t>());
-      buf.resize(m);
-      thr = buf[m - 1];
-      full = true;
+  int64_t c = 0;
+#ifdef __AVX2__
+  const int64_t nb = C / 32;
+  if (C >= 64 * m) {
+    block_max.resize(nb);
+    for (int64_t i = 0; i < nb; ++i) {
+      const float* p = scores + 32 * i;
+      const __m256 x = _mm256_max_ps(_mm256_max_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)),
+                                     _mm256_max_ps(_mm256_loadu_ps(p + 16), _mm256_loadu_ps(p + 24)));
+      __m128 h = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+      block_max[i] = _mm_cvtss_f32(h);
+    }
+    std::nth_element(block_max.begin(), block_max.begin() + (m - 1), block_max.end(), std::greater<float>());
+    const __m256 t = _mm256_set1_ps(block_max[m - 1]);
+    for (; c < 32 * nb; c += 8) {
+      int bits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(scores + c), t, _CMP_GE_OQ));
+      while (bits) {
+        const int64_t j = c + __builtin_ctz(bits);
+        buf.push_back(rank_key(scores[j], j));
+        bits &= bits - 1;
+      }
     }
   }
+#endif
+  for (; c < C; ++c) buf.push_back(rank_key(scores[c], c));
   const int64_t kept = std::min<int64_t>(m, buf.size());
-  std::partial_sort(buf.begin(), buf.begin() + kept, buf.end(), std::greater<int64_t>());
+  if (kept < static_cast<int64_t>(buf.size())) {
+    std::nth_element(buf.begin(), buf.begin() + (kept - 1), buf.end(), std::greater<int64_t>());
+  }
+  std::sort(buf.begin(), buf.begin() + kept, std::greater<int64_t>());
   out.assign(buf.begin(), buf.begin() + kept);
 }
 
@@ -312,20 +331,19 @@ at::Tensor ivf_select_probes_cpu(const at::Tensor& scores_in, const at::Tensor& 
   // ~C key computations per query: small batches run inline (no thread wake-up)
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / C);
   at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-    std::vector<int64_t> keys(C), buf, order;
-    buf.reserve(2 * std::min(limit, std::max<int64_t>(n_probe, 32)));
+    std::vector<int64_t> buf, order;
+    std::vector<float> block_max;
     for (int64_t b = b0; b < b1; ++b) {
       const float* sb = sc + b * C;
-      for (int64_t c = 0; c < C; ++c) keys[c] = rank_key(sb[c], c);
       std::fill(po + b * max_probe, po + (b + 1) * max_probe, int64_t(-1));
       const uint64_t* mb = mk == nullptr ? nullptr : mk + b * mask_row_stride;
       int64_t m = std::min(limit, std::max<int64_t>(n_probe, 32));
-      best_keys(keys, m, buf, order);
+      best_keys(sb, C, m, block_max, buf, order);
       int64_t covered = 0, j = 0;
       while (j < limit) {
         if (j == static_cast<int64_t>(order.size())) {  // the candidates ran out: 4x more
           m = std::min(limit, 4 * m);
-          best_keys(keys, m, buf, order);  // same total order, so its prefix is what was taken
+          best_keys(sb, C, m, block_max, buf, order);  // same total order, so its prefix is what was taken
         }
         if (j >= n_probe && covered >= min_rows) break;
         const int64_t c = key_id(order[j]);
@@ -384,7 +402,17 @@ void rescore_rows(const float* qf, const T* cache, const int64_t* rows, const in
     for (int64_t b = b0; b < b1; ++b) {
       for (int64_t d = 0; d < D; ++d) qd[d] = qf[b * D + d];
       cand.clear();
+      constexpr int64_t kAhead = 6;  // rows are random DRAM reads: fetch a few ahead
+      const int64_t line_bytes = D * static_cast<int64_t>(sizeof(T));
+      auto prefetch_row = [&](int64_t j) {
+        const int64_t r = rows[b * K0 + j];
+        if (r < 0) return;
+        const char* p = reinterpret_cast<const char*>(cache + r * D);
+        for (int64_t o = 0; o < line_bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+      };
+      for (int64_t j = 0; j < std::min(K0, kAhead); ++j) prefetch_row(j);
       for (int64_t j = 0; j < K0; ++j) {
+        if (j + kAhead < K0) prefetch_row(j + kAhead);
         const int64_t r = rows[b * K0 + j];
         if (r < 0) continue;
         const float s = static_cast<float>(dot_f64<T>(cache + r * D, qd.data(), D)) + 0.0f;
