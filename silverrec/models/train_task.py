@@ -89,6 +89,12 @@ class TwoTowerTrainTask(nn.Module):
         self.loss = InBatchSoftmaxLoss(item_log_q)
         self.register_buffer("negative_bank", torch.empty(0), persistent=False)
         self.negative_index = None
+        self.generator = torch.Generator().manual_seed(0)
+
+    def reseed(self, seed: int) -> None:
+        """Seeds the sampling of OverArch negatives (the trainer reseeds every step from the
+        run seed and the step, so a resumed run samples what an uninterrupted one would)."""
+        self.generator.manual_seed(seed)
 
     @torch.no_grad()
     def set_negative_bank(self, item_embeddings: Tensor) -> None:
@@ -128,7 +134,7 @@ class TwoTowerTrainTask(nn.Module):
         """[B, 1 + S (+ H), T] logits of each row's positive, sampled in-batch and hard negatives."""
         b = u.shape[0]
         s = min(self.config.sampled_negatives, b - 1)
-        offsets = torch.randperm(b - 1, device=u.device)[:s] + 1  # distinct non-zero shifts: never the row itself
+        offsets = (torch.randperm(b - 1, generator=self.generator)[:s] + 1).to(u.device)  # distinct non-zero shifts: never the row itself
         cols = (torch.arange(b, device=u.device).unsqueeze(1) + offsets) % b  # [B, S]
         cand_rows = torch.cat([item_rows.unsqueeze(1), item_rows[cols]], dim=1)  # [B, 1 + S]
         cand = torch.cat([v.unsqueeze(1), v[cols]], dim=1)

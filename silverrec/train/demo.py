@@ -1,10 +1,10 @@
-"""``make demo``: train -> evaluate -> export -> load & time, on the embedded synthetic world.
+"""``make demo``: train -> evaluate -> export the serving graph -> load & time, on the embedded synthetic world.
 
     python -m silverrec.train.demo [hydra overrides...]     # e.g. data.size=small
 
-Writes everything under ``runs/demo`` (or ``paths.output_dir=...``: checkpoints, TensorBoard, ``retrieval.pt2``,
-``item_embeddings.pt``, ``report.json``) and prints a summary table. A killed demo resumes
-from its last checkpoint when run again.
+Writes everything under ``runs/demo`` (or ``paths.output_dir=...``: checkpoints, TensorBoard,
+``serving.pt2``, ``item_embeddings.pt``, ``report.json``) and prints summary tables. A killed
+demo resumes from its last checkpoint when run again.
 """
 import os
 import sys
@@ -17,40 +17,42 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from silverrec.data.dataset import RecDataset
-from silverrec.retrieval.exact import exact_topk
-from silverrec.serve.artifact import ExportedRetriever
+from silverrec.retrieval.serving_graph import RetrievalGraph, ServingConfig
+from silverrec.serve import Retriever
 from silverrec.train.checkpoint import load_checkpoint
+from silverrec.train.distributed import local_context
 from silverrec.train.evaluate import write_json_atomic
 from silverrec.train.evaluator import Evaluator
-from silverrec.train.distributed import local_context
-from silverrec.train.export import example_request, export_retrieval, request_tensors
+from silverrec.train.export import build_serving_graph, example_inputs, export_graph
+from silverrec.train.multitask_eval import multitask_table
 from silverrec.train.train import run_training
 from silverrec.train.trainer import load_two_tower
 
 RUN_DIR = "runs/demo"
+DEMO_FILTER = "language:en AND NOT category:music"
 
 
-def _latency_ms(retriever: ExportedRetriever, dataset: RecDataset, batch: int, repeats: int = 20) -> float:
-    values, lengths = example_request(dataset, num_users=batch)
-    retriever.search(values, lengths)  # warm-up
+def _latency_ms(retriever: Retriever, inputs, repeats: int = 20) -> float:
+    retriever.search(*inputs)  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        retriever.search(values, lengths)
+        retriever.search(*inputs)
         times.append(time.perf_counter() - t0)
     return 1000.0 * float(np.median(times))
 
 
-def _parity(retriever: ExportedRetriever, ev: Evaluator, users: torch.Tensor, items: torch.Tensor,
-            dataset: RecDataset, num_users: int = 64) -> float:
-    """Share of top-K ids where the exported module agrees with the training-side embeddings
-    (``users`` [U, D] of ``ev``'s users, ``items`` [N, D]) for the first ``num_users`` users."""
-    n = min(num_users, users.shape[0])
-    _, want = exact_topk(users[:n], items, retriever.k)
-    rows = np.arange(n)
-    values, lengths = request_tensors(dataset, ev.users.users[rows], ev.users.history.take(rows))
-    got, _ = retriever.search(values, lengths)
-    return float((got == want).float().mean())
+def _parity(retriever: Retriever, graph: RetrievalGraph, inputs) -> Dict[str, float]:
+    """Agreement of the exported file with the eager graph built from the training modules."""
+    with torch.no_grad():
+        want = graph(*inputs)
+    got = retriever.search(*inputs)
+    ok = want[0] >= 0
+    return {
+        "ids": float((got[0] == want[0]).float().mean()),
+        "max_abs_value_diff": float((got[1] - want[1])[ok].abs().max()) if bool(ok.any()) else 0.0,
+        "max_abs_task_score_diff": float((got[2] - want[2]).abs().max()),
+    }
 
 
 def _table(rows: List[Sequence[str]]) -> str:
@@ -78,26 +80,32 @@ def run_demo(overrides: Sequence[str]) -> Dict[str, Any]:
     report = run_training(cfg, dataset)
     payload = load_checkpoint(report["train"]["checkpoint"])
     model = load_two_tower(payload)
-    path = os.path.join(run_dir, "retrieval.pt2")
+    path = os.path.join(run_dir, "serving.pt2")
+    config = ServingConfig(k=100)
     t0 = time.perf_counter()
-    meta = export_retrieval(model, dataset, 100, path, {"checkpoint": report["train"]["checkpoint"], "step": int(payload["step"])})
+    graph, meta = build_serving_graph(model, dataset, config)
+    meta = export_graph(graph, dataset, {**meta, "checkpoint": report["train"]["checkpoint"], "step": int(payload["step"])}, path)
     export_s = time.perf_counter() - t0
-    retriever = ExportedRetriever(path)
-    latency = {str(b): round(_latency_ms(retriever, dataset, b), 2) for b in (1, 16, 256)}
-    # the test users' queries and the published items: for the parity check and benchmarks/ann.py
+    retriever = Retriever(path)
+    latency = {str(b): round(_latency_ms(retriever, example_inputs(dataset, meta, b, [""] * b)), 2) for b in (1, 16, 256)}
+    filtered = {str(b): round(_latency_ms(retriever, example_inputs(dataset, meta, b, [DEMO_FILTER] * b)), 2) for b in (1, 16)}
+    parity = _parity(retriever, graph, example_inputs(dataset, meta, 64))
+    # the test users' click-head queries and the published items, for benchmarks/ann.py
     ev = Evaluator(dataset, "test", [100])
     users, items = ev.embed(model, local_context())
-    parity = _parity(retriever, ev, users, items, dataset)
-    torch.save({"items": items, "users": users}, os.path.join(run_dir, "item_embeddings.pt"))
+    torch.save({"items": items, "users": users[:, 0]}, os.path.join(run_dir, "item_embeddings.pt"))
 
     report["export"] = {
         "path": os.path.abspath(path),
         "size_mb": round(os.path.getsize(path) / 2**20, 2),
         "version": meta["version"],
-        "k": 100,
+        "k": config.k,
+        "serving_config": meta["serving_config"],
         "seconds": round(export_s, 1),
-        "parity_top100_ids": parity,
+        "parity": parity,
         "latency_ms_by_batch": latency,
+        "filtered_latency_ms_by_batch": filtered,
+        "filter": DEMO_FILTER,
     }
     write_json_atomic(os.path.join(run_dir, "report.json"), report)
     _print_summary(report, run_dir)
@@ -106,22 +114,28 @@ def run_demo(overrides: Sequence[str]) -> Dict[str, Any]:
 
 def _print_summary(report: Dict[str, Any], run_dir: str) -> None:
     test, valid = report["test"], report["valid"]
-    rows = [["metric (test split)", "two-tower", "most popular", "ratio"]]
+    rows = [["metric (test split)", "two-tower (click head)", "most popular", "ratio"]]
     for k in (10, 50, 100):
         for m in ("recall", "ndcg"):
             a, b = test[f"{m}@{k}"], test[f"popularity_{m}@{k}"]
             rows.append([f"{m}@{k}", f"{a:.4f}", f"{b:.4f}", f"{a / max(b, 1e-12):.1f}x"])
     print()
     print(_table(rows))
-    ex = report["export"]
     print(f"valid recall@100 {valid['recall@100']:.4f} (popularity {valid['popularity_recall@100']:.4f}); "
           f"{test['num_users']} test users; trained {report['train']['steps']} steps in {report['train']['seconds']} s "
           f"on {report['train']['world_size']} process(es)")
-    print(f"exported {ex['path']} ({ex['size_mb']} MiB, version {ex['version']}); "
-          f"exported top-100 ids equal the training-side modules' for {100 * ex['parity_top100_ids']:.1f}% of entries")
-    lat = [["batch", "latency (ms, median)", "queries/s"]]
+    mt = report["multitask"]
+    print(f"\nmulti-task retrieval, {mt['num_users']} {mt['split']} users: dot product vs OverArch + Value Model "
+          f"(candidates: top-{mt['pool_per_task']} per task, merged: {mt['pool_size_mean']:.0f} on average)")
+    print(_table(multitask_table(mt)))
+    ex = report["export"]
+    print(f"\nexported {ex['path']} ({ex['size_mb']} MiB, version {ex['version']}); the file's top-{ex['k']} ids equal the "
+          f"eager graph's for {100 * ex['parity']['ids']:.1f}% of entries (max value diff {ex['parity']['max_abs_value_diff']:.2e})")
+    lat = [["batch", "no filter: ms (median)", "queries/s", f"filter {ex['filter']!r}: ms", "queries/s"]]
     for b, ms in ex["latency_ms_by_batch"].items():
-        lat.append([b, f"{ms:.2f}", f"{int(b) * 1000 / ms:.0f}"])
+        f_ms = ex["filtered_latency_ms_by_batch"].get(b)
+        lat.append([b, f"{ms:.2f}", f"{int(b) * 1000 / ms:.0f}", f"{f_ms:.2f}" if f_ms else "-",
+                    f"{int(b) * 1000 / f_ms:.0f}" if f_ms else "-"])
     print(_table(lat))
     print(f"report: {os.path.join(run_dir, 'report.json')}")
     print(f"TensorBoard: .venv/bin/tensorboard --logdir {run_dir}/tb")

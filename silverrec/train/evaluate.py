@@ -19,6 +19,7 @@ from silverrec.data.dataset import RecDataset
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.distributed import DistContext, init_distributed, shutdown_distributed
 from silverrec.train.evaluator import Evaluator
+from silverrec.train.multitask_eval import MultiTaskEvaluator, log_multitask
 from silverrec.train.tb_logging import TensorBoardLogger, make_logger
 from silverrec.train.trainer import load_two_tower
 
@@ -29,20 +30,32 @@ def evaluate_model(
     ctx: DistContext,
     ks: Sequence[int] = (10, 50, 100),
     splits: Sequence[str] = ("valid", "test"),
-) -> Dict[str, Dict[str, float]]:
-    """Exact-retrieval metrics and the most-popular baseline on each split.
+    multitask_split: Optional[str] = "test",
+    multitask_users: int = 2000,
+) -> Dict[str, Any]:
+    """Exact-retrieval metrics and the most-popular baseline on each split, and the multi-task
+    comparison (dot product vs OverArch + Value Model, :mod:`silverrec.train.multitask_eval`).
+
+    Args:
+        multitask_split (Optional[str]): split of the multi-task comparison (None: skip it).
+        multitask_users (int): users in it (fixed random subset; 0 = all).
 
     Returns:
-        Dict[str, Dict[str, float]]: per split ``{"recall@K": .., "ndcg@K": .., "popularity_recall@K": ..,
-        "popularity_ndcg@K": .., "num_users": ..}``.
+        Dict[str, Any]: per split ``{"recall@K": .., "ndcg@K": .., "popularity_recall@K": ..,
+        "popularity_ndcg@K": .., "num_users": ..}``, and ``"multitask"`` (see
+        :meth:`MultiTaskEvaluator.evaluate`) with its ``"split"``.
     """
-    out: Dict[str, Dict[str, float]] = {}
+    out: Dict[str, Any] = {}
     for split in splits:
         ev = Evaluator(dataset, split, ks)
         metrics = ev.evaluate(model, ctx)
         metrics.update({f"popularity_{k}": v for k, v in ev.popularity_baseline().items()})
         metrics["num_users"] = int(ev.users.users.size)
         out[split] = metrics
+    if multitask_split:
+        mt_ks = [k for k in (20, 100, 500) if k <= dataset.items.num_rows] or [dataset.items.num_rows]
+        multitask = MultiTaskEvaluator(dataset, multitask_split, ks=mt_ks, max_users=multitask_users).evaluate(model, ctx)
+        out["multitask"] = {"split": multitask_split, **multitask}
     return out
 
 
@@ -55,11 +68,16 @@ def write_json_atomic(path: str, payload: Dict[str, Any]) -> None:
     write_atomically(path, write, ".json")
 
 
-def log_metrics(logger: Optional[TensorBoardLogger], report: Dict[str, Dict[str, float]], step: int) -> None:
+def log_metrics(logger: Optional[TensorBoardLogger], report: Dict[str, Any], step: int) -> None:
+    """Scalars of a report's splits (``valid/recall@100``, ...) and multi-task comparison
+    (``test/multitask/like/recall@100/overarch``, ...)."""
     if logger is None:
         return
     for split, metrics in report.items():
-        logger.scalars({k: v for k, v in metrics.items() if "@" in k}, step, prefix=f"{split}/")
+        if split == "multitask":
+            log_multitask(logger, metrics, step, prefix=f"{metrics['split']}/")
+        else:
+            logger.scalars({k: v for k, v in metrics.items() if "@" in k}, step, prefix=f"{split}/")
     logger.flush()
 
 
@@ -80,7 +98,7 @@ def run_evaluation(cfg: DictConfig) -> Dict[str, Any]:
         report["checkpoint"] = {"path": os.path.abspath(cfg.ckpt_path), "step": int(payload["step"])}
         if ctx.is_main:
             logger = make_logger(cfg.logger.log_dir if cfg.get("logger") else None, True)
-            log_metrics(logger, {s: report[s] for s in cfg.splits}, int(payload["step"]))
+            log_metrics(logger, {s: report[s] for s in [*cfg.splits, "multitask"] if s in report}, int(payload["step"]))
             if logger:
                 logger.close()
             write_json_atomic(cfg.report_path, report)

@@ -8,7 +8,7 @@ user tower heads -> filter + ANN per task -> merge -> fp16 re-score -> OverArch 
 exact filter check -> top-K) and exports it. Load it with ``silverrec.serve.Retriever``.
 """
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import hydra
 import numpy as np
@@ -21,7 +21,7 @@ from silverrec.data.batching import FeatureBatcher, HistoryIndex
 from silverrec.data.dataset import JaggedColumn, RecDataset
 from silverrec.models.two_tower import TwoTower
 from silverrec.retrieval.publish import publish, serving_metadata
-from silverrec.retrieval.serving_graph import ServingConfig
+from silverrec.retrieval.serving_graph import RetrievalGraph, ServingConfig
 from silverrec.schema import HISTORY
 from silverrec.serve.artifact import save_artifact
 from silverrec.serve.requests import RequestEncoder
@@ -60,31 +60,49 @@ def latest_history(dataset: RecDataset, users: np.ndarray) -> JaggedColumn:
     return index.latest(users, dataset.schema.history_length)
 
 
-def export_serving(model: TwoTower, dataset: RecDataset, config: ServingConfig, path: str, extra: Dict[str, Any]
-                   ) -> Dict[str, Any]:
-    """Publishes the index into the serving graph, exports it with a dynamic batch and writes
-    ``path`` atomically.
-
-    Returns:
-        Dict[str, Any]: the artifact metadata (schema, filter dictionary, K, tasks, version stamp, ...).
-    """
+def build_serving_graph(model: TwoTower, dataset: RecDataset, config: ServingConfig) -> Tuple[RetrievalGraph, Dict[str, Any]]:
+    """Publishes the item embeddings and attributes into the serving graph; returns it (eval
+    mode) and its client metadata."""
     items = publish_item_embeddings(model, dataset)
     graph = publish(model, dataset.schema, items, dataset.item_terms(), config)
-    meta = serving_metadata(graph, dataset.schema, config)
-    encoder = RequestEncoder(meta)
-    users = np.arange(3) % dataset.users.num_rows
+    return graph, serving_metadata(graph, dataset.schema, config)
+
+
+def example_inputs(dataset: RecDataset, metadata: Dict[str, Any], num_users: int = 3,
+                   filters: Optional[Sequence[str]] = None) -> Tuple[Tensor, ...]:
+    """Graph inputs for the first users with their latest training history, a filter each (by
+    default: none, a term, a negated term, ...) and their two latest items excluded."""
+    encoder = RequestEncoder(metadata)
+    users = np.arange(num_users) % dataset.users.num_rows
     reqs = example_users(dataset, users, latest_history(dataset, users))
-    first = dataset.schema.filterable_features[0]
-    filters = ["", f"{first.name}:{first.vocab[0]}", f"NOT {first.name}:{first.vocab[0]}"]
-    exclude = [r.get(HISTORY, [])[:2] for r in reqs]
-    args = (encoder.users(reqs), *encoder.filters(filters, len(reqs)), encoder.exclude(exclude, len(reqs)))
+    if filters is None:
+        first = dataset.schema.filterable_features[0]
+        cycle = ["", f"{first.name}:{first.vocab[0]}", f"NOT {first.name}:{first.vocab[0]}"]
+        filters = [cycle[i % 3] for i in range(num_users)]
+    exclude = [r.get(HISTORY, [])[-2:] for r in reqs]
+    return (encoder.users(reqs), *encoder.filters(list(filters), num_users), encoder.exclude(exclude, num_users))
+
+
+def export_graph(graph: RetrievalGraph, dataset: RecDataset, metadata: Dict[str, Any], path: str) -> Dict[str, Any]:
+    """Exports ``graph`` with a dynamic batch (and exclusion width) and writes ``path`` atomically."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     width = torch.export.Dim("exclude", min=1, max=2**20)
     dynamic = {"user_ids": {0: batch}, "opcodes": {0: batch}, "terms": {0: batch}, "hashes": {0: batch},
                "exclude": {0: batch, 1: width}}
     with torch.no_grad():
-        program = torch.export.export(graph, args, dynamic_shapes=dynamic, strict=False)
-    return save_artifact(program, path, {**meta, **extra})
+        program = torch.export.export(graph, example_inputs(dataset, metadata), dynamic_shapes=dynamic, strict=False)
+    return save_artifact(program, path, metadata)
+
+
+def export_serving(model: TwoTower, dataset: RecDataset, config: ServingConfig, path: str, extra: Dict[str, Any]
+                   ) -> Dict[str, Any]:
+    """Builds the serving graph, exports it and writes ``path`` atomically.
+
+    Returns:
+        Dict[str, Any]: the artifact metadata (schema, filter dictionary, K, tasks, version stamp, ...).
+    """
+    graph, meta = build_serving_graph(model, dataset, config)
+    return export_graph(graph, dataset, {**meta, **extra}, path)
 
 
 def run_export(cfg: DictConfig) -> Dict[str, Any]:

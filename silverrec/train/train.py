@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from silverrec.data.dataset import RecDataset
 from silverrec.train.distributed import broadcast_object, init_distributed, shutdown_distributed
 from silverrec.train.evaluate import evaluate_model, log_metrics, write_json_atomic
+from silverrec.train.multitask_eval import multitask_table
 from silverrec.train.tb_logging import flatten, make_logger
 from silverrec.train.trainer import Trainer, TrainerConfig
 
@@ -65,15 +66,19 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
             "validation_history": result.history,
         }
         if ctx.is_main:
-            log_metrics(logger, {s: report[s] for s in ("valid", "test")}, result.step)
+            log_metrics(logger, {s: report[s] for s in ("valid", "test", "multitask")}, result.step)
             if logger:
                 hp = flatten({"model": dataclasses.asdict(instantiate(cfg.model)), "loss": dataclasses.asdict(instantiate(cfg.loss)),
                               "trainer": dataclasses.asdict(trainer_cfg)})
                 hp.update({"seed": cfg.seed, "world_size": ctx.world_size})
-                logger.hparams(hp, {f"test/{k}": v for k, v in report["test"].items() if k.startswith("recall@")})
+                final = {f"test/{k}": v for k, v in report["test"].items() if k.startswith("recall@")}
+                value = report["multitask"].get("value_recall@100", {})
+                final.update({f"test/value_recall@100/{kind}": v for kind, v in value.items() if v is not None})
+                logger.hparams(hp, final)
                 logger.close()
             write_json_atomic(paths["report_path"], report)
             print(json.dumps({s: {k: round(v, 4) for k, v in report[s].items()} for s in ("valid", "test")}, indent=2))
+            print("\n".join("  ".join(f"{c:<18}" for c in row) for row in multitask_table(report["multitask"])))
         return report
     finally:
         shutdown_distributed()

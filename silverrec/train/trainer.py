@@ -170,6 +170,7 @@ class Trainer:
                 self._set_lr(opt, base_lr, step)
                 if loss_config.hard_negatives and step % loss_config.hard_negative_refresh == 0 and step > 0:
                     self._refresh_negatives(model, dataset)
+                model.module.reseed(seed * 1_000_003 + step)
                 labels = torch.stack([batch.labels[t] for t in tasks], dim=1)
                 loss, parts = model(batch.features.to(ctx.device), batch.item_rows.to(ctx.device), labels.to(ctx.device))
                 opt.zero_grad()

@@ -10,9 +10,14 @@ def test_demo_writes_the_documented_report(tmp_path, capsys):
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["test"]["recall@100"] == report["test"]["recall@100"]
     assert 0.0 <= on_disk["test"]["popularity_recall@100"] <= 1.0
-    assert os.path.isfile(on_disk["export"]["path"]) and on_disk["export"]["path"].endswith("retrieval.pt2")
-    assert on_disk["export"]["parity_top100_ids"] > 0.99
-    assert set(on_disk["export"]["latency_ms_by_batch"]) == {"1", "16", "256"}
+    ex = on_disk["export"]
+    assert os.path.isfile(ex["path"]) and ex["path"].endswith("serving.pt2")
+    assert ex["parity"]["ids"] > 0.99 and ex["parity"]["max_abs_value_diff"] < 1e-5
+    assert set(ex["latency_ms_by_batch"]) == {"1", "16", "256"} and set(ex["filtered_latency_ms_by_batch"]) == {"1", "16"}
+    mt = on_disk["multitask"]
+    assert set(mt["tasks"]) == {"click", "like", "share", "watch"}
+    assert set(mt["tasks"]["like"]["recall@100"]) == {"dot", "overarch"}
+    assert {"dot", "overarch"} <= set(mt["value_recall@100"])
     assert (tmp_path / "item_embeddings.pt").is_file()
     out = capsys.readouterr().out
-    assert "recall@100" in out and "tensorboard --logdir" in out
+    assert "recall@100" in out and "tensorboard --logdir" in out and "value (weighted)" in out
