@@ -99,6 +99,15 @@ def test_all_rows_form_and_large_scan() -> None:
     assert_same(ivf_int8_topk(*args), ivf_int8_topk_reference(*args))
 
 
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("B, C, P", [(40, 3, 2), (64, 200, 1), (33, 20, 9)])
+def test_shared_and_unshared_clusters(B: int, C: int, P: int, with_mask: bool) -> None:
+    """Many queries on few clusters take the cluster-major scan (rows x 4 queries), few take the
+    query-major one; both equal the reference (D = 131: the AVX2 loop and a scalar tail)."""
+    args = random_case(11 + B, B=B, N=3000, D=131, C=C, P=P, k=50, density=0.2, code_range=127, with_mask=with_mask)
+    assert_same(ivf_int8_topk(*args), ivf_int8_topk_reference(*args))
+
+
 @settings(deadline=None, max_examples=40, derandomize=True)
 @given(seed=st.integers(0, 2**31 - 1), D=st.integers(1, 40), k=st.integers(1, 30))
 def test_probe_then_filter_equals_filter_then_probe(seed: int, D: int, k: int) -> None:

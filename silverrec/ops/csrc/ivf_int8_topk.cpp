@@ -7,6 +7,15 @@
 // score float(acc) * q_scale * scale, applied in that order as in the reference so the floats are
 // bit-identical; a threshold + partial-selection buffer keeps the running top-k under the tie rule (higher score first,
 // equal scores: lower row first). No [B, N] buffer is ever allocated.
+//
+// When the queries of a batch share probed clusters (on average >= kShareRatio queries per probed
+// cluster), the scan is cluster-major instead (scan_cluster_major): each probed cluster's codes
+// are read once for all its queries, 4 queries per pass over a row (dot_i8_x4), like a small
+// int8 GEMM per cluster, and per-thread top-ks are merged; same results, since the top-k of a
+// strict total order does not depend on the push order.
+//
+// The same file holds the two ops around the scan in a search: ivf_select_probes (probe choice
+// by centroid order and passing-row coverage) and ivf_rescore_topk (exact re-score + final top-k).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -53,6 +62,9 @@ inline int32_t dot_i8(const int8_t* a, const int8_t* b, int64_t D) {
 
 using Entry = std::pair<float, int64_t>;  // (score, row)
 
+// Average queries per probed cluster from which the cluster-major scan pays.
+constexpr double kShareRatio = 4.0;
+
 // a ranks before b: higher score, then lower row (the tie rule).
 inline bool better(const Entry& a, const Entry& b) {
   return a.first > b.first || (a.first == b.first && a.second < b.second);
@@ -95,6 +107,151 @@ struct TopK {
   Entry thr_{0.0f, 0};
   std::vector<Entry> buf_;
 };
+
+// Exact int8 dot products of one item row with 4 queries (the sign trick of dot_i8): the row is
+// loaded and made absolute once per 32 columns and shared by the 4 queries.
+inline void dot_i8_x4(const int8_t* row, const int8_t* const* q, int64_t D, int32_t* out) {
+  int64_t d = 0;
+  out[0] = out[1] = out[2] = out[3] = 0;
+#ifdef __AVX2__
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (; d + 32 <= D; d += 32) {
+    const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + d));
+    const __m256i ab = _mm256_abs_epi8(vb);
+#define SILVERREC_DOT_STEP(acc, j)                                                                       \
+  acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ab, _mm256_sign_epi8(              \
+                                   _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[j] + d)), vb)), \
+                               ones))
+    SILVERREC_DOT_STEP(a0, 0);
+    SILVERREC_DOT_STEP(a1, 1);
+    SILVERREC_DOT_STEP(a2, 2);
+    SILVERREC_DOT_STEP(a3, 3);
+#undef SILVERREC_DOT_STEP
+  }
+  // lanes of (a0, a1, a2, a3) -> four sums
+  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+  const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), s);
+#endif
+  for (; d < D; ++d) {
+    for (int j = 0; j < 4; ++j) out[j] += static_cast<int32_t>(q[j][d]) * static_cast<int32_t>(row[d]);
+  }
+}
+
+// Cluster-major scan, used when the queries of a batch share probed clusters: each probed cluster
+// is read once for all the queries probing it (rows x 4 queries per step, see dot_i8_x4), and
+// each thread keeps its own running top-k per query; the per-thread top-ks are merged at the end.
+// The top-k of a strict total order does not depend on the push order, so the result is the
+// same as the query-major scan's.
+void scan_cluster_major(const int8_t* q, const float* qs, const int8_t* cd, const float* sc, const int64_t* off,
+                        const int64_t* prb, const uint64_t* mk, int64_t mask_row_stride, int64_t B, int64_t C,
+                        int64_t P, int64_t D, int64_t k, float* os, int64_t* orw, int64_t* ov) {
+  // queries of each probed cluster (a query's repeated clusters count once), grouped by counting sort
+  std::vector<int64_t> start(C + 1, 0), last(C, -1);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t c = prb[b * P + p];
+      if (c >= 0 && last[c] != b) {
+        last[c] = b;
+        ++start[c + 1];
+      }
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) start[c + 1] += start[c];
+  std::vector<int64_t> members(start[C]), fill(start.begin(), start.end() - 1);
+  std::fill(last.begin(), last.end(), -1);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t c = prb[b * P + p];
+      if (c >= 0 && last[c] != b) {
+        last[c] = b;
+        members[fill[c]++] = b;
+      }
+    }
+  }
+  // work items: probed clusters, in order of their best probe position over their queries (so
+  // each query meets its best clusters early and its top-k threshold rises early), dealt
+  // round-robin to the threads
+  std::vector<int64_t> rank(C, P);
+  for (int64_t i = 0; i < B * P; ++i) {
+    if (prb[i] >= 0) rank[prb[i]] = std::min(rank[prb[i]], i % P);
+  }
+  std::vector<int64_t> work;
+  for (int64_t c = 0; c < C; ++c) {
+    if (start[c + 1] > start[c] && off[c + 1] > off[c]) work.push_back(c);
+  }
+  std::stable_sort(work.begin(), work.end(), [&](int64_t a, int64_t b) { return rank[a] < rank[b]; });
+  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(work.size())));
+  std::vector<std::vector<TopK>> tops(T);
+  std::vector<std::vector<int64_t>> counts(T, std::vector<int64_t>(B, 0));
+  for (auto& t : tops) t.assign(B, TopK(k));
+  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      std::vector<TopK>& top = tops[t];
+      int64_t* cnt = counts[t].data();
+      std::vector<int64_t> qb;  // the queries of the cluster, padded to a multiple of 4
+      std::vector<uint64_t> any_word;
+      for (size_t w = t; w < work.size(); w += T) {
+        const int64_t c = work[w], lo = off[c], hi = off[c + 1];
+        qb.assign(members.begin() + start[c], members.begin() + start[c + 1]);
+        const int64_t nq = static_cast<int64_t>(qb.size());
+        auto visit = [&](int64_t row, bool check) {
+          const int8_t* item = cd + row * D;
+          int64_t j = 0;
+          for (; j + 4 <= nq; j += 4) {
+            const int8_t* qp[4] = {q + qb[j] * D, q + qb[j + 1] * D, q + qb[j + 2] * D, q + qb[j + 3] * D};
+            int32_t acc[4];
+            dot_i8_x4(item, qp, D, acc);
+            for (int64_t u = 0; u < 4; ++u) {
+              const int64_t b = qb[j + u];
+              if (check && !((mk[b * mask_row_stride + (row >> 6)] >> (row & 63)) & 1)) continue;
+              top[b].push(static_cast<float>(acc[u]) * qs[b] * sc[row], row);
+              ++cnt[b];
+            }
+          }
+          for (; j < nq; ++j) {  // the last 1-3 queries one by one
+            const int64_t b = qb[j];
+            if (check && !((mk[b * mask_row_stride + (row >> 6)] >> (row & 63)) & 1)) continue;
+            top[b].push(static_cast<float>(dot_i8(q + b * D, item, D)) * qs[b] * sc[row], row);
+            ++cnt[b];
+          }
+        };
+        if (mk == nullptr) {
+          for (int64_t row = lo; row < hi; ++row) visit(row, false);
+          continue;
+        }
+        for (int64_t w0 = lo >> 6; w0 < ((hi + 63) >> 6); ++w0) {
+          uint64_t bits = 0;  // rows passing for at least one of the cluster's queries
+          for (int64_t j = 0; j < nq; ++j) bits |= mk[qb[j] * mask_row_stride + w0];
+          const int64_t base = w0 << 6;
+          if (base < lo) bits &= ~uint64_t(0) << (lo - base);
+          if (base + 64 > hi) bits &= ~uint64_t(0) >> (base + 64 - hi);
+          while (bits) {
+            visit(base + __builtin_ctzll(bits), true);
+            bits &= bits - 1;
+          }
+        }
+      }
+    }
+  });
+  at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      TopK& merged = tops[0][b];
+      int64_t eligible = counts[0][b];
+      for (int64_t t = 1; t < T; ++t) {
+        for (const Entry& e : tops[t][b].buf_) merged.push(e.first, e.second);
+        eligible += counts[t][b];
+      }
+      const std::vector<Entry>& best = merged.finish();
+      for (size_t i = 0; i < best.size(); ++i) {
+        os[b * k + i] = best[i].first;
+        orw[b * k + i] = best[i].second;
+      }
+      ov[b] = std::min(eligible, k);
+    }
+  });
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
     const at::Tensor& q_codes_in, const at::Tensor& q_scales_in, const at::Tensor& codes_in,
@@ -166,6 +323,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
   const float* sc = scales.data_ptr<float>();
   const uint64_t* mk = mask_in.has_value() ? reinterpret_cast<const uint64_t*>(mask_t.data_ptr<int64_t>()) : nullptr;
 
+  // Queries sharing clusters: read each probed cluster once for all its queries. Counted as
+  // (query, cluster) pairs per distinct probed cluster; 1.0 means no sharing at all.
+  {
+    std::vector<uint8_t> probed(C, 0);
+    int64_t pairs = 0, distinct = 0;
+    for (int64_t i = 0; i < B * P; ++i) {
+      if (prb[i] < 0) continue;
+      ++pairs;
+      if (!probed[prb[i]]) {
+        probed[prb[i]] = 1;
+        ++distinct;
+      }
+    }
+    if (B >= 4 && pairs >= kShareRatio * distinct) {
+      scan_cluster_major(q, qs, cd, sc, off, prb, mk, mask_row_stride, B, C, P, D, k, os, orw, ov);
+      return {out_scores, out_rows, out_valid};
+    }
+  }
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     // clusters are scanned in probe order (best centroid first, so the top-k threshold rises
     // early and later clusters insert little); `seen` skips repeats and is reset after each query
@@ -232,6 +407,14 @@ inline int64_t rank_key(float score, int64_t id) {
          static_cast<int64_t>(0xFFFFFFFFLL - id);
 }
 inline int64_t key_id(int64_t key) { return 0xFFFFFFFFLL - (key & 0xFFFFFFFFLL); }
+// The (normalised, so never -0.0) score a rank key was made from.
+inline float key_score(int64_t key) {
+  const int32_t fkey = static_cast<int32_t>(key >> 32);
+  const int32_t bits = fkey ^ ((fkey >> 31) & 0x7FFFFFFF);
+  float s;
+  std::memcpy(&s, &bits, sizeof(s));
+  return s;
+}
 
 // Set bits of the packed mask row `mb` within rows [lo, hi).
 inline int64_t count_bits(const uint64_t* mb, int64_t lo, int64_t hi) {
@@ -378,7 +561,17 @@ __attribute__((target("avx2"))) inline __m256 load8<at::BFloat16>(const at::BFlo
 template <typename T>
 __attribute__((target("avx2,fma,f16c"))) double dot_f64(const T* row, const double* q, int64_t D) {
   __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+  __m256d acc2 = _mm256_setzero_pd(), acc3 = _mm256_setzero_pd();  // 4 chains hide the FMA latency
   int64_t d = 0;
+  for (; d + 16 <= D; d += 16) {
+    const __m256 x = load8<T>(row + d), y = load8<T>(row + d + 8);
+    acc0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), _mm256_loadu_pd(q + d), acc0);
+    acc1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), _mm256_loadu_pd(q + d + 4), acc1);
+    acc2 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(y)), _mm256_loadu_pd(q + d + 8), acc2);
+    acc3 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(y, 1)), _mm256_loadu_pd(q + d + 12), acc3);
+  }
+  acc0 = _mm256_add_pd(acc0, acc2);
+  acc1 = _mm256_add_pd(acc1, acc3);
   for (; d + 8 <= D; d += 8) {
     const __m256 x = load8<T>(row + d);
     acc0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), _mm256_loadu_pd(q + d), acc0);
@@ -397,7 +590,7 @@ void rescore_rows(const float* qf, const T* cache, const int64_t* rows, const in
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, K0 * D));
   at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
     std::vector<double> qd(D);
-    std::vector<std::pair<int64_t, float>> cand;  // (rank key, score)
+    std::vector<int64_t> cand;  // rank keys (the score is recovered from the key's high word)
     cand.reserve(K0);
     for (int64_t b = b0; b < b1; ++b) {
       for (int64_t d = 0; d < D; ++d) qd[d] = qf[b * D + d];
@@ -415,15 +608,17 @@ void rescore_rows(const float* qf, const T* cache, const int64_t* rows, const in
         if (j + kAhead < K0) prefetch_row(j + kAhead);
         const int64_t r = rows[b * K0 + j];
         if (r < 0) continue;
-        const float s = static_cast<float>(dot_f64<T>(cache + r * D, qd.data(), D)) + 0.0f;
-        cand.push_back({rank_key(s, row_to_id[r]), s});
+        const float s = static_cast<float>(dot_f64<T>(cache + r * D, qd.data(), D));
+        cand.push_back(rank_key(s, row_to_id[r]));
       }
       const int64_t kept = std::min<int64_t>(k, cand.size());
-      std::partial_sort(cand.begin(), cand.begin() + kept, cand.end(),
-                        [](const std::pair<int64_t, float>& a, const std::pair<int64_t, float>& b) { return a.first > b.first; });
+      if (kept < static_cast<int64_t>(cand.size())) {
+        std::nth_element(cand.begin(), cand.begin() + (kept - 1), cand.end(), std::greater<int64_t>());
+      }
+      std::sort(cand.begin(), cand.begin() + kept, std::greater<int64_t>());
       for (int64_t i = 0; i < kept; ++i) {
-        os[b * k + i] = cand[i].second;
-        oi[b * k + i] = key_id(cand[i].first);
+        os[b * k + i] = key_score(cand[i]);
+        oi[b * k + i] = key_id(cand[i]);
       }
     }
   });
