@@ -33,6 +33,8 @@ class LossConfig:
         task_weights (Dict[str, float]): weight of each task's losses (tasks not listed: 1.0).
         over_arch_weight (float): weight of the OverArch losses relative to the retrieval losses
             (ignored when the model has no OverArch).
+        over_arch_rows (int): rows of each batch that train the OverArch (the first ones of a
+            shuffled batch; 0 = all). Its cost grows with rows x negatives x tasks.
         sampled_negatives (int): in-batch negatives per row in the OverArch loss.
         hard_negatives (int): negatives per row mined from an index over the item embeddings
             (0: none); the index is rebuilt every ``hard_negative_refresh`` steps.
@@ -41,6 +43,7 @@ class LossConfig:
 
     task_weights: Dict[str, float] = field(default_factory=dict)
     over_arch_weight: float = 1.0
+    over_arch_rows: int = 256
     sampled_negatives: int = 31
     hard_negatives: int = 0
     hard_negative_refresh: int = 500
@@ -52,7 +55,7 @@ class LossConfig:
                 raise ValueError(f"loss.task_weights.{name} must be >= 0, got {w}")
         if not self.over_arch_weight >= 0:
             raise ValueError(f"loss.over_arch_weight must be >= 0, got {self.over_arch_weight}")
-        for name in ("sampled_negatives", "hard_negatives"):
+        for name in ("over_arch_rows", "sampled_negatives", "hard_negatives"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if self.hard_negative_refresh < 1:
@@ -115,34 +118,37 @@ class TwoTowerTrainTask(nn.Module):
         parts: Dict[str, Tensor] = {}
         total = u.new_zeros(())
         oa_logits, oa_target = None, None
+        r = b if not self.config.over_arch_rows else min(b, self.config.over_arch_rows)
         if tt.over_arch is not None and self.config.over_arch_weight > 0:
-            oa_logits = self._over_arch_logits(u, v, item_rows)  # [B, C, T], column 0 = positive
-            oa_target = torch.zeros(b, dtype=torch.long, device=u.device)
+            oa_logits = self._over_arch_logits(u, v, item_rows, r)  # [R, C, T], column 0 = positive
+            oa_target = torch.zeros(r, dtype=torch.long, device=u.device)
         for i, name in enumerate(tt.task_names):
             w = self.task_weights[i]
             retrieval = self.loss(u[:, i] @ v.t() * scale, item_rows, labels[:, i])
             parts[f"retrieval/{name}"] = retrieval.detach()
             task_loss = retrieval
             if oa_logits is not None:
-                over = weighted_cross_entropy(oa_logits[:, :, i], oa_target, labels[:, i])
+                over = weighted_cross_entropy(oa_logits[:, :, i], oa_target, labels[:r, i])
                 parts[f"overarch/{name}"] = over.detach()
                 task_loss = task_loss + self.config.over_arch_weight * over
             total = total + w * task_loss
         return total, parts
 
-    def _over_arch_logits(self, u: Tensor, v: Tensor, item_rows: Tensor) -> Tensor:
-        """[B, 1 + S (+ H), T] logits of each row's positive, sampled in-batch and hard negatives."""
+    def _over_arch_logits(self, u: Tensor, v: Tensor, item_rows: Tensor, r: int) -> Tensor:
+        """[R, 1 + S (+ H), T] logits of the first R rows' positives, sampled in-batch negatives
+        (from all B rows) and hard negatives."""
         b = u.shape[0]
         s = min(self.config.sampled_negatives, b - 1)
         offsets = (torch.randperm(b - 1, generator=self.generator)[:s] + 1).to(u.device)  # distinct non-zero shifts: never the row itself
-        cols = (torch.arange(b, device=u.device).unsqueeze(1) + offsets) % b  # [B, S]
-        cand_rows = torch.cat([item_rows.unsqueeze(1), item_rows[cols]], dim=1)  # [B, 1 + S]
-        cand = torch.cat([v.unsqueeze(1), v[cols]], dim=1)
-        logits = self.two_tower.task_logits(u, cand) - self.loss.item_log_q[cand_rows].unsqueeze(-1)
-        hit = torch.cat([torch.zeros_like(cols[:, :1], dtype=torch.bool), cand_rows[:, 1:] == item_rows.unsqueeze(1)], 1)
+        cols = (torch.arange(r, device=u.device).unsqueeze(1) + offsets) % b  # [R, S]
+        pos = item_rows[:r]
+        cand_rows = torch.cat([pos.unsqueeze(1), item_rows[cols]], dim=1)  # [R, 1 + S]
+        cand = torch.cat([v[:r].unsqueeze(1), v[cols]], dim=1)
+        logits = self.two_tower.task_logits(u[:r], cand) - self.loss.item_log_q[cand_rows].unsqueeze(-1)
+        hit = torch.cat([torch.zeros_like(cols[:, :1], dtype=torch.bool), cand_rows[:, 1:] == pos.unsqueeze(1)], 1)
         logits = logits.masked_fill(hit.unsqueeze(-1), float("-inf"))
         if self.config.hard_negatives and self.negative_index is not None:
-            logits = torch.cat([logits, self._hard_negative_logits(u, item_rows)], dim=1)
+            logits = torch.cat([logits, self._hard_negative_logits(u[:r], pos)], dim=1)
         return logits
 
     def _hard_negative_logits(self, u: Tensor, item_rows: Tensor) -> Tensor:

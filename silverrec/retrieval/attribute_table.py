@@ -114,26 +114,61 @@ class AttributeTable(nn.Module):
             >>> table(torch.tensor([[BLOOM_NOT_TERM]]), torch.tensor([[1]]), torch.tensor([[0, 1, -1]]))
             tensor([[ True, False, False]])
         """
-        B, L = opcodes.shape
-        K = rows.shape[1]
-        valid = (rows >= 0) & (rows < self.num_items)  # [B, K]
-        key = rows[:, :, None] * max(self.num_terms, 1) + terms[:, None, :]  # [B, K, L]
-        pos = torch.searchsorted(self.keys, key.reshape(-1)).reshape(B, K, L)
-        member = self.keys[pos] == key  # the sentinel keeps pos in range  [B, K, L]
-        stack = torch.zeros(B, K, L + 1, dtype=torch.bool, device=rows.device)
-        sp = torch.zeros(B, 1, 1, dtype=torch.int64, device=rows.device)
-        for l in range(L):
-            op = opcodes[:, l, None]  # [B, 1]
-            is_not = (op == BLOOM_NOT_TERM) | (op == BLOOM_NOT_ROWS)  # both negate the term terms[:, l]
-            push = torch.where(op == BLOOM_TERM, member[:, :, l], torch.where(is_not, ~member[:, :, l], op == BLOOM_TRUE))
-            is_push = (op == BLOOM_TERM) | is_not | (op == BLOOM_TRUE) | (op == BLOOM_FALSE)  # [B, 1]
-            is_bin = (op == BLOOM_AND) | (op == BLOOM_OR)
-            top1 = stack.gather(2, (sp - 1).clamp(min=0).expand(B, K, 1))[:, :, 0]
-            top2 = stack.gather(2, (sp - 2).clamp(min=0).expand(B, K, 1))[:, :, 0]
-            combined = torch.where(op == BLOOM_AND, top1 & top2, top1 | top2)
-            at = torch.where(is_bin[:, :, None], sp - 2, sp).clamp(min=0).expand(B, K, 1)
-            current = stack.gather(2, at)[:, :, 0]
-            value = torch.where(is_push, push, torch.where(is_bin, combined, current))
-            stack = stack.scatter(2, at, value[:, :, None])
-            sp = sp + is_push[:, :, None].long() - is_bin[:, :, None].long()
-        return stack[:, :, 0] & valid
+        return exact_check(self.keys, self.num_terms, self.num_items, opcodes, terms, rows)
+
+
+def term_membership(keys: Tensor, num_terms: int, terms: Tensor, rows: Tensor) -> Tensor:
+    """Whether each candidate row holds each plan term: bool ``[B, K, L]``.
+
+    Args:
+        keys (Tensor): int64 ascending ``row * T + term`` of every (row, term) pair, followed by at
+            least one sentinel (int64 max).
+        num_terms (int): T.
+        terms (Tensor): int64 ``[B, L]`` plan term ids (-1 where none); rows (Tensor): int64 ``[B, K]``.
+    """
+    B, K, L = rows.shape[0], rows.shape[1], terms.shape[1]
+    key = rows[:, :, None] * max(num_terms, 1) + terms[:, None, :]  # [B, K, L]
+    pos = torch.searchsorted(keys, key.reshape(-1)).reshape(B, K, L)
+    return keys[pos] == key  # the sentinel keeps pos in range
+
+
+def run_filter_program(opcodes: Tensor, member: Tensor) -> Tensor:
+    """Evaluates B postfix filter programs on K candidates each: bool ``[B, K]``.
+
+    The stack pointer depends only on the opcodes, so every instruction's stack slots are
+    computed up front; the loop over the L instructions then reads two slots and writes one.
+
+    Args:
+        opcodes (Tensor): int64 ``[B, L]`` (``BLOOM_*``).
+        member (Tensor): bool ``[B, K, L]`` from :func:`term_membership`.
+    """
+    B, L = opcodes.shape
+    K = member.shape[1]
+    is_not = (opcodes == BLOOM_NOT_TERM) | (opcodes == BLOOM_NOT_ROWS)  # both negate the term  [B, L]
+    is_push = (opcodes == BLOOM_TERM) | is_not | (opcodes == BLOOM_TRUE) | (opcodes == BLOOM_FALSE)
+    is_bin = (opcodes == BLOOM_AND) | (opcodes == BLOOM_OR)
+    is_and = opcodes == BLOOM_AND
+    delta = is_push.long() - is_bin.long()
+    sp = torch.cumsum(delta, dim=1) - delta  # stack size before each instruction  [B, L]
+    top1 = (sp - 1).clamp(min=0)
+    top2 = (sp - 2).clamp(min=0)
+    at = torch.where(is_bin, sp - 2, sp).clamp(min=0)  # the slot each instruction writes
+    push = torch.where(is_not.unsqueeze(1), ~member, member)  # TERM / NOT: the (negated) membership
+    push = torch.where(((opcodes == BLOOM_TRUE) | (opcodes == BLOOM_FALSE)).unsqueeze(1), (opcodes == BLOOM_TRUE).unsqueeze(1), push)
+    stack = torch.zeros(B, K, L + 1, dtype=torch.bool, device=member.device)
+    for l in range(L):
+        a = stack.gather(2, top1[:, l, None, None].expand(B, K, 1))[:, :, 0]
+        b = stack.gather(2, top2[:, l, None, None].expand(B, K, 1))[:, :, 0]
+        slot = at[:, l, None, None].expand(B, K, 1)
+        combined = torch.where(is_and[:, l, None], a & b, a | b)
+        keep = stack.gather(2, slot)[:, :, 0]  # NOP: rewrite the slot with itself
+        value = torch.where(is_push[:, l, None], push[:, :, l], torch.where(is_bin[:, l, None], combined, keep))
+        stack = stack.scatter(2, slot, value[:, :, None])
+    return stack[:, :, 0]
+
+
+def exact_check(keys: Tensor, num_terms: int, num_rows: "int | Tensor", opcodes: Tensor, terms: Tensor, rows: Tensor) -> Tensor:
+    """Exact check of candidate rows against B plans from the sorted ``row * T + term`` keys
+    (see :meth:`AttributeTable.forward`): bool ``[B, K]``; rows outside ``[0, num_rows)`` never pass."""
+    valid = (rows >= 0) & (rows < num_rows)
+    return run_filter_program(opcodes, term_membership(keys, num_terms, terms, rows)) & valid

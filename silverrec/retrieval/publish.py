@@ -5,7 +5,7 @@ from typing import Any, Dict, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from silverrec.models.padded_user_encoder import padded_user_encoder_from_two_tower, user_slots
+from silverrec.models.padded_encoder import item_slots, padded_user_encoder_from_two_tower, user_slots
 from silverrec.models.two_tower import TwoTower
 from silverrec.retrieval.bloom_index import BloomIndex
 from silverrec.retrieval.ivf_index import IVFInt8Index
@@ -48,7 +48,8 @@ def publish(
 
 
 def serving_metadata(graph: RetrievalGraph, schema: Schema, config: ServingConfig) -> Dict[str, Any]:
-    """What a client needs besides the graph: schema, slots, the filter dictionary, K, tasks."""
+    """What a client needs besides the graph: schema, slots, the filter dictionary and its bit
+    layout (for fresh items), K, tasks."""
     bloom = graph.bloom
     return {
         "kind": "retrieval_graph",
@@ -56,11 +57,15 @@ def serving_metadata(graph: RetrievalGraph, schema: Schema, config: ServingConfi
         "k": graph.k,
         "num_items": graph.num_items,
         "user_slots": [[key, n] for key, n in user_slots(schema)],
+        "item_slots": [[key, n] for key, n in item_slots(schema)],
         "tasks": list(graph.scorer.value_model.task_names),
         "value_formula": graph.scorer.value_model.formula,
         "has_over_arch": graph.scorer.over_arch is not None,
         "serving_config": dataclasses.asdict(config),
+        "dim": int(graph.cache.shape[1]),
+        "quantization": config.quantization,
         "filter": {
+            "bit_rows": int(bloom.bits.shape[0]),
             "features": list(bloom.dictionary.features),
             "terms": [list(t) for t in bloom.dictionary.terms],
             "term_hashes": bloom.term_hashes.tolist(),

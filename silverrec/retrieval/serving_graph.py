@@ -2,11 +2,12 @@
 
 Data flow (B queries, T tasks, K0 candidates per task, M = T * K0, K results)::
 
-    user_ids [B, S] ─► PaddedUserEncoder ─► u [B, T, D]
-    filter plan ─► bloom_search over all rows ─► packed mask [B, W]  (minus the excluded items)
+    user_ids [B, S] ─► PaddedEncoder ─► u [B, T, D]
+    filter plan ─► bloom_search over all rows ─► packed mask [B, W]  (minus excluded and deleted items)
     u ─► centroid scores ─► probed clusters per (query, task) ─► ivf_int8_topk (+mask) ─► [B, T, K0]
-      ─► merge_candidates ─► [B, M] ─► fp16 cache re-score + OverArch ─► task predictions [B, M, T]
-      ─► exact filter check (attribute table) ─► Value Model ─► top-K by value
+    u ─► fresh index (inputs): bloom_search + ivf_int8_topk over its rows ─► [B, T, K0]
+      ─► best K0 of both per task ─► merge_candidates ─► [B, M] ─► fp16 cache re-score + OverArch
+      ─► task predictions [B, M, T] ─► exact filter check ─► Value Model ─► top-K by value
 
 Fixed output shapes, no host syncs, no data-dependent Python control flow, so the module passes
 ``torch.export`` with a dynamic batch. The probe count adapts per query without leaving the
@@ -14,6 +15,9 @@ graph: with a filter passing a fraction r of the items (an exact popcount of the
 probes ``ceil(n_probe / r)`` clusters (at most all of them: a filtered exhaustive scan), so a
 strict filter is not starved. Items in a query's ``exclude`` list are cleared from its mask
 before the scan, so they never take a candidate slot.
+
+Items added, updated or deleted after publish come in as inputs (:mod:`silverrec.retrieval.fresh_index`):
+tombstones hide main rows, and the fresh rows are scanned beside the main ones (rows ``N + f``).
 """
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -23,8 +27,9 @@ from torch import Tensor, nn
 
 import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.*)
 from silverrec.models.candidate_scorer import CandidateScorer
-from silverrec.models.padded_user_encoder import PaddedUserEncoder
+from silverrec.models.padded_encoder import PaddedEncoder
 from silverrec.retrieval.bloom_index import BloomIndex
+from silverrec.retrieval.attribute_table import run_filter_program, term_membership
 from silverrec.retrieval.candidates import merge_candidates
 from silverrec.retrieval.ivf_index import IVFInt8Index
 from silverrec.retrieval.packed_mask import popcount
@@ -72,7 +77,7 @@ class RetrievalGraph(nn.Module):
     Build it with :func:`silverrec.retrieval.publish.publish`.
 
     Args:
-        user_encoder (PaddedUserEncoder): the user tower (T heads).
+        user_encoder (PaddedEncoder): the user tower (T heads).
         scorer (CandidateScorer): similarity, OverArch and Value Model.
         index (IVFInt8Index): the item index (its rows are the graph's rows).
         bloom (BloomIndex): the filter index over the same rows (built with
@@ -85,17 +90,21 @@ class RetrievalGraph(nn.Module):
         user_ids (Tensor): int64 ``[B, S]`` user feature slots (-1 = empty).
         opcodes (Tensor): int64 ``[B, L]``, terms (Tensor): int64 ``[B, L]``, hashes (Tensor):
             int64 ``[B, L, H]``: the filter plans (``BloomIndex.plan``; the blank filter matches all).
-        exclude (Tensor): int64 ``[B, E]`` item rows never to return (e.g. already seen), -1 = none.
+        exclude (Tensor): int64 ``[B, E]`` item ids never to return (e.g. already seen), -1 = none.
+        deleted, fresh_codes, fresh_scales, fresh_cache, fresh_item_ids, fresh_bits, fresh_live,
+        fresh_posting_offsets, fresh_posting_rows, fresh_keys (Tensor): the fields of a
+            :class:`~silverrec.retrieval.fresh_index.FreshIndex` (tombstones and fresh items).
 
     Returns:
         Tuple[Tensor, Tensor, Tensor, Tensor]: ``ids`` int64 ``[B, K]`` item rows best first
         (-1 padding), ``value`` float32 ``[B, K]`` (-inf padding), ``task_scores`` float32
-        ``[B, K, T]`` and ``num_valid`` int64 ``[B]``.
+        ``[B, K, T]`` and ``num_valid`` int64 ``[B]``. Item ids past the published ones name
+        fresh items.
     """
 
     def __init__(
         self,
-        user_encoder: PaddedUserEncoder,
+        user_encoder: PaddedEncoder,
         scorer: CandidateScorer,
         index: IVFInt8Index,
         bloom: BloomIndex,
@@ -130,29 +139,57 @@ class RetrievalGraph(nn.Module):
         self.register_buffer("item_to_row", rank)
         self.register_buffer("all_rows", torch.tensor([0, index.num_items], dtype=torch.int64))
 
-    def forward(self, user_ids: Tensor, opcodes: Tensor, terms: Tensor, hashes: Tensor, exclude: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, user_ids: Tensor, opcodes: Tensor, terms: Tensor, hashes: Tensor, exclude: Tensor,
+                deleted: Tensor, fresh_codes: Tensor, fresh_scales: Tensor, fresh_cache: Tensor, fresh_item_ids: Tensor,
+                fresh_bits: Tensor, fresh_live: Tensor, fresh_posting_offsets: Tensor, fresh_posting_rows: Tensor,
+                fresh_keys: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         u = self.user_encoder(user_ids)  # [B, T, D]
         B, T, D = u.shape
-        mask = self.bloom(opcodes, terms, hashes, user_ids.new_zeros((B, 1)), self.all_rows)  # [B, W]
-        mask = mask & ~self._excluded_words(exclude, mask)
+        N, F = self.num_items, fresh_codes.shape[0]
+        zero_probe = user_ids.new_zeros((B, 1))
+        mask = self.bloom(opcodes, terms, hashes, zero_probe, self.all_rows)  # [B, W]
+        mask = mask & ~self._excluded_words(exclude, mask) & ~deleted
+        f_rows_range = torch.arange(2, device=u.device) * F  # [0, F]
+        f_mask = torch.ops.silverrec.bloom_search(fresh_bits, opcodes, terms, hashes, fresh_posting_offsets,
+                                                   fresh_posting_rows, zero_probe, f_rows_range) & fresh_live
         # probes per query: n_probe / pass rate (all clusters for a very strict filter)
-        rate = popcount(mask).float() / self.num_items
-        n_eff = torch.ceil(self.n_probe / rate.clamp(min=1.0 / self.num_items)).long().clamp(self.n_probe, self.num_clusters)
+        rate = popcount(mask).float() / N
+        n_eff = torch.ceil(self.n_probe / rate.clamp(min=1.0 / N)).long().clamp(self.n_probe, self.num_clusters)
         q = u.reshape(B * T, D).float()
         order = torch.argsort(q @ self.centroids_t, dim=1, descending=True)  # [B*T, C]
         n_q = n_eff.repeat_interleave(T)
         probe = torch.where(torch.arange(self.num_clusters, device=q.device) < n_q.unsqueeze(1), order, -1)
         q_codes, q_scales = _quantize_rows(q)
-        _, rows, _ = torch.ops.silverrec.ivf_int8_topk(
+        main_s, main_r, _ = torch.ops.silverrec.ivf_int8_topk(
             q_codes, q_scales, self.codes, self.scales, self.cluster_offsets, probe, mask.repeat_interleave(T, dim=0), self.k0
         )
-        rows = merge_candidates(rows.reshape(B, T * self.k0))  # [B, M] index rows
-        valid = (rows >= 0) & self.bloom.table(opcodes, terms, rows)  # exact filter check
-        v = self.cache.index_select(0, rows.clamp(min=0).flatten()).view(B, -1, D).float()  # fp16 cache re-score
+        fresh_s, fresh_r, _ = torch.ops.silverrec.ivf_int8_topk(
+            q_codes, q_scales, fresh_codes, fresh_scales, f_rows_range, zero_probe.repeat_interleave(T, dim=0),
+            f_mask.repeat_interleave(T, dim=0), self.k0
+        )
+        # the best K0 of main and fresh rows per (query, task); fresh rows are numbered N + f
+        both_s = torch.cat([main_s, fresh_s], dim=1)
+        both_r = torch.cat([main_r, torch.where(fresh_r >= 0, fresh_r + N, -1)], dim=1)
+        best = torch.topk(both_s, self.k0, dim=1).indices
+        rows = merge_candidates(both_r.gather(1, best).reshape(B, T * self.k0))  # [B, M]
+        is_fresh = rows >= N
+        main_rows, fresh_rows = rows.clamp(0, N - 1), (rows - N).clamp(0, F - 1)
+        item = torch.where(is_fresh, fresh_item_ids[fresh_rows], self.row_to_item[main_rows])
+        # exact filter check: term membership from each index's keys, then one program run
+        num_terms = self.bloom.table.num_terms
+        member = torch.where(is_fresh.unsqueeze(-1), term_membership(fresh_keys, num_terms, terms, fresh_rows),
+                             term_membership(self.bloom.table.keys, num_terms, terms, main_rows))
+        passes = run_filter_program(opcodes, member)
+        excluded = (item.unsqueeze(2) == exclude.unsqueeze(1)).any(2)
+        valid = (rows >= 0) & passes & ~excluded
+        # fp16 cache re-score (index_select: ~7x faster than advanced indexing on float16 CPU tensors)
+        v_main = self.cache.index_select(0, main_rows.flatten()).view(B, -1, D)
+        v_fresh = fresh_cache.index_select(0, fresh_rows.flatten()).view(B, -1, D)
+        v = torch.where(is_fresh.unsqueeze(-1), v_fresh, v_main).float()
         task_scores, value = self.scorer(u, v, valid)
         top_value, top = torch.topk(value, self.k, dim=1)
         ok = valid.gather(1, top)
-        ids = torch.where(ok, self.row_to_item[rows.gather(1, top).clamp(min=0)], -1)
+        ids = torch.where(ok, item.gather(1, top), -1)
         top_scores = task_scores.gather(1, top.unsqueeze(-1).expand(B, self.k, T))
         return ids, top_value, top_scores, ok.sum(1)
 

@@ -1,9 +1,12 @@
-"""The exported artifact: one ``.pt2`` file (torch.export) plus silverrec metadata inside it.
+"""The exported artifact: one ``.pt2`` package holding the serving graph, the item tower and
+silverrec metadata.
 
-The metadata (``silverrec.json`` in the archive) carries the schema needed to encode requests,
-K, a version stamp (hash of every weight and buffer) and the format version. A truncated or
-corrupted file, a file that is not a silverrec export, or one of another format version fails
-with a ``ValueError`` that says which.
+The package (``torch.export`` PT2 archive) holds two programs: ``model``, the serving graph, and
+``item_tower``, the item tower over padded item slots (to embed items added after publish). The
+metadata (``silverrec.json``) carries the schema needed to encode requests, K, the filter
+dictionary, a version stamp (a hash of the schema and of every weight, buffer and index tensor of
+both programs) and the format version. A truncated or corrupted file, a file that is not a
+silverrec export, or one of another format version fails with a ``ValueError`` that says which.
 """
 import hashlib
 import json
@@ -12,45 +15,60 @@ from typing import Any, Dict, Tuple
 
 import torch
 from torch import Tensor
+from torch.export.pt2_archive._package import load_pt2, package_pt2
 
 import silverrec  # noqa: F401  (registers torch.ops.silverrec before loading a graph)
 from silverrec.atomic_file import write_atomically
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _META = "silverrec.json"
+PROGRAMS = ("model", "item_tower")
+
+Programs = Dict[str, torch.export.ExportedProgram]
 
 
-def version_stamp(program: torch.export.ExportedProgram) -> str:
-    """sha256 (first 16 hex digits) over the names and bytes of every parameter and buffer."""
-    h = hashlib.sha256()
-    for name, t in sorted({**program.state_dict, **dict(program.constants)}.items()):
-        if isinstance(t, Tensor):
-            h.update(name.encode())
-            h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+def version_stamp(programs: Programs, schema: Any = None) -> str:
+    """sha256 (first 16 hex digits) over the schema and the names and bytes of every parameter,
+    buffer and constant of every program."""
+    h = hashlib.sha256(json.dumps(schema, sort_keys=True).encode())
+    for prog_name in sorted(programs):
+        program = programs[prog_name]
+        for name, t in sorted({**program.state_dict, **dict(program.constants)}.items()):
+            if isinstance(t, Tensor):
+                h.update(f"{prog_name}.{name}".encode())
+                h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def save_artifact(program: torch.export.ExportedProgram, path: str, metadata: Dict[str, Any]) -> Dict[str, Any]:
-    """Writes the program and metadata atomically (temporary file + rename); returns the metadata."""
-    meta = {**metadata, "format_version": FORMAT_VERSION, "version": version_stamp(program)}
-    write_atomically(path, lambda tmp: torch.export.save(program, tmp, extra_files={_META: json.dumps(meta)}), ".pt2")
+def save_artifact(programs: Programs, path: str, metadata: Dict[str, Any]) -> Dict[str, Any]:
+    """Writes the programs and metadata atomically (temporary file + rename); returns the metadata."""
+    missing = set(PROGRAMS) - set(programs)
+    if missing:
+        raise ValueError(f"save_artifact: missing program(s) {sorted(missing)}")
+    meta = {**metadata, "format_version": FORMAT_VERSION, "version": version_stamp(programs, metadata.get("schema"))}
+    write_atomically(path, lambda tmp: package_pt2(tmp, exported_programs=dict(programs), extra_files={_META: json.dumps(meta)}), ".pt2")
     return meta
 
 
-def load_artifact(path: str) -> Tuple[torch.export.ExportedProgram, Dict[str, Any]]:
-    """Loads a silverrec ``.pt2``; raises ``FileNotFoundError`` / ``ValueError`` naming the problem."""
+def load_artifact(path: str) -> Tuple[Programs, Dict[str, Any]]:
+    """Loads a silverrec ``.pt2``: ``({"model": ..., "item_tower": ...}, metadata)``; raises
+    ``FileNotFoundError`` / ``ValueError`` naming the problem."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"exported model {path!r} does not exist")
-    extra = {_META: ""}
     try:
-        program = torch.export.load(path, extra_files=extra)
+        contents = load_pt2(path)
     except Exception as err:
         raise ValueError(f"{path!r} is not a readable torch.export file (truncated or corrupted?): {type(err).__name__}: {err}") from err
-    if not extra[_META]:
+    raw = contents.extra_files.get(_META)
+    if not raw:
         raise ValueError(f"{path!r} is a torch.export file but not a silverrec export (no {_META})")
-    meta = json.loads(extra[_META])
+    meta = json.loads(raw)
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path!r} has silverrec format version {meta.get('format_version')}, this silverrec reads {FORMAT_VERSION}; re-export it"
         )
-    return program, meta
+    programs = dict(contents.exported_programs)
+    missing = set(PROGRAMS) - set(programs)
+    if missing:
+        raise ValueError(f"{path!r} lacks the program(s) {sorted(missing)}; re-export it")
+    return programs, meta

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from silverrec.retrieval.filter_plan import compile_plans
 from silverrec.retrieval.term_dictionary import TermDictionary
-from silverrec.schema import HISTORY, Schema, user_key
+from silverrec.schema import HISTORY, Schema, item_key, user_key
 
 Filters = Union[None, str, Sequence[Optional[str]]]
 
@@ -36,6 +36,8 @@ class RequestEncoder:
         self.filter_length = int(f["length"])
         self._features = {user_key(x.name): x for x in self.schema.user_features}
         self._item_feature = self.schema.item_features[0]
+        self.item_slots: List[Tuple[str, int]] = [(k, int(n)) for k, n in metadata["item_slots"]]
+        self._item_features = {item_key(x.name): x for x in self.schema.item_features}
 
     @property
     def num_slots(self) -> int:
@@ -76,25 +78,65 @@ class RequestEncoder:
         plan = compile_plans([f or "" for f in filters], self.dictionary, self.term_hashes, self.dense, self.filter_length)
         return plan.opcodes, plan.terms, plan.hashes
 
-    def exclude(self, exclude: Optional[Sequence[Optional[Sequence[Any]]]], batch: int) -> Tensor:
-        """int64 ``[B, E]`` item rows of each user's excluded item ids (-1 padding; E >= 1)."""
+    def exclude(self, exclude: Optional[Sequence[Optional[Sequence[Any]]]], batch: int,
+                extra_ids: Optional[Mapping[str, int]] = None) -> Tensor:
+        """int64 ``[B, E]`` item ids of each user's excluded items (-1 padding; E >= 1).
+
+        ``extra_ids`` maps the external ids of items added after publish to their ids."""
         lists = [[] for _ in range(batch)] if exclude is None else list(exclude)
         if len(lists) != batch:
             raise ValueError(f"{len(lists)} exclude lists for {batch} users: give one per user")
-        rows = [self._ids(self._item_feature, x, f"exclude[{b}]") for b, x in enumerate(lists)]
+        rows = [self._ids(self._item_feature, x, f"exclude[{b}]", extra_ids) for b, x in enumerate(lists)]
         out = np.full((batch, max([1] + [len(r) for r in rows])), -1, dtype=np.int64)
         for b, r in enumerate(rows):
             out[b, : len(r)] = r
         return torch.from_numpy(out)
 
+    def items(self, items: Sequence[Mapping[str, Any]], known_only: bool = False) -> Tensor:
+        """int64 ``[B, S_i]`` item-tower slots of items ``{"item_id": id, "attributes": {feature:
+        [values]}}``. An item id outside the published vocabulary (a new item) leaves its slot
+        empty, as do attribute values never seen at training (the tower has no row for them);
+        with ``known_only`` such values are errors instead.
+
+        Raises:
+            ValueError: an unknown feature, or more values than a feature's slots (named).
+        """
+        out = np.full((len(items), sum(n for _, n in self.item_slots)), -1, dtype=np.int64)
+        id_key = item_key(self._item_feature.name)
+        for b, item in enumerate(items):
+            attrs = item.get("attributes") or {}
+            if not isinstance(attrs, Mapping):
+                raise ValueError(f"items[{b}].attributes must be an object of feature -> values")
+            unknown = set(attrs) - {x.name for x in self.schema.item_features[1:]}
+            if unknown:
+                raise ValueError(f"items[{b}].attributes: unknown feature(s) {sorted(unknown)}; known: "
+                                 f"{[x.name for x in self.schema.item_features[1:]]}")
+            start = 0
+            for key, n in self.item_slots:
+                feature = self._item_features[key]
+                raw = item.get("item_id") if key == id_key else attrs.get(feature.name)
+                values = [] if raw is None else (list(raw) if isinstance(raw, (list, tuple)) else [raw])
+                if len(values) > n:
+                    raise ValueError(f"items[{b}].attributes.{feature.name} has {len(values)} values, at most {n} allowed")
+                if known_only:
+                    ids = self._ids(feature, values, f"items[{b}].{feature.name}")
+                else:
+                    ids = [feature.id_of(v) for v in values if feature.has(v)]
+                out[b, start : start + len(ids)] = ids
+                start += n
+        return torch.from_numpy(out)
+
     @staticmethod
-    def _ids(feature, raw: Any, where: str) -> List[int]:
+    def _ids(feature, raw: Any, where: str, extra: Optional[Mapping[str, int]] = None) -> List[int]:
         if raw is None:
             return []
         values = list(raw) if isinstance(raw, (list, tuple)) else [raw]
         out = []
         for v in values:
-            if not feature.has(v):
+            if extra is not None and str(v) in extra:
+                out.append(extra[str(v)])
+            elif feature.has(v):
+                out.append(feature.id_of(v))
+            else:
                 raise ValueError(f"{where}: {v!r} is not a known {feature.name} value")
-            out.append(feature.id_of(v))
         return out

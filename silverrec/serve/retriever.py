@@ -3,17 +3,39 @@
     >>> r = Retriever("runs/demo/serving.pt2")                                        # doctest: +SKIP
     >>> r.query(users=[{"country": "us", "history": ["i000123"]}], filter="language:en", k=5)  # doctest: +SKIP
     [[('i004711', 0.0213, {'click': 0.05, 'like': 0.02, ...}), ...]]
-"""
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+    >>> r.upsert_items([{"item_id": "new-1", "attributes": {"language": ["en"]}}])     # doctest: +SKIP
+    >>> r.delete_items(["i004711"])                                                   # doctest: +SKIP
 
+Items added, updated or deleted after publish are served at once, without re-export: they go
+into a fresh index (:mod:`silverrec.retrieval.fresh_index`) that the graph searches beside its
+main index. Queries are thread-safe with respect to updates: each query reads one immutable
+snapshot of the fresh index and its id maps, and an update swaps in a new snapshot, so a query
+sees an item either before or after a change, never half-changed.
+"""
+import json
+import os
+import threading
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
 import torch
 from torch import Tensor
 
+from silverrec.atomic_file import write_atomically
+from silverrec.retrieval.fresh_index import FilterLayout, FreshIndex
 from silverrec.schema import HISTORY, user_key
 from silverrec.serve.artifact import load_artifact
+from silverrec.serve.item_updates import ItemUpdates
 from silverrec.serve.requests import Filters, RequestEncoder
 
 Result = Tuple[Any, float, Dict[str, float]]  # (external item id, value, {task: prediction})
+
+
+class _Snapshot(NamedTuple):
+    fresh: FreshIndex
+    extra_ids: Dict[str, int]  # external id -> id, items added after publish
+    external: Tuple[str, ...]  # id -> external id, published then added
+    index_version: int
 
 
 class Retriever:
@@ -21,15 +43,18 @@ class Retriever:
 
     Args:
         path (str): the ``.pt2`` file.
+        updates_path (Optional[str]): a JSON file where item updates are persisted (written
+            atomically after every change, replayed on start); None keeps them in memory only.
 
     Attributes:
         k (int): results per query the graph returns (``query`` may ask for fewer).
         tasks (List[str]): task names, the order of ``task_scores``' last dimension.
         version (str): the artifact's version stamp.
+        index_version (int): increments with every item update.
     """
 
-    def __init__(self, path: str) -> None:
-        program, self.metadata = load_artifact(path)
+    def __init__(self, path: str, updates_path: Optional[str] = None) -> None:
+        programs, self.metadata = load_artifact(path)
         if self.metadata.get("kind") != "retrieval_graph":
             raise ValueError(f"{path!r} is a silverrec export of kind {self.metadata.get('kind')!r}, not a serving graph")
         self.encoder = RequestEncoder(self.metadata)
@@ -37,19 +62,46 @@ class Retriever:
         self.k = int(self.metadata["k"])
         self.tasks: List[str] = list(self.metadata["tasks"])
         self.version = str(self.metadata["version"])
-        self._module = program.module()
+        self._module = programs["model"].module()
+        self._item_tower = programs["item_tower"].module()
         features = {user_key(f.name): f.num_embeddings for f in self.schema.user_features}
         features[user_key(HISTORY)] = self.schema.num_items
         self._slot_vocab = torch.tensor([features[key] for key, n in self.encoder.slots for _ in range(n)], dtype=torch.int64)
         self._slot_names = [key for key, n in self.encoder.slots for _ in range(n)]
+        f = self.metadata["filter"]
+        layout = FilterLayout(self.encoder.term_hashes, self.encoder.dense, int(f["bit_rows"]))
+        row_of_item = programs["model"].state_dict["item_to_row"].numpy()
+        self._updates = ItemUpdates(self.encoder, layout, row_of_item, self._embed_items, int(self.metadata["dim"]),
+                                    self.metadata.get("quantization", "per_item"))
+        self._lock = threading.Lock()
+        self.updates_path = updates_path
+        if updates_path and os.path.isfile(updates_path):
+            with open(updates_path) as fh:
+                saved = json.load(fh)
+            if saved.get("artifact_version") not in (None, self.version):
+                raise ValueError(f"{updates_path!r} holds updates of artifact version {saved.get('artifact_version')}, "
+                                 f"this file is {self.version}; fold them in with a new publish or remove the file")
+            self._updates.load_json(saved)
+        self._snapshot = self._make_snapshot(0)
 
-    def search(self, user_ids: Tensor, opcodes: Tensor, terms: Tensor, hashes: Tensor, exclude: Tensor
-               ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The graph on encoded inputs (checked): ``ids [B, K]`` (item rows), ``value [B, K]``,
-        ``task_scores [B, K, T]``, ``num_valid [B]``."""
+    # --- queries ------------------------------------------------------------------------------
+    @property
+    def index_version(self) -> int:
+        return self._snapshot.index_version
+
+    @property
+    def fresh_index(self) -> FreshIndex:
+        """The graph's current fresh-index inputs (tombstones and items changed since publish)."""
+        return self._snapshot.fresh
+
+    def search(self, user_ids: Tensor, opcodes: Tensor, terms: Tensor, hashes: Tensor, exclude: Tensor,
+               fresh: Optional[FreshIndex] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The graph on encoded inputs (checked): ``ids [B, K]``, ``value [B, K]``,
+        ``task_scores [B, K, T]``, ``num_valid [B]``. ``fresh`` defaults to the current updates."""
         self._check(user_ids, exclude)
+        fresh = self._snapshot.fresh if fresh is None else fresh
         with torch.no_grad():
-            return self._module(user_ids, opcodes, terms, hashes, exclude)
+            return self._module(user_ids, opcodes, terms, hashes, exclude, *fresh)
 
     def query(
         self,
@@ -73,19 +125,51 @@ class Retriever:
         k = self.k if k is None else int(k)
         if not 1 <= k <= self.k:
             raise ValueError(f"k must be in [1, {self.k}] (the K this graph was exported with), got {k}")
+        snap = self._snapshot  # one consistent view for the whole query
         user_ids = self.encoder.users(users)
         b = user_ids.shape[0]
         opcodes, terms, hashes = self.encoder.filters(filter, b)
-        ids, value, scores, num_valid = self.search(user_ids, opcodes, terms, hashes, self.encoder.exclude(exclude, b))
-        vocab = self.schema.item_ids
+        excl = self.encoder.exclude(exclude, b, snap.extra_ids)
+        ids, value, scores, num_valid = self.search(user_ids, opcodes, terms, hashes, excl, snap.fresh)
         out: List[List[Result]] = []
         for i in range(b):
             n = min(k, int(num_valid[i]))
             out.append([
-                (vocab[int(ids[i, j])], float(value[i, j]), {t: float(scores[i, j, c]) for c, t in enumerate(self.tasks)})
+                (snap.external[int(ids[i, j])], float(value[i, j]), {t: float(scores[i, j, c]) for c, t in enumerate(self.tasks)})
                 for j in range(n)
             ])
         return out
+
+    # --- item updates -------------------------------------------------------------------------
+    def upsert_items(self, items: Sequence[Mapping[str, Any]]) -> None:
+        """Adds or replaces items ``{"item_id": id, "attributes": {feature: [values]}}``; the next
+        query serves them (embedded by the exported item tower)."""
+        with self._lock:
+            self._updates.upsert(items)
+            self._publish()
+
+    def delete_items(self, item_ids: Sequence[Any]) -> int:
+        """Deletes items (published or added); returns how many existed."""
+        with self._lock:
+            n = self._updates.delete(item_ids)
+            self._publish()
+        return n
+
+    def _publish(self) -> None:
+        snap = self._make_snapshot(self._snapshot.index_version + 1)
+        if self.updates_path:
+            state = {"artifact_version": self.version, **self._updates.to_json()}
+            write_atomically(self.updates_path, lambda tmp: _write_json(tmp, state), ".json")
+        self._snapshot = snap  # one reference assignment: queries see the old or the new state
+
+    def _make_snapshot(self, version: int) -> _Snapshot:
+        extra = self._updates.extra_ids()
+        external = tuple(self.schema.item_ids) + tuple(self._updates.new_ids)
+        return _Snapshot(self._updates.fresh_index(), extra, external, version)
+
+    def _embed_items(self, slots: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self._item_tower(slots)
 
     def _check(self, user_ids: Tensor, exclude: Tensor) -> None:
         s = self._slot_vocab.numel()
@@ -98,3 +182,8 @@ class Retriever:
                              f"[0, {int(self._slot_vocab[j])})")
         if exclude.dim() != 2 or exclude.shape[0] != user_ids.shape[0] or exclude.dtype != torch.int64 or exclude.shape[1] == 0:
             raise ValueError(f"exclude must be int64 [B, E >= 1] (-1 padding), got {exclude.dtype} {tuple(exclude.shape)}")
+
+
+def _write_json(path: str, payload: Dict[str, Any]) -> None:
+    with open(path, "w") as fh:
+        json.dump(payload, fh)

@@ -83,8 +83,8 @@ def run_demo(overrides: Sequence[str]) -> Dict[str, Any]:
     path = os.path.join(run_dir, "serving.pt2")
     config = ServingConfig(k=100)
     t0 = time.perf_counter()
-    graph, meta = build_serving_graph(model, dataset, config)
-    meta = export_graph(graph, dataset, {**meta, "checkpoint": report["train"]["checkpoint"], "step": int(payload["step"])}, path)
+    graph, item_encoder, meta = build_serving_graph(model, dataset, config)
+    meta = export_graph(graph, item_encoder, dataset, {**meta, "checkpoint": report["train"]["checkpoint"], "step": int(payload["step"])}, path)
     export_s = time.perf_counter() - t0
     retriever = Retriever(path)
     latency = {str(b): round(_latency_ms(retriever, example_inputs(dataset, meta, b, [""] * b)), 2) for b in (1, 16, 256)}

@@ -20,10 +20,13 @@ from torch import Tensor
 from silverrec.data.batching import FeatureBatcher, HistoryIndex
 from silverrec.data.dataset import JaggedColumn, RecDataset
 from silverrec.models.two_tower import TwoTower
+from silverrec.models.padded_encoder import PaddedEncoder, padded_item_encoder_from_two_tower
+from silverrec.retrieval.fresh_index import FilterLayout, FreshIndex, empty_fresh_index
 from silverrec.retrieval.publish import publish, serving_metadata
 from silverrec.retrieval.serving_graph import RetrievalGraph, ServingConfig
 from silverrec.schema import HISTORY
 from silverrec.serve.artifact import save_artifact
+from silverrec.serve.item_updates import ItemUpdates
 from silverrec.serve.requests import RequestEncoder
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.distributed import local_context
@@ -60,18 +63,28 @@ def latest_history(dataset: RecDataset, users: np.ndarray) -> JaggedColumn:
     return index.latest(users, dataset.schema.history_length)
 
 
-def build_serving_graph(model: TwoTower, dataset: RecDataset, config: ServingConfig) -> Tuple[RetrievalGraph, Dict[str, Any]]:
+def build_serving_graph(model: TwoTower, dataset: RecDataset, config: ServingConfig
+                        ) -> Tuple[RetrievalGraph, PaddedEncoder, Dict[str, Any]]:
     """Publishes the item embeddings and attributes into the serving graph; returns it (eval
-    mode) and its client metadata."""
+    mode), the item tower over padded slots (for items added later) and the client metadata."""
     items = publish_item_embeddings(model, dataset)
     graph = publish(model, dataset.schema, items, dataset.item_terms(), config)
-    return graph, serving_metadata(graph, dataset.schema, config)
+    item_encoder = padded_item_encoder_from_two_tower(model, dataset.schema).eval()
+    return graph, item_encoder, serving_metadata(graph, dataset.schema, config)
+
+
+def item_updates(graph: RetrievalGraph, item_encoder: PaddedEncoder, metadata: Dict[str, Any]) -> ItemUpdates:
+    """An empty :class:`ItemUpdates` over ``graph``'s main index (eager item tower)."""
+    encoder = RequestEncoder(metadata)
+    layout = FilterLayout(encoder.term_hashes, encoder.dense, int(metadata["filter"]["bit_rows"]))
+    return ItemUpdates(encoder, layout, graph.item_to_row.numpy(), item_encoder, int(metadata["dim"]), metadata["quantization"])
 
 
 def example_inputs(dataset: RecDataset, metadata: Dict[str, Any], num_users: int = 3,
-                   filters: Optional[Sequence[str]] = None) -> Tuple[Tensor, ...]:
+                   filters: Optional[Sequence[str]] = None, fresh: Optional[FreshIndex] = None) -> Tuple[Tensor, ...]:
     """Graph inputs for the first users with their latest training history, a filter each (by
-    default: none, a term, a negated term, ...) and their two latest items excluded."""
+    default: none, a term, a negated term, ...), their two latest items excluded and the fresh
+    index ``fresh`` (default: no updates)."""
     encoder = RequestEncoder(metadata)
     users = np.arange(num_users) % dataset.users.num_rows
     reqs = example_users(dataset, users, latest_history(dataset, users))
@@ -80,29 +93,54 @@ def example_inputs(dataset: RecDataset, metadata: Dict[str, Any], num_users: int
         cycle = ["", f"{first.name}:{first.vocab[0]}", f"NOT {first.name}:{first.vocab[0]}"]
         filters = [cycle[i % 3] for i in range(num_users)]
     exclude = [r.get(HISTORY, [])[-2:] for r in reqs]
-    return (encoder.users(reqs), *encoder.filters(list(filters), num_users), encoder.exclude(exclude, num_users))
+    if fresh is None:
+        layout = FilterLayout(encoder.term_hashes, encoder.dense, int(metadata["filter"]["bit_rows"]))
+        fresh = empty_fresh_index(layout, int(metadata["dim"]), int(metadata["num_items"]))
+    return (encoder.users(reqs), *encoder.filters(list(filters), num_users), encoder.exclude(exclude, num_users), *fresh)
 
 
-def export_graph(graph: RetrievalGraph, dataset: RecDataset, metadata: Dict[str, Any], path: str) -> Dict[str, Any]:
-    """Exports ``graph`` with a dynamic batch (and exclusion width) and writes ``path`` atomically."""
+def _tracing_updates(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset: RecDataset, metadata: Dict[str, Any]) -> FreshIndex:
+    """A fresh index with a few updated, added and deleted items (a non-trivial trace example)."""
+    updates = item_updates(graph, item_encoder, metadata)
+    terms = dataset.item_terms()
+    ids = dataset.schema.item_ids
+    updates.upsert([{"item_id": ids[i], "attributes": terms[i]} for i in range(3)] +
+                   [{"item_id": "__trace_new_item__", "attributes": terms[3]}])
+    updates.delete([ids[4], ids[5]])
+    return updates.fresh_index()
+
+
+def export_graph(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset: RecDataset, metadata: Dict[str, Any],
+                 path: str) -> Dict[str, Any]:
+    """Exports ``graph`` (dynamic batch, exclusion width and fresh-index sizes) and the item tower
+    (dynamic batch) into one package written atomically at ``path``."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     width = torch.export.Dim("exclude", min=1, max=2**20)
+    words = torch.export.Dim("fresh_words", min=2, max=2**20)
+    rows = 64 * words
     dynamic = {"user_ids": {0: batch}, "opcodes": {0: batch}, "terms": {0: batch}, "hashes": {0: batch},
-               "exclude": {0: batch, 1: width}}
+               "exclude": {0: batch, 1: width}, "deleted": None, "fresh_codes": {0: rows}, "fresh_scales": {0: rows},
+               "fresh_cache": {0: rows}, "fresh_item_ids": {0: rows}, "fresh_bits": {1: words}, "fresh_live": {0: words},
+               "fresh_posting_offsets": None, "fresh_posting_rows": {0: torch.export.Dim("fresh_postings", min=2)},
+               "fresh_keys": {0: torch.export.Dim("fresh_keys", min=2)}}
+    fresh = _tracing_updates(graph, item_encoder, dataset, metadata)
+    slots = RequestEncoder(metadata).items([{"item_id": i, "attributes": t} for i, t in
+                                            zip(dataset.schema.item_ids[:3], dataset.item_terms()[:3])])
     with torch.no_grad():
-        program = torch.export.export(graph, example_inputs(dataset, metadata), dynamic_shapes=dynamic, strict=False)
-    return save_artifact(program, path, metadata)
+        program = torch.export.export(graph, example_inputs(dataset, metadata, fresh=fresh), dynamic_shapes=dynamic, strict=False)
+        tower = torch.export.export(item_encoder, (slots,), dynamic_shapes={"ids": {0: batch}}, strict=False)
+    return save_artifact({"model": program, "item_tower": tower}, path, metadata)
 
 
 def export_serving(model: TwoTower, dataset: RecDataset, config: ServingConfig, path: str, extra: Dict[str, Any]
                    ) -> Dict[str, Any]:
-    """Builds the serving graph, exports it and writes ``path`` atomically.
+    """Builds the serving graph, exports it with the item tower and writes ``path`` atomically.
 
     Returns:
         Dict[str, Any]: the artifact metadata (schema, filter dictionary, K, tasks, version stamp, ...).
     """
-    graph, meta = build_serving_graph(model, dataset, config)
-    return export_graph(graph, dataset, {**meta, **extra}, path)
+    graph, item_encoder, meta = build_serving_graph(model, dataset, config)
+    return export_graph(graph, item_encoder, dataset, {**meta, **extra}, path)
 
 
 def run_export(cfg: DictConfig) -> Dict[str, Any]:

@@ -152,12 +152,13 @@ def test_over_arch_loss_trains_with_sampled_and_hard_negatives():
     labels = torch.ones(5, 3)
     loss, parts = task(kjt, item_rows, labels)  # no bank yet: sampled negatives only
     assert set(parts) == {f"{kind}/{t.name}" for kind in ("retrieval", "overarch") for t in TASKS}
-    logits = task._over_arch_logits(*model(kjt), item_rows)
+    logits = task._over_arch_logits(*model(kjt), item_rows, 5)
     assert logits.shape == (5, 3, 3)
+    assert task._over_arch_logits(*model(kjt), item_rows, 2).shape == (2, 3, 3)
     with torch.no_grad():
         items = model(_kjt(schema, [0] * 20, [[]] * 20, list(range(20))))[1]
     task.set_negative_bank(items)
-    logits = task._over_arch_logits(*model(kjt), item_rows)
+    logits = task._over_arch_logits(*model(kjt), item_rows, 5)
     assert logits.shape == (5, 6, 3)
     loss, _ = task(kjt, item_rows, labels)
     loss.backward()

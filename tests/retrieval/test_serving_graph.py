@@ -8,7 +8,8 @@ from silverrec.retrieval.publish import publish, serving_metadata
 from silverrec.retrieval.serving_graph import ServingConfig
 from silverrec.serve.requests import RequestEncoder
 from silverrec.train.checkpoint import load_checkpoint
-from silverrec.train.export import example_users, latest_history, publish_item_embeddings
+from silverrec.models.padded_encoder import padded_item_encoder_from_two_tower
+from silverrec.train.export import example_users, item_updates, latest_history, publish_item_embeddings
 from silverrec.train.trainer import load_two_tower
 
 FILTERS = ["", "language:en", "NOT language:en AND (category:music OR category:comedy)", "creator:cr00003"]
@@ -27,11 +28,25 @@ def served(tiny_run, tiny_dataset):
 def _graph(served, ds, **kw):
     cfg = ServingConfig(**{"k": 10, "num_clusters": 8, **kw})
     graph = publish(served["model"], ds.schema, served["items"], ds.item_terms(), cfg)
-    return graph, RequestEncoder(serving_metadata(graph, ds.schema, cfg))
+    meta = serving_metadata(graph, ds.schema, cfg)
+    graph.updates = item_updates(graph, padded_item_encoder_from_two_tower(served["model"], ds.schema).eval(), meta)
+    return graph, RequestEncoder(meta)
 
 
-def _inputs(encoder, reqs, filters, exclude):
-    return (encoder.users(reqs), *encoder.filters(filters, len(reqs)), encoder.exclude(exclude, len(reqs)))
+def _inputs(encoder, reqs, filters, exclude, graph=None):
+    fresh = graph.updates.fresh_index() if graph is not None else _EMPTY[0]
+    extra = graph.updates.extra_ids() if graph is not None else None
+    return (encoder.users(reqs), *encoder.filters(filters, len(reqs)), encoder.exclude(exclude, len(reqs), extra), *fresh)
+
+
+_EMPTY = []
+
+
+@pytest.fixture(autouse=True)
+def _empty_fresh(served, tiny_dataset):
+    if not _EMPTY:
+        graph, _ = _graph(served, tiny_dataset)
+        _EMPTY.append(graph.updates.fresh_index())
 
 
 def test_padded_user_encoder_matches_the_training_tower(served, tiny_dataset):
@@ -58,9 +73,13 @@ def test_exhaustive_graph_equals_the_reference(served, tiny_dataset):
         u = graph.user_encoder(enc.users(reqs))
     passing = graph.bloom.matches(FILTERS)  # exact, item order
     cache = served["items"].half().float()
-    for b in range(4):
+    _check_against_reference(model, u, ids, value, task_scores, num_valid, passing, cache, exclude, ds.schema.item_ids)
+
+
+def _check_against_reference(model, u, ids, value, task_scores, num_valid, passing, cache, exclude, item_ids):
+    for b in range(u.shape[0]):
         ok = passing[b].clone()
-        ok[[ds.schema.item_ids.index(x) for x in exclude[b]]] = False
+        ok[[item_ids.index(x) for x in exclude[b]]] = False
         rows = ok.nonzero().flatten()
         with torch.no_grad():
             logits = model.task_logits(u[b : b + 1], cache[rows][None])
@@ -70,10 +89,41 @@ def test_exhaustive_graph_equals_the_reference(served, tiny_dataset):
         order = torch.argsort(values, descending=True, stable=True)[:10]
         m = min(10, rows.numel())
         assert int(num_valid[b]) == m
-        assert ids[b, :m].tolist() == rows[order[:m]].tolist(), f"query {b} ({FILTERS[b]!r})"
+        assert ids[b, :m].tolist() == rows[order[:m]].tolist(), f"query {b}"
         torch.testing.assert_close(value[b, :m], values[order[:m]], rtol=1e-4, atol=1e-7)
         torch.testing.assert_close(task_scores[b, :m], scores[0, order[:m]], rtol=1e-4, atol=1e-7)
         assert bool((ids[b, m:] == -1).all()) and bool(torch.isinf(value[b, m:]).all())
+
+
+def test_exhaustive_graph_with_fresh_items_equals_the_reference(served, tiny_dataset):
+    """Updated, added and deleted items (the fresh index) are served as if they had been published:
+    the reference scores the published catalogue with those changes applied."""
+    ds, model = tiny_dataset, served["model"]
+    n = ds.items.num_rows
+    graph, enc = _graph(served, ds, n_probe=8, candidates_per_task=n)
+    terms = ds.item_terms()
+    ids = ds.schema.item_ids
+    music = {**terms[10], "category": ["music"], "language": ["en"]}
+    graph.updates.upsert([{"item_id": ids[10], "attributes": music},  # updated: now music, English
+                          {"item_id": "new-a", "attributes": {**terms[20], "language": ["en"]}},
+                          {"item_id": "new-b", "attributes": terms[30]}])
+    graph.updates.delete([ids[40], ids[41], "new-b"])
+    reqs = served["requests"][:4]
+    exclude = [r["history"][:3] for r in reqs]
+    with torch.no_grad():
+        out = graph(*_inputs(enc, reqs, FILTERS, exclude, graph))
+        u = graph.user_encoder(enc.users(reqs))
+        new_emb = graph.updates.embeddings
+    # the reference catalogue: item rows 0..N-1 as published with the changes, then "new-a"
+    all_terms = list(terms) + [graph.updates.attributes["new-a"]]
+    all_terms[10] = music
+    from silverrec.retrieval.bloom_index import BloomIndex
+
+    passing = BloomIndex.build(all_terms, features=[f.name for f in ds.schema.filterable_features]).matches(FILTERS)
+    passing[:, [40, 41]] = False
+    cache = torch.cat([served["items"].clone(), new_emb["new-a"][None]]).half().float()
+    cache[10] = new_emb[ids[10]].half().float()
+    _check_against_reference(model, u, *out, passing, cache, exclude, list(ids) + ["new-a"])
 
 
 def test_approximate_graph_keeps_its_promises(served, tiny_dataset):

@@ -44,7 +44,7 @@ def test_fresh_process_parity_with_the_eager_graph(exported, tiny_dataset, tmp_p
     items = publish_item_embeddings(exported["model"], ds)
     graph = publish(exported["model"], ds.schema, items, ds.item_terms(), CONFIG)
     with torch.no_grad():
-        want = graph(*args)
+        want = graph(*args, *r.fresh_index)
     torch.save(args, tmp_path / "req.pt")
     script = (
         "import sys, torch\n"

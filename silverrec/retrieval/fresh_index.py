@@ -1,0 +1,162 @@
+"""The fresh index: items added, updated or deleted after publish, served without re-export.
+
+The serving graph takes it as inputs beside its built-in (main) index: tombstones over the main
+rows (deleted or updated items) and a small index of the new versions with the main index's
+layout -- INT8 codes + scales, a float16 cache, Bloom bit rows built with the main index's term
+-> bit-row mapping (so the same filter plan runs on both), posting lists for exact ``NOT``, and
+the ``row * T + term`` keys of the exact check. The graph scans it with the same fused op (one
+cluster) and merges its candidates with the main ones before the OverArch.
+
+Shapes are padded so that an export traced once accepts any fresh size: ``F`` rows, a multiple of
+64 (at least 128, two words, so that no size is 1 (which torch.export would specialise); rows past the live ones are dead: live bit 0, item id -1), at least two posting
+entries and two key sentinels. Filter values never seen at publish time are not in the term
+dictionary: such a term matches no item (fresh or not) until the next publish.
+
+Example::
+
+    >>> import numpy as np
+    >>> layout = FilterLayout(term_hashes=np.array([[0, 1], [1, 2]]), dense=np.array([False, False]), num_bit_rows=3)
+    >>> fresh = build_fresh_index(torch.randn(2, 4), np.array([0, 1, 2]), np.array([0, 1]), np.array([7, 9]),
+    ...                           np.array([3]), layout, num_main_rows=100)
+    >>> fresh.codes.shape, fresh.item_ids[:3].tolist(), fresh.live.tolist()
+    (torch.Size([128, 4]), [7, 9, -1], [3, 0])
+"""
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from silverrec.retrieval.quantize import quantize_int8_global, quantize_int8_per_item
+
+_KEY_SENTINEL = torch.iinfo(torch.int64).max
+_MIN_ROWS = 128
+
+
+@dataclass
+class FilterLayout:
+    """How the main index maps terms to Bloom bit rows (from the export's metadata).
+
+    Args:
+        term_hashes (np.ndarray): int64 ``[T, H]`` bit rows tested for each term.
+        dense (np.ndarray): bool ``[T]``, terms with an exact row (their H entries name it).
+        num_bit_rows (int): R, rows of the bit matrix (signature rows + exact rows).
+    """
+
+    term_hashes: np.ndarray
+    dense: np.ndarray
+    num_bit_rows: int
+
+    @property
+    def num_terms(self) -> int:
+        return int(self.term_hashes.shape[0])
+
+
+class FreshIndex(NamedTuple):
+    """The fresh index as serving-graph inputs (F fresh rows, a multiple of 64; W main words).
+
+    Args:
+        deleted (Tensor): int64 ``[W]`` packed tombstones of the main index's rows.
+        codes (Tensor): int8 ``[F, D]``; scales (Tensor): float32 ``[F]``; cache (Tensor): float16 ``[F, D]``.
+        item_ids (Tensor): int64 ``[F]`` item id of each row (-1 = dead row).
+        bits (Tensor): int64 ``[R, F / 64]`` Bloom bit rows of the fresh rows.
+        live (Tensor): int64 ``[F / 64]`` packed live rows.
+        posting_offsets (Tensor): int64 ``[T + 1]``; posting_rows (Tensor): int64 ``[P + 2]``.
+        keys (Tensor): int64 ``[nnz + 2]`` ascending ``row * T + term``, then sentinels.
+    """
+
+    deleted: Tensor
+    codes: Tensor
+    scales: Tensor
+    cache: Tensor
+    item_ids: Tensor
+    bits: Tensor
+    live: Tensor
+    posting_offsets: Tensor
+    posting_rows: Tensor
+    keys: Tensor
+
+
+def _pack_rows(rows: np.ndarray, num_words: int) -> np.ndarray:
+    """int64 [num_words] with the bits of ``rows`` set."""
+    bits = np.zeros(64 * num_words, dtype=bool)
+    bits[rows] = True
+    return np.packbits(bits, bitorder="little").view("<i8").copy()
+
+
+def build_fresh_index(
+    embeddings: Tensor,
+    offsets: np.ndarray,
+    term_ids: np.ndarray,
+    item_ids: np.ndarray,
+    deleted_rows: np.ndarray,
+    layout: FilterLayout,
+    num_main_rows: int,
+    quantization: str = "per_item",
+) -> FreshIndex:
+    """Builds the fresh index inputs.
+
+    Args:
+        embeddings (Tensor): float32 ``[F0, D]`` item-tower embeddings of the fresh items.
+        offsets (np.ndarray): int64 ``[F0 + 1]`` and term_ids (np.ndarray): int64 ``[nnz]``: each
+            fresh item's term ids (CSR, ascending and unique per item; terms of the dictionary).
+        item_ids (np.ndarray): int64 ``[F0]`` item ids (new items: ids past the published ones).
+        deleted_rows (np.ndarray): int64 main-index rows to hide (deleted or updated items).
+        layout (FilterLayout): the main index's term -> bit-row mapping.
+        num_main_rows (int): N of the main index.
+        quantization (str): ``per_item`` or ``global`` (as the main index).
+
+    Returns:
+        FreshIndex: padded to F = max(128, 64 * ceil(F0 / 64)) rows.
+    """
+    f0, d = embeddings.shape
+    if offsets.shape != (f0 + 1,) or item_ids.shape != (f0,):
+        raise ValueError(f"fresh index: {f0} embeddings, {offsets.size - 1} term sets and {item_ids.size} item ids")
+    if f0 and not torch.isfinite(embeddings).all():
+        raise ValueError("fresh index: the item tower produced NaN/inf embeddings")
+    f = max(_MIN_ROWS, 64 * -(-f0 // 64))
+    words = f // 64
+    x = torch.zeros(f, d)
+    x[:f0] = embeddings.float()
+    if f0:
+        codes, scales = (quantize_int8_per_item if quantization == "per_item" else quantize_int8_global)(x[:f0])
+    else:
+        codes, scales = torch.zeros(0, d, dtype=torch.int8), torch.zeros(0)
+    all_codes = torch.zeros(f, d, dtype=torch.int8)
+    all_codes[:f0] = codes
+    all_scales = torch.ones(f)
+    all_scales[:f0] = scales
+    ids = np.full(f, -1, dtype=np.int64)
+    ids[:f0] = item_ids
+    # Bloom rows: the term's H signature rows, or its one exact row for a dense term
+    rows = np.repeat(np.arange(f0, dtype=np.int64), np.diff(offsets))
+    h = layout.term_hashes.shape[1]
+    unpacked = np.zeros((layout.num_bit_rows, f), dtype=bool)
+    dense = layout.dense[term_ids]
+    unpacked[layout.term_hashes[term_ids[~dense]].reshape(-1), np.repeat(rows[~dense], h)] = True
+    unpacked[layout.term_hashes[term_ids[dense], 0], rows[dense]] = True
+    bits = np.packbits(unpacked, axis=1, bitorder="little").view("<i8").reshape(layout.num_bit_rows, words)
+    t = layout.num_terms
+    order = np.argsort(term_ids, kind="stable")
+    posting_offsets = np.concatenate([[0], np.cumsum(np.bincount(term_ids, minlength=t))]).astype(np.int64)
+    keys = np.sort(rows * max(t, 1) + term_ids)
+    main_words = (num_main_rows + 63) // 64
+    return FreshIndex(
+        deleted=torch.from_numpy(_pack_rows(np.asarray(deleted_rows, dtype=np.int64), main_words)),
+        codes=all_codes,
+        scales=all_scales,
+        cache=x.half(),
+        item_ids=torch.from_numpy(ids),
+        bits=torch.from_numpy(np.ascontiguousarray(bits)),
+        live=torch.from_numpy(_pack_rows(np.arange(f0), words)),
+        posting_offsets=torch.from_numpy(posting_offsets),
+        posting_rows=torch.from_numpy(np.concatenate([rows[order], [0, 0]]).astype(np.int64)),
+        keys=torch.from_numpy(np.concatenate([keys, [_KEY_SENTINEL, _KEY_SENTINEL]]).astype(np.int64)),
+    )
+
+
+def empty_fresh_index(layout: FilterLayout, dim: int, num_main_rows: int) -> FreshIndex:
+    """No fresh items and no tombstones."""
+    return build_fresh_index(torch.zeros(0, dim), np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64),
+                             np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), layout, num_main_rows)

@@ -1,0 +1,131 @@
+"""Items added, updated and deleted after publish: the state behind the fresh index.
+
+:class:`ItemUpdates` keeps, per changed external item id, its attributes and item-tower
+embedding (or that it was deleted), assigns ids to new items (past the published ones, stable
+across restarts) and builds the :class:`~silverrec.retrieval.fresh_index.FreshIndex` the serving
+graph takes as input. Its JSON form (``to_json`` / ``from_json``) is what ``Retriever`` persists,
+so updates survive a restart; embeddings are recomputed from the attributes on load.
+"""
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from silverrec.retrieval.fresh_index import FilterLayout, FreshIndex, build_fresh_index
+from silverrec.serve.requests import RequestEncoder
+
+Item = Mapping[str, Any]  # {"item_id": external id, "attributes": {feature: [values]}}
+
+
+class ItemUpdates:
+    """The changes since publish, and the fresh index they make.
+
+    Args:
+        encoder (RequestEncoder): the export's request encoder (schema, filter dictionary, item slots).
+        layout (FilterLayout): the main index's Bloom layout.
+        row_of_item (np.ndarray): int64 ``[num_items]`` main-index row of each published item id.
+        embed (Callable[[Tensor], Tensor]): item slots ``[B, S_i]`` -> embeddings ``[B, D]`` (the
+            exported item tower).
+        dim (int): D.
+        quantization (str): the main index's INT8 scheme.
+    """
+
+    def __init__(self, encoder: RequestEncoder, layout: FilterLayout, row_of_item: np.ndarray,
+                 embed: Callable[[Tensor], Tensor], dim: int, quantization: str = "per_item") -> None:
+        self.encoder = encoder
+        self.layout = layout
+        self.row_of_item = row_of_item
+        self.embed = embed
+        self.dim = dim
+        self.quantization = quantization
+        self.num_published = int(row_of_item.shape[0])
+        self.new_ids: List[str] = []  # external ids of new items; id = num_published + position
+        self.attributes: Dict[str, Dict[str, List[str]]] = {}
+        self.embeddings: Dict[str, Tensor] = {}
+        self.deleted: Set[str] = set()
+
+    # --- ids ---------------------------------------------------------------------------------
+    def extra_ids(self) -> Dict[str, int]:
+        """External id -> id of the items added after publish."""
+        return {x: self.num_published + i for i, x in enumerate(self.new_ids)}
+
+    def _published_id(self, external: str) -> Optional[int]:
+        f = self.encoder.schema.item_features[0]
+        return f.id_of(external) if f.has(external) else None
+
+    # --- changes -----------------------------------------------------------------------------
+    def upsert(self, items: Sequence[Item]) -> None:
+        """Adds or replaces items (all validated and embedded before any is applied)."""
+        clean = []
+        for b, item in enumerate(items):
+            if not isinstance(item, Mapping) or "item_id" not in item:
+                raise ValueError(f"items[{b}] must be an object with an item_id")
+            ext = str(item["item_id"])
+            if not ext:
+                raise ValueError(f"items[{b}].item_id is empty")
+            attrs = item.get("attributes") or {}
+            if not isinstance(attrs, Mapping):
+                raise ValueError(f"items[{b}].attributes must be an object of feature -> values")
+            norm = {str(k): [str(v) for v in (vals if isinstance(vals, (list, tuple)) else [vals])] for k, vals in attrs.items()}
+            clean.append({"item_id": ext, "attributes": norm})
+        if not clean:
+            return
+        slots = self.encoder.items(clean)  # raises on unknown features / too many values
+        with torch.no_grad():
+            emb = self.embed(slots).float()
+        if not torch.isfinite(emb).all():
+            raise ValueError("the item tower produced NaN/inf embeddings for the new items")
+        for item, e in zip(clean, emb):
+            ext = item["item_id"]
+            if self._published_id(ext) is None and ext not in self.new_ids:
+                self.new_ids.append(ext)
+            self.attributes[ext] = item["attributes"]
+            self.embeddings[ext] = e.clone()
+            self.deleted.discard(ext)
+
+    def delete(self, item_ids: Sequence[Any]) -> int:
+        """Deletes items (published or fresh); returns how many existed."""
+        n = 0
+        for raw in item_ids:
+            ext = str(raw)
+            was_fresh = self.attributes.pop(ext, None) is not None
+            self.embeddings.pop(ext, None)
+            published = self._published_id(ext) is not None
+            if published and ext not in self.deleted:
+                self.deleted.add(ext)
+                n += 1
+            elif was_fresh:
+                n += 1
+        return n
+
+    # --- the graph input ---------------------------------------------------------------------
+    def fresh_index(self) -> FreshIndex:
+        """Tombstones for published items that were updated or deleted, fresh rows for the rest."""
+        hidden = [self._published_id(x) for x in list(self.attributes) + sorted(self.deleted)]
+        deleted_rows = np.array([self.row_of_item[i] for i in hidden if i is not None], dtype=np.int64)
+        names = list(self.attributes)
+        extra = self.extra_ids()
+        ids = np.array([self._published_id(x) if self._published_id(x) is not None else extra[x] for x in names], dtype=np.int64)
+        offsets, term_ids = [0], []
+        d = self.encoder.dictionary
+        for x in names:
+            t = sorted({d.term_id(f, v) for f, vals in self.attributes[x].items() for v in vals if f in d.features} - {-1})
+            term_ids.extend(t)
+            offsets.append(len(term_ids))
+        emb = torch.stack([self.embeddings[x] for x in names]) if names else torch.zeros(0, self.dim)
+        return build_fresh_index(emb, np.array(offsets, dtype=np.int64), np.array(term_ids, dtype=np.int64), ids,
+                                 deleted_rows, self.layout, int(self.row_of_item.max(initial=-1)) + 1, self.quantization)
+
+    # --- persistence -------------------------------------------------------------------------
+    def to_json(self) -> Dict[str, Any]:
+        return {"new_ids": list(self.new_ids), "upserts": {x: self.attributes[x] for x in self.attributes},
+                "deleted": sorted(self.deleted)}
+
+    def load_json(self, state: Mapping[str, Any]) -> None:
+        """Replays a saved state (new ids keep their ids; embeddings are recomputed)."""
+        self.new_ids = [str(x) for x in state.get("new_ids", [])]
+        ups = state.get("upserts", {})
+        self.upsert([{"item_id": x, "attributes": a} for x, a in ups.items()])
+        self.deleted = set()
+        self.delete(state.get("deleted", []))
