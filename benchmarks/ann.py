@@ -3,7 +3,7 @@ search under the same filter vs queries/s, swept over n_probe / nprobe / efSearc
 
     .venv/bin/pip install faiss-cpu==1.15.1 matplotlib   # the `bench` extra
     .venv/bin/python benchmarks/ann.py                   # 1M x 128 synthetic (+ demo embeddings if present)
-    .venv/bin/python benchmarks/ann.py --n 100000 --quick
+    .venv/bin/python benchmarks/ann.py --n 100000 --batches 16 --no-hnsw   # a quick run
 
 Data: clustered synthetic embeddings (Gaussian blobs with log-normal norms) and, when
 ``runs/demo/item_embeddings.pt`` exists ({"items": [N, D], "users": [U, D]}), the demo model's

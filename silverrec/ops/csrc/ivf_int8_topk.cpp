@@ -430,17 +430,43 @@ inline int64_t count_bits(const uint64_t* mb, int64_t lo, int64_t hi) {
   return n;
 }
 
+// The rank keys of all C clusters, best first: a stable LSD radix sort (3 passes of 11 bits) of
+// the ids, entered in ascending order, by the 32-bit score key inverted (so ties keep the lower
+// id first). No comparisons, so no branch misses: ~C per pass. Small C uses std::sort.
+void all_keys_sorted(const float* scores, int64_t C, std::vector<int64_t>& buf, std::vector<int64_t>& out) {
+  out.resize(C);
+  if (C < 256) {
+    for (int64_t c = 0; c < C; ++c) out[c] = rank_key(scores[c], c);
+    std::sort(out.begin(), out.end(), std::greater<int64_t>());
+    return;
+  }
+  buf.resize(C);
+  // rank_key's high word plus 2**31 is monotone in the score; ~ makes smaller = better
+  auto digit_key = [&](int64_t key) { return ~(static_cast<uint32_t>(key >> 32) ^ 0x80000000u); };
+  for (int64_t c = 0; c < C; ++c) buf[c] = rank_key(scores[c], c);
+  int64_t* src = buf.data();
+  int64_t* dst = out.data();
+  for (int shift = 0; shift < 32; shift += 11) {
+    int64_t hist[2049] = {0};
+    for (int64_t i = 0; i < C; ++i) ++hist[((digit_key(src[i]) >> shift) & 2047) + 1];
+    for (int d = 0; d < 2048; ++d) hist[d + 1] += hist[d];
+    for (int64_t i = 0; i < C; ++i) dst[hist[(digit_key(src[i]) >> shift) & 2047]++] = src[i];
+    std::swap(src, dst);
+  }
+  if (src != out.data()) std::copy(src, src + C, out.data());  // 3 passes: the result is in buf
+}
+
 // The rank keys of the best m of the C scores, sorted best first, into out. With C >= 64 m, a
 // lower bound t of the m-th best score comes first: the m-th largest of the maxima of blocks of
 // 32 scores (m blocks reach t, so m scores do). Only scores >= t (a small multiple of m) become
-// keys. About C/4 vector operations plus a selection over C/32 block maxima.
+// keys. About C/4 vector operations plus a selection over C/32 block maxima. Otherwise all C
+// keys are sorted (all_keys_sorted) and out holds all of them.
 void best_keys(const float* scores, int64_t C, int64_t m, std::vector<float>& block_max, std::vector<int64_t>& buf,
                std::vector<int64_t>& out) {
-  buf.clear();
-  int64_t c = 0;
 #ifdef __AVX2__
-  const int64_t nb = C / 32;
   if (C >= 64 * m) {
+    buf.clear();
+    const int64_t nb = C / 32;
     block_max.resize(nb);
     for (int64_t i = 0; i < nb; ++i) {
       const float* p = scores + 32 * i;
@@ -453,6 +479,7 @@ void best_keys(const float* scores, int64_t C, int64_t m, std::vector<float>& bl
     }
     std::nth_element(block_max.begin(), block_max.begin() + (m - 1), block_max.end(), std::greater<float>());
     const __m256 t = _mm256_set1_ps(block_max[m - 1]);
+    int64_t c = 0;
     for (; c < 32 * nb; c += 8) {
       int bits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(scores + c), t, _CMP_GE_OQ));
       while (bits) {
@@ -461,15 +488,17 @@ void best_keys(const float* scores, int64_t C, int64_t m, std::vector<float>& bl
         bits &= bits - 1;
       }
     }
+    for (; c < C; ++c) buf.push_back(rank_key(scores[c], c));
+    const int64_t kept = std::min<int64_t>(m, buf.size());
+    if (kept < static_cast<int64_t>(buf.size())) {
+      std::nth_element(buf.begin(), buf.begin() + (kept - 1), buf.end(), std::greater<int64_t>());
+    }
+    std::sort(buf.begin(), buf.begin() + kept, std::greater<int64_t>());
+    out.assign(buf.begin(), buf.begin() + kept);
+    return;
   }
 #endif
-  for (; c < C; ++c) buf.push_back(rank_key(scores[c], c));
-  const int64_t kept = std::min<int64_t>(m, buf.size());
-  if (kept < static_cast<int64_t>(buf.size())) {
-    std::nth_element(buf.begin(), buf.begin() + (kept - 1), buf.end(), std::greater<int64_t>());
-  }
-  std::sort(buf.begin(), buf.begin() + kept, std::greater<int64_t>());
-  out.assign(buf.begin(), buf.begin() + kept);
+  all_keys_sorted(scores, C, buf, out);
 }
 
 at::Tensor ivf_select_probes_cpu(const at::Tensor& scores_in, const at::Tensor& cluster_offsets_in,
@@ -520,13 +549,11 @@ at::Tensor ivf_select_probes_cpu(const at::Tensor& scores_in, const at::Tensor& 
       const float* sb = sc + b * C;
       std::fill(po + b * max_probe, po + (b + 1) * max_probe, int64_t(-1));
       const uint64_t* mb = mk == nullptr ? nullptr : mk + b * mask_row_stride;
-      int64_t m = std::min(limit, std::max<int64_t>(n_probe, 32));
-      best_keys(sb, C, m, block_max, buf, order);
+      best_keys(sb, C, std::min(limit, std::max<int64_t>(n_probe, 32)), block_max, buf, order);
       int64_t covered = 0, j = 0;
       while (j < limit) {
-        if (j == static_cast<int64_t>(order.size())) {  // the candidates ran out: 4x more
-          m = std::min(limit, 4 * m);
-          best_keys(sb, C, m, block_max, buf, order);  // same total order, so its prefix is what was taken
+        if (j == static_cast<int64_t>(order.size())) {  // the candidates ran out: sort them all
+          all_keys_sorted(sb, C, buf, order);  // same total order, so its prefix is what was taken
         }
         if (j >= n_probe && covered >= min_rows) break;
         const int64_t c = key_id(order[j]);
