@@ -5,10 +5,10 @@ Two views of the same CSR data (rows in index order):
 * ``posting_offsets`` / ``posting_rows``: term -> ascending rows holding it (the inverted
   index). ``bloom_search`` reads it to evaluate ``NOT term`` exactly, and :meth:`matches`
   evaluates whole filters exactly from it.
-* ``keys``: ascending ``row * T + term`` of every (row, term) pair, so a membership test is one
-  ``searchsorted``. :meth:`forward` (the *exact check*) uses it to test a candidate list
-  against a plan with fixed shapes and no host sync, so it runs inside the exported serving
-  graph on the final results: served results have zero false positives.
+* ``row_terms``: row -> its term ids, padded with -1 to a fixed width, so the membership of a
+  candidate in a plan's terms is one gather and a compare. :meth:`forward` (the *exact check*)
+  uses it to test a candidate list against a plan with fixed shapes and no host sync, so it runs
+  inside the exported serving graph on the final results: served results have zero false positives.
 
 Example::
 
@@ -18,7 +18,7 @@ Example::
     >>> table.posting_rows.tolist(), table.posting_offsets.tolist()
     ([0, 1, 1], [0, 2, 3])
 """
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -35,7 +35,6 @@ from silverrec.ops.reference import (
     BLOOM_TRUE,
 )
 
-_KEY_SENTINEL = torch.iinfo(torch.int64).max
 
 
 class AttributeTable(nn.Module):
@@ -45,9 +44,10 @@ class AttributeTable(nn.Module):
         offsets (np.ndarray): int64 ``[N+1]`` CSR offsets; row i holds ``term_ids[offsets[i]:offsets[i+1]]``.
         term_ids (np.ndarray): int64 ``[nnz]`` term ids in ``[0, T)``, ascending and unique per row.
         num_terms (int): T.
+        width (Optional[int]): columns of ``row_terms`` (None: the most terms of a row, at least 1).
     """
 
-    def __init__(self, offsets: np.ndarray, term_ids: np.ndarray, num_terms: int) -> None:
+    def __init__(self, offsets: np.ndarray, term_ids: np.ndarray, num_terms: int, width: Optional[int] = None) -> None:
         super().__init__()
         offsets = np.asarray(offsets, dtype=np.int64)
         term_ids = np.asarray(term_ids, dtype=np.int64)
@@ -68,7 +68,7 @@ class AttributeTable(nn.Module):
         posting_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.register_buffer("posting_offsets", torch.from_numpy(posting_offsets))
         self.register_buffer("posting_rows", torch.from_numpy(rows[order]))
-        self.register_buffer("keys", torch.from_numpy(np.append(keys, _KEY_SENTINEL)))
+        self.register_buffer("row_terms", torch.from_numpy(padded_row_terms(offsets, term_ids, width)))
 
     def postings(self, term: int) -> np.ndarray:
         """Ascending rows holding ``term``: int64 ``[count]``."""
@@ -114,22 +114,45 @@ class AttributeTable(nn.Module):
             >>> table(torch.tensor([[BLOOM_NOT_TERM]]), torch.tensor([[1]]), torch.tensor([[0, 1, -1]]))
             tensor([[ True, False, False]])
         """
-        return exact_check(self.keys, self.num_terms, self.num_items, opcodes, terms, rows)
+        valid = (rows >= 0) & (rows < self.num_items)
+        member = term_membership(self.row_terms, terms, rows.clamp(0, max(self.num_items - 1, 0)))
+        return run_filter_program(opcodes, member) & valid
 
 
-def term_membership(keys: Tensor, num_terms: int, terms: Tensor, rows: Tensor) -> Tensor:
+def padded_row_terms(offsets: np.ndarray, term_ids: np.ndarray, width: Optional[int] = None) -> np.ndarray:
+    """CSR term sets -> int64 ``[N, width]`` term ids per row, padded with -1.
+
+    Raises:
+        ValueError: a row with more than ``width`` terms.
+    """
+    counts = np.diff(offsets)
+    most = int(counts.max(initial=0))
+    width = max(1, most) if width is None else width
+    if most > width:
+        raise ValueError(f"an item has {most} filterable terms, more than the table's width {width}")
+    out = np.full((counts.size, width), -1, dtype=np.int64)
+    rows = np.repeat(np.arange(counts.size), counts)
+    cols = np.arange(term_ids.size) - np.repeat(offsets[:-1], counts)
+    out[rows, cols] = term_ids
+    return out
+
+
+def term_membership(row_terms: Tensor, terms: Tensor, rows: Tensor) -> Tensor:
     """Whether each candidate row holds each plan term: bool ``[B, K, L]``.
 
     Args:
-        keys (Tensor): int64 ascending ``row * T + term`` of every (row, term) pair, followed by at
-            least one sentinel (int64 max).
-        num_terms (int): T.
-        terms (Tensor): int64 ``[B, L]`` plan term ids (-1 where none); rows (Tensor): int64 ``[B, K]``.
+        row_terms (Tensor): int64 ``[N, W]`` term ids per row (-1 padding).
+        terms (Tensor): int64 ``[B, L]`` plan term ids (-1 where none).
+        rows (Tensor): int64 ``[B, K]`` rows in ``[0, N)``.
     """
-    B, K, L = rows.shape[0], rows.shape[1], terms.shape[1]
-    key = rows[:, :, None] * max(num_terms, 1) + terms[:, None, :]  # [B, K, L]
-    pos = torch.searchsorted(keys, key.reshape(-1)).reshape(B, K, L)
-    return keys[pos] == key  # the sentinel keeps pos in range
+    return holds_terms(row_terms[rows], terms)
+
+
+def holds_terms(held: Tensor, terms: Tensor) -> Tensor:
+    """``held`` int64 ``[B, K, W]`` term ids of each candidate (-1 padding) x plan ``terms``
+    ``[B, L]`` -> bool ``[B, K, L]``: the candidate holds the term."""
+    hit = held.unsqueeze(2) == terms[:, None, :, None]  # [B, K, L, W]
+    return (hit & (held >= 0).unsqueeze(2)).any(-1)
 
 
 def run_filter_program(opcodes: Tensor, member: Tensor) -> Tensor:
@@ -165,10 +188,3 @@ def run_filter_program(opcodes: Tensor, member: Tensor) -> Tensor:
         value = torch.where(is_push[:, l, None], push[:, :, l], torch.where(is_bin[:, l, None], combined, keep))
         stack = stack.scatter(2, slot, value[:, :, None])
     return stack[:, :, 0]
-
-
-def exact_check(keys: Tensor, num_terms: int, num_rows: "int | Tensor", opcodes: Tensor, terms: Tensor, rows: Tensor) -> Tensor:
-    """Exact check of candidate rows against B plans from the sorted ``row * T + term`` keys
-    (see :meth:`AttributeTable.forward`): bool ``[B, K]``; rows outside ``[0, num_rows)`` never pass."""
-    valid = (rows >= 0) & (rows < num_rows)
-    return run_filter_program(opcodes, term_membership(keys, num_terms, terms, rows)) & valid

@@ -104,7 +104,7 @@ class BloomIndex(nn.Module):
     @classmethod
     def build(cls, item_terms: ItemTerms, num_hashes: int = 4, bits_multiplier: float = 12.0,
               item_order: Optional[Sequence[int]] = None, features: Optional[Sequence[str]] = None,
-              dense_fraction: float = 1 / 16) -> "BloomIndex":
+              dense_fraction: float = 1 / 16, row_width: Optional[int] = None) -> "BloomIndex":
         """Builds the index from the item attribute table (publish time).
 
         Args:
@@ -119,6 +119,9 @@ class BloomIndex(nn.Module):
                 name feature ``features[i]`` as ``i``); None: order of first appearance.
             dense_fraction (float): terms held by at least this fraction of the items get an
                 exact row instead of signature bits (``W`` words each); > 1 disables.
+            row_width (Optional[int]): width of the exact table's per-item term rows (None: the
+                most terms of an item; the serving graph uses the schema's upper bound, so that
+                items added later fit).
 
         Returns:
             BloomIndex: the index (N rows, M = ``num_bits``, H = ``num_hashes``).
@@ -130,19 +133,20 @@ class BloomIndex(nn.Module):
                 raise ValueError(f"item_order must be a permutation of 0..{len(item_terms) - 1}")
             item_terms = [item_terms[i] for i in order.tolist()]
         dictionary, offsets, term_ids = TermDictionary.from_item_terms(item_terms, features)
-        return cls.from_term_sets(dictionary, offsets, term_ids, num_hashes, bits_multiplier, order, dense_fraction)
+        return cls.from_term_sets(dictionary, offsets, term_ids, num_hashes, bits_multiplier, order, dense_fraction, row_width)
 
     @classmethod
     def from_term_sets(cls, dictionary: TermDictionary, offsets: np.ndarray, term_ids: np.ndarray, num_hashes: int = 4,
                        bits_multiplier: float = 12.0, item_order: Optional[Tensor] = None,
-                       dense_fraction: float = 1 / 16) -> "BloomIndex":
+                       dense_fraction: float = 1 / 16, row_width: Optional[int] = None) -> "BloomIndex":
         """Builds the index from encoded term sets whose rows are already in index order.
 
         Args:
             dictionary (TermDictionary): the T terms.
             offsets (np.ndarray): int64 ``[N+1]`` and term_ids (np.ndarray): int64 ``[nnz]``: CSR
                 term sets of the rows (as returned by ``TermDictionary.from_item_terms``).
-            num_hashes (int), bits_multiplier (float), dense_fraction (float): as in :meth:`build`.
+            num_hashes (int), bits_multiplier (float), dense_fraction (float), row_width (Optional[int]):
+                as in :meth:`build`.
             item_order (Optional[Tensor]): int64 ``[N]`` user item of each row (None: identity).
 
         Returns:
@@ -169,7 +173,7 @@ class BloomIndex(nn.Module):
         bits = np.packbits(unpacked, axis=1, bitorder="little").view("<i8")  # [M + E, W]
         signatures = BloomBits(torch.from_numpy(np.ascontiguousarray(bits)), torch.from_numpy(term_hashes), num_bits,
                                dense)
-        return cls(dictionary, signatures, AttributeTable(offsets, term_ids, len(dictionary)), item_order)
+        return cls(dictionary, signatures, AttributeTable(offsets, term_ids, len(dictionary), row_width), item_order)
 
     def plan(self, expressions: Sequence[str], length: Optional[int] = None) -> FilterPlan:
         """Parses B filter expressions into plan tensors (``opcodes/terms [B, L]``, ``hashes [B, L, H]``).
@@ -262,10 +266,10 @@ class BloomIndex(nn.Module):
         The mean over rows of ``(1 - exp(-H n_r / M))^H`` with ``n_r`` the row's number of
         terms in the Bloom signature (frequent terms have exact rows and no false positives).
         """
-        keys = self.table.keys.numpy()[:-1]
-        num_terms = max(self.table.num_terms, 1)
-        in_bloom = ~self.dense_terms[keys % num_terms]
-        counts = np.bincount(keys[in_bloom] // num_terms, minlength=self.num_items)
+        row_terms = self.table.row_terms.numpy()
+        present = row_terms >= 0
+        in_bloom = present & ~self.dense_terms[np.where(present, row_terms, 0)]
+        counts = in_bloom.sum(1)
         return float(np.mean((1.0 - np.exp(-self.num_hashes * counts / self.num_bits)) ** self.num_hashes))
 
     def memory_bytes(self) -> Dict[str, int]:
@@ -276,5 +280,5 @@ class BloomIndex(nn.Module):
             "bloom": self.num_bits * words * 8,
             "exact_rows": (self.bits.shape[0] - self.num_bits) * words * 8,
             "postings": (t.posting_rows.numel() + t.posting_offsets.numel()) * 8,
-            "check_keys": t.keys.numel() * 8,
+            "check_rows": t.row_terms.numel() * 8,
         }

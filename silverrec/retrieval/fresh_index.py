@@ -4,18 +4,19 @@ The serving graph takes it as inputs beside its built-in (main) index: tombstone
 rows (deleted or updated items) and a small index of the new versions with the main index's
 layout -- INT8 codes + scales, a float16 cache, Bloom bit rows built with the main index's term
 -> bit-row mapping (so the same filter plan runs on both), posting lists for exact ``NOT``, and
-the ``row * T + term`` keys of the exact check. The graph scans it with the same fused op (one
+the per-row term ids of the exact check. The graph scans it with the same fused op (one
 cluster) and merges its candidates with the main ones before the OverArch.
 
 Shapes are padded so that an export traced once accepts any fresh size: ``F`` rows, a multiple of
-64 (at least 128, two words, so that no size is 1 (which torch.export would specialise); rows past the live ones are dead: live bit 0, item id -1), at least two posting
-entries and two key sentinels. Filter values never seen at publish time are not in the term
+64 (at least 128, two words, so that no size is 1, which torch.export would specialise; rows
+past the live ones are dead: live bit 0, item id -1), and at least two posting entries. Filter values never seen at publish time are not in the term
 dictionary: such a term matches no item (fresh or not) until the next publish.
 
 Example::
 
     >>> import numpy as np
-    >>> layout = FilterLayout(term_hashes=np.array([[0, 1], [1, 2]]), dense=np.array([False, False]), num_bit_rows=3)
+    >>> layout = FilterLayout(term_hashes=np.array([[0, 1], [1, 2]]), dense=np.array([False, False]), num_bit_rows=3,
+    ...                       row_width=2)
     >>> fresh = build_fresh_index(torch.randn(2, 4), np.array([0, 1, 2]), np.array([0, 1]), np.array([7, 9]),
     ...                           np.array([3]), layout, num_main_rows=100)
     >>> fresh.codes.shape, fresh.item_ids[:3].tolist(), fresh.live.tolist()
@@ -28,9 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from silverrec.retrieval.attribute_table import padded_row_terms
 from silverrec.retrieval.quantize import quantize_int8_global, quantize_int8_per_item
 
-_KEY_SENTINEL = torch.iinfo(torch.int64).max
 _MIN_ROWS = 128
 
 
@@ -42,11 +43,13 @@ class FilterLayout:
         term_hashes (np.ndarray): int64 ``[T, H]`` bit rows tested for each term.
         dense (np.ndarray): bool ``[T]``, terms with an exact row (their H entries name it).
         num_bit_rows (int): R, rows of the bit matrix (signature rows + exact rows).
+        row_width (int): columns of the exact table's per-item term rows.
     """
 
     term_hashes: np.ndarray
     dense: np.ndarray
     num_bit_rows: int
+    row_width: int
 
     @property
     def num_terms(self) -> int:
@@ -63,7 +66,7 @@ class FreshIndex(NamedTuple):
         bits (Tensor): int64 ``[R, F / 64]`` Bloom bit rows of the fresh rows.
         live (Tensor): int64 ``[F / 64]`` packed live rows.
         posting_offsets (Tensor): int64 ``[T + 1]``; posting_rows (Tensor): int64 ``[P + 2]``.
-        keys (Tensor): int64 ``[nnz + 2]`` ascending ``row * T + term``, then sentinels.
+        row_terms (Tensor): int64 ``[F, width]`` term ids of each row, -1 padding.
     """
 
     deleted: Tensor
@@ -75,7 +78,7 @@ class FreshIndex(NamedTuple):
     live: Tensor
     posting_offsets: Tensor
     posting_rows: Tensor
-    keys: Tensor
+    row_terms: Tensor
 
 
 def _pack_rows(rows: np.ndarray, num_words: int) -> np.ndarray:
@@ -140,7 +143,8 @@ def build_fresh_index(
     t = layout.num_terms
     order = np.argsort(term_ids, kind="stable")
     posting_offsets = np.concatenate([[0], np.cumsum(np.bincount(term_ids, minlength=t))]).astype(np.int64)
-    keys = np.sort(rows * max(t, 1) + term_ids)
+    row_terms = np.full((f, layout.row_width), -1, dtype=np.int64)
+    row_terms[:f0] = padded_row_terms(offsets, term_ids, layout.row_width)
     main_words = (num_main_rows + 63) // 64
     return FreshIndex(
         deleted=torch.from_numpy(_pack_rows(np.asarray(deleted_rows, dtype=np.int64), main_words)),
@@ -152,7 +156,7 @@ def build_fresh_index(
         live=torch.from_numpy(_pack_rows(np.arange(f0), words)),
         posting_offsets=torch.from_numpy(posting_offsets),
         posting_rows=torch.from_numpy(np.concatenate([rows[order], [0, 0]]).astype(np.int64)),
-        keys=torch.from_numpy(np.concatenate([keys, [_KEY_SENTINEL, _KEY_SENTINEL]]).astype(np.int64)),
+        row_terms=torch.from_numpy(row_terms),
     )
 
 

@@ -36,8 +36,10 @@ def publish(
         raise ValueError(f"{len(item_terms)} item attribute rows for {item_embeddings.shape[0]} item embeddings")
     index = IVFInt8Index.build(item_embeddings, num_clusters=config.num_clusters, quantization=config.quantization)
     features = [f.name for f in schema.filterable_features]
+    # exact-table rows as wide as the schema allows, so that items added later fit
+    width = sum(f.max_length for f in schema.filterable_features)
     bloom = BloomIndex.build(item_terms, num_hashes=config.bloom_hashes, bits_multiplier=config.bloom_bits_multiplier,
-                             item_order=index.row_to_id.tolist(), features=features)
+                             item_order=index.row_to_id.tolist(), features=features, row_width=width)
     scorer = model.candidate_scorer()
     if not config.use_over_arch:
         scorer.over_arch = None
@@ -66,6 +68,7 @@ def serving_metadata(graph: RetrievalGraph, schema: Schema, config: ServingConfi
         "quantization": config.quantization,
         "filter": {
             "bit_rows": int(bloom.bits.shape[0]),
+            "row_width": int(bloom.table.row_terms.shape[1]),
             "features": list(bloom.dictionary.features),
             "terms": [list(t) for t in bloom.dictionary.terms],
             "term_hashes": bloom.term_hashes.tolist(),

@@ -29,7 +29,7 @@ import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.*)
 from silverrec.models.candidate_scorer import CandidateScorer
 from silverrec.models.padded_encoder import PaddedEncoder
 from silverrec.retrieval.bloom_index import BloomIndex
-from silverrec.retrieval.attribute_table import run_filter_program, term_membership
+from silverrec.retrieval.attribute_table import holds_terms, run_filter_program
 from silverrec.retrieval.candidates import merge_candidates
 from silverrec.retrieval.ivf_index import IVFInt8Index
 from silverrec.retrieval.packed_mask import popcount
@@ -58,7 +58,7 @@ class ServingConfig:
     n_probe: Optional[int] = None
     num_clusters: Optional[int] = None
     quantization: str = "per_item"
-    filter_length: int = 16
+    filter_length: int = 12
     bloom_hashes: int = 4
     bloom_bits_multiplier: float = 12.0
     use_over_arch: bool = True
@@ -92,7 +92,7 @@ class RetrievalGraph(nn.Module):
             int64 ``[B, L, H]``: the filter plans (``BloomIndex.plan``; the blank filter matches all).
         exclude (Tensor): int64 ``[B, E]`` item ids never to return (e.g. already seen), -1 = none.
         deleted, fresh_codes, fresh_scales, fresh_cache, fresh_item_ids, fresh_bits, fresh_live,
-        fresh_posting_offsets, fresh_posting_rows, fresh_keys (Tensor): the fields of a
+        fresh_posting_offsets, fresh_posting_rows, fresh_row_terms (Tensor): the fields of a
             :class:`~silverrec.retrieval.fresh_index.FreshIndex` (tombstones and fresh items).
 
     Returns:
@@ -142,7 +142,7 @@ class RetrievalGraph(nn.Module):
     def forward(self, user_ids: Tensor, opcodes: Tensor, terms: Tensor, hashes: Tensor, exclude: Tensor,
                 deleted: Tensor, fresh_codes: Tensor, fresh_scales: Tensor, fresh_cache: Tensor, fresh_item_ids: Tensor,
                 fresh_bits: Tensor, fresh_live: Tensor, fresh_posting_offsets: Tensor, fresh_posting_rows: Tensor,
-                fresh_keys: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                fresh_row_terms: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         u = self.user_encoder(user_ids)  # [B, T, D]
         B, T, D = u.shape
         N, F = self.num_items, fresh_codes.shape[0]
@@ -175,11 +175,9 @@ class RetrievalGraph(nn.Module):
         is_fresh = rows >= N
         main_rows, fresh_rows = rows.clamp(0, N - 1), (rows - N).clamp(0, F - 1)
         item = torch.where(is_fresh, fresh_item_ids[fresh_rows], self.row_to_item[main_rows])
-        # exact filter check: term membership from each index's keys, then one program run
-        num_terms = self.bloom.table.num_terms
-        member = torch.where(is_fresh.unsqueeze(-1), term_membership(fresh_keys, num_terms, terms, fresh_rows),
-                             term_membership(self.bloom.table.keys, num_terms, terms, main_rows))
-        passes = run_filter_program(opcodes, member)
+        # exact filter check: each candidate's terms from its index's table, then one program run
+        held = torch.where(is_fresh.unsqueeze(-1), fresh_row_terms[fresh_rows], self.bloom.table.row_terms[main_rows])
+        passes = run_filter_program(opcodes, holds_terms(held, terms))
         excluded = (item.unsqueeze(2) == exclude.unsqueeze(1)).any(2)
         valid = (rows >= 0) & passes & ~excluded
         # fp16 cache re-score (index_select: ~7x faster than advanced indexing on float16 CPU tensors)

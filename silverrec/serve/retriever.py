@@ -69,7 +69,7 @@ class Retriever:
         self._slot_vocab = torch.tensor([features[key] for key, n in self.encoder.slots for _ in range(n)], dtype=torch.int64)
         self._slot_names = [key for key, n in self.encoder.slots for _ in range(n)]
         f = self.metadata["filter"]
-        layout = FilterLayout(self.encoder.term_hashes, self.encoder.dense, int(f["bit_rows"]))
+        layout = FilterLayout(self.encoder.term_hashes, self.encoder.dense, int(f["bit_rows"]), int(f["row_width"]))
         row_of_item = programs["model"].state_dict["item_to_row"].numpy()
         self._updates = ItemUpdates(self.encoder, layout, row_of_item, self._embed_items, int(self.metadata["dim"]),
                                     self.metadata.get("quantization", "per_item"))

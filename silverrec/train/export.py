@@ -76,7 +76,7 @@ def build_serving_graph(model: TwoTower, dataset: RecDataset, config: ServingCon
 def item_updates(graph: RetrievalGraph, item_encoder: PaddedEncoder, metadata: Dict[str, Any]) -> ItemUpdates:
     """An empty :class:`ItemUpdates` over ``graph``'s main index (eager item tower)."""
     encoder = RequestEncoder(metadata)
-    layout = FilterLayout(encoder.term_hashes, encoder.dense, int(metadata["filter"]["bit_rows"]))
+    layout = FilterLayout(encoder.term_hashes, encoder.dense, int(metadata["filter"]["bit_rows"]), int(metadata["filter"]["row_width"]))
     return ItemUpdates(encoder, layout, graph.item_to_row.numpy(), item_encoder, int(metadata["dim"]), metadata["quantization"])
 
 
@@ -94,7 +94,7 @@ def example_inputs(dataset: RecDataset, metadata: Dict[str, Any], num_users: int
         filters = [cycle[i % 3] for i in range(num_users)]
     exclude = [r.get(HISTORY, [])[-2:] for r in reqs]
     if fresh is None:
-        layout = FilterLayout(encoder.term_hashes, encoder.dense, int(metadata["filter"]["bit_rows"]))
+        layout = FilterLayout(encoder.term_hashes, encoder.dense, int(metadata["filter"]["bit_rows"]), int(metadata["filter"]["row_width"]))
         fresh = empty_fresh_index(layout, int(metadata["dim"]), int(metadata["num_items"]))
     return (encoder.users(reqs), *encoder.filters(list(filters), num_users), encoder.exclude(exclude, num_users), *fresh)
 
@@ -122,7 +122,7 @@ def export_graph(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset: Re
                "exclude": {0: batch, 1: width}, "deleted": None, "fresh_codes": {0: rows}, "fresh_scales": {0: rows},
                "fresh_cache": {0: rows}, "fresh_item_ids": {0: rows}, "fresh_bits": {1: words}, "fresh_live": {0: words},
                "fresh_posting_offsets": None, "fresh_posting_rows": {0: torch.export.Dim("fresh_postings", min=2)},
-               "fresh_keys": {0: torch.export.Dim("fresh_keys", min=2)}}
+               "fresh_row_terms": {0: rows}}
     fresh = _tracing_updates(graph, item_encoder, dataset, metadata)
     slots = RequestEncoder(metadata).items([{"item_id": i, "attributes": t} for i, t in
                                             zip(dataset.schema.item_ids[:3], dataset.item_terms()[:3])])
