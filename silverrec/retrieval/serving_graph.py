@@ -11,8 +11,9 @@ Data flow (B queries, T tasks, K0 candidates per task, M = T * K0, K results)::
 
 Fixed output shapes, no host syncs, no data-dependent Python control flow, so the module passes
 ``torch.export`` with a dynamic batch. The probe count adapts per query without leaving the
-graph: with a filter passing a fraction r of the items (an exact popcount of the mask), a query
-probes ``ceil(n_probe / r)`` clusters (at most all of them: a filtered exhaustive scan), so a
+graph (``ivf_select_probes``): a query probes its ``n_probe`` best clusters, then more in centroid
+order until the probed clusters cover as many rows passing its filter as ``n_probe`` clusters hold
+on average (counted exactly per cluster; at most all clusters: a filtered exhaustive scan), so a
 strict filter is not starved. Items in a query's ``exclude`` list are cleared from its mask
 before the scan, so they never take a candidate slot.
 
@@ -32,7 +33,6 @@ from silverrec.retrieval.bloom_index import BloomIndex
 from silverrec.retrieval.attribute_table import holds_terms, run_filter_program
 from silverrec.retrieval.candidates import merge_candidates
 from silverrec.retrieval.ivf_index import IVFInt8Index
-from silverrec.retrieval.packed_mask import popcount
 from silverrec.retrieval.quantize import _quantize_rows
 
 
@@ -128,6 +128,7 @@ class RetrievalGraph(nn.Module):
         self.k, self.k0, self.n_probe = k, candidates_per_task, n_probe
         self.num_tasks = num_tasks
         self.num_items, self.num_clusters = index.num_items, index.num_clusters
+        self.min_rows = max(candidates_per_task, round(n_probe * index.num_items / index.num_clusters))
         self.register_buffer("centroids_t", index.centroids.T.contiguous().float())
         self.register_buffer("cluster_offsets", index.cluster_offsets.clone())
         self.register_buffer("codes", index.codes)
@@ -152,16 +153,16 @@ class RetrievalGraph(nn.Module):
         f_rows_range = torch.arange(2, device=u.device) * F  # [0, F]
         f_mask = torch.ops.silverrec.bloom_search(fresh_bits, opcodes, terms, hashes, fresh_posting_offsets,
                                                    fresh_posting_rows, zero_probe, f_rows_range) & fresh_live
-        # probes per query: n_probe / pass rate (all clusters for a very strict filter)
-        rate = popcount(mask).float() / N
-        n_eff = torch.ceil(self.n_probe / rate.clamp(min=1.0 / N)).long().clamp(self.n_probe, self.num_clusters)
+        # probes per (query, task): the n_probe best clusters, then more in centroid order until
+        # they cover as many rows passing the query's mask as n_probe clusters hold on average
+        # (all clusters for a very strict filter); exact per-cluster counts, no host sync
         q = u.reshape(B * T, D).float()
-        order = torch.argsort(q @ self.centroids_t, dim=1, descending=True)  # [B*T, C]
-        n_q = n_eff.repeat_interleave(T)
-        probe = torch.where(torch.arange(self.num_clusters, device=q.device) < n_q.unsqueeze(1), order, -1)
+        mask_q = mask.repeat_interleave(T, dim=0)
+        probe = torch.ops.silverrec.ivf_select_probes(q @ self.centroids_t, self.cluster_offsets, mask_q, self.n_probe,
+                                                      self.min_rows, self.num_clusters)
         q_codes, q_scales = _quantize_rows(q)
         main_s, main_r, _ = torch.ops.silverrec.ivf_int8_topk(
-            q_codes, q_scales, self.codes, self.scales, self.cluster_offsets, probe, mask.repeat_interleave(T, dim=0), self.k0
+            q_codes, q_scales, self.codes, self.scales, self.cluster_offsets, probe, mask_q, self.k0
         )
         fresh_s, fresh_r, _ = torch.ops.silverrec.ivf_int8_topk(
             q_codes, q_scales, fresh_codes, fresh_scales, f_rows_range, zero_probe.repeat_interleave(T, dim=0),
