@@ -9,7 +9,8 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 FBGEMM ?= fbgemm-gpu-cpu==1.8.0
 TORCH  ?= torch==2.13.0
 DEPS   := tensordict torchmetrics==1.0.3 tqdm pyre-extensions iopath hydra-core omegaconf \
-          tensorboard triton pytest hypothesis ninja numpy pandas pyarrow setuptools wheel
+          tensorboard triton pytest hypothesis ninja numpy pandas pyarrow setuptools wheel \
+          starlette==1.10.0 uvicorn==0.54.0 prometheus-client==0.26.0 httpx2==2.16.2
 # pytest arguments, e.g. `make test PYTEST_ARGS="-k bloom -x"`
 PYTEST_ARGS ?=
 DEMO_ARGS ?=

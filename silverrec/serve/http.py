@@ -1,0 +1,439 @@
+"""``silverrec-serve``: an exported serving graph as an HTTP JSON service (Starlette + uvicorn).
+
+    silverrec-serve --model runs/demo/serving.pt2 [--host 127.0.0.1] [--port 8000]
+                    [--max-batch 64] [--max-wait-ms 2] [--max-queue 1024]
+
+Endpoints:
+
+* ``POST /query`` ``{"users": [{feature: value(s), "history": [item ids]}], "filter": "..." or
+  [one per user], "exclude": [[item ids] per user], "k": 10}`` ->
+  ``{"results": [[{"item_id", "value", "tasks": {task: score}}] per user], "version": ...}``;
+* ``GET /schema``: user features (vocabulary sizes, example values), item attributes, tasks, the
+  value formula, a valid ``example_request`` and ``example_item``;
+* ``POST /items`` (one ``{"item_id", "attributes": {feature: [values]}}`` or a list of them: add
+  or update), ``DELETE /items/{item_id}``;
+* ``GET /healthz``; ``GET /metrics`` (Prometheus text format).
+
+Concurrent ``/query`` requests are encoded in the request handlers (a bad one gets a 400 naming
+the field), then micro-batched into one forward (:mod:`silverrec.serve.batching`); a full queue
+answers 503. The server binds to 127.0.0.1 unless told otherwise.
+"""
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from torch import Tensor
+
+from silverrec.schema import HISTORY
+from silverrec.serve.batching import BatchingConfig, BatchStats, EncodedQuery, MicroBatcher, Outputs, QueueFull
+from silverrec.serve.retriever import Retriever
+
+log = logging.getLogger("silverrec.serve")
+
+_QUERY_FIELDS = ("users", "filter", "exclude", "k")
+_ITEM_FIELDS = ("item_id", "attributes")
+_SIMPLE_VALUE = re.compile(r"[A-Za-z0-9_.\-]+\Z")
+
+
+class BadRequest(ValueError):
+    """A request the client must fix: answered with 400 and this message."""
+
+
+@dataclass
+class ServerConfig:
+    """Settings of the HTTP service.
+
+    Args:
+        batching (BatchingConfig): micro-batching (max batch, max wait, queue bound).
+        max_users (int): most users one ``/query`` request may carry.
+        examples (int): example values listed per feature by ``/schema``.
+    """
+
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    max_users: int = 1024
+    examples: int = 5
+
+
+class ServingMetrics:
+    """The service's Prometheus metrics, in a registry of its own (one per app).
+
+    Args:
+        max_batch (int): the largest batch (sets the batch-size histogram's buckets).
+        window_s (float): the sliding window of the ``queries_per_second`` gauge.
+    """
+
+    def __init__(self, max_batch: int, window_s: float = 10.0) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        latency = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+        sizes = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024} & set(range(1, 2 * max_batch)) | {max_batch})
+        self.requests = Counter("silverrec_http_requests", "HTTP requests by endpoint, method and status",
+                                ["endpoint", "method", "status"], registry=r)
+        self.latency = Histogram("silverrec_http_request_duration_seconds", "HTTP request latency (handler entry to "
+                                 "response) by endpoint", ["endpoint"], buckets=latency, registry=r)
+        self.queries = Counter("silverrec_queries", "users answered by /query", registry=r)
+        self.qps = Gauge("silverrec_queries_per_second", f"users answered per second over the last {window_s:g} s", registry=r)
+        self.batch_size = Histogram("silverrec_batch_size", "users per forward of the serving graph", buckets=sizes, registry=r)
+        self.batch_requests = Histogram("silverrec_batch_requests", "requests per forward of the serving graph",
+                                        buckets=sizes, registry=r)
+        self.forward = Histogram("silverrec_forward_duration_seconds", "time of one forward of the serving graph",
+                                 buckets=latency, registry=r)
+        self.queue_depth = Gauge("silverrec_queue_depth", "queries waiting for the batching worker", registry=r)
+        self.index_version = Gauge("silverrec_index_version", "item index version (increments on every update)", registry=r)
+        self.model = Gauge("silverrec_model_info", "the served model", ["version", "k", "tasks"], registry=r)
+        self._window_s = window_s
+        self._recent: Deque[Tuple[float, int]] = collections.deque()
+        self._lock = threading.Lock()
+        self.qps.set_function(self._rate)
+
+    def bind(self, queue_depth: Callable[[], float], index_version: Callable[[], float], model: Dict[str, str]) -> None:
+        """Gauges read at scrape time, and the model's labels."""
+        self.queue_depth.set_function(queue_depth)
+        self.index_version.set_function(index_version)
+        self.model.labels(**model).set(1)
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, method, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        self.batch_size.observe(stats.users)
+        self.batch_requests.observe(stats.requests)
+        self.forward.observe(stats.seconds)
+
+    def observe_queries(self, users: int) -> None:
+        self.queries.inc(users)
+        now = time.monotonic()
+        with self._lock:
+            self._recent.append((now, users))
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._recent and self._recent[0][0] < now - self._window_s:
+            self._recent.popleft()
+
+    def _rate(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            self._trim(now)
+            return sum(n for _, n in self._recent) / self._window_s
+
+    def render(self) -> Tuple[bytes, str]:
+        """The Prometheus text exposition and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class ServingApp:
+    """The service: a :class:`Retriever`, its micro-batcher, metrics and the Starlette routes.
+
+    Args:
+        retriever (Retriever): the loaded serving graph.
+        config (ServerConfig): service settings.
+
+    Example::
+
+        >>> server = ServingApp(Retriever("runs/demo/serving.pt2"), ServerConfig())   # doctest: +SKIP
+        >>> uvicorn.run(server.app, host="127.0.0.1", port=8000)                      # doctest: +SKIP
+    """
+
+    def __init__(self, retriever: Retriever, config: ServerConfig) -> None:
+        self.retriever = retriever
+        self.config = config
+        self.metrics = ServingMetrics(max_batch=config.batching.max_batch)
+        self.batcher = MicroBatcher(self._search, config.batching, on_batch=self.metrics.observe_batch)
+        self.metrics.bind(queue_depth=lambda: self.batcher.queue_depth, index_version=lambda: self.retriever.index_version,
+                          model={"version": retriever.version, "k": str(retriever.k), "tasks": ",".join(retriever.tasks)})
+        self._schema = describe_schema(retriever, config.examples)
+        routes = [
+            Route("/query", self._wrap("/query", self.query), methods=["POST"]),
+            Route("/schema", self._wrap("/schema", self.schema), methods=["GET"]),
+            Route("/items", self._wrap("/items", self.upsert), methods=["POST"]),
+            Route("/items/{item_id:path}", self._wrap("/items/{item_id}", self.delete), methods=["DELETE"]),
+            Route("/healthz", self._wrap("/healthz", self.healthz), methods=["GET"]),
+            Route("/metrics", self._wrap("/metrics", self.prometheus), methods=["GET"]),
+        ]
+        self.app = Starlette(routes=routes, lifespan=self._lifespan)
+        self.app.state.server = self
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette):
+        self.batcher.start()
+        try:
+            yield
+        finally:
+            self.batcher.stop()
+
+    def _wrap(self, name: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """Maps errors to status codes and records count and latency under the route's name."""
+
+        async def endpoint(request: Request) -> Response:
+            t0 = time.perf_counter()
+            try:
+                response = await handler(request)
+            except BadRequest as err:
+                response = _error(400, str(err))
+            except QueueFull as err:
+                response = _error(503, str(err), {"Retry-After": "1"})
+            except Exception as err:  # a bug or a failed forward: 500, logged with its traceback
+                log.exception("%s %s failed", request.method, name)
+                response = _error(500, f"internal error: {type(err).__name__}: {err}")
+            self.metrics.observe_request(name, request.method, response.status_code, time.perf_counter() - t0)
+            return response
+
+        return endpoint
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    async def query(self, request: Request) -> Response:
+        body = await _json_body(request)
+        users, filters, exclude, k = self._validate_query(body)
+        query = self._encode(users, filters, exclude)
+        try:
+            future = self.batcher.submit(query)
+        except QueueFull:
+            raise
+        except RuntimeError as err:  # the worker is not running (shutting down)
+            return _error(503, str(err))
+        outputs = await asyncio.wrap_future(future)
+        self.metrics.observe_queries(query.batch)
+        return JSONResponse({"results": self._decode(outputs, k), "version": self.retriever.version})
+
+    async def schema(self, request: Request) -> Response:
+        return JSONResponse(self._schema)
+
+    async def upsert(self, request: Request) -> Response:
+        body = await _json_body(request, array=True)
+        items = _validate_items(body)
+        try:
+            await run_in_threadpool(self.retriever.upsert_items, items)
+        except ValueError as err:
+            raise BadRequest(str(err)) from err
+        return JSONResponse({"upserted": len(items), "index_version": self.retriever.index_version})
+
+    async def delete(self, request: Request) -> Response:
+        item_id = request.path_params["item_id"]
+        deleted = await run_in_threadpool(self.retriever.delete_items, [item_id])
+        if deleted == 0:
+            return _error(404, f"item_id {item_id!r} is not in the index")
+        return JSONResponse({"deleted": int(deleted), "index_version": self.retriever.index_version})
+
+    async def healthz(self, request: Request) -> Response:
+        ok = self.batcher.alive
+        return JSONResponse({"status": "ok" if ok else "batching worker not running", "version": self.retriever.version,
+                             "index_version": self.retriever.index_version, "queue_depth": self.batcher.queue_depth},
+                            status_code=200 if ok else 503)
+
+    async def prometheus(self, request: Request) -> Response:
+        text, content_type = self.metrics.render()
+        return Response(text, media_type=content_type)
+
+    # -- request handling ------------------------------------------------------------------
+
+    def _validate_query(self, body: Any) -> Tuple[List[Dict[str, Any]], Any, Optional[List[Any]], int]:
+        if not isinstance(body, dict):
+            raise BadRequest(f"the request body must be a JSON object with {list(_QUERY_FIELDS)}, got {type(body).__name__}")
+        unknown = sorted(set(body) - set(_QUERY_FIELDS))
+        if unknown:
+            raise BadRequest(f"unknown field(s) {unknown}; a query has {list(_QUERY_FIELDS)}")
+        if "users" not in body:
+            raise BadRequest('missing field "users": a list of {feature: value(s)} objects, one per user')
+        users = body["users"]
+        if not isinstance(users, list) or not users:
+            raise BadRequest(f'"users" must be a non-empty list of objects, got {_kind(users)}')
+        if len(users) > self.config.max_users:
+            raise BadRequest(f'"users" has {len(users)} users, at most {self.config.max_users} per request')
+        for b, u in enumerate(users):
+            if not isinstance(u, dict):
+                raise BadRequest(f'"users[{b}]" must be an object of feature -> value(s), got {_kind(u)}')
+        filters = body.get("filter")
+        if isinstance(filters, list):
+            if len(filters) != len(users):
+                raise BadRequest(f'"filter" has {len(filters)} expressions for {len(users)} users: give one per user or one string for all')
+            for b, f in enumerate(filters):
+                if f is not None and not isinstance(f, str):
+                    raise BadRequest(f'"filter[{b}]" must be a string or null, got {_kind(f)}')
+        elif filters is not None and not isinstance(filters, str):
+            raise BadRequest(f'"filter" must be a string, a list of strings (one per user) or null, got {_kind(filters)}')
+        exclude = body.get("exclude")
+        if exclude is not None:
+            if not isinstance(exclude, list) or len(exclude) != len(users):
+                raise BadRequest(f'"exclude" must be a list of {len(users)} lists of item ids (one per user), got {_kind(exclude)}')
+            for b, e in enumerate(exclude):
+                if e is not None and not isinstance(e, list):
+                    raise BadRequest(f'"exclude[{b}]" must be a list of item ids, got {_kind(e)}')
+        k = body.get("k")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.retriever.k):
+            raise BadRequest(f'"k" must be an integer in [1, {self.retriever.k}], got {k!r}')
+        return users, filters, exclude, (self.retriever.k if k is None else k)
+
+    def _search(self, *inputs: Tensor) -> Outputs:
+        """One forward over a micro-batch against one snapshot of the item updates; returns the
+        graph outputs and that snapshot's id -> external id map (to decode the ids)."""
+        snap = self.retriever._snapshot  # TODO: a public Retriever accessor for one consistent view
+        return (*self.retriever.search(*inputs, fresh=snap.fresh), snap.external)
+
+    def _encode(self, users: List[Dict[str, Any]], filters: Any, exclude: Optional[List[Any]]) -> EncodedQuery:
+        enc, b = self.retriever.encoder, len(users)
+        extra_ids = self.retriever._snapshot.extra_ids  # ids of items added after publish (append-only)
+        parts = []
+        for name, fn in (("users", lambda: (enc.users(users),)), ("filter", lambda: enc.filters(filters, b)),
+                         ("exclude", lambda: (enc.exclude(exclude, b, extra_ids),))):
+            try:
+                parts.extend(fn())
+            except ValueError as err:
+                msg = str(err)
+                raise BadRequest(msg if msg.startswith(name) else f'"{name}": {msg}') from err
+        return EncodedQuery(*parts)
+
+    def _decode(self, outputs: Outputs, k: int) -> List[List[Dict[str, Any]]]:
+        ids, value, scores, num_valid = (t.tolist() for t in outputs[:4])
+        vocab, tasks = outputs[4], self.retriever.tasks
+        return [
+            [{"item_id": vocab[ids[b][j]], "value": value[b][j], "tasks": dict(zip(tasks, scores[b][j]))}
+             for j in range(min(k, num_valid[b]))]
+            for b in range(len(num_valid))
+        ]
+
+
+def describe_schema(retriever: Retriever, examples: int) -> Dict[str, Any]:
+    """The ``/schema`` document: features, attributes, tasks, formula and valid examples."""
+    schema, meta = retriever.schema, retriever.metadata
+    item_ids = schema.item_ids
+    user_features = [
+        {"name": f.name, "vocab_size": f.num_embeddings, "max_values": f.max_length, "examples": list(f.vocab[:examples])}
+        for f in schema.user_features
+    ]
+    user_features.append({"name": HISTORY, "vocab_size": len(item_ids), "max_values": schema.history_length,
+                          "examples": list(item_ids[:examples]), "note": "item ids, oldest first; the latest are kept"})
+    attributes = [
+        {"name": f.name, "vocab_size": f.num_embeddings, "max_values": f.max_length, "filterable": f.filterable,
+         "examples": list(f.vocab[:examples])}
+        for f in schema.item_features[1:]
+    ]
+    user = {f.name: (list(f.vocab[:1]) if f.max_length > 1 else f.vocab[0]) for f in schema.user_features}
+    user[HISTORY] = list(item_ids[: min(3, len(item_ids))])
+    terms = [tuple(t) for t in meta["filter"]["terms"]]
+    example_filter = _term(*terms[0]) if terms else ""
+    if len(terms) > 1:
+        example_filter = f"{example_filter} OR {_term(*terms[1])}"
+    fresh_id = next(f"new-item-{i}" for i in range(len(item_ids) + 1) if f"new-item-{i}" not in set(item_ids))
+    return {
+        "version": retriever.version,
+        "k": retriever.k,
+        "num_items": int(meta["num_items"]),
+        "user_features": user_features,
+        "item_attributes": attributes,
+        "tasks": list(retriever.tasks),
+        "value_formula": meta.get("value_formula"),
+        "filter_syntax": "feature:value terms with AND, OR, NOT and parentheses, e.g. "
+                         "\"language:en AND NOT (category:music OR creator:7)\"; quote values with spaces",
+        "example_request": {"users": [user], "filter": example_filter,
+                            "exclude": [list(item_ids[3:4])], "k": min(10, retriever.k)},
+        "example_item": {"item_id": fresh_id,
+                         "attributes": {f.name: list(f.vocab[:1]) for f in schema.item_features[1:]}},
+    }
+
+
+def _term(feature: str, value: str) -> str:
+    return f"{feature}:{value}" if _SIMPLE_VALUE.match(value) else f"{feature}:'{value}'"
+
+
+def _validate_items(body: Any) -> List[Dict[str, Any]]:
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        raise BadRequest("the request body is an empty list: give one item object or a list of them")
+    out = []
+    for n, item in enumerate(items):
+        where = f"items[{n}]" if isinstance(body, list) else "the item"
+        if not isinstance(item, dict):
+            raise BadRequest(f'{where} must be an object {{"item_id": .., "attributes": {{feature: [values]}}}}, got {_kind(item)}')
+        unknown = sorted(set(item) - set(_ITEM_FIELDS))
+        if unknown:
+            raise BadRequest(f"{where}: unknown field(s) {unknown}; an item has {list(_ITEM_FIELDS)}")
+        item_id = item.get("item_id")
+        if isinstance(item_id, bool) or not isinstance(item_id, (str, int)) or item_id == "":
+            raise BadRequest(f'{where}: "item_id" must be a non-empty string or an integer, got {item_id!r}')
+        attributes = item.get("attributes", {})
+        if not isinstance(attributes, dict):
+            raise BadRequest(f'{where}: "attributes" must be an object of feature -> [values], got {_kind(attributes)}')
+        clean: Dict[str, List[Any]] = {}
+        for name, values in attributes.items():
+            values = values if isinstance(values, list) else [values]
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (str, int)):
+                    raise BadRequest(f'{where}: "attributes.{name}" values must be strings or integers, got {v!r}')
+            clean[name] = values
+        out.append({"item_id": str(item_id), "attributes": clean})
+    return out
+
+
+async def _json_body(request: Request, array: bool = False) -> Any:
+    raw = await request.body()
+    if not raw:
+        raise BadRequest("the request body is empty: send a JSON " + ("object or list" if array else "object"))
+    try:
+        return json.loads(raw)
+    except ValueError as err:
+        raise BadRequest(f"the request body is not valid JSON: {err}") from err
+
+
+def _kind(x: Any) -> str:
+    return "null" if x is None else type(x).__name__
+
+
+def _error(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+def create_app(model: str, config: Optional[ServerConfig] = None) -> Starlette:
+    """Loads ``model`` (a ``.pt2`` from ``silverrec-export``) and returns the ASGI app."""
+    return ServingApp(Retriever(model), config or ServerConfig()).app
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="silverrec-serve", description="Serve an exported silverrec graph over HTTP (JSON).")
+    p.add_argument("--model", required=True, help="the .pt2 file written by silverrec-export")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=64, help="most users per forward (default 64)")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill (default 2 ms)")
+    p.add_argument("--max-queue", type=int, default=1024, help="most queued requests before answering 503 (default 1024)")
+    p.add_argument("--max-users", type=int, default=1024, help="most users in one /query request (default 1024)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs throughput)")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    import torch
+    import uvicorn
+
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    config = ServerConfig(BatchingConfig(args.max_batch, args.max_wait_ms, args.max_queue), max_users=args.max_users)
+    server = ServingApp(Retriever(args.model), config)
+    r = server.retriever
+    log.info("silverrec-serve: model %s version %s K=%d tasks=%s on http://%s:%d (max_batch=%d max_wait_ms=%g max_queue=%d)",
+             args.model, r.version, r.k, ",".join(r.tasks), args.host, args.port, args.max_batch, args.max_wait_ms,
+             args.max_queue)
+    uvicorn.run(server.app, host=args.host, port=args.port, log_level="warning", access_log=args.access_log)
+
+
+if __name__ == "__main__":
+    main()
