@@ -283,12 +283,12 @@ class ServingApp:
     def _search(self, *inputs: Tensor) -> Outputs:
         """One forward over a micro-batch against one snapshot of the item updates; returns the
         graph outputs and that snapshot's id -> external id map (to decode the ids)."""
-        snap = self.retriever._snapshot  # TODO: a public Retriever accessor for one consistent view
+        snap = self.retriever.snapshot  # one consistent view of the item updates for the whole batch
         return (*self.retriever.search(*inputs, fresh=snap.fresh), snap.external)
 
     def _encode(self, users: List[Dict[str, Any]], filters: Any, exclude: Optional[List[Any]]) -> EncodedQuery:
         enc, b = self.retriever.encoder, len(users)
-        extra_ids = self.retriever._snapshot.extra_ids  # ids of items added after publish (append-only)
+        extra_ids = self.retriever.snapshot.extra_ids  # ids of items added after publish (append-only)
         parts = []
         for name, fn in (("users", lambda: (enc.users(users),)), ("filter", lambda: enc.filters(filters, b)),
                          ("exclude", lambda: (enc.exclude(exclude, b, extra_ids),))):

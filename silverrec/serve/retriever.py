@@ -31,7 +31,9 @@ from silverrec.serve.requests import Filters, RequestEncoder
 Result = Tuple[Any, float, Dict[str, float]]  # (external item id, value, {task: prediction})
 
 
-class _Snapshot(NamedTuple):
+class Snapshot(NamedTuple):
+    """One consistent view of the item updates: the fresh index and the id maps that go with it."""
+
     fresh: FreshIndex
     extra_ids: Dict[str, int]  # external id -> id, items added after publish
     external: Tuple[str, ...]  # id -> external id, published then added
@@ -88,6 +90,12 @@ class Retriever:
     @property
     def index_version(self) -> int:
         return self._snapshot.index_version
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The current view of the item updates (immutable; an update swaps in a new one): pass its
+        ``fresh`` to :meth:`search` and decode ids with its ``external`` for one consistent answer."""
+        return self._snapshot
 
     @property
     def fresh_index(self) -> FreshIndex:
@@ -162,10 +170,10 @@ class Retriever:
             write_atomically(self.updates_path, lambda tmp: _write_json(tmp, state), ".json")
         self._snapshot = snap  # one reference assignment: queries see the old or the new state
 
-    def _make_snapshot(self, version: int) -> _Snapshot:
+    def _make_snapshot(self, version: int) -> Snapshot:
         extra = self._updates.extra_ids()
         external = tuple(self.schema.item_ids) + tuple(self._updates.new_ids)
-        return _Snapshot(self._updates.fresh_index(), extra, external, version)
+        return Snapshot(self._updates.fresh_index(), extra, external, version)
 
     def _embed_items(self, slots: Tensor) -> Tensor:
         with torch.no_grad():
