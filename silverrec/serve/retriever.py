@@ -140,11 +140,11 @@ class Retriever:
         excl = self.encoder.exclude(exclude, b, snap.extra_ids)
         ids, value, scores, num_valid = self.search(user_ids, opcodes, terms, hashes, excl, snap.fresh)
         out: List[List[Result]] = []
+        ids_l, value_l, scores_l, counts = ids.tolist(), value.tolist(), scores.tolist(), num_valid.tolist()
         for i in range(b):
-            n = min(k, int(num_valid[i]))
             out.append([
-                (snap.external[int(ids[i, j])], float(value[i, j]), {t: float(scores[i, j, c]) for c, t in enumerate(self.tasks)})
-                for j in range(n)
+                (snap.external[ids_l[i][j]], value_l[i][j], dict(zip(self.tasks, scores_l[i][j])))
+                for j in range(min(k, counts[i]))
             ])
         return out
 
