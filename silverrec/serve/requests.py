@@ -92,11 +92,10 @@ class RequestEncoder:
             out[b, : len(r)] = r
         return torch.from_numpy(out)
 
-    def items(self, items: Sequence[Mapping[str, Any]], known_only: bool = False) -> Tensor:
+    def items(self, items: Sequence[Mapping[str, Any]]) -> Tensor:
         """int64 ``[B, S_i]`` item-tower slots of items ``{"item_id": id, "attributes": {feature:
         [values]}}``. An item id outside the published vocabulary (a new item) leaves its slot
-        empty, as do attribute values never seen at training (the tower has no row for them);
-        with ``known_only`` such values are errors instead.
+        empty, as do attribute values never seen at training (the tower has no row for them).
 
         Raises:
             ValueError: an unknown feature, or more values than a feature's slots (named).
@@ -118,10 +117,7 @@ class RequestEncoder:
                 values = [] if raw is None else (list(raw) if isinstance(raw, (list, tuple)) else [raw])
                 if len(values) > n:
                     raise ValueError(f"items[{b}].attributes.{feature.name} has {len(values)} values, at most {n} allowed")
-                if known_only:
-                    ids = self._ids(feature, values, f"items[{b}].{feature.name}")
-                else:
-                    ids = [feature.id_of(v) for v in values if feature.has(v)]
+                ids = [feature.id_of(v) for v in values if feature.has(v)]
                 out[b, start : start + len(ids)] = ids
                 start += n
         return torch.from_numpy(out)
