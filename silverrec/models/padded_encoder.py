@@ -13,7 +13,6 @@ item one embeds items added after publish).
 import copy
 from typing import List, Sequence, Tuple
 
-import torch
 from torch import Tensor, nn
 from torchrec.modules.embedding_configs import PoolingType
 from torchrec.sparse.jagged_tensor import KeyedTensor

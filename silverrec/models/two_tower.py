@@ -18,7 +18,7 @@ learned per-task correction to the dot-product logit of a (user, candidate) pair
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn

@@ -2,7 +2,6 @@
 import dataclasses
 from typing import Any, Dict, Mapping, Sequence
 
-import torch
 from torch import Tensor
 
 from silverrec.models.padded_encoder import item_slots, padded_user_encoder_from_two_tower, user_slots

@@ -17,7 +17,6 @@ import os
 import threading
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
