@@ -115,6 +115,16 @@ def run_demo(overrides: Sequence[str]) -> Dict[str, Any]:
     return report
 
 
+def _trained(train: Dict[str, Any]) -> str:
+    start, steps = int(train.get("start_step", 0)), int(train["steps"])
+    where = f"on {train['world_size']} process(es)"
+    if start >= steps:
+        return f"resumed at the final step {steps} (trained by an earlier run) {where}"
+    if start:
+        return f"trained steps {start}-{steps} (resumed) in {train['seconds']} s {where}"
+    return f"trained {steps} steps in {train['seconds']} s {where}"
+
+
 def _print_summary(report: Dict[str, Any], run_dir: str) -> None:
     test, valid = report["test"], report["valid"]
     rows = [["metric (test split)", "two-tower (click head)", "most popular", "ratio"]]
@@ -125,8 +135,7 @@ def _print_summary(report: Dict[str, Any], run_dir: str) -> None:
     print()
     print(_table(rows))
     print(f"valid recall@100 {valid['recall@100']:.4f} (popularity {valid['popularity_recall@100']:.4f}); "
-          f"{test['num_users']} test users; trained {report['train']['steps']} steps in {report['train']['seconds']} s "
-          f"on {report['train']['world_size']} process(es)")
+          f"{test['num_users']} test users; {_trained(report['train'])}")
     mt = report["multitask"]
     print(f"\nmulti-task retrieval, {mt['num_users']} {mt['split']} users: dot product vs OverArch + Value Model "
           f"(candidates: top-{mt['pool_per_task']} per task, merged: {mt['pool_size_mean']:.0f} on average)")

@@ -60,6 +60,7 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
         report: Dict[str, Any] = evaluate_model(result.model.module.two_tower, dataset, ctx, ks=trainer_cfg.ks)
         report["train"] = {
             "steps": result.step,
+            "start_step": result.start_step,
             "seconds": round(train_seconds, 1),
             "world_size": ctx.world_size,
             "checkpoint": os.path.abspath(result.checkpoint),

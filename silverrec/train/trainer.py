@@ -78,12 +78,14 @@ class TrainResult:
 
     Args:
         step (int): the last step.
+        start_step (int): the step this call started from (> 0 when it resumed a checkpoint).
         checkpoint (str): path of the final checkpoint.
         model (DistributedModelParallel): the trained (sharded) train task.
         history (List[Dict[str, float]]): periodic validation metrics, with their step.
     """
 
     step: int
+    start_step: int
     checkpoint: str
     model: DistributedModelParallel
     history: List[Dict[str, float]]
@@ -197,7 +199,7 @@ class Trainer:
                 if step >= cfg.max_steps:
                     break
         bar.close()
-        return TrainResult(step=step, checkpoint=last_path, model=model, history=history)
+        return TrainResult(step=step, start_step=start, checkpoint=last_path, model=model, history=history)
 
     def _set_lr(self, opt, base_lr: List[float], step: int) -> None:
         if self.config.warmup_steps:
