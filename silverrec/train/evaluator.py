@@ -90,6 +90,22 @@ def embed_in_chunks(model: nn.Module, make_kjt, total: int, side: int, ctx: Dist
     return torch.cat(out)[:total]
 
 
+def embed_items(model: nn.Module, batcher: FeatureBatcher, num_items: int, ctx: DistContext) -> torch.Tensor:
+    """The item tower over the whole catalogue: float32 [N, D] on the CPU, row = item row."""
+    return embed_in_chunks(model, lambda rows: batcher.kjt(rows.size, item_rows=rows), num_items, side=1, ctx=ctx)
+
+
+def embed_eval_users(model: nn.Module, batcher: FeatureBatcher, users: EvalUsers, ctx: DistContext) -> torch.Tensor:
+    """The user tower over evaluated users with their histories: float32 [U, T, D] on the CPU."""
+    return embed_in_chunks(
+        model,
+        lambda rows: batcher.kjt(rows.size, user_rows=users.users[rows], history=users.history.take(rows)),
+        users.users.size,
+        side=0,
+        ctx=ctx,
+    )
+
+
 class Evaluator:
     """Exact full-corpus evaluation of a two-tower model on one split.
 
@@ -113,19 +129,7 @@ class Evaluator:
     def embed(self, model: nn.Module, ctx: DistContext) -> Tuple[torch.Tensor, torch.Tensor]:
         """User embeddings [U, T, D] (one per task) of the evaluated users and item embeddings
         [N, D] of the corpus."""
-        ev = self.users
-        n_items = self.dataset.items.num_rows
-        items = embed_in_chunks(
-            model, lambda rows: self.batcher.kjt(rows.size, item_rows=rows), n_items, side=1, ctx=ctx
-        )
-        users = embed_in_chunks(
-            model,
-            lambda rows: self.batcher.kjt(rows.size, user_rows=ev.users[rows], history=ev.history.take(rows)),
-            ev.users.size,
-            side=0,
-            ctx=ctx,
-        )
-        return users, items
+        return embed_eval_users(model, self.batcher, self.users, ctx), embed_items(model, self.batcher, self.dataset.items.num_rows, ctx)
 
     def evaluate(self, model: nn.Module, ctx: DistContext) -> Dict[str, float]:
         """recall@K and ndcg@K of exact inner-product retrieval (computed on every rank)."""

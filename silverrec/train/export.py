@@ -30,14 +30,14 @@ from silverrec.serve.item_updates import ItemUpdates
 from silverrec.serve.requests import RequestEncoder
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.distributed import local_context
-from silverrec.train.evaluator import embed_in_chunks
+from silverrec.train.evaluator import embed_items
 from silverrec.train.trainer import load_two_tower
 
 @torch.no_grad()
 def publish_item_embeddings(model: TwoTower, dataset: RecDataset) -> Tensor:
     """The item tower applied to every item of the catalogue: float32 [N, D], row = item row."""
     batcher = FeatureBatcher(dataset.schema, dataset.users, dataset.items)
-    emb = embed_in_chunks(model.eval(), lambda rows: batcher.kjt(rows.size, item_rows=rows), dataset.items.num_rows, 1, local_context())
+    emb = embed_items(model.eval(), batcher, dataset.items.num_rows, local_context())
     if not torch.isfinite(emb).all():
         raise ValueError("the item tower produced NaN/inf embeddings; the checkpoint is unusable for publishing")
     return emb

@@ -40,7 +40,7 @@ from silverrec.models.two_tower import TwoTower
 from silverrec.retrieval.candidates import merge_candidates
 from silverrec.retrieval.exact import exact_topk
 from silverrec.train.distributed import DistContext
-from silverrec.train.evaluator import embed_in_chunks, eval_users
+from silverrec.train.evaluator import embed_eval_users, embed_items, eval_users
 from silverrec.train.tb_logging import TensorBoardLogger
 
 _COLUMNS = ("dot", "overarch")
@@ -109,17 +109,8 @@ class MultiTaskEvaluator:
 
     def _embed(self, model: TwoTower, ctx: DistContext) -> Tuple[Tensor, Tensor]:
         """u [U, T, D] of the evaluated users and v [N, D] of the corpus (float32, CPU)."""
-        ev = self.users
-        v = embed_in_chunks(
-            model, lambda rows: self.batcher.kjt(rows.size, item_rows=rows), self.dataset.items.num_rows, side=1, ctx=ctx
-        )
-        u = embed_in_chunks(
-            model,
-            lambda rows: self.batcher.kjt(rows.size, user_rows=ev.users[rows], history=ev.history.take(rows)),
-            ev.users.size,
-            side=0,
-            ctx=ctx,
-        )
+        v = embed_items(model, self.batcher, self.dataset.items.num_rows, ctx)
+        u = embed_eval_users(model, self.batcher, self.users, ctx)
         return u, v
 
     @torch.no_grad()

@@ -23,7 +23,7 @@ from silverrec.models.train_task import LossConfig, TwoTowerTrainTask
 from silverrec.models.two_tower import TwoTower, TwoTowerConfig, build_two_tower
 from silverrec.train import checkpoint as ckpt
 from silverrec.train.distributed import DistContext, broadcast_object
-from silverrec.train.evaluator import Evaluator, embed_in_chunks
+from silverrec.train.evaluator import Evaluator, embed_items
 from silverrec.train.optim import SparseOptimizerConfig, apply_sparse_optimizer, combined_optimizer
 from silverrec.train.tb_logging import TensorBoardLogger
 
@@ -213,9 +213,7 @@ class Trainer:
         was_training = model.training
         model.eval()
         try:
-            items = embed_in_chunks(
-                model.module.two_tower, lambda rows: batcher.kjt(rows.size, item_rows=rows), dataset.items.num_rows, side=1, ctx=self.ctx
-            )
+            items = embed_items(model.module.two_tower, batcher, dataset.items.num_rows, self.ctx)
         finally:
             model.train(was_training)
         model.module.set_negative_bank(items)
