@@ -179,6 +179,7 @@ class RetrievalGraph(nn.Module):
         # exact filter check: each candidate's terms from its index's table, then one program run
         held = torch.where(is_fresh.unsqueeze(-1), fresh_row_terms[fresh_rows], self.bloom.table.row_terms[main_rows])
         passes = run_filter_program(opcodes, holds_terms(held, terms))
+        # excluded main rows were already cleared from the mask; this catches excluded fresh items
         excluded = (item.unsqueeze(2) == exclude.unsqueeze(1)).any(2)
         valid = (rows >= 0) & passes & ~excluded
         # fp16 cache re-score (index_select: ~7x faster than advanced indexing on float16 CPU tensors)
