@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from silverrec.retrieval.fresh_index import FilterLayout, FreshIndex, build_fresh_index
+from silverrec.retrieval.fresh_index import FreshIndex, build_fresh_index
 from silverrec.serve.requests import RequestEncoder
 
 Item = Mapping[str, Any]  # {"item_id": external id, "attributes": {feature: [values]}}
@@ -22,8 +22,8 @@ class ItemUpdates:
     """The changes since publish, and the fresh index they make.
 
     Args:
-        encoder (RequestEncoder): the export's request encoder (schema, filter dictionary, item slots).
-        layout (FilterLayout): the main index's Bloom layout.
+        encoder (RequestEncoder): the export's request encoder (schema, filter dictionary and
+            the main index's Bloom layout, item slots).
         row_of_item (np.ndarray): int64 ``[num_items]`` main-index row of each published item id.
         embed (Callable[[Tensor], Tensor]): item slots ``[B, S_i]`` -> embeddings ``[B, D]`` (the
             exported item tower).
@@ -31,10 +31,10 @@ class ItemUpdates:
         quantization (str): the main index's INT8 scheme.
     """
 
-    def __init__(self, encoder: RequestEncoder, layout: FilterLayout, row_of_item: np.ndarray,
+    def __init__(self, encoder: RequestEncoder, row_of_item: np.ndarray,
                  embed: Callable[[Tensor], Tensor], dim: int, quantization: str = "per_item") -> None:
         self.encoder = encoder
-        self.layout = layout
+        self.layout = encoder.filter_layout
         self.row_of_item = row_of_item
         self.embed = embed
         self.dim = dim

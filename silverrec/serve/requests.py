@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from silverrec.retrieval.filter_plan import compile_plans
+from silverrec.retrieval.fresh_index import FilterLayout
 from silverrec.retrieval.term_dictionary import TermDictionary
 from silverrec.schema import HISTORY, Schema, item_key, user_key
 
@@ -34,6 +35,8 @@ class RequestEncoder:
         self.term_hashes = np.asarray(f["term_hashes"], dtype=np.int64).reshape(len(self.dictionary), -1)
         self.dense = np.asarray(f["dense"], dtype=bool)
         self.filter_length = int(f["length"])
+        # the main index's term -> Bloom bit-row layout, which fresh items must share
+        self.filter_layout = FilterLayout(self.term_hashes, self.dense, int(f["bit_rows"]), int(f["row_width"]))
         self._features = {user_key(x.name): x for x in self.schema.user_features}
         self._item_feature = self.schema.item_features[0]
         self.item_slots: List[Tuple[str, int]] = [(k, int(n)) for k, n in metadata["item_slots"]]

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from silverrec.atomic_file import write_atomically
-from silverrec.retrieval.fresh_index import FilterLayout, FreshIndex
+from silverrec.retrieval.fresh_index import FreshIndex
 from silverrec.schema import HISTORY, user_key
 from silverrec.serve.artifact import load_artifact
 from silverrec.serve.item_updates import ItemUpdates
@@ -69,10 +69,8 @@ class Retriever:
         features[user_key(HISTORY)] = self.schema.num_items
         self._slot_vocab = torch.tensor([features[key] for key, n in self.encoder.slots for _ in range(n)], dtype=torch.int64)
         self._slot_names = [key for key, n in self.encoder.slots for _ in range(n)]
-        f = self.metadata["filter"]
-        layout = FilterLayout(self.encoder.term_hashes, self.encoder.dense, int(f["bit_rows"]), int(f["row_width"]))
         row_of_item = programs["model"].state_dict["item_to_row"].numpy()
-        self._updates = ItemUpdates(self.encoder, layout, row_of_item, self._embed_items, int(self.metadata["dim"]),
+        self._updates = ItemUpdates(self.encoder, row_of_item, self._embed_items, int(self.metadata["dim"]),
                                     self.metadata.get("quantization", "per_item"))
         self._lock = threading.Lock()
         self.updates_path = updates_path

@@ -21,7 +21,7 @@ from silverrec.data.batching import FeatureBatcher, HistoryIndex
 from silverrec.data.dataset import JaggedColumn, RecDataset
 from silverrec.models.two_tower import TwoTower
 from silverrec.models.padded_encoder import PaddedEncoder, padded_item_encoder_from_two_tower
-from silverrec.retrieval.fresh_index import FilterLayout, FreshIndex, empty_fresh_index
+from silverrec.retrieval.fresh_index import FreshIndex, empty_fresh_index
 from silverrec.retrieval.publish import publish, serving_metadata
 from silverrec.retrieval.serving_graph import RetrievalGraph, ServingConfig
 from silverrec.schema import HISTORY
@@ -76,8 +76,7 @@ def build_serving_graph(model: TwoTower, dataset: RecDataset, config: ServingCon
 def item_updates(graph: RetrievalGraph, item_encoder: PaddedEncoder, metadata: Dict[str, Any]) -> ItemUpdates:
     """An empty :class:`ItemUpdates` over ``graph``'s main index (eager item tower)."""
     encoder = RequestEncoder(metadata)
-    layout = FilterLayout(encoder.term_hashes, encoder.dense, int(metadata["filter"]["bit_rows"]), int(metadata["filter"]["row_width"]))
-    return ItemUpdates(encoder, layout, graph.item_to_row.numpy(), item_encoder, int(metadata["dim"]), metadata["quantization"])
+    return ItemUpdates(encoder, graph.item_to_row.numpy(), item_encoder, int(metadata["dim"]), metadata["quantization"])
 
 
 def example_inputs(dataset: RecDataset, metadata: Dict[str, Any], num_users: int = 3,
@@ -94,8 +93,7 @@ def example_inputs(dataset: RecDataset, metadata: Dict[str, Any], num_users: int
         filters = [cycle[i % 3] for i in range(num_users)]
     exclude = [r.get(HISTORY, [])[-2:] for r in reqs]
     if fresh is None:
-        layout = FilterLayout(encoder.term_hashes, encoder.dense, int(metadata["filter"]["bit_rows"]), int(metadata["filter"]["row_width"]))
-        fresh = empty_fresh_index(layout, int(metadata["dim"]), int(metadata["num_items"]))
+        fresh = empty_fresh_index(encoder.filter_layout, int(metadata["dim"]), int(metadata["num_items"]))
     return (encoder.users(reqs), *encoder.filters(list(filters), num_users), encoder.exclude(exclude, num_users), *fresh)
 
 
