@@ -26,6 +26,10 @@ Metrics (means over users; a held-out item seen twice in the split keeps its max
 
 Held-out items the user had already seen before the split are excluded from the pool (as in
 :class:`~silverrec.train.evaluator.Evaluator`) but stay in the denominators.
+
+:meth:`MultiTaskEvaluator.candidate_pool` and :meth:`MultiTaskEvaluator.rankings` are the
+extension points: every ranking they return becomes a column of the report
+(``benchmarks/multitask_headroom.py`` adds an oracle that reads the synthetic world's latents).
 """
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -35,7 +39,7 @@ import torch
 from torch import Tensor
 
 from silverrec.data.batching import FeatureBatcher
-from silverrec.data.dataset import JaggedColumn, RecDataset
+from silverrec.data.dataset import RecDataset
 from silverrec.models.two_tower import TwoTower
 from silverrec.retrieval.candidates import merge_candidates
 from silverrec.retrieval.exact import exact_topk
@@ -44,7 +48,6 @@ from silverrec.train.evaluator import embed_eval_users, embed_items, eval_users
 from silverrec.train.tb_logging import TensorBoardLogger
 
 _COLUMNS = ("dot", "overarch")
-_VALUE_COLUMNS = ("dot", "overarch", "click_dot")
 
 
 class MultiTaskEvaluator:
@@ -160,15 +163,16 @@ class MultiTaskEvaluator:
         total_value = torch.zeros(n_users).index_add_(0, pair_user, values)  # [U]
 
         kmax = self.ks[-1]
-        task_sums = {(c, k): torch.zeros(n_tasks, dtype=torch.float64) for c in _COLUMNS for k in self.ks}
-        value_sums = {(c, k): 0.0 for c in _VALUE_COLUMNS for k in self.ks}
+        # sums per (column, K), created by the first chunk that ranks with the column
+        task_sums: Dict[Tuple[str, int], Tensor] = {}
+        value_sums: Dict[Tuple[str, int], float] = {}
         v_dev = v.to(device)
         pool_sizes = 0
         for start in range(0, n_users, self.chunk):
             rows = np.arange(start, min(start + self.chunk, n_users))
-            pool, valid = self._pool(u[rows], v, self.users.seen.take(rows))  # [c, M]
+            pool, valid = self.candidate_pool(rows, u[rows], v)  # [c, M]
             pool_sizes += int(valid.sum())
-            ranked = self._rank(model, u[rows].to(device), v_dev, pool.to(device), valid.to(device), kmax, has_over_arch)
+            ranked = self.rankings(model, rows, u[rows].to(device), v_dev, pool.to(device), valid.to(device), kmax)
             owner = torch.from_numpy(rows).view(-1, 1, 1)
             for name, top in ranked.items():  # top [c, S, kmax] item rows
                 key = owner * n_items + top
@@ -179,56 +183,84 @@ class MultiTaskEvaluator:
                     if kind == "task":  # top [c, T, kmax]: task t's own ranking in slice t
                         rel = hit[..., :k] & relevant[pos[..., :k], torch.arange(n_tasks).view(1, -1, 1)]
                         share = rel.sum(-1) / n_relevant[rows].clamp_min(1)  # [c, T]
-                        task_sums[(col, k)] += (share * (n_relevant[rows] > 0)).sum(0).double()
+                        acc = task_sums.setdefault((col, k), torch.zeros(n_tasks, dtype=torch.float64))
+                        acc += (share * (n_relevant[rows] > 0)).sum(0).double()
                     else:  # top [c, 1, kmax]
                         got = (values[pos[:, 0, :k]] * hit[:, 0, :k]).sum(-1)  # [c]
                         tot = total_value[rows]
-                        value_sums[(col, k)] += float((got / tot.clamp_min(1e-30))[tot > 0].sum())
+                        value_sums[(col, k)] = value_sums.get((col, k), 0.0) + float(
+                            (got / tot.clamp_min(1e-30))[tot > 0].sum())
 
         task_users = (n_relevant > 0).sum(0)  # [T]
         value_users = int((total_value > 0).sum())
         out: Dict[str, Any] = {"tasks": {}}
+        task_cols = list(dict.fromkeys(c for c, _ in task_sums))
+        value_cols = list(dict.fromkeys(c for c, _ in value_sums))
         for i, t in enumerate(tasks):
             out["tasks"][t] = {
-                f"recall@{k}": {c: _mean(float(task_sums[(c, k)][i]), int(task_users[i])) for c in _COLUMNS}
+                f"recall@{k}": {c: _mean(float(task_sums[(c, k)][i]), int(task_users[i])) for c in task_cols}
                 for k in self.ks
             }
         for k in self.ks:
-            out[f"value_recall@{k}"] = {c: _mean(value_sums[(c, k)], value_users) for c in _VALUE_COLUMNS}
+            out[f"value_recall@{k}"] = {c: _mean(value_sums[(c, k)], value_users) for c in value_cols}
         out["num_users"] = int(n_users)
         out["pool_size_mean"] = pool_sizes / max(n_users, 1)
         out["pool_per_task"] = self.pool_per_task
         out["has_over_arch"] = has_over_arch
         return out
 
-    def _pool(self, u: Tensor, v: Tensor, seen: JaggedColumn) -> Tuple[Tensor, Tensor]:
-        """The merged candidate pool of c users: rows int64 [c, M] (-1 padding) and valid [c, M];
-        M is trimmed to the widest pool of the chunk (at least K)."""
+    def candidate_pool(self, rows: np.ndarray, u: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        """The merged candidate pool of c evaluated users: rows int64 [c, M] (-1 padding) and valid
+        [c, M]; M is trimmed to the widest pool of the chunk (at least K).
+
+        Args:
+            rows (np.ndarray): int64 [c] positions of the users in ``self.users``.
+            u (Tensor): [c, T, D] their embeddings. v (Tensor): [N, D] the corpus.
+
+        An extension point (``benchmarks/multitask_headroom.py`` swaps in an oracle's pool).
+        """
+        seen = self.users.seen.take(rows)
         lists = [exact_topk(u[:, t], v, self.pool_per_task, exclude=seen)[1] for t in range(u.shape[1])]
         pool = merge_candidates(torch.cat(lists, dim=1))  # [c, T*P], ascending then -1
         valid = pool >= 0
         width = max(int(valid.sum(1).max()), self.ks[-1])
         return pool[:, :width], valid[:, :width]
 
-    @staticmethod
-    def _rank(model: TwoTower, u: Tensor, v: Tensor, pool: Tensor, valid: Tensor, k: int,
-              has_over_arch: bool) -> Dict[Tuple[str, str], Tensor]:
+    def rankings(self, model: TwoTower, rows: np.ndarray, u: Tensor, v: Tensor, pool: Tensor, valid: Tensor,
+                 k: int) -> Dict[Tuple[str, str], Tensor]:
         """Top-k item rows of the pool under every ranking, on the CPU: ``(col, "task")`` [c, T, k]
-        and ``(col, "value")`` [c, 1, k], -1 where the pool has fewer than k valid rows."""
+        (slice t: task t's ranking) and ``(col, "value")`` [c, 1, k], -1 where the pool has fewer
+        than k valid rows. Each ``col`` becomes a column of the report.
+
+        Args:
+            model (TwoTower): the model. rows (np.ndarray): int64 [c] positions in ``self.users``.
+            u (Tensor): [c, T, D]. v (Tensor): [N, D]. pool (Tensor): int64 [c, M]. valid (Tensor): bool [c, M].
+            k (int): the largest cut-off.
+
+        An extension point (``benchmarks/multitask_headroom.py`` adds oracle rankings).
+        """
         cand = v[pool.clamp_min(0)]  # [c, M, D]
         dot = model.task_logits(u, cand, over_arch=False)  # [c, M, T]
+        has_over_arch = model.over_arch is not None
         logits = {"dot": dot, "overarch": model.task_logits(u, cand, over_arch=True) if has_over_arch else dot}
         out: Dict[Tuple[str, str], Tensor] = {}
         for col, lg in logits.items():
-            out[(col, "task")] = _top_rows(lg.masked_fill(~valid.unsqueeze(-1), float("-inf")), pool, k)
+            out[(col, "task")] = top_rows(lg.masked_fill(~valid.unsqueeze(-1), float("-inf")), pool, k)
             value = model.value(model.task_scores(lg, valid), valid)  # [c, M], -inf where invalid
-            out[(col, "value")] = _top_rows(value.unsqueeze(-1), pool, k)
+            out[(col, "value")] = top_rows(value.unsqueeze(-1), pool, k)
         out[("click_dot", "value")] = out[("dot", "task")][:, :1]
         return out
 
 
-def _top_rows(scores: Tensor, pool: Tensor, k: int) -> Tensor:
-    """scores [c, M, S] of the pool [c, M] -> top-k item rows int64 [c, S, k] on the CPU (-1: none)."""
+def top_rows(scores: Tensor, pool: Tensor, k: int) -> Tensor:
+    """scores [c, M, S] of the pool [c, M] -> top-k item rows int64 [c, S, k] on the CPU (-1 where
+    the score is -inf: an invalid candidate).
+
+    Example::
+
+        >>> top_rows(torch.tensor([[[0.5], [2.0], [float("-inf")]]]), torch.tensor([[7, 3, -1]]), k=3).tolist()
+        [[[3, 7, -1]]]
+    """
     c, m, s = scores.shape
     top_s, top_i = torch.topk(scores.transpose(1, 2), k, dim=-1)  # [c, S, k]
     rows = pool.gather(1, top_i.reshape(c, s * k)).view(c, s, k)
