@@ -7,7 +7,9 @@ a mix of filters, each user's history excluded, K = 100), with the same torch/FA
 
 * **model**: the exported ``.pt2`` (user tower -> Bloom filter + IVF-INT8 scan per task ->
   merge -> OverArch -> Value Model -> top-K, one graph). ``search`` times ``Retriever.search``
-  on pre-encoded tensors; ``query`` times ``Retriever.query`` (encoding and decoding included).
+  on pre-encoded tensors; ``query`` times ``Retriever.query`` (encoding and decoding included);
+  both serve the file's AOTInductor graph when it holds one, and ``search, torch.export`` times
+  the same file's plain ``torch.export`` program.
 * **pipeline**: standard parts called one after another: the same user tower (eager torch) ->
   FAISS ``IndexHNSWFlat`` (inner product) over the published item embeddings, one search per
   task head -> union -> a Python (NumPy) filter on the item attribute table and the exclusions
@@ -175,12 +177,13 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
 
     retriever = Retriever(args.model)
+    plain = Retriever(args.model, backend="export") if retriever.backend == "aoti" else None
     ckpt = _checkpoint(retriever.metadata, args.checkpoint)
     payload = load_checkpoint(ckpt)
     model = load_two_tower(payload).eval()
     t0 = time.perf_counter()
     ds: RecDataset = instantiate(OmegaConf.create(payload["data_config"]))
-    print(f"model {args.model} (version {retriever.version}, K={retriever.k}); checkpoint {ckpt}; "
+    print(f"model {args.model} (version {retriever.version}, K={retriever.k}, served by {retriever.backend}); checkpoint {ckpt}; "
           f"data rebuilt in {time.perf_counter() - t0:.0f} s: {ds.items.num_rows} items, {ds.users.num_rows} users")
     if retriever.metadata["num_items"] != ds.items.num_rows:
         raise SystemExit(f"the artifact has {retriever.metadata['num_items']} items, the data {ds.items.num_rows}")
@@ -240,6 +243,10 @@ def main() -> None:
         ids, _, _, num_valid = retriever.search(user_ids[s], opcodes[s], terms[s], hashes[s], exclude[s])
         return [ids[b, : int(num_valid[b])].numpy() for b in range(ids.shape[0])]
 
+    def run_search_export(s: slice) -> List[np.ndarray]:
+        ids, _, _, num_valid = plain.search(user_ids[s], opcodes[s], terms[s], hashes[s], exclude[s])
+        return [ids[b, : int(num_valid[b])].numpy() for b in range(ids.shape[0])]
+
     vocab_row = {x: i for i, x in enumerate(ds.schema.item_ids)}
 
     def run_query(s: slice) -> List[np.ndarray]:
@@ -264,10 +271,13 @@ def main() -> None:
     pipeline.candidates = index.hnsw.efSearch = chosen
 
     rows_out = []
-    names = ("model (search)", "model (query)", "pipeline")
-    fns = {"model (search)": run_search, "model (query)": run_query, "pipeline": run_pipeline}
+    served = "AOTInductor" if retriever.backend == "aoti" else "torch.export"
+    fns = {f"model (search, {served})": run_search, f"model (query, {served})": run_query, "pipeline": run_pipeline}
+    if plain is not None:
+        fns["model (search, torch.export)"] = run_search_export
+    names = tuple(fns)
     for batch in args.batches:
-        # the three run chunk by chunk in turn, so that they see the same load on a shared machine
+        # they run chunk by chunk in turn, so that they see the same load on a shared machine
         chunks = [slice(s, s + batch) for s in range(0, args.queries - args.queries % batch, batch)]
         results: Dict[str, List[np.ndarray]] = {n: [] for n in names}
         secs: Dict[str, List[float]] = {n: [] for n in names}

@@ -7,15 +7,20 @@ metadata (``silverrec.json``) carries the schema needed to encode requests, K, t
 dictionary, a version stamp (a hash of the schema and of every weight, buffer and index tensor of
 both programs) and the format version. A truncated or corrupted file, a file that is not a
 silverrec export, or one of another format version fails with a ``ValueError`` that says which.
+
+Optionally the package also holds the serving graph compiled by AOTInductor
+(:mod:`silverrec.serve.aoti`; metadata ``"aoti"``), which :class:`~silverrec.serve.Retriever`
+prefers where it can run. :func:`load_artifact` reads the programs without loading it.
 """
 import hashlib
 import json
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.export.pt2_archive._package import load_pt2, package_pt2
+from torch.export.pt2_archive import PT2ArchiveReader
+from torch.export.pt2_archive._package import _load_exported_programs, _load_extra_files, package_pt2
 
 import silverrec  # noqa: F401  (registers torch.ops.silverrec before loading a graph)
 from silverrec.atomic_file import write_atomically
@@ -40,13 +45,27 @@ def version_stamp(programs: Programs, schema: Any = None) -> str:
     return h.hexdigest()[:16]
 
 
-def save_artifact(programs: Programs, path: str, metadata: Dict[str, Any]) -> Dict[str, Any]:
-    """Writes the programs and metadata atomically (temporary file + rename); returns the metadata."""
+def save_artifact(programs: Programs, path: str, metadata: Dict[str, Any],
+                  aoti: Optional[Tuple[Dict[str, List[Any]], Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """Writes the programs and metadata atomically (temporary file + rename); returns the metadata.
+
+    Args:
+        aoti: optional ``({program name: AOTInductor files}, info)`` from
+            :func:`silverrec.serve.aoti.compile_aoti`; recorded as ``metadata["aoti"]``.
+    """
     missing = set(PROGRAMS) - set(programs)
     if missing:
         raise ValueError(f"save_artifact: missing program(s) {sorted(missing)}")
     meta = {**metadata, "format_version": FORMAT_VERSION, "version": version_stamp(programs, metadata.get("schema"))}
-    write_atomically(path, lambda tmp: package_pt2(tmp, exported_programs=dict(programs), extra_files={_META: json.dumps(meta)}), ".pt2")
+    files = None
+    if aoti is not None:
+        files, info = aoti
+        unknown = set(files) - set(programs)
+        if unknown:
+            raise ValueError(f"save_artifact: AOTInductor files for unknown program(s) {sorted(unknown)}")
+        meta["aoti"] = {**info, "programs": sorted(files)}
+    write_atomically(path, lambda tmp: package_pt2(tmp, exported_programs=dict(programs), aoti_files=files,
+                                                   extra_files={_META: json.dumps(meta)}), ".pt2")
     return meta
 
 
@@ -55,11 +74,14 @@ def load_artifact(path: str) -> Tuple[Programs, Dict[str, Any]]:
     ``FileNotFoundError`` / ``ValueError`` naming the problem."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"exported model {path!r} does not exist")
-    try:
-        contents = load_pt2(path)
+    try:  # the programs and extra files only: an AOTInductor library is loaded on demand
+        with PT2ArchiveReader(path) as reader:
+            names = reader.get_file_names()
+            exported_programs = _load_exported_programs(reader, names, None)
+            extra_files = _load_extra_files(reader, names)
     except Exception as err:
         raise ValueError(f"{path!r} is not a readable torch.export file (truncated or corrupted?): {type(err).__name__}: {err}") from err
-    raw = contents.extra_files.get(_META)
+    raw = extra_files.get(_META)
     if not raw:
         raise ValueError(f"{path!r} is a torch.export file but not a silverrec export (no {_META})")
     meta = json.loads(raw)
@@ -67,7 +89,7 @@ def load_artifact(path: str) -> Tuple[Programs, Dict[str, Any]]:
         raise ValueError(
             f"{path!r} has silverrec format version {meta.get('format_version')}, this silverrec reads {FORMAT_VERSION}; re-export it"
         )
-    programs = dict(contents.exported_programs)
+    programs = dict(exported_programs)
     missing = set(PROGRAMS) - set(programs)
     if missing:
         raise ValueError(f"{path!r} lacks the program(s) {sorted(missing)}; re-export it")

@@ -414,6 +414,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--max-queue", type=int, default=1024, help="most queued requests before answering 503 (default 1024)")
     p.add_argument("--max-users", type=int, default=1024, help="most users in one /query request (default 1024)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--backend", choices=("auto", "aoti", "export"), default="auto",
+                   help="auto (default): the AOTInductor graph when the file holds one that runs here, else the torch.export program")
     p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs throughput)")
     return p.parse_args(argv)
 
@@ -427,11 +429,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     config = ServerConfig(BatchingConfig(args.max_batch, args.max_wait_ms, args.max_queue), max_users=args.max_users)
-    server = ServingApp(Retriever(args.model), config)
+    server = ServingApp(Retriever(args.model, backend=args.backend), config)
     r = server.retriever
-    log.info("silverrec-serve: model %s version %s K=%d tasks=%s on http://%s:%d (max_batch=%d max_wait_ms=%g max_queue=%d)",
-             args.model, r.version, r.k, ",".join(r.tasks), args.host, args.port, args.max_batch, args.max_wait_ms,
-             args.max_queue)
+    log.info("silverrec-serve: model %s version %s (%s) K=%d tasks=%s on http://%s:%d (max_batch=%d max_wait_ms=%g max_queue=%d)",
+             args.model, r.version, r.backend, r.k, ",".join(r.tasks), args.host, args.port, args.max_batch,
+             args.max_wait_ms, args.max_queue)
     uvicorn.run(server.app, host=args.host, port=args.port, log_level="warning", access_log=args.access_log)
 
 

@@ -13,9 +13,10 @@ snapshot of the fresh index and its id maps, and an update swaps in a new snapsh
 sees an item either before or after a change, never half-changed.
 """
 import json
+import logging
 import os
 import threading
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -23,10 +24,13 @@ from torch import Tensor
 from silverrec.atomic_file import write_atomically
 from silverrec.retrieval.fresh_index import FreshIndex
 from silverrec.schema import HISTORY, user_key
+from silverrec.serve.aoti import aoti_usable, load_aoti
 from silverrec.serve.artifact import load_artifact
 from silverrec.serve.item_updates import ItemUpdates
 from silverrec.serve.requests import Filters, RequestEncoder
 
+log = logging.getLogger(__name__)
+BACKENDS = ("auto", "aoti", "export")
 Result = Tuple[Any, float, Dict[str, float]]  # (external item id, value, {task: prediction})
 
 
@@ -46,15 +50,22 @@ class Retriever:
         path (str): the ``.pt2`` file.
         updates_path (Optional[str]): a JSON file where item updates are persisted (written
             atomically after every change, replayed on start); None keeps them in memory only.
+        backend (str): ``"auto"`` (default): the AOTInductor-compiled graph when the artifact
+            holds one that runs here (same torch, same CPU ISA), else the ``torch.export``
+            program; ``"aoti"``: the compiled graph or a ``ValueError`` saying why not;
+            ``"export"``: the ``torch.export`` program. Both give the same results.
 
     Attributes:
         k (int): results per query the graph returns (``query`` may ask for fewer).
         tasks (List[str]): task names, the order of ``task_scores``' last dimension.
         version (str): the artifact's version stamp.
         index_version (int): increments with every item update.
+        backend (str): ``"aoti"`` or ``"export"``, the one serving.
     """
 
-    def __init__(self, path: str, updates_path: Optional[str] = None) -> None:
+    def __init__(self, path: str, updates_path: Optional[str] = None, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"Retriever backend must be one of {BACKENDS}, got {backend!r}")
         programs, self.metadata = load_artifact(path)
         if self.metadata.get("kind") != "retrieval_graph":
             raise ValueError(f"{path!r} is a silverrec export of kind {self.metadata.get('kind')!r}, not a serving graph")
@@ -63,7 +74,7 @@ class Retriever:
         self.k = int(self.metadata["k"])
         self.tasks: List[str] = list(self.metadata["tasks"])
         self.version = str(self.metadata["version"])
-        self._module = programs["model"].module()
+        self._module, self.backend = self._serving_module(path, programs, backend)
         self._item_tower = programs["item_tower"].module()
         features = {user_key(f.name): f.num_embeddings for f in self.schema.user_features}
         features[user_key(HISTORY)] = self.schema.num_items
@@ -82,6 +93,17 @@ class Retriever:
                                  f"this file is {self.version}; fold them in with a new publish or remove the file")
             self._updates.load_json(saved)
         self._snapshot = self._make_snapshot(0)
+
+    def _serving_module(self, path: str, programs: Dict[str, Any], backend: str) -> Tuple[Callable[..., Any], str]:
+        if backend != "export":
+            ok, why = aoti_usable(self.metadata.get("aoti"))
+            if ok:
+                return load_aoti(path, "model"), "aoti"
+            if backend == "aoti":
+                raise ValueError(f"{path!r}: cannot serve the AOTInductor graph: {why}")
+            if "aoti" in self.metadata:
+                log.warning("%s: serving the torch.export program, not the AOTInductor graph: %s", path, why)
+        return programs["model"].module(), "export"
 
     # --- queries ------------------------------------------------------------------------------
     @property
@@ -106,7 +128,7 @@ class Retriever:
         self._check(user_ids, exclude)
         fresh = self._snapshot.fresh if fresh is None else fresh
         with torch.no_grad():
-            return self._module(user_ids, opcodes, terms, hashes, exclude, *fresh)
+            return tuple(self._module(user_ids, opcodes, terms, hashes, exclude, *fresh))
 
     def query(
         self,

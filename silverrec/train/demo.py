@@ -67,7 +67,9 @@ def _table(rows: List[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
-def run_demo(overrides: Sequence[str]) -> Dict[str, Any]:
+def run_demo(overrides: Sequence[str], aoti: bool = True) -> Dict[str, Any]:
+    """Trains (or resumes) the default model, evaluates it, exports ``serving.pt2`` (with the
+    AOTInductor graph unless ``aoti=False``), times and checks the exported file, prints a summary."""
     with initialize_config_module(config_module="silverrec.conf", version_base="1.3"):
         cfg = compose(
             config_name="train",
@@ -84,14 +86,17 @@ def run_demo(overrides: Sequence[str]) -> Dict[str, Any]:
     config = ServingConfig(k=100)
     t0 = time.perf_counter()
     graph, item_encoder, meta = build_serving_graph(model, dataset, config)
-    meta = export_graph(graph, item_encoder, dataset, {**meta, "checkpoint": report["train"]["checkpoint"], "step": int(payload["step"])}, path)
+    meta = export_graph(graph, item_encoder, dataset, {**meta, "checkpoint": report["train"]["checkpoint"], "step": int(payload["step"])},
+                        path, aoti=aoti)
     export_s = time.perf_counter() - t0
     retriever = Retriever(path)
     def request(b: int, flt=None):  # user slots, filter plan and exclusions (the fresh index is the retriever's)
         return example_inputs(dataset, meta, b, flt)[:5]
 
-    latency = {str(b): round(_latency_ms(retriever, request(b, [""] * b)), 2) for b in (1, 16, 256)}
-    filtered = {str(b): round(_latency_ms(retriever, request(b, [DEMO_FILTER] * b)), 2) for b in (1, 16)}
+    latency, filtered = {}, {}
+    for r in [retriever] + ([Retriever(path, backend="export")] if retriever.backend == "aoti" else []):
+        latency[r.backend] = {str(b): round(_latency_ms(r, request(b, [""] * b)), 2) for b in (1, 16, 256)}
+        filtered[r.backend] = {str(b): round(_latency_ms(r, request(b, [DEMO_FILTER] * b)), 2) for b in (1, 16)}
     parity = _parity(retriever, graph, request(64))
     # the test users' click-head queries and the published items, for benchmarks/ann.py
     ev = Evaluator(dataset, "test", [100])
@@ -106,8 +111,11 @@ def run_demo(overrides: Sequence[str]) -> Dict[str, Any]:
         "serving_config": meta["serving_config"],
         "seconds": round(export_s, 1),
         "parity": parity,
-        "latency_ms_by_batch": latency,
-        "filtered_latency_ms_by_batch": filtered,
+        "backend": retriever.backend,
+        "latency_ms_by_batch": latency[retriever.backend],
+        "filtered_latency_ms_by_batch": filtered[retriever.backend],
+        "export_program_latency_ms_by_batch": latency["export"],
+        "export_program_filtered_latency_ms_by_batch": filtered["export"],
         "filter": DEMO_FILTER,
     }
     write_json_atomic(os.path.join(run_dir, "report.json"), report)
@@ -141,13 +149,19 @@ def _print_summary(report: Dict[str, Any], run_dir: str) -> None:
           f"(candidates: top-{mt['pool_per_task']} per task, merged: {mt['pool_size_mean']:.0f} on average)")
     print(_table(multitask_table(mt)))
     ex = report["export"]
-    print(f"\nexported {ex['path']} ({ex['size_mb']} MiB, version {ex['version']}); the file's top-{ex['k']} ids equal the "
-          f"eager graph's for {100 * ex['parity']['ids']:.1f}% of entries (max value diff {ex['parity']['max_abs_value_diff']:.2e})")
-    lat = [["batch", "no filter: ms (median)", "queries/s", f"filter {ex['filter']!r}: ms", "queries/s"]]
-    for b, ms in ex["latency_ms_by_batch"].items():
-        f_ms = ex["filtered_latency_ms_by_batch"].get(b)
-        lat.append([b, f"{ms:.2f}", f"{int(b) * 1000 / ms:.0f}", f"{f_ms:.2f}" if f_ms else "-",
-                    f"{int(b) * 1000 / f_ms:.0f}" if f_ms else "-"])
+    served = "the AOTInductor graph" if ex["backend"] == "aoti" else "the torch.export program"
+    print(f"\nexported {ex['path']} ({ex['size_mb']} MiB, version {ex['version']}); served by {served}, whose top-{ex['k']} "
+          f"ids equal the eager graph's for {100 * ex['parity']['ids']:.1f}% of entries (max value diff "
+          f"{ex['parity']['max_abs_value_diff']:.2e})")
+    runs = [("latency_ms_by_batch", "filtered_latency_ms_by_batch", ex["backend"])]
+    if ex["backend"] == "aoti":
+        runs.append(("export_program_latency_ms_by_batch", "export_program_filtered_latency_ms_by_batch", "export"))
+    lat = [["backend", "batch", "no filter: ms (median)", "queries/s", f"filter {ex['filter']!r}: ms", "queries/s"]]
+    for plain, with_filter, backend in runs:
+        for b, ms in ex[plain].items():
+            f_ms = ex[with_filter].get(b)
+            lat.append([backend, b, f"{ms:.2f}", f"{int(b) * 1000 / ms:.0f}", f"{f_ms:.2f}" if f_ms else "-",
+                        f"{int(b) * 1000 / f_ms:.0f}" if f_ms else "-"])
     print(_table(lat))
     print(f"report: {os.path.join(run_dir, 'report.json')}")
     print(f"TensorBoard: .venv/bin/tensorboard --logdir {run_dir}/tb")

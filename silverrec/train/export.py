@@ -25,6 +25,7 @@ from silverrec.retrieval.fresh_index import FreshIndex, empty_fresh_index
 from silverrec.retrieval.publish import publish, serving_metadata
 from silverrec.retrieval.serving_graph import RetrievalGraph, ServingConfig
 from silverrec.schema import HISTORY
+from silverrec.serve.aoti import compile_aoti
 from silverrec.serve.artifact import save_artifact
 from silverrec.serve.item_updates import ItemUpdates
 from silverrec.serve.requests import RequestEncoder
@@ -109,9 +110,10 @@ def _tracing_updates(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset
 
 
 def export_graph(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset: RecDataset, metadata: Dict[str, Any],
-                 path: str) -> Dict[str, Any]:
+                 path: str, aoti: bool = False) -> Dict[str, Any]:
     """Exports ``graph`` (dynamic batch, exclusion width and fresh-index sizes) and the item tower
-    (dynamic batch) into one package written atomically at ``path``."""
+    (dynamic batch) into one package written atomically at ``path``; with ``aoti``, the package
+    also holds the serving graph compiled by AOTInductor for this machine's CPU."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     width = torch.export.Dim("exclude", min=1, max=2**20)
     words = torch.export.Dim("fresh_words", min=2, max=2**20)
@@ -127,18 +129,27 @@ def export_graph(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset: Re
     with torch.no_grad():
         program = torch.export.export(graph, example_inputs(dataset, metadata, fresh=fresh), dynamic_shapes=dynamic, strict=False)
         tower = torch.export.export(item_encoder, (slots,), dynamic_shapes={"ids": {0: batch}}, strict=False)
-    return save_artifact({"model": program, "item_tower": tower}, path, metadata)
+    compiled = None
+    if aoti:
+        print("compiling the serving graph with AOTInductor (about a minute; aoti=false skips it) ...", flush=True)
+        try:
+            files, info = compile_aoti(program)
+        except Exception as err:
+            raise RuntimeError(f"AOTInductor compilation of the serving graph failed ({type(err).__name__}: {err}); "
+                               "export with aoti=false for the plain torch.export program only") from err
+        compiled = ({"model": files}, info)
+    return save_artifact({"model": program, "item_tower": tower}, path, metadata, aoti=compiled)
 
 
-def export_serving(model: TwoTower, dataset: RecDataset, config: ServingConfig, path: str, extra: Dict[str, Any]
-                   ) -> Dict[str, Any]:
+def export_serving(model: TwoTower, dataset: RecDataset, config: ServingConfig, path: str, extra: Dict[str, Any],
+                   aoti: bool = False) -> Dict[str, Any]:
     """Builds the serving graph, exports it with the item tower and writes ``path`` atomically.
 
     Returns:
         Dict[str, Any]: the artifact metadata (schema, filter dictionary, K, tasks, version stamp, ...).
     """
     graph, item_encoder, meta = build_serving_graph(model, dataset, config)
-    return export_graph(graph, item_encoder, dataset, {**meta, **extra}, path)
+    return export_graph(graph, item_encoder, dataset, {**meta, **extra}, path, aoti=aoti)
 
 
 def run_export(cfg: DictConfig) -> Dict[str, Any]:
@@ -147,9 +158,11 @@ def run_export(cfg: DictConfig) -> Dict[str, Any]:
     dataset: RecDataset = instantiate(data_cfg)
     model = load_two_tower(payload)
     serving: ServingConfig = instantiate(cfg.serving)
-    meta = export_serving(model, dataset, serving, cfg.output, {"checkpoint": os.path.abspath(cfg.ckpt_path), "step": int(payload["step"])})
+    meta = export_serving(model, dataset, serving, cfg.output, {"checkpoint": os.path.abspath(cfg.ckpt_path), "step": int(payload["step"])},
+                          aoti=bool(cfg.get("aoti", False)))
     size_mb = os.path.getsize(cfg.output) / 2**20
-    print(f"exported {cfg.output} ({size_mb:.1f} MiB, k={serving.k}, version {meta['version']})")
+    compiled = f", AOTInductor for {meta['aoti']['isa']}" if "aoti" in meta else ""
+    print(f"exported {cfg.output} ({size_mb:.1f} MiB, k={serving.k}, version {meta['version']}{compiled})")
     return {"path": os.path.abspath(cfg.output), "size_mb": size_mb, **meta}
 
 

@@ -10,6 +10,7 @@ import torch
 from silverrec.retrieval.publish import publish
 from silverrec.retrieval.serving_graph import ServingConfig
 from silverrec.serve import Retriever, load_artifact
+from silverrec.serve.aoti import aoti_usable, vector_isa
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.export import example_users, export_serving, latest_history, publish_item_embeddings
 from silverrec.train.trainer import load_two_tower
@@ -113,7 +114,9 @@ def test_broken_files_fail_clearly(exported, tmp_path):
         load_artifact(str(tmp_path / "missing.pt2"))
 
 
-def test_export_cli_writes_one_file(tiny_run, tmp_path):
+def test_export_cli_writes_one_file_with_the_aoti_graph(tiny_run, tiny_dataset, tmp_path):
+    """``silverrec-export`` (AOTInductor on by default) writes one file; the compiled graph gives
+    the torch.export program's results, with item updates, at several batch and exclusion sizes."""
     out = tmp_path / "cli.pt2"
     res = subprocess.run(
         [sys.executable, "-m", "silverrec.train.export", f"ckpt_path={tiny_run['checkpoint']}", "serving.k=5",
@@ -125,3 +128,38 @@ def test_export_cli_writes_one_file(tiny_run, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
     _, meta = load_artifact(str(out))
     assert meta["k"] == 5 and meta["num_items"] > 0 and meta["kind"] == "retrieval_graph"
+    assert meta["aoti"]["programs"] == ["model"] and meta["aoti"]["isa"] == vector_isa()
+    compiled, plain = Retriever(str(out)), Retriever(str(out), backend="export")
+    assert (compiled.backend, plain.backend) == ("aoti", "export")
+    ds = tiny_dataset
+    ids = ds.schema.item_ids
+    for r in (compiled, plain):  # the same updates: a changed item, a new one, a deleted one
+        r.upsert_items([{"item_id": ids[0], "attributes": ds.item_terms()[1]},
+                        {"item_id": "new-item", "attributes": ds.item_terms()[2]}])
+        r.delete_items([ids[3]])
+    filters = ["", "language:en", "NOT category:music", "category:music OR category:comedy"]
+    for b, width in ((1, 1), (5, 3), (17, 9)):
+        reqs = _requests(ds, b)
+        args = (compiled.encoder.users(reqs), *compiled.encoder.filters([filters[i % 4] for i in range(b)], b),
+                compiled.encoder.exclude([u["history"][:width] for u in reqs], b))
+        got, want = compiled.search(*args), plain.search(*args)
+        assert torch.equal(got[3], want[3]) and torch.equal(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got[2], want[2], rtol=1e-4, atol=1e-6)
+    got, want = compiled.query(_requests(ds, 2), k=3), plain.query(_requests(ds, 2), k=3)
+    assert [[item for item, _, _ in rows] for rows in got] == [[item for item, _, _ in rows] for rows in want]
+
+
+def test_aoti_is_used_only_where_it_runs(exported):
+    """The compiled graph is served only with the torch and CPU ISA it was built for; ``backend=
+    "aoti"`` says why not, ``"auto"`` falls back to the torch.export program."""
+    assert aoti_usable({"isa": vector_isa(), "torch": torch.__version__}) == (True, "")
+    ok, why = aoti_usable({"isa": "neon", "torch": torch.__version__})
+    assert not ok and "neon" in why
+    ok, why = aoti_usable({"isa": vector_isa(), "torch": "0.0.1"})
+    assert not ok and "0.0.1" in why
+    assert Retriever(exported["path"]).backend == "export"  # exported without aoti
+    with pytest.raises(ValueError, match="no AOTInductor"):
+        Retriever(exported["path"], backend="aoti")
+    with pytest.raises(ValueError, match="backend"):
+        Retriever(exported["path"], backend="tensorrt")

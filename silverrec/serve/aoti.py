@@ -1,0 +1,66 @@
+"""AOTInductor: the serving graph compiled ahead of time into a shared library, kept in the artifact.
+
+``torch.export`` programs run op by op through the Python-generated ``GraphModule``: a batch of
+16 queries makes about a thousand small aten calls, and at small batches their dispatch costs
+more than the work. AOTInductor compiles the same program (same weights, same dynamic shapes)
+into C++ with fused element-wise loops; the silverrec ops are called through the dispatcher, so
+the C++ kernels of ``silverrec._C`` run inside it unchanged.
+
+The library is compiled for the CPU it was built on (its vector ISA, e.g. ``avx2`` or
+``avx512``): the artifact records that ISA, and a machine that picks another one serves the
+plain program instead (:func:`aoti_usable`).
+"""
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def vector_isa() -> str:
+    """The vector ISA Inductor compiles CPU code for on this machine (``""``: none)."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    return str(pick_vec_isa())
+
+
+def compile_aoti(program: torch.export.ExportedProgram) -> Tuple[List[Any], Dict[str, Any]]:
+    """Compiles ``program`` with AOTInductor for this machine's CPU (about a minute for the
+    demo's serving graph on 2 cores).
+
+    Args:
+        program: an exported program with ``example_inputs`` (as ``torch.export.export`` leaves it).
+
+    Returns:
+        (files, info): the files to package (``package_pt2(aoti_files={name: files})``) and
+        ``{"isa": .., "torch": ..}``, the conditions under which they load.
+    """
+    if program.example_inputs is None:
+        raise ValueError("compile_aoti needs an exported program with example_inputs")
+    args, kwargs = program.example_inputs
+    files = torch._inductor.aot_compile(program.module(check_guards=False), args, kwargs,
+                                        options={"aot_inductor.package": True})
+    return list(files), {"isa": vector_isa(), "torch": torch.__version__}
+
+
+def aoti_usable(info: Optional[Dict[str, Any]]) -> Tuple[bool, str]:
+    """Whether an AOTInductor library described by ``info`` (from :func:`compile_aoti`) can run
+    here: ``(ok, reason)``."""
+    if not info:
+        return False, "the artifact holds no AOTInductor library (export with aoti=true)"
+    if info.get("torch") != torch.__version__:
+        return False, f"compiled with torch {info.get('torch')}, this is torch {torch.__version__}"
+    here = vector_isa()
+    if info.get("isa") != here:
+        return False, f"compiled for the CPU ISA {info.get('isa')!r}, this machine's is {here!r}"
+    return True, ""
+
+
+def load_aoti(path: str, name: str) -> Callable[..., Any]:
+    """The compiled program ``name`` of the package ``path``: called like the exported module,
+    with the flat graph inputs, returning the flat outputs."""
+    from torch._inductor.package import load_package
+
+    return load_package(os.fspath(path), model_name=name)
