@@ -168,7 +168,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch and FAISS threads, the same for both")
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--ef-construction", type=int, default=200)
-    p.add_argument("--candidates", type=int, nargs="+", default=[100, 200, 300, 500, 800, 1200, 2000, 3000],
+    p.add_argument("--candidates", type=int, nargs="+", default=[100, 200, 300, 400, 500, 600, 700, 800, 1000, 1200, 1600, 2000, 3000],
                    help="pipeline candidates per task (= efSearch) tried in order until recall >= the model's")
     p.add_argument("--rounds", type=int, default=2, help="timed passes over the queries")
     p.add_argument("--seed", type=int, default=0)
