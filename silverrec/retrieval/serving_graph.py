@@ -85,6 +85,9 @@ class RetrievalGraph(nn.Module):
         k (int): K.
         candidates_per_task (int): K0 (T * K0 >= K).
         n_probe (int): clusters probed per task query without a filter.
+        num_item_ids (Optional[int]): size of the item id space (default N). A compacted index
+            (:mod:`silverrec.serve.compaction`) holds a subset of the ids: deleted items keep
+            their ids (a user's history or ``exclude`` may still name them) but no row.
 
     Call Args:
         user_ids (Tensor): int64 ``[B, S]`` user feature slots (-1 = empty).
@@ -111,6 +114,7 @@ class RetrievalGraph(nn.Module):
         k: int,
         candidates_per_task: int,
         n_probe: int,
+        num_item_ids: Optional[int] = None,
     ) -> None:
         super().__init__()
         num_tasks = len(scorer.value_model.task_names)
@@ -135,7 +139,11 @@ class RetrievalGraph(nn.Module):
         self.register_buffer("scales", index.scales)
         self.register_buffer("cache", index.cache)
         self.register_buffer("row_to_item", index.row_to_id.clone())
-        rank = torch.empty_like(index.row_to_id)
+        num_ids = index.num_items if num_item_ids is None else num_item_ids
+        if int(index.row_to_id.max()) >= num_ids or index.row_to_id.unique().numel() != index.num_items:
+            raise ValueError(f"the index rows must hold distinct item ids in [0, {num_ids}), got ids up to "
+                             f"{int(index.row_to_id.max())}")
+        rank = torch.full((num_ids,), -1, dtype=torch.int64)  # -1: an id with no row (deleted at a compaction)
         rank[index.row_to_id] = torch.arange(index.num_items)
         self.register_buffer("item_to_row", rank)
         self.register_buffer("all_rows", torch.tensor([0, index.num_items], dtype=torch.int64))
@@ -196,7 +204,9 @@ class RetrievalGraph(nn.Module):
     def _excluded_words(self, exclude: Tensor, like: Tensor) -> Tensor:
         """Packed [B, W] bits of each query's excluded items (index row order)."""
         items = merge_candidates(exclude)  # de-duplicated: distinct bits, so a sum is an OR
-        ok = (items >= 0) & (items < self.num_items)
-        rows = self.item_to_row[items.clamp(0, self.num_items - 1)]
+        num_ids = self.item_to_row.shape[0]
+        rows = self.item_to_row[items.clamp(0, num_ids - 1)]
+        ok = (items >= 0) & (items < num_ids) & (rows >= 0)
+        rows = rows.clamp(min=0)
         bits = torch.where(ok, torch.ones_like(rows) << (rows % 64), torch.zeros_like(rows))
         return torch.zeros_like(like).scatter_add(1, rows // 64, bits)

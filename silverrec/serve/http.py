@@ -409,6 +409,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="the .pt2 file written by silverrec-export")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--updates", default=None,
+                   help="JSON file where item updates are persisted and replayed on start (default: in memory only); "
+                        "fold it into a new export with silverrec-export base=MODEL updates=FILE")
     p.add_argument("--max-batch", type=int, default=64, help="most users per forward (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill (default 2 ms)")
     p.add_argument("--max-queue", type=int, default=1024, help="most queued requests before answering 503 (default 1024)")
@@ -429,7 +432,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     config = ServerConfig(BatchingConfig(args.max_batch, args.max_wait_ms, args.max_queue), max_users=args.max_users)
-    server = ServingApp(Retriever(args.model, backend=args.backend), config)
+    server = ServingApp(Retriever(args.model, updates_path=args.updates, backend=args.backend), config)
     r = server.retriever
     log.info("silverrec-serve: model %s version %s (%s) K=%d tasks=%s on http://%s:%d (max_batch=%d max_wait_ms=%g max_queue=%d)",
              args.model, r.version, r.backend, r.k, ",".join(r.tasks), args.host, args.port, args.max_batch,

@@ -24,7 +24,8 @@ class ItemUpdates:
     Args:
         encoder (RequestEncoder): the export's request encoder (schema, filter dictionary and
             the main index's Bloom layout, item slots).
-        row_of_item (np.ndarray): int64 ``[num_items]`` main-index row of each published item id.
+        row_of_item (np.ndarray): int64 ``[num_items]`` main-index row of each published item id
+            (-1: no row, an item deleted at a compaction; upserting it adds it again).
         embed (Callable[[Tensor], Tensor]): item slots ``[B, S_i]`` -> embeddings ``[B, D]`` (the
             exported item tower).
         dim (int): D.
@@ -91,7 +92,8 @@ class ItemUpdates:
             ext = str(raw)
             was_fresh = self.attributes.pop(ext, None) is not None
             self.embeddings.pop(ext, None)
-            published = self._published_id(ext) is not None
+            pid = self._published_id(ext)
+            published = pid is not None and self.row_of_item[pid] >= 0
             if published and ext not in self.deleted:
                 self.deleted.add(ext)
                 n += 1
@@ -103,7 +105,8 @@ class ItemUpdates:
     def fresh_index(self) -> FreshIndex:
         """Tombstones for published items that were updated or deleted, fresh rows for the rest."""
         hidden = [self._published_id(x) for x in list(self.attributes) + sorted(self.deleted)]
-        deleted_rows = np.array([self.row_of_item[i] for i in hidden if i is not None], dtype=np.int64)
+        rows = [int(self.row_of_item[i]) for i in hidden if i is not None]
+        deleted_rows = np.array([r for r in rows if r >= 0], dtype=np.int64)
         names = list(self.attributes)
         extra = self.extra_ids()
         ids = np.array([self._published_id(x) if self._published_id(x) is not None else extra[x] for x in names], dtype=np.int64)

@@ -4,6 +4,12 @@ A request is a batch of users (``{feature: value or [values], "history": [item i
 values), one filter expression per user (or one for all), and per user the external ids of
 items to exclude. :class:`RequestEncoder` maps them through the schema and the filter
 dictionary stored with the exported graph, with clear errors naming the user, field and value.
+
+Items added after training and folded into the index by a compaction (ids past the metadata's
+``trained_items``) are known ids -- results, ``exclude`` and histories may name them -- but the
+towers have no embedding row for them: they are dropped from a user's history slots (the latest
+``history_length`` trained items are kept) and leave an item's id slot empty, as for an item added
+live.
 """
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -41,6 +47,8 @@ class RequestEncoder:
         self._item_feature = self.schema.item_features[0]
         self.item_slots: List[Tuple[str, int]] = [(k, int(n)) for k, n in metadata["item_slots"]]
         self._item_features = {item_key(x.name): x for x in self.schema.item_features}
+        # item ids the towers have embedding rows for (ids past them: added after training)
+        self.trained_items = int(metadata.get("trained_items", self.schema.num_items))
 
     @property
     def num_slots(self) -> int:
@@ -61,7 +69,8 @@ class RequestEncoder:
             start = 0
             for key, n in self.slots:
                 if key == user_key(HISTORY):
-                    ids = self._ids(self._item_feature, user.get(HISTORY), f"users[{b}].{HISTORY}")[-n:]
+                    ids = self._ids(self._item_feature, user.get(HISTORY), f"users[{b}].{HISTORY}")
+                    ids = [i for i in ids if i < self.trained_items][-n:]  # no embedding row for newer items
                 else:
                     feature = self._features[key]
                     ids = self._ids(feature, user.get(feature.name), f"users[{b}].{feature.name}")
@@ -97,8 +106,9 @@ class RequestEncoder:
 
     def items(self, items: Sequence[Mapping[str, Any]]) -> Tensor:
         """int64 ``[B, S_i]`` item-tower slots of items ``{"item_id": id, "attributes": {feature:
-        [values]}}``. An item id outside the published vocabulary (a new item) leaves its slot
-        empty, as do attribute values never seen at training (the tower has no row for them).
+        [values]}}``. An item id the model was not trained with (a new item, or one folded in
+        by a compaction) leaves its slot empty, as do attribute values never seen at training
+        (the tower has no row for them).
 
         Raises:
             ValueError: an unknown feature, or more values than a feature's slots (named).
@@ -121,6 +131,8 @@ class RequestEncoder:
                 if len(values) > n:
                     raise ValueError(f"items[{b}].attributes.{feature.name} has {len(values)} values, at most {n} allowed")
                 ids = [feature.id_of(v) for v in values if feature.has(v)]
+                if key == id_key:
+                    ids = [i for i in ids if i < self.trained_items]
                 out[b, start : start + len(ids)] = ids
                 start += n
         return torch.from_numpy(out)

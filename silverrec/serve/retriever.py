@@ -77,7 +77,7 @@ class Retriever:
         self._module, self.backend = self._serving_module(path, programs, backend)
         self._item_tower = programs["item_tower"].module()
         features = {user_key(f.name): f.num_embeddings for f in self.schema.user_features}
-        features[user_key(HISTORY)] = self.schema.num_items
+        features[user_key(HISTORY)] = self.encoder.trained_items
         self._slot_vocab = torch.tensor([features[key] for key, n in self.encoder.slots for _ in range(n)], dtype=torch.int64)
         self._slot_names = [key for key, n in self.encoder.slots for _ in range(n)]
         row_of_item = programs["model"].state_dict["item_to_row"].numpy()
@@ -90,7 +90,8 @@ class Retriever:
                 saved = json.load(fh)
             if saved.get("artifact_version") not in (None, self.version):
                 raise ValueError(f"{updates_path!r} holds updates of artifact version {saved.get('artifact_version')}, "
-                                 f"this file is {self.version}; fold them in with a new publish or remove the file")
+                                 f"this file is {self.version}; fold them into a new export (silverrec-export ... "
+                                 f"base=<that artifact> updates={updates_path}) or remove the file")
             self._updates.load_json(saved)
         self._snapshot = self._make_snapshot(0)
 

@@ -6,6 +6,10 @@ Publishes the trained item tower's embeddings into the IVF-INT8 index and the it
 into the Bloom filter, assembles the serving graph (:mod:`silverrec.retrieval.serving_graph`:
 user tower heads -> filter + ANN per task -> merge -> fp16 re-score -> OverArch -> Value Model ->
 exact filter check -> top-K) and exports it. Load it with ``silverrec.serve.Retriever``.
+
+Compaction: with ``base=A.pt2 updates=updates.json`` (the artifact a ``Retriever`` served and the
+item updates it persisted) the new export's main index holds the updated item set instead of
+the training data's (:mod:`silverrec.serve.compaction`); serve it without the updates file.
 """
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -27,6 +31,7 @@ from silverrec.retrieval.serving_graph import RetrievalGraph, ServingConfig
 from silverrec.schema import HISTORY
 from silverrec.serve.aoti import compile_aoti
 from silverrec.serve.artifact import save_artifact
+from silverrec.serve.compaction import fold_updates
 from silverrec.serve.item_updates import ItemUpdates
 from silverrec.serve.requests import RequestEncoder
 from silverrec.train.checkpoint import load_checkpoint
@@ -64,14 +69,26 @@ def latest_history(dataset: RecDataset, users: np.ndarray) -> JaggedColumn:
     return index.latest(users, dataset.schema.history_length)
 
 
-def build_serving_graph(model: TwoTower, dataset: RecDataset, config: ServingConfig
-                        ) -> Tuple[RetrievalGraph, PaddedEncoder, Dict[str, Any]]:
+def build_serving_graph(model: TwoTower, dataset: RecDataset, config: ServingConfig, base: Optional[str] = None,
+                        updates: Optional[str] = None) -> Tuple[RetrievalGraph, PaddedEncoder, Dict[str, Any]]:
     """Publishes the item embeddings and attributes into the serving graph; returns it (eval
-    mode), the item tower over padded slots (for items added later) and the client metadata."""
+    mode), the item tower over padded slots (for items added later) and the client metadata.
+
+    With ``base`` (an artifact exported from this model and data) and ``updates`` (the item
+    updates a ``Retriever`` persisted against it), a compaction: the index holds the training
+    items with the updates (and the base's earlier compactions) folded in, and the metadata
+    records what was folded as ``"compaction"`` (:func:`silverrec.serve.compaction.fold_updates`)."""
+    if updates is not None and base is None:
+        raise ValueError(f"updates={updates} needs base=PATH: the artifact the updates were made against "
+                         "(its version is checked against the file's artifact_version)")
     items = publish_item_embeddings(model, dataset)
-    graph = publish(model, dataset.schema, items, dataset.item_terms(), config)
     item_encoder = padded_item_encoder_from_two_tower(model, dataset.schema).eval()
-    return graph, item_encoder, serving_metadata(graph, dataset.schema, config)
+    if base is None:
+        graph = publish(model, dataset.schema, items, dataset.item_terms(), config)
+        return graph, item_encoder, serving_metadata(graph, dataset.schema, config)
+    folded = fold_updates(dataset.schema, items, dataset.item_terms(), base, updates, item_encoder)
+    graph = publish(model, folded.schema, folded.embeddings, folded.terms, config, folded.item_ids)
+    return graph, item_encoder, {**serving_metadata(graph, folded.schema, config), "compaction": folded.record}
 
 
 def item_updates(graph: RetrievalGraph, item_encoder: PaddedEncoder, metadata: Dict[str, Any]) -> ItemUpdates:
@@ -142,13 +159,15 @@ def export_graph(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset: Re
 
 
 def export_serving(model: TwoTower, dataset: RecDataset, config: ServingConfig, path: str, extra: Dict[str, Any],
-                   aoti: bool = False) -> Dict[str, Any]:
+                   aoti: bool = False, base: Optional[str] = None, updates: Optional[str] = None) -> Dict[str, Any]:
     """Builds the serving graph, exports it with the item tower and writes ``path`` atomically.
+
+    ``base`` and ``updates``: a compaction (see :func:`build_serving_graph`).
 
     Returns:
         Dict[str, Any]: the artifact metadata (schema, filter dictionary, K, tasks, version stamp, ...).
     """
-    graph, item_encoder, meta = build_serving_graph(model, dataset, config)
+    graph, item_encoder, meta = build_serving_graph(model, dataset, config, base=base, updates=updates)
     return export_graph(graph, item_encoder, dataset, {**meta, **extra}, path, aoti=aoti)
 
 
@@ -159,7 +178,12 @@ def run_export(cfg: DictConfig) -> Dict[str, Any]:
     model = load_two_tower(payload)
     serving: ServingConfig = instantiate(cfg.serving)
     meta = export_serving(model, dataset, serving, cfg.output, {"checkpoint": os.path.abspath(cfg.ckpt_path), "step": int(payload["step"])},
-                          aoti=bool(cfg.get("aoti", False)))
+                          aoti=bool(cfg.get("aoti", False)), base=cfg.get("base"), updates=cfg.get("updates"))
+    if "compaction" in meta:
+        c = meta["compaction"]
+        print(f"compaction: folded {c['updated']} updated, {c['added']} added and {c['deleted']} deleted items "
+              f"({c['updates'] or 'no updates file'}, made against version {c['base_version']}) into the main index "
+              f"({meta['num_items']} items)")
     size_mb = os.path.getsize(cfg.output) / 2**20
     compiled = f", AOTInductor for {meta['aoti']['isa']}" if "aoti" in meta else ""
     print(f"exported {cfg.output} ({size_mb:.1f} MiB, k={serving.k}, version {meta['version']}{compiled})")
