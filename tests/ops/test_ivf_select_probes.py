@@ -69,6 +69,21 @@ def test_large_c_and_extension_rounds() -> None:
         assert torch.equal(ivf_select_probes(*args), ivf_select_probes_reference(*args))
 
 
+@pytest.mark.parametrize("C", [130, 300, 894, 2047])
+def test_mid_sized_c(C: int) -> None:
+    """C between 4 and 64 times the candidate count (blocks of 8 scores, or a selection over all
+    C keys): ties, unfiltered probe lists capped as ``search`` caps them, and strict filters."""
+    for seed, n_probe in enumerate((1, 8, 31, 32, 33, 64, 100, 200)):
+        if n_probe > C:
+            continue
+        for coarse in (False, True):
+            for density, with_mask in ((1.0, False), (0.02, True)):
+                max_probe = min(C, n_probe + 32) if not with_mask else C
+                args = random_case(seed, B=3, C=C, N=40 * C, n_probe=n_probe, min_rows=150, max_probe=max_probe,
+                                   density=density, with_mask=with_mask, coarse=coarse)
+                assert torch.equal(ivf_select_probes(*args), ivf_select_probes_reference(*args)), (C, n_probe, coarse)
+
+
 def test_coverage_rule() -> None:
     scores = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
     offsets = torch.tensor([0, 64, 128, 192, 256])
