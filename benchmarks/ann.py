@@ -4,6 +4,7 @@ search under the same filter vs queries/s, swept over n_probe / nprobe / efSearc
     .venv/bin/pip install faiss-cpu==1.15.1 matplotlib   # the `bench` extra
     .venv/bin/python benchmarks/ann.py                   # 1M x 128 synthetic (+ demo embeddings if present)
     .venv/bin/python benchmarks/ann.py --n 100000 --batches 16 --no-hnsw   # a quick run
+    .venv/bin/python benchmarks/ann.py --skip-synthetic --batches 16       # the demo embeddings only
 
 Data: clustered synthetic embeddings (Gaussian blobs with log-normal norms) and, when
 ``runs/demo/item_embeddings.pt`` exists ({"items": [N, D], "users": [U, D]}), the demo model's
@@ -64,13 +65,25 @@ def recall(ids: np.ndarray, truth: torch.Tensor) -> float:
     return hit / max(total, 1)
 
 
-def timed(search: Callable[[np.ndarray], np.ndarray], q: np.ndarray, batch: int) -> Tuple[np.ndarray, float]:
-    """Runs search over q in batches (one warm-up batch first); returns (ids [Q, K], QPS)."""
+def timed(search: Callable[[np.ndarray], np.ndarray], q: np.ndarray, batch: int, repeats: int = 3,
+          budget_s: float = 1.0) -> Tuple[np.ndarray, float]:
+    """Runs search over q in batches (one warm-up batch first); returns (ids [Q, K], QPS).
+
+    The pass over q is repeated up to ``repeats`` times while the passes so far took less than
+    ``budget_s``, and the fastest pass counts: on a shared machine one pass can lose 2x to another
+    process, which let a slower setting win the summary (best QPS at a recall floor).
+    """
     search(q[:batch])
-    out, t0 = [], time.perf_counter()
-    for s in range(0, q.shape[0], batch):
-        out.append(search(q[s : s + batch]))
-    return np.concatenate(out), q.shape[0] / (time.perf_counter() - t0)
+    best, spent = float("inf"), 0.0
+    for _ in range(repeats):
+        out, t0 = [], time.perf_counter()
+        for s in range(0, q.shape[0], batch):
+            out.append(search(q[s : s + batch]))
+        dt = time.perf_counter() - t0
+        best, spent = min(best, dt), spent + dt
+        if spent >= budget_s:
+            break
+    return np.concatenate(out), q.shape[0] / best
 
 
 def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argparse.Namespace, rows: List[Dict]) -> None:
@@ -146,7 +159,7 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
                 # saturated recall, or one setting already took > 8 s: larger settings only cost time
                 if best_r.get(method, 0.0) >= 0.999 or slow.get(method, False):
                     continue
-                ids, qps = timed(f, qn, batch)
+                ids, qps = timed(f, qn, batch, args.repeats)
                 slow[method] = nq / qps > 8.0
                 r = recall(ids, tr)
                 best_r[method] = max(best_r.get(method, 0.0), r)
@@ -219,16 +232,22 @@ def main() -> None:
     p.add_argument("--no-hnsw", action="store_true", help="skip HNSW (its 1M build takes minutes)")
     p.add_argument("--plot", default="docs/ann_recall_qps.png")
     p.add_argument("--demo", default="runs/demo/item_embeddings.pt")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes per setting (the fastest counts; "
+                   "fewer once a setting has taken 1 s)")
+    p.add_argument("--skip-synthetic", action="store_true", help="run the demo embeddings only")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
 
     import faiss
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     rows: List[Dict] = []
-    x, q = synthetic(args.n, args.d, max(args.queries, args.queries_b1))
-    run_dataset("synthetic", x, q, args, rows)
-    del x
+    if not args.skip_synthetic:
+        x, q = synthetic(args.n, args.d, max(args.queries, args.queries_b1))
+        run_dataset("synthetic", x, q, args, rows)
+        del x
     if os.path.exists(args.demo):
         emb = torch.load(args.demo)
         run_dataset("demo", emb["items"].float().contiguous(), emb["users"].float()[: args.queries].contiguous(), args, rows)
