@@ -5,14 +5,27 @@ Losses of a batch of B (user, positive item) pairs with labels ``[B, T]``:
 * **retrieval, per task** -- in-batch softmax of task t's user embedding against the B items
   (logQ-corrected, accidental hits masked), each row weighted by its task-t label, so a row
   counts as a positive of ``like`` only if the user liked the item (``click`` is all ones);
-* **OverArch, per task** -- the same softmax over a smaller candidate list per row: its positive,
-  ``sampled_negatives`` other in-batch items (logQ-corrected), and optionally
-  ``hard_negatives`` items mined from an IVF-INT8 index over the current item embeddings
-  (refreshed by the trainer, see :meth:`TwoTowerTrainTask.set_negative_bank`), scored by
-  :meth:`TwoTower.task_logits` (dot product + learned OverArch correction).
+* **OverArch, per task** -- the same softmax over a smaller candidate list per row, scored by
+  :meth:`TwoTower.task_logits` (dot product + learned OverArch correction), with negatives
+  chosen by ``over_arch_negatives``:
+
+  - ``"in_batch"``: ``sampled_negatives`` other in-batch items (logQ-corrected), and
+    optionally ``hard_negatives`` items mined from an IVF-INT8 index over the current item
+    embeddings (refreshed by the trainer, see :meth:`TwoTowerTrainTask.set_negative_bank`);
+  - ``"pool"``: like the serving candidates. Each row's pool is the top-``pool_size`` items of
+    that index for the row's first-task embedding, the user's history left out (as seen items
+    are at serving); ``sampled_negatives`` negatives are drawn uniformly from the pool, and
+    only rows whose positive is in the pool train the OverArch. The OverArch only ever
+    re-ranks a pool: in-batch negatives are far easier than serving candidates, and pool
+    negatives against positives from anywhere teach it that a high dot product is bad. The
+    pool's items, positive included, are scored from the index's embeddings (as of its last
+    rebuild), as the serving graph scores its candidates from the published item cache.
+
+  With ``over_arch_detach`` the OverArch loss sees stop-gradients of the tower outputs and of
+  the dot logit, so it trains the OverArch alone and the towers cannot absorb its job.
 
 The total is ``sum_t task_weight[t] * (retrieval_t + over_arch_weight * overarch_t)``; the towers
-are trained jointly with the OverArch.
+are trained jointly with the OverArch (unless ``over_arch_detach``).
 """
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
@@ -23,6 +36,9 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from silverrec.models.losses import InBatchSoftmaxLoss, weighted_cross_entropy
 from silverrec.models.two_tower import TwoTower
+from silverrec.schema import HISTORY, user_key
+
+NEGATIVE_MODES = ("in_batch", "pool")
 
 
 @dataclass
@@ -38,7 +54,13 @@ class LossConfig:
         sampled_negatives (int): in-batch negatives per row in the OverArch loss.
         hard_negatives (int): negatives per row mined from an index over the item embeddings
             (0: none); the index is rebuilt every ``hard_negative_refresh`` steps.
-        hard_negative_refresh (int): steps between rebuilds of the hard-negative index.
+        hard_negative_refresh (int): steps between rebuilds of the index (``hard_negatives`` and
+            ``"pool"`` mode; the trainer also builds it at the start and on resume).
+        over_arch_negatives (str): ``"in_batch"`` (sampled in-batch + ``hard_negatives`` mined)
+            or ``"pool"`` (``sampled_negatives`` drawn from each row's top-``pool_size`` index
+            candidates, as served; see the module docstring).
+        pool_size (int): P, the candidate pool of a row in ``"pool"`` mode.
+        over_arch_detach (bool): the OverArch loss does not train the towers (stop-gradient).
     """
 
     task_weights: Dict[str, float] = field(default_factory=dict)
@@ -47,6 +69,9 @@ class LossConfig:
     sampled_negatives: int = 31
     hard_negatives: int = 0
     hard_negative_refresh: int = 500
+    over_arch_negatives: str = "in_batch"
+    pool_size: int = 500
+    over_arch_detach: bool = False
 
     def __post_init__(self) -> None:
         self.task_weights = dict(self.task_weights)
@@ -60,6 +85,18 @@ class LossConfig:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if self.hard_negative_refresh < 1:
             raise ValueError(f"loss.hard_negative_refresh must be >= 1, got {self.hard_negative_refresh}")
+        if self.over_arch_negatives not in NEGATIVE_MODES:
+            raise ValueError(f"loss.over_arch_negatives must be one of {NEGATIVE_MODES}, got {self.over_arch_negatives!r}")
+        if self.pool_size < 1:
+            raise ValueError(f"loss.pool_size must be >= 1, got {self.pool_size}")
+        if self.over_arch_negatives == "pool" and self.sampled_negatives < 1:
+            raise ValueError("loss.over_arch_negatives=pool draws loss.sampled_negatives negatives from the pool; "
+                             f"it must be >= 1, got {self.sampled_negatives}")
+
+    @property
+    def needs_index(self) -> bool:
+        """Whether the loss mines an index over the item embeddings (the trainer builds it)."""
+        return self.over_arch_negatives == "pool" or self.hard_negatives > 0
 
 
 class TwoTowerTrainTask(nn.Module):
@@ -117,10 +154,13 @@ class TwoTowerTrainTask(nn.Module):
         scale = tt.similarity.scale()
         parts: Dict[str, Tensor] = {}
         total = u.new_zeros(())
-        oa_logits, oa_target = None, None
+        oa_logits, oa_target, oa_rows = None, None, None
         r = b if not self.config.over_arch_rows else min(b, self.config.over_arch_rows)
         if tt.over_arch is not None and self.config.over_arch_weight > 0:
-            oa_logits = self._over_arch_logits(u, v, item_rows, r)  # [R, C, T], column 0 = positive
+            if self.config.over_arch_negatives == "pool":
+                oa_logits, oa_rows = self._pool_logits(u, item_rows, self._history(features, r), r)
+            else:
+                oa_logits = self._over_arch_logits(u, v, item_rows, r)  # [R, C, T], column 0 = positive
             oa_target = torch.zeros(r, dtype=torch.long, device=u.device)
         for i, name in enumerate(tt.task_names):
             w = self.task_weights[i]
@@ -128,11 +168,63 @@ class TwoTowerTrainTask(nn.Module):
             parts[f"retrieval/{name}"] = retrieval.detach()
             task_loss = retrieval
             if oa_logits is not None:
-                over = weighted_cross_entropy(oa_logits[:, :, i], oa_target, labels[:r, i])
+                row_w = labels[:r, i] if oa_rows is None else labels[:r, i] * oa_rows
+                over = weighted_cross_entropy(oa_logits[:, :, i], oa_target, row_w)
                 parts[f"overarch/{name}"] = over.detach()
                 task_loss = task_loss + self.config.over_arch_weight * over
             total = total + w * task_loss
         return total, parts
+
+    def _score(self, u: Tensor, cand: Tensor) -> Tensor:
+        """:meth:`TwoTower.task_logits` of u [R, T, D] x cand [R, C, D]; with ``over_arch_detach``
+        only the OverArch receives gradients."""
+        tt = self.two_tower
+        if not self.config.over_arch_detach:
+            return tt.task_logits(u, cand)
+        u, cand = u.detach(), cand.detach()
+        with torch.no_grad():
+            dot = tt.task_logits(u, cand, over_arch=False)
+        return dot + tt.over_arch(u, cand).float()
+
+    def _history(self, features: KeyedJaggedTensor, r: int) -> Tensor:
+        """int64 [R, L] the first R rows' history item rows (-1 padding; L >= 1)."""
+        jt = features[user_key(HISTORY)]
+        lengths = jt.lengths()[:r]
+        width = max(int(lengths.max()) if lengths.numel() else 0, 1)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        col = torch.arange(width, device=lengths.device)
+        idx = offsets.unsqueeze(1) + col
+        present = col < lengths.unsqueeze(1)
+        values = jt.values()
+        return torch.where(present, values[idx.clamp_max(max(values.numel() - 1, 0))] if values.numel() else idx,
+                           torch.full_like(idx, -1))
+
+    def _pool_logits(self, u: Tensor, item_rows: Tensor, history: Tensor, r: int) -> Tuple[Tensor, Tensor]:
+        """``"pool"`` mode: [R, 1 + S, T] logits of each row's positive and S negatives drawn
+        uniformly from its top-P index candidates (history left out), and float [R] whether the
+        positive is in the pool (the row weight)."""
+        if self.negative_index is None:
+            raise RuntimeError("loss.over_arch_negatives=pool needs the candidate index: call "
+                               "TwoTowerTrainTask.set_negative_bank(item_embeddings) first (the trainer does)")
+        s = self.config.sampled_negatives
+        pos = item_rows[:r]
+        with torch.no_grad():
+            # the top P + L (history length) unfiltered, then the history dropped: much faster than a filtered search
+            n = self.negative_bank.shape[0]
+            _, rows = self.negative_index.search(u[:r, 0].detach().float().cpu(), k=min(self.config.pool_size + history.shape[1], n))
+            rows, hist = rows.to(u.device), history.to(u.device)  # [R, P + L], [R, L]
+            seen = (rows.unsqueeze(2) == hist.unsqueeze(1)).any(2) | (rows < 0)
+            valid = ~seen & (torch.cumsum((~seen).int(), dim=1) <= self.config.pool_size)  # [R, P + L]: the pool
+            in_pool = ((rows == pos.unsqueeze(1)) & valid).any(1).float()
+            weights = valid.float().cpu()
+            weights[:, 0] += (~valid.any(1)).float().cpu()  # an empty pool: draw column 0, masked below
+            pick = torch.multinomial(weights, s, replacement=True, generator=self.generator).to(u.device)  # [R, S]
+            negs = rows.gather(1, pick)
+            bad = ~valid.gather(1, pick) | (negs == pos.unsqueeze(1))  # outside the pool, or the positive drawn
+            cand = torch.cat([pos.unsqueeze(1), negs.clamp_min(0)], dim=1)  # [R, 1 + S]
+        logits = self._score(u[:r], self.negative_bank[cand].to(u.dtype))
+        bad = torch.cat([torch.zeros_like(bad[:, :1]), bad], dim=1)
+        return logits.masked_fill(bad.unsqueeze(-1), float("-inf")), in_pool
 
     def _over_arch_logits(self, u: Tensor, v: Tensor, item_rows: Tensor, r: int) -> Tensor:
         """[R, 1 + S (+ H), T] logits of the first R rows' positives, sampled in-batch negatives
@@ -144,7 +236,7 @@ class TwoTowerTrainTask(nn.Module):
         pos = item_rows[:r]
         cand_rows = torch.cat([pos.unsqueeze(1), item_rows[cols]], dim=1)  # [R, 1 + S]
         cand = torch.cat([v[:r].unsqueeze(1), v[cols]], dim=1)
-        logits = self.two_tower.task_logits(u[:r], cand) - self.loss.item_log_q[cand_rows].unsqueeze(-1)
+        logits = self._score(u[:r], cand) - self.loss.item_log_q[cand_rows].unsqueeze(-1)
         hit = torch.cat([torch.zeros_like(cols[:, :1], dtype=torch.bool), cand_rows[:, 1:] == pos.unsqueeze(1)], 1)
         logits = logits.masked_fill(hit.unsqueeze(-1), float("-inf"))
         if self.config.hard_negatives and self.negative_index is not None:
@@ -163,5 +255,5 @@ class TwoTowerTrainTask(nn.Module):
         # keep H columns: drop the positive where it was found, else the last one
         order = torch.argsort(bad.to(torch.int8), dim=1, stable=True)[:, :h]
         rows, bad = rows.gather(1, order), bad.gather(1, order)
-        logits = self.two_tower.task_logits(u, self.negative_bank[rows].to(u.dtype))
+        logits = self._score(u, self.negative_bank[rows].to(u.dtype))
         return logits.masked_fill(bad.unsqueeze(-1), float("-inf"))

@@ -170,8 +170,8 @@ class Trainer:
             epoch, in_epoch = divmod(step, batches.steps_per_epoch)
             for batch in batches.epoch(epoch, start_step=in_epoch):
                 self._set_lr(opt, base_lr, step)
-                if loss_config.hard_negatives and step % loss_config.hard_negative_refresh == 0 and step > 0:
-                    self._refresh_negatives(model, dataset)
+                if loss_config.needs_index and (step % loss_config.hard_negative_refresh == 0 or model.module.negative_index is None):
+                    self._refresh_negatives(model, dataset)  # also at the start (and on resume): "pool" mode needs it
                 model.module.reseed(seed * 1_000_003 + step)
                 labels = torch.stack([batch.labels[t] for t in tasks], dim=1)
                 loss, parts = model(batch.features.to(ctx.device), batch.item_rows.to(ctx.device), labels.to(ctx.device))

@@ -60,6 +60,26 @@ def test_resume_continues_exactly(tmp_path):
     assert resumed["test"]["recall@100"] == pytest.approx(straight["test"]["recall@100"], abs=1e-6)
 
 
+def test_pool_negatives_build_the_index_before_the_first_step(tmp_path, monkeypatch):
+    from silverrec.models.train_task import TwoTowerTrainTask
+
+    seen = []
+    pool_logits = TwoTowerTrainTask._pool_logits
+
+    def spy(self, u, item_rows, history, r):
+        logits, in_pool = pool_logits(self, u, item_rows, history, r)
+        seen.append((logits.shape, float(in_pool.mean())))
+        return logits, in_pool
+
+    monkeypatch.setattr(TwoTowerTrainTask, "_pool_logits", spy)
+    extra = ["loss.over_arch_negatives=pool", "loss.sampled_negatives=7", "loss.pool_size=50", "loss.over_arch_detach=true"]
+    report = run_training(_cfg(tmp_path, 3, extra))
+    assert report["train"]["steps"] == 3 and len(seen) == 3  # no step without the index
+    assert all(shape[1] == 8 for shape, _ in seen)
+    assert any(share > 0 for _, share in seen)  # some positives are in their row's pool
+    assert report["multitask"]["has_over_arch"] is True
+
+
 def test_resume_refuses_a_different_model(tmp_path):
     run_training(_cfg(tmp_path, 2))
     with pytest.raises(ValueError, match="different model_config"):
