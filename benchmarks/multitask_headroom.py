@@ -15,6 +15,11 @@ top-500 of each task merged), value-weighted recall@K of:
                    with E[like|click], E[share|click], E[watch|click] from the label formulas of
                    :func:`silverrec.data.synthetic._labels` (like marginalised out of share and
                    watch, watch's clipped Gaussian noise integrated exactly), then the Value Model;
+* ``dot_no_impossible`` / ``dot_year_rule``: the dot ranking with candidates removed: those the
+                   user can never engage with (true click logit about -1e4: a category below the
+                   user's threshold, or a release after the user's active period began), or those
+                   released after the latest release among the user's seen items (an observable
+                   rule a feature-aware re-scorer could learn);
 * ``oracle@own``   the same oracle over its own pool (its top-P by expected value over the whole
                    catalogue, seen items excluded): the ceiling of retrieval + ranking.
 
@@ -135,6 +140,7 @@ class HeadroomEvaluator(MultiTaskEvaluator):
         super().__init__(**kwargs)
         self.oracle, self.own_pool, self.model = oracle, own_pool, model
         self._memo: Tuple[Optional[np.ndarray], Optional[Tensor]] = (None, None)
+        self.impossible_in_top = 0.0  # summed over users: share of impossible items in the dot value top-100
 
     def _expectations(self, rows: np.ndarray) -> Tensor:
         if self._memo[0] is None or not np.array_equal(self._memo[0], rows):
@@ -161,7 +167,24 @@ class HeadroomEvaluator(MultiTaskEvaluator):
         out[("oracle", "task")] = top_rows(scores.masked_fill(~valid.unsqueeze(-1), float("-inf")), pool, k)
         out[("oracle", "value")] = top_rows(model.value(scores, valid).unsqueeze(-1), pool, k)
         out[("oracle_click", "value")] = top_rows(e_pool[..., :1].masked_fill(~valid.unsqueeze(-1), float("-inf")), pool, k)
+        # the dot model's Value Model ranking with candidates removed: the impossible ones (true click
+        # logit about -1e4: a blocked category or a release after the user's period began), or those
+        # released after the latest release year among the user's seen items (an observable rule)
+        dot = model.task_logits(u, v[pool.clamp_min(0)], over_arch=False)
+        year = torch.from_numpy(self.oracle.world.latents.item_year)
+        for col, drop in (("dot_no_impossible", e_pool[..., 0] < -1e3),
+                          ("dot_year_rule", year[pool.clamp_min(0)] > self._latest_year(rows).unsqueeze(1))):
+            keep = valid & ~drop
+            out[(col, "value")] = top_rows(model.value(model.task_scores(dot, keep), keep).unsqueeze(-1), pool, k)
+        top = torch.topk(model.value(model.task_scores(dot, valid), valid), k, dim=1).indices[:, :100]
+        self.impossible_in_top += float((e_pool[..., 0] < -1e3).gather(1, top).float().mean(1).sum())
         return out
+
+    def _latest_year(self, rows: np.ndarray) -> Tensor:
+        """int64 [c] the latest release year (index) among each user's seen items (max int: none seen)."""
+        seen, year = self.users.seen.take(rows), self.oracle.world.latents.item_year
+        return torch.tensor([int(year[seen.values[a:b]].max()) if b > a else np.iinfo(np.int64).max
+                             for a, b in zip(seen.offsets[:-1], seen.offsets[1:])])
 
 
 def _synthetic_config(data_config: Dict[str, Any]) -> SyntheticConfig:
@@ -196,6 +219,7 @@ def headroom(ckpt: str, max_users: int = 2000, ks: Tuple[int, ...] = (20, 100, 5
     for name, own in (("model_pool", False), ("oracle_pool", True)):
         ev = HeadroomEvaluator(oracle, own, model, dataset=dataset, split="test", ks=ks, max_users=max_users)
         reports[name] = ev.evaluate(model, local_context())
+        reports[name]["impossible_in_dot_top100"] = ev.impossible_in_top / max(ev.users.users.size, 1)
     reports["checkpoint"] = {"path": os.path.abspath(ckpt), "step": int(payload["step"])}
     reports["generation_s"] = round(gen_s, 1)
     return reports
@@ -211,7 +235,9 @@ def _rows(reports: Dict[str, Any], ks: List[int]) -> List[List[str]]:
 
     for col, label in (("dot", "(a) dot (model pool)"), ("overarch", "(b) overarch (model pool)"),
                        ("click_dot", "    click_dot (model pool)"), ("oracle_click", "    oracle click only (model pool)"),
-                       ("oracle", "(c) oracle (model pool)")):
+                       ("oracle", "(c) oracle (model pool)"),
+                       ("dot_no_impossible", "    dot, impossible items removed (model pool)"),
+                       ("dot_year_rule", "    dot, releases after the latest one seen removed")):
         add(label, {k: mp[f"value_recall@{k}"][col] for k in ks})
     add("(d) oracle (oracle pool)", {k: op[f"value_recall@{k}"]["oracle"] for k in ks})
     return rows
@@ -241,6 +267,8 @@ def main(argv: Optional[List[str]] = None) -> None:
           f"model pool: top-{mp['pool_per_task']} per task merged, {mp['pool_size_mean']:.0f} on average; "
           f"oracle pool: its top-{reports['oracle_pool']['pool_per_task']}")
     _print_table(_rows(reports, ks))
+    print(f"impossible items (true click logit about -1e4) in the dot Value Model's top-100: "
+          f"{100 * mp['impossible_in_dot_top100']:.1f}%")
     print("\nper-task recall@100 over the model pool (oracle: by P(click) * E[label | click])")
     task_rows = [["task", "dot", "overarch", "oracle", "oracle (oracle pool)"]]
     for t, per_k in mp["tasks"].items():
