@@ -7,9 +7,11 @@ a mix of filters, each user's history excluded, K = 100), with the same torch/FA
 
 * **model**: the exported ``.pt2`` (user tower -> Bloom filter + IVF-INT8 scan per task ->
   merge -> OverArch -> Value Model -> top-K, one graph). ``search`` times ``Retriever.search``
-  on pre-encoded tensors; ``query`` times ``Retriever.query`` (encoding and decoding included);
-  both serve the file's AOTInductor graph when it holds one, and ``search, torch.export`` times
-  the same file's plain ``torch.export`` program.
+  on pre-encoded tensors; ``search + filter parsing`` adds the parsing of the filter strings
+  (the pipeline's inputs: encoded users, filter strings, excluded rows); ``query`` times
+  ``Retriever.query`` (external ids and feature values in, ``(item_id, value, {task: score})``
+  tuples out). The three serve the file's AOTInductor graph when it holds one; ``search,
+  torch.export`` times the same file's plain ``torch.export`` program.
 * **pipeline**: standard parts called one after another: the same user tower (eager torch) ->
   FAISS ``IndexHNSWFlat`` (inner product) over the published item embeddings, one search per
   task head -> union -> a Python (NumPy) filter on the item attribute table and the exclusions
@@ -243,6 +245,11 @@ def main() -> None:
         ids, _, _, num_valid = retriever.search(user_ids[s], opcodes[s], terms[s], hashes[s], exclude[s])
         return [ids[b, : int(num_valid[b])].numpy() for b in range(ids.shape[0])]
 
+    def run_search_parsed(s: slice) -> List[np.ndarray]:  # the pipeline's inputs: filters as strings
+        ops, ts, hs = enc.filters(filters[s], s.stop - s.start)
+        ids, _, _, num_valid = retriever.search(user_ids[s], ops, ts, hs, exclude[s])
+        return [ids[b, : int(num_valid[b])].numpy() for b in range(ids.shape[0])]
+
     def run_search_export(s: slice) -> List[np.ndarray]:
         ids, _, _, num_valid = plain.search(user_ids[s], opcodes[s], terms[s], hashes[s], exclude[s])
         return [ids[b, : int(num_valid[b])].numpy() for b in range(ids.shape[0])]
@@ -272,7 +279,8 @@ def main() -> None:
 
     rows_out = []
     served = "AOTInductor" if retriever.backend == "aoti" else "torch.export"
-    fns = {f"model (search, {served})": run_search, f"model (query, {served})": run_query, "pipeline": run_pipeline}
+    fns = {f"model (search, {served})": run_search, f"model (search + filter parsing, {served})": run_search_parsed,
+           f"model (query, {served})": run_query, "pipeline": run_pipeline}
     if plain is not None:
         fns["model (search, torch.export)"] = run_search_export
     names = tuple(fns)

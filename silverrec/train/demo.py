@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from silverrec.data.dataset import RecDataset
 from silverrec.retrieval.serving_graph import RetrievalGraph, ServingConfig
 from silverrec.serve import Retriever
+from silverrec.serve.aoti import available_cores
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.distributed import local_context
 from silverrec.train.evaluate import write_json_atomic
@@ -84,6 +85,7 @@ def run_demo(overrides: Sequence[str], aoti: bool = True) -> Dict[str, Any]:
     model = load_two_tower(payload)
     path = os.path.join(run_dir, "serving.pt2")
     config = ServingConfig(k=100)
+    torch.set_num_threads(available_cores())  # training ran on one thread; serving uses every core
     t0 = time.perf_counter()
     graph, item_encoder, meta = build_serving_graph(model, dataset, config)
     meta = export_graph(graph, item_encoder, dataset, {**meta, "checkpoint": report["train"]["checkpoint"], "step": int(payload["step"])},

@@ -127,10 +127,11 @@ def _tracing_updates(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset
 
 
 def export_graph(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset: RecDataset, metadata: Dict[str, Any],
-                 path: str, aoti: bool = False) -> Dict[str, Any]:
+                 path: str, aoti: bool = False, aoti_threads: Optional[int] = None) -> Dict[str, Any]:
     """Exports ``graph`` (dynamic batch, exclusion width and fresh-index sizes) and the item tower
     (dynamic batch) into one package written atomically at ``path``; with ``aoti``, the package
-    also holds the serving graph compiled by AOTInductor for this machine's CPU."""
+    also holds the serving graph compiled by AOTInductor for this machine's CPU, its loops on
+    ``aoti_threads`` OpenMP threads (default: the cores available here)."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     width = torch.export.Dim("exclude", min=1, max=2**20)
     words = torch.export.Dim("fresh_words", min=2, max=2**20)
@@ -150,7 +151,7 @@ def export_graph(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset: Re
     if aoti:
         print("compiling the serving graph with AOTInductor (about a minute; aoti=false skips it) ...", flush=True)
         try:
-            files, info = compile_aoti(program)
+            files, info = compile_aoti(program, aoti_threads)
         except Exception as err:
             raise RuntimeError(f"AOTInductor compilation of the serving graph failed ({type(err).__name__}: {err}); "
                                "export with aoti=false for the plain torch.export program only") from err
@@ -159,7 +160,8 @@ def export_graph(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset: Re
 
 
 def export_serving(model: TwoTower, dataset: RecDataset, config: ServingConfig, path: str, extra: Dict[str, Any],
-                   aoti: bool = False, base: Optional[str] = None, updates: Optional[str] = None) -> Dict[str, Any]:
+                   aoti: bool = False, base: Optional[str] = None, updates: Optional[str] = None,
+                   aoti_threads: Optional[int] = None) -> Dict[str, Any]:
     """Builds the serving graph, exports it with the item tower and writes ``path`` atomically.
 
     ``base`` and ``updates``: a compaction (see :func:`build_serving_graph`).
@@ -168,7 +170,7 @@ def export_serving(model: TwoTower, dataset: RecDataset, config: ServingConfig, 
         Dict[str, Any]: the artifact metadata (schema, filter dictionary, K, tasks, version stamp, ...).
     """
     graph, item_encoder, meta = build_serving_graph(model, dataset, config, base=base, updates=updates)
-    return export_graph(graph, item_encoder, dataset, {**meta, **extra}, path, aoti=aoti)
+    return export_graph(graph, item_encoder, dataset, {**meta, **extra}, path, aoti=aoti, aoti_threads=aoti_threads)
 
 
 def run_export(cfg: DictConfig) -> Dict[str, Any]:
@@ -178,14 +180,15 @@ def run_export(cfg: DictConfig) -> Dict[str, Any]:
     model = load_two_tower(payload)
     serving: ServingConfig = instantiate(cfg.serving)
     meta = export_serving(model, dataset, serving, cfg.output, {"checkpoint": os.path.abspath(cfg.ckpt_path), "step": int(payload["step"])},
-                          aoti=bool(cfg.get("aoti", False)), base=cfg.get("base"), updates=cfg.get("updates"))
+                          aoti=bool(cfg.get("aoti", False)), base=cfg.get("base"), updates=cfg.get("updates"),
+                          aoti_threads=cfg.get("aoti_threads"))
     if "compaction" in meta:
         c = meta["compaction"]
         print(f"compaction: folded {c['updated']} updated, {c['added']} added and {c['deleted']} deleted items "
               f"({c['updates'] or 'no updates file'}, made against version {c['base_version']}) into the main index "
               f"({meta['num_items']} items)")
     size_mb = os.path.getsize(cfg.output) / 2**20
-    compiled = f", AOTInductor for {meta['aoti']['isa']}" if "aoti" in meta else ""
+    compiled = f", AOTInductor for {meta['aoti']['isa']} on {meta['aoti']['threads']} threads" if "aoti" in meta else ""
     print(f"exported {cfg.output} ({size_mb:.1f} MiB, k={serving.k}, version {meta['version']}{compiled})")
     return {"path": os.path.abspath(cfg.output), "size_mb": size_mb, **meta}
 

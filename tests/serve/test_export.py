@@ -10,7 +10,7 @@ import torch
 from silverrec.retrieval.publish import publish
 from silverrec.retrieval.serving_graph import ServingConfig
 from silverrec.serve import Retriever, load_artifact
-from silverrec.serve.aoti import aoti_usable, vector_isa
+from silverrec.serve.aoti import aoti_usable, available_cores, vector_isa
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.export import example_users, export_serving, latest_history, publish_item_embeddings
 from silverrec.train.trainer import load_two_tower
@@ -129,6 +129,7 @@ def test_export_cli_writes_one_file_with_the_aoti_graph(tiny_run, tiny_dataset, 
     _, meta = load_artifact(str(out))
     assert meta["k"] == 5 and meta["num_items"] > 0 and meta["kind"] == "retrieval_graph"
     assert meta["aoti"]["programs"] == ["model"] and meta["aoti"]["isa"] == vector_isa()
+    assert meta["aoti"]["threads"] == available_cores()  # not the caller's torch.get_num_threads()
     compiled, plain = Retriever(str(out)), Retriever(str(out), backend="export")
     assert (compiled.backend, plain.backend) == ("aoti", "export")
     ds = tiny_dataset
