@@ -51,6 +51,10 @@ bench: venv
 	$(PIP) install -q faiss-cpu==1.15.1 matplotlib
 	$(PY) benchmarks/bloom.py
 	$(PY) benchmarks/ann.py
+	@test -f runs/demo/serving.pt2 || { echo "the serving benchmarks need the demo's model: run make demo first"; exit 1; }
+	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/load_test.py
+	$(PY) benchmarks/multitask_headroom.py
 
 clean:
 	rm -rf build silverrec/*.so .pytest_cache .hypothesis
