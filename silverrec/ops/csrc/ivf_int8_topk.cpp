@@ -60,6 +60,16 @@ inline int32_t dot_i8(const int8_t* a, const int8_t* b, int64_t D) {
   return acc;
 }
 
+#ifdef __AVX2__
+// out[j] = the sum of the eight int32 lanes of a_j, for the four accumulators together (two hadd
+// levels, then the two 128-bit halves), instead of one horizontal reduction per accumulator.
+inline void store_sums4(__m256i a0, __m256i a1, __m256i a2, __m256i a3, int32_t* out) {
+  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+  const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), s);
+}
+#endif
+
 // Exact int8 dot products of one query with the 4 consecutive rows at `rows` (row stride D), the
 // sign trick of dot_i8: the query is loaded once per 32 columns for the 4 rows, and the four
 // int32 sums are reduced together (hadd), instead of one horizontal reduction per row.
@@ -84,9 +94,7 @@ inline void dot_i8_rows4(const int8_t* a, const int8_t* rows, int64_t D, int32_t
     SILVERREC_ROW_STEP(a3, 3);
 #undef SILVERREC_ROW_STEP
   }
-  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
-  const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), s);
+  store_sums4(a0, a1, a2, a3, out);
 #endif
   for (; d < D; ++d) {
     for (int j = 0; j < 4; ++j) out[j] += static_cast<int32_t>(a[d]) * static_cast<int32_t>(rows[j * D + d]);
@@ -162,10 +170,7 @@ inline void dot_i8_x4(const int8_t* row, const int8_t* const* q, int64_t D, int3
     SILVERREC_DOT_STEP(a3, 3);
 #undef SILVERREC_DOT_STEP
   }
-  // lanes of (a0, a1, a2, a3) -> four sums
-  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
-  const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), s);
+  store_sums4(a0, a1, a2, a3, out);
 #endif
   for (; d < D; ++d) {
     for (int j = 0; j < 4; ++j) out[j] += static_cast<int32_t>(q[j][d]) * static_cast<int32_t>(row[d]);
