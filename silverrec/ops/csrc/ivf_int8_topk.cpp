@@ -101,34 +101,51 @@ inline void dot_i8_rows4(const int8_t* a, const int8_t* rows, int64_t D, int32_t
   }
 }
 
-using Entry = std::pair<float, int64_t>;  // (score, row)
-
 // Average queries per probed cluster from which the cluster-major scan pays.
 constexpr double kShareRatio = 4.0;
 
-// a ranks before b: higher score, then lower row (the tie rule).
-inline bool better(const Entry& a, const Entry& b) {
-  return a.first > b.first || (a.first == b.first && a.second < b.second);
+// An int64 key ordering like the tie rule: higher score first, equal scores (-0.0 == +0.0) by
+// lower id. The float's bits map to a signed-monotone int32 in the high word, 2**32 - 1 - id in
+// the low word (ids < 2**32). Scores must not be NaN.
+inline int64_t rank_key(float score, int64_t id) {
+  const float s = score + 0.0f;  // -0.0 -> +0.0 (not an identity, so never folded away)
+  int32_t bits;
+  std::memcpy(&bits, &s, sizeof(bits));
+  const int32_t fkey = bits ^ ((bits >> 31) & 0x7FFFFFFF);
+  return static_cast<int64_t>(static_cast<uint64_t>(static_cast<int64_t>(fkey)) << 32) |
+         static_cast<int64_t>(0xFFFFFFFFLL - id);
+}
+inline int64_t key_id(int64_t key) { return 0xFFFFFFFFLL - (key & 0xFFFFFFFFLL); }
+// The (normalised, so never -0.0) score a rank key was made from.
+inline float key_score(int64_t key) {
+  const int32_t fkey = static_cast<int32_t>(key >> 32);
+  const int32_t bits = fkey ^ ((fkey >> 31) & 0x7FFFFFFF);
+  float s;
+  std::memcpy(&s, &bits, sizeof(s));
+  return s;
 }
 
-// Running top-k: candidates better than the current threshold (the k-th best seen so far) are
-// appended to a buffer; once it has held k entries their worst is the threshold, and when it
-// holds 2k, nth_element keeps the best k and raises the threshold to the k-th best. Amortised O(1) per candidate, unlike a heap's O(log k) sift per insertion.
+// Running top-k over rank keys (rank_key(score, row): one int64 comparison is the tie rule).
+// Candidates better than the current threshold (the k-th best seen so far) are appended to a
+// buffer; once it has held k keys their worst is the threshold, and when it holds 2k,
+// nth_element keeps the best k and raises the threshold to the k-th best. Amortised O(1) per
+// candidate, unlike a heap's O(log k) sift per insertion.
 struct TopK {
   explicit TopK(int64_t k) : k_(k) { buf_.reserve(2 * k); }
-  inline void push(float score, int64_t row) {
-    if (full_ && (score < thr_.first || (score == thr_.first && row > thr_.second))) return;
-    buf_.push_back({score, row});
+  inline void push(float score, int64_t row) { push_key(rank_key(score, row)); }
+  inline void push_key(int64_t key) {
+    if (full_ && key < thr_) return;
+    buf_.push_back(key);
     const int64_t n = static_cast<int64_t>(buf_.size());
     if (n >= 2 * k_) {
       compact();
     } else if (n == k_ && !full_) {  // first k seen: their worst is already a valid threshold
-      thr_ = *std::min_element(buf_.begin(), buf_.end(), [](const Entry& a, const Entry& b) { return better(b, a); });
+      thr_ = *std::min_element(buf_.begin(), buf_.end());
       full_ = true;
     }
   }
   void compact() {
-    std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.end(), better);
+    std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.end(), std::greater<int64_t>());
     buf_.resize(k_);
     thr_ = buf_[k_ - 1];  // nth_element leaves the k-th best at k-1, all better ones before it
     full_ = true;
@@ -137,16 +154,16 @@ struct TopK {
     buf_.clear();
     full_ = false;
   }
-  // The kept entries, best first.
-  const std::vector<Entry>& finish() {
+  // The kept keys, best first.
+  const std::vector<int64_t>& finish() {
     if (static_cast<int64_t>(buf_.size()) > k_) compact();
-    std::sort(buf_.begin(), buf_.end(), better);
+    std::sort(buf_.begin(), buf_.end(), std::greater<int64_t>());
     return buf_;
   }
   int64_t k_;
   bool full_ = false;
-  Entry thr_{0.0f, 0};
-  std::vector<Entry> buf_;
+  int64_t thr_ = 0;
+  std::vector<int64_t> buf_;
 };
 
 // Exact int8 dot products of one item row with 4 queries (the sign trick of dot_i8): the row is
@@ -278,13 +295,13 @@ void scan_cluster_major(const int8_t* q, const float* qs, const int8_t* cd, cons
       TopK& merged = tops[0][b];
       int64_t eligible = counts[0][b];
       for (int64_t t = 1; t < T; ++t) {
-        for (const Entry& e : tops[t][b].buf_) merged.push(e.first, e.second);
+        for (const int64_t key : tops[t][b].buf_) merged.push_key(key);
         eligible += counts[t][b];
       }
-      const std::vector<Entry>& best = merged.finish();
+      const std::vector<int64_t>& best = merged.finish();
       for (size_t i = 0; i < best.size(); ++i) {
-        os[b * k + i] = best[i].first;
-        orw[b * k + i] = best[i].second;
+        os[b * k + i] = key_score(best[i]);
+        orw[b * k + i] = key_id(best[i]);
       }
       ov[b] = std::min(eligible, k);
     }
@@ -313,6 +330,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
   TORCH_CHECK(probe_in.scalar_type() == at::kLong && probe_in.dim() == 2 && probe_in.size(0) == B,
               "ivf_int8_topk: probe must be int64 [B=", B, ", P], got ", probe_in.scalar_type(), " ", probe_in.sizes());
   TORCH_CHECK(k >= 1, "ivf_int8_topk: k must be >= 1, got ", k);
+  TORCH_CHECK(N <= 0xFFFFFFFFLL, "ivf_int8_topk: need N < 2**32 rows (rows rank in 32 bits), got N=", N);
   const int64_t W = (N + 63) / 64;
   if (mask_in.has_value()) {
     TORCH_CHECK(mask_in->scalar_type() == at::kLong && mask_in->dim() == 2 && mask_in->size(0) == B &&
@@ -426,10 +444,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
       for (int64_t p = 0; p < P; ++p) {
         if (pb[p] >= 0) seen[pb[p]] = 0;
       }
-      const std::vector<Entry>& best = top.finish();
+      const std::vector<int64_t>& best = top.finish();
       for (size_t i = 0; i < best.size(); ++i) {
-        os[b * k + i] = best[i].first;
-        orw[b * k + i] = best[i].second;
+        os[b * k + i] = key_score(best[i]);
+        orw[b * k + i] = key_id(best[i]);
       }
       ov[b] = std::min(eligible, k);
     }
@@ -439,27 +457,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
 
 // ---------------------------------------------------------------------------------------------
 // ivf_select_probes: centroid order + passing-row coverage (spec: ivf_select_probes_reference).
-
-// An int64 key ordering like the tie rule: higher score first, equal scores (-0.0 == +0.0) by
-// lower id. The float's bits map to a signed-monotone int32 in the high word, 2**32 - 1 - id in
-// the low word (ids < 2**32). Scores must not be NaN.
-inline int64_t rank_key(float score, int64_t id) {
-  const float s = score + 0.0f;  // -0.0 -> +0.0 (not an identity, so never folded away)
-  int32_t bits;
-  std::memcpy(&bits, &s, sizeof(bits));
-  const int32_t fkey = bits ^ ((bits >> 31) & 0x7FFFFFFF);
-  return static_cast<int64_t>(static_cast<uint64_t>(static_cast<int64_t>(fkey)) << 32) |
-         static_cast<int64_t>(0xFFFFFFFFLL - id);
-}
-inline int64_t key_id(int64_t key) { return 0xFFFFFFFFLL - (key & 0xFFFFFFFFLL); }
-// The (normalised, so never -0.0) score a rank key was made from.
-inline float key_score(int64_t key) {
-  const int32_t fkey = static_cast<int32_t>(key >> 32);
-  const int32_t bits = fkey ^ ((fkey >> 31) & 0x7FFFFFFF);
-  float s;
-  std::memcpy(&s, &bits, sizeof(s));
-  return s;
-}
 
 // Set bits of the packed mask row `mb` within rows [lo, hi).
 inline int64_t count_bits(const uint64_t* mb, int64_t lo, int64_t hi) {
@@ -598,8 +595,9 @@ at::Tensor ivf_select_probes_cpu(const at::Tensor& scores_in, const at::Tensor& 
   at::Tensor out = at::empty({B, max_probe}, offsets_t.options());  // filled per query (at::full may go parallel)
   int64_t* po = out.data_ptr<int64_t>();
   const int64_t limit = std::min(C, max_probe);
-  // ~C key computations per query: small batches run inline (no thread wake-up)
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / C);
+  // ~C key computations (and a cold read of the C scores) per query: a few queries' worth pays
+  // for waking a second thread; tiny C runs inline
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / C);
   at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
     std::vector<int64_t> buf, order;
     std::vector<float> block_max;
@@ -672,29 +670,33 @@ __attribute__((target("avx2,fma,f16c"))) double dot_f64(const T* row, const doub
 template <typename T>
 void rescore_rows(const float* qf, const T* cache, const int64_t* rows, const int64_t* row_to_id, float* os,
                   int64_t* oi, int64_t B, int64_t K0, int64_t D, int64_t k) {
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, K0 * D));
+  // Each query's K0 rows are random DRAM reads (latency-bound, not compute-bound): one query's
+  // worth of rows already pays for waking a second thread.
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, K0 * D));
   at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
     std::vector<double> qd(D);
     std::vector<int64_t> cand;  // rank keys (the score is recovered from the key's high word)
     cand.reserve(K0);
+    std::vector<T> local;
+    std::vector<int64_t> ids(K0);
     for (int64_t b = b0; b < b1; ++b) {
       for (int64_t d = 0; d < D; ++d) qd[d] = qf[b * D + d];
       cand.clear();
-      constexpr int64_t kAhead = 6;  // rows are random DRAM reads: fetch a few ahead
-      const int64_t line_bytes = D * static_cast<int64_t>(sizeof(T));
-      auto prefetch_row = [&](int64_t j) {
-        const int64_t r = rows[b * K0 + j];
-        if (r < 0) return;
-        const char* p = reinterpret_cast<const char*>(cache + r * D);
-        for (int64_t o = 0; o < line_bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
-      };
-      for (int64_t j = 0; j < std::min(K0, kAhead); ++j) prefetch_row(j);
+      // The K0 rows are random DRAM reads: copy them to a local buffer first (independent loads,
+      // so many misses are in flight at once), then score them from cache.
+      local.resize(K0 * D);
+      int64_t n = 0;
       for (int64_t j = 0; j < K0; ++j) {
-        if (j + kAhead < K0) prefetch_row(j + kAhead);
         const int64_t r = rows[b * K0 + j];
         if (r < 0) continue;
-        const float s = static_cast<float>(dot_f64<T>(cache + r * D, qd.data(), D));
-        cand.push_back(rank_key(s, row_to_id[r]));
+        std::memcpy(local.data() + n * D, cache + r * D, D * sizeof(T));
+        ids[n++] = row_to_id[r];
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        TORCH_CHECK(ids[j] >= 0 && ids[j] <= 0xFFFFFFFFLL, "ivf_rescore_topk: row_to_id entries must lie in [0, 2**32), got ",
+                    ids[j]);
+        const float s = static_cast<float>(dot_f64<T>(local.data() + j * D, qd.data(), D));
+        cand.push_back(rank_key(s, ids[j]));
       }
       const int64_t kept = std::min<int64_t>(k, cand.size());
       if (kept < static_cast<int64_t>(cand.size())) {
@@ -734,9 +736,6 @@ std::tuple<at::Tensor, at::Tensor> ivf_rescore_topk_cpu(const at::Tensor& querie
   for (int64_t i = 0; i < B * K0; ++i) {
     TORCH_CHECK(rw[i] >= -1 && rw[i] < N, "ivf_rescore_topk: rows entries must be -1 or in [0, N=", N, "), got ",
                 rw[i], " at [", i / K0, ", ", i % K0, "]");
-    TORCH_CHECK(rw[i] < 0 || (ids[rw[i]] >= 0 && ids[rw[i]] <= 0xFFFFFFFFLL),
-                "ivf_rescore_topk: row_to_id entries must lie in [0, 2**32), got ", rw[i] < 0 ? 0 : ids[rw[i]],
-                " for row ", rw[i]);
   }
   at::Tensor out_scores = at::full({B, k}, -std::numeric_limits<float>::infinity(), queries.options());
   at::Tensor out_ids = at::full({B, k}, -1, rows.options());
