@@ -4,6 +4,7 @@ Importing ``silverrec`` (or this package) defines every schema, registers the fa
 loads the C++ CPU kernels (``silverrec._C``) and, where CUDA is present, the Triton kernels.
 """
 import importlib.util
+from typing import Tuple
 
 import torch
 
@@ -204,3 +205,30 @@ def ivf_rescore_topk(
         ([[4.0, 2.0, 2.0]], [[5, 3, 7]])
     """
     return torch.ops.silverrec.ivf_rescore_topk(queries, cache, rows, row_to_id, k)
+
+
+# --- quantize_int8_rowwise ---
+
+
+def quantize_int8_rowwise(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric INT8 codes of each row with its own scale: the query side of the INT8 scan.
+
+    Calls ``torch.ops.silverrec.quantize_int8_rowwise`` (C++ on CPU, Triton on CUDA): one op
+    instead of about ten small tensor ops per search. The spec is
+    ``silverrec.ops.reference.quantize_int8_rowwise_reference``; the C++ kernel raises on NaN/inf
+    (naming the first row and column), the CUDA kernel leaves that check to the caller (no sync).
+
+    Args:
+        x (Tensor): float32 ``[N, D]``.
+
+    Returns:
+        Tuple[Tensor, Tensor]: ``codes`` int8 ``[N, D]`` in ``[-127, 127]`` and ``scales``
+        float32 ``[N]`` (``max |x[n]| / 127``, 1 for an all-zero row).
+
+    Example::
+
+        >>> codes, scales = quantize_int8_rowwise(torch.tensor([[0.5, -1.0], [0.0, 0.0]]))
+        >>> codes.tolist(), scales.tolist()
+        ([[64, -127], [0, 0]], [0.007874015718698502, 1.0])
+    """
+    return torch.ops.silverrec.quantize_int8_rowwise(x)

@@ -33,6 +33,7 @@ SCHEMAS: Dict[str, str] = {
     "ivf_rescore_topk": (
         "ivf_rescore_topk(Tensor queries, Tensor cache, Tensor rows, Tensor row_to_id, int k) -> (Tensor, Tensor)"
     ),
+    "quantize_int8_rowwise": "quantize_int8_rowwise(Tensor x) -> (Tensor, Tensor)",
 }
 
 _ALLOWED_KEYS = ("CPU", "CUDA", "Meta")

@@ -133,3 +133,15 @@ def ivf_rescore_topk_fake(queries: Tensor, cache: Tensor, rows: Tensor, row_to_i
 
 
 FAKE_IMPLS["ivf_rescore_topk"] = {"Meta": ivf_rescore_topk_fake}
+
+# --- quantize_int8_rowwise ---
+
+
+def quantize_int8_rowwise_fake(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Shapes of ``quantize_int8_rowwise``: ``codes [N, D]`` int8 and ``scales [N]`` float32."""
+    torch._check(x.dtype == torch.float32 and x.dim() == 2,
+                 lambda: f"quantize_int8_rowwise: x must be float32 [N, D], got {x.dtype} {tuple(x.shape)}")
+    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0],))
+
+
+FAKE_IMPLS["quantize_int8_rowwise"] = {"Meta": quantize_int8_rowwise_fake}

@@ -325,3 +325,35 @@ def ivf_rescore_topk_reference(
     out_i[:, : order.shape[1]] = ids.gather(1, order)
     dev = queries.device
     return out_s.to(dev), out_i.to(dev)
+
+
+# --- quantize_int8_rowwise ---
+
+
+def quantize_int8_rowwise_reference(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Spec of ``torch.ops.silverrec.quantize_int8_rowwise``: symmetric INT8 codes of each row.
+
+    Row ``n`` gets the scale ``s = float32(max_d |x[n, d]|) / 127`` (``1`` for an all-zero row)
+    and the codes ``clamp(round(x[n, d] / s), -127, 127)``: float32 division, rounding half to
+    even (``torch.round``); never -128, which the INT8 scan relies on. NaN or inf values raise.
+
+    Args:
+        x (Tensor): float32 ``[N, D]`` (query embeddings at search time).
+
+    Returns:
+        Tuple[Tensor, Tensor]: ``codes`` int8 ``[N, D]`` and ``scales`` float32 ``[N]``, with
+        ``x ~= codes * scales[:, None]``.
+
+    Example::
+
+        >>> codes, scales = quantize_int8_rowwise_reference(torch.tensor([[0.5, -1.0], [0.0, 0.0]]))
+        >>> codes.tolist(), scales.tolist()
+        ([[64, -127], [0, 0]], [0.007874015718698502, 1.0])
+    """
+    if not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+        raise ValueError(f"quantize_int8_rowwise: x contains NaN/inf (first at row {bad[0]}, column {bad[1]})")
+    amax = x.abs().amax(dim=1)
+    scales = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    codes = torch.round(x / scales[:, None]).clamp_(-127, 127).to(torch.int8)
+    return codes, scales

@@ -29,7 +29,7 @@ from torch import Tensor
 import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.ivf_int8_topk)
 from silverrec.retrieval.kmeans import default_num_clusters, kmeans
 from silverrec.retrieval.packed_mask import pack_mask
-from silverrec.retrieval.quantize import _check_embeddings, _quantize_rows, quantize_int8_global, quantize_int8_per_item
+from silverrec.retrieval.quantize import _check_embeddings, quantize_int8_global, quantize_int8_per_item
 from silverrec.retrieval.search_result import SearchResult
 
 _QUANTIZATIONS = ("per_item", "global")
@@ -172,8 +172,13 @@ class IVFInt8Index:
         B, dev = queries.shape[0], self.codes.device
         q = queries.to(dev).float()
         packed = self._packed_mask(mask, B)
-        _check_embeddings(q, "queries")
-        q_codes, q_scales = _quantize_rows(q)
+        if q.device.type != "cpu":  # the CUDA kernel does not check (no host sync)
+            _check_embeddings(q, "queries")
+        try:
+            q_codes, q_scales = torch.ops.silverrec.quantize_int8_rowwise(q)  # one op, not ~10
+        except RuntimeError:
+            _check_embeddings(q, "queries")  # NaN/inf: the ValueError naming the first bad value
+            raise
 
         # probes: the n_probe best clusters, then more in centroid order until min_rows rows
         # that pass the filter are covered (see module docstring); one op, no host sync
@@ -185,15 +190,15 @@ class IVFInt8Index:
         probe = torch.ops.silverrec.ivf_select_probes(centroid_scores, self.cluster_offsets, packed, n_probe, min_rows, max_probe)
         scores, rows, valid = torch.ops.silverrec.ivf_int8_topk(
             q_codes, q_scales, self.codes, self.scales, self.cluster_offsets, probe, packed, k0)
-        if max_probe < C:  # unfiltered: a query whose capped probe list held fewer than k rows scans all
-            short = (valid < k) & (probe[:, -1] >= 0)
-            if bool(short.any()):
-                idx = short.nonzero().flatten()
-                everything = torch.zeros((idx.numel(), 1), dtype=torch.int64, device=dev)
-                all_rows = torch.tensor([0, N], dtype=torch.int64, device=dev)
-                s2, r2, _ = torch.ops.silverrec.ivf_int8_topk(
-                    q_codes[idx], q_scales[idx], self.codes, self.scales, all_rows, everything, None, k0)
-                scores, rows = scores.index_copy(0, idx, s2), rows.index_copy(0, idx, r2)
+        # Unfiltered: a query whose capped probe list held fewer than k rows scans all. (A list
+        # that stopped before the cap covered min_rows = K0 >= k rows, so valid < k means capped.)
+        if max_probe < C and int(valid.min()) < k:
+            idx = (valid < k).nonzero().flatten()
+            everything = torch.zeros((idx.numel(), 1), dtype=torch.int64, device=dev)
+            all_rows = torch.tensor([0, N], dtype=torch.int64, device=dev)
+            s2, r2, _ = torch.ops.silverrec.ivf_int8_topk(
+                q_codes[idx], q_scales[idx], self.codes, self.scales, all_rows, everything, None, k0)
+            scores, rows = scores.index_copy(0, idx, s2), rows.index_copy(0, idx, r2)
         if rescore:
             return SearchResult(*torch.ops.silverrec.ivf_rescore_topk(q, self.cache, rows, self.row_to_id, k))
         ids = self.row_to_id.index_select(0, rows.clamp(min=0).flatten()).view(rows.shape)

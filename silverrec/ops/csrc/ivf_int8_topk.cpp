@@ -14,8 +14,9 @@
 // int8 GEMM per cluster, and per-thread top-ks are merged; same results, since the top-k of a
 // strict total order does not depend on the push order.
 //
-// The same file holds the two ops around the scan in a search: ivf_select_probes (probe choice
-// by centroid order and passing-row coverage) and ivf_rescore_topk (exact re-score + final top-k).
+// The same file holds the ops around the scan in a search: quantize_int8_rowwise (the query
+// codes), ivf_select_probes (probe choice by centroid order and passing-row coverage) and
+// ivf_rescore_topk (exact re-score + final top-k).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -23,6 +24,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -749,10 +751,51 @@ std::tuple<at::Tensor, at::Tensor> ivf_rescore_topk_cpu(const at::Tensor& querie
   return {out_scores, out_ids};
 }
 
+// ---------------------------------------------------------------------------------------------
+// quantize_int8_rowwise: symmetric INT8 codes of each row (spec: quantize_int8_rowwise_reference).
+// The same float32 operations as the reference (max |x|, / 127, x / s, round half to even,
+// clamp), so codes and scales are bit-identical.
+
+std::tuple<at::Tensor, at::Tensor> quantize_int8_rowwise_cpu(const at::Tensor& x_in) {
+  TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kFloat,
+              "quantize_int8_rowwise: x must be float32 [N, D], got ", x_in.scalar_type(), " ", x_in.sizes());
+  const at::Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), D = x.size(1);
+  at::Tensor codes = at::empty({N, D}, x.options().dtype(at::kChar));
+  at::Tensor scales = at::empty({N}, x.options());
+  const float* px = x.data_ptr<float>();
+  int8_t* pc = codes.data_ptr<int8_t>();
+  float* ps = scales.data_ptr<float>();
+  at::parallel_for(0, N, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, D)), [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const float* row = px + n * D;
+      float amax = 0.0f;
+      bool finite = true;
+      for (int64_t d = 0; d < D; ++d) {
+        finite &= std::isfinite(row[d]);
+        amax = std::max(amax, std::fabs(row[d]));
+      }
+      if (!finite) {
+        int64_t d = 0;
+        while (std::isfinite(row[d])) ++d;
+        TORCH_CHECK(false, "quantize_int8_rowwise: x contains NaN/inf (first at row ", n, ", column ", d, ": ", row[d], ")");
+      }
+      const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+      for (int64_t d = 0; d < D; ++d) {
+        const float y = std::nearbyint(row[d] / s);
+        pc[n * D + d] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, y)));
+      }
+      ps[n] = s;
+    }
+  });
+  return {codes, scales};
+}
+
 }  // namespace
 }  // namespace silverrec
 
 TORCH_LIBRARY_IMPL(silverrec, CPU, m) {
+  m.impl("quantize_int8_rowwise", &silverrec::quantize_int8_rowwise_cpu);
   m.impl("ivf_int8_topk", &silverrec::ivf_int8_topk_cpu);
   m.impl("ivf_select_probes", &silverrec::ivf_select_probes_cpu);
   m.impl("ivf_rescore_topk", &silverrec::ivf_rescore_topk_cpu);

@@ -39,3 +39,11 @@ except ImportError:  # pragma: no cover - Triton missing or too old: no CUDA ker
     pass
 else:
     CUDA_IMPLS["ivf_rescore_topk"] = {"CUDA": ivf_rescore_topk_cuda}
+
+# --- quantize_int8_rowwise ---
+try:
+    from silverrec.ops.triton.quantize_int8_rowwise import quantize_int8_rowwise_cuda
+except ImportError:  # pragma: no cover - Triton missing or too old: no CUDA kernel registered
+    pass
+else:
+    CUDA_IMPLS["quantize_int8_rowwise"] = {"CUDA": quantize_int8_rowwise_cuda}
