@@ -103,6 +103,15 @@ inline void dot_i8_rows4(const int8_t* a, const int8_t* rows, int64_t D, int32_t
   }
 }
 
+// Software prefetch of [p, p + bytes), one hint per 64-byte line (a prefetch never faults, so
+// reading past a cluster or the codes is harmless).
+inline void prefetch_bytes(const int8_t* p, int64_t bytes) {
+  for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T0);
+}
+constexpr int64_t kPrefetchRows = 16;      // rows ahead within a cluster
+constexpr int64_t kPrefetchBytes = 2048;   // bytes of the next probed cluster
+constexpr int64_t kPrefetchPassing = 8;    // passing rows ahead (filtered scans)
+
 // Average queries per probed cluster from which the cluster-major scan pays.
 constexpr double kShareRatio = 4.0;
 
@@ -403,6 +412,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
     // clusters are scanned in probe order (best centroid first, so the top-k threshold rises
     // early and later clusters insert little); `seen` skips repeats and is reset after each query
     std::vector<uint8_t> seen(C, 0);
+    std::vector<int64_t> passing;  // filtered: the query's passing rows, in probe order
     TopK top(k);
     for (int64_t b = b0; b < b1; ++b) {
       const int8_t* qb = q + b * D;
@@ -421,8 +431,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
         seen[c] = 1;
         const int64_t lo = off[c], hi = off[c + 1];
         if (mk == nullptr) {  // 4 rows per step (one query load, one reduction for the 4 sums)
+          // the next probed cluster's first rows: its DRAM misses overlap this cluster's scan
+          if (p + 1 < P && pb[p + 1] >= 0) prefetch_bytes(cd + off[pb[p + 1]] * D, kPrefetchBytes);
           int64_t row = lo;
           for (; row + 4 <= hi; row += 4) {
+            // a few rows ahead within the cluster (the hardware prefetcher stops at 4 KiB pages)
+            prefetch_bytes(cd + (row + kPrefetchRows) * D, 4 * D);
             int32_t acc[4];
             dot_i8_rows4(qb, cd + row * D, D, acc);
             for (int64_t u = 0; u < 4; ++u) top.push(static_cast<float>(acc[u]) * qscale * sc[row + u], row + u);
@@ -438,11 +452,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
           if (base < lo) bits &= ~uint64_t(0) << (lo - base);
           if (base + 64 > hi) bits &= ~uint64_t(0) >> (base + 64 - hi);
           while (bits) {
-            visit(base + __builtin_ctzll(bits));
+            passing.push_back(base + __builtin_ctzll(bits));
             bits &= bits - 1;
           }
         }
       }
+      // the passing rows are scattered through their clusters: scored after all were listed, so
+      // the rows a few places ahead can be prefetched (their DRAM misses overlap)
+      const int64_t n_passing = static_cast<int64_t>(passing.size());
+      for (int64_t i = 0; i < n_passing; ++i) {
+        if (i + kPrefetchPassing < n_passing) prefetch_bytes(cd + passing[i + kPrefetchPassing] * D, D);
+        visit(passing[i]);
+      }
+      passing.clear();
       for (int64_t p = 0; p < P; ++p) {
         if (pb[p] >= 0) seen[pb[p]] = 0;
       }
