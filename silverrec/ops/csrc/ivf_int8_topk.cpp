@@ -211,12 +211,12 @@ inline void dot_i8_x4(const int8_t* row, const int8_t* const* q, int64_t D, int3
 // The top-k of a strict total order does not depend on the push order, so the result is the
 // same as the query-major scan's.
 void scan_cluster_major(const int8_t* q, const float* qs, const int8_t* cd, const float* sc, const int64_t* off,
-                        const int64_t* prb, const uint64_t* mk, int64_t mask_row_stride, int64_t B, int64_t C,
+                        const int64_t* prb, const int64_t* plen, const uint64_t* mk, int64_t mask_row_stride, int64_t B, int64_t C,
                         int64_t P, int64_t D, int64_t k, float* os, int64_t* orw, int64_t* ov) {
   // queries of each probed cluster (a query's repeated clusters count once), grouped by counting sort
   std::vector<int64_t> start(C + 1, 0), last(C, -1);
   for (int64_t b = 0; b < B; ++b) {
-    for (int64_t p = 0; p < P; ++p) {
+    for (int64_t p = 0; p < plen[b]; ++p) {
       const int64_t c = prb[b * P + p];
       if (c >= 0 && last[c] != b) {
         last[c] = b;
@@ -228,7 +228,7 @@ void scan_cluster_major(const int8_t* q, const float* qs, const int8_t* cd, cons
   std::vector<int64_t> members(start[C]), fill(start.begin(), start.end() - 1);
   std::fill(last.begin(), last.end(), -1);
   for (int64_t b = 0; b < B; ++b) {
-    for (int64_t p = 0; p < P; ++p) {
+    for (int64_t p = 0; p < plen[b]; ++p) {
       const int64_t c = prb[b * P + p];
       if (c >= 0 && last[c] != b) {
         last[c] = b;
@@ -240,8 +240,11 @@ void scan_cluster_major(const int8_t* q, const float* qs, const int8_t* cd, cons
   // each query meets its best clusters early and its top-k threshold rises early), dealt
   // round-robin to the threads
   std::vector<int64_t> rank(C, P);
-  for (int64_t i = 0; i < B * P; ++i) {
-    if (prb[i] >= 0) rank[prb[i]] = std::min(rank[prb[i]], i % P);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t p = 0; p < plen[b]; ++p) {
+      const int64_t c = prb[b * P + p];
+      if (c >= 0) rank[c] = std::min(rank[c], p);
+    }
   }
   std::vector<int64_t> work;
   for (int64_t c = 0; c < C; ++c) {
@@ -369,9 +372,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
                 " > ", off[c + 1], " at cluster ", c);
   }
   const int64_t* prb = probe_t.data_ptr<int64_t>();
-  for (int64_t i = 0; i < B * P; ++i) {
-    TORCH_CHECK(prb[i] >= -1 && prb[i] < C, "ivf_int8_topk: probe entries must be -1 or in [0, C=", C,
-                "), got ", prb[i], " at [", i / std::max<int64_t>(P, 1), ", ", i % std::max<int64_t>(P, 1), "]");
+  // Each probe row's used length: up to its first -1 when only -1s follow (ivf_select_probes
+  // pads its [B, C] rows that way under a filter), else P. The loops below only see the used
+  // part, so padding costs one vectorised pass instead of several scalar ones.
+  std::vector<int64_t> plen(B, P);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t* pb = prb + b * P;
+    int64_t f = 0;
+    while (f < P && pb[f] != -1) ++f;
+    bool padding = true;
+    for (int64_t i = f; i < P; ++i) padding &= pb[i] == -1;
+    if (padding) plen[b] = f;
+    for (int64_t p = 0; p < plen[b]; ++p) {
+      TORCH_CHECK(pb[p] >= -1 && pb[p] < C, "ivf_int8_topk: probe entries must be -1 or in [0, C=", C, "), got ",
+                  pb[p], " at [", b, ", ", p, "]");
+    }
   }
   const int8_t* q = q_codes.data_ptr<int8_t>();
   for (int64_t i = 0; i < B * D; ++i) {
@@ -395,16 +410,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
   {
     std::vector<uint8_t> probed(C, 0);
     int64_t pairs = 0, distinct = 0;
-    for (int64_t i = 0; i < B * P; ++i) {
-      if (prb[i] < 0) continue;
-      ++pairs;
-      if (!probed[prb[i]]) {
-        probed[prb[i]] = 1;
-        ++distinct;
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t p = 0; p < plen[b]; ++p) {
+        const int64_t c = prb[b * P + p];
+        if (c < 0) continue;
+        ++pairs;
+        if (!probed[c]) {
+          probed[c] = 1;
+          ++distinct;
+        }
       }
     }
     if (B >= 4 && pairs >= kShareRatio * distinct) {
-      scan_cluster_major(q, qs, cd, sc, off, prb, mk, mask_row_stride, B, C, P, D, k, os, orw, ov);
+      scan_cluster_major(q, qs, cd, sc, off, prb, plen.data(), mk, mask_row_stride, B, C, P, D, k, os, orw, ov);
       return {out_scores, out_rows, out_valid};
     }
   }
@@ -425,14 +443,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
         ++eligible;
       };
       const int64_t* pb = prb + b * P;
-      for (int64_t p = 0; p < P; ++p) {
+      const int64_t P_b = plen[b];
+      for (int64_t p = 0; p < P_b; ++p) {
         const int64_t c = pb[p];
         if (c < 0 || seen[c]) continue;
         seen[c] = 1;
         const int64_t lo = off[c], hi = off[c + 1];
         if (mk == nullptr) {  // 4 rows per step (one query load, one reduction for the 4 sums)
           // the next probed cluster's first rows: its DRAM misses overlap this cluster's scan
-          if (p + 1 < P && pb[p + 1] >= 0) prefetch_bytes(cd + off[pb[p + 1]] * D, kPrefetchBytes);
+          if (p + 1 < P_b && pb[p + 1] >= 0) prefetch_bytes(cd + off[pb[p + 1]] * D, kPrefetchBytes);
           int64_t row = lo;
           for (; row + 4 <= hi; row += 4) {
             // a few rows ahead within the cluster (the hardware prefetcher stops at 4 KiB pages)
@@ -465,7 +484,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
         visit(passing[i]);
       }
       passing.clear();
-      for (int64_t p = 0; p < P; ++p) {
+      for (int64_t p = 0; p < P_b; ++p) {
         if (pb[p] >= 0) seen[pb[p]] = 0;
       }
       const std::vector<int64_t>& best = top.finish();
