@@ -155,6 +155,7 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
                     sweeps.append(("faiss HNSWFlat", "efSearch", ef, fa(hnsw, params)))
             best_r: Dict[str, float] = {}
             slow: Dict[str, bool] = {}
+            timed_again: List[Tuple[Dict, Callable[[np.ndarray], np.ndarray]]] = []
             for method, pname, p, f in sweeps:
                 # saturated recall, or one setting already took > 8 s: larger settings only cost time
                 if best_r.get(method, 0.0) >= 0.999 or slow.get(method, False):
@@ -165,8 +166,20 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
                 best_r[method] = max(best_r.get(method, 0.0), r)
                 rows.append(dict(data=name, filter=label, batch=batch, method=method, param=f"{pname}={p}" if p else "exact",
                                  recall=r, qps=qps))
+                if nq / qps < 2.0:
+                    timed_again.append((rows[-1], f))
                 print(f"{name:9s} filter={label:4s} batch={batch:3d} {method:18s} {rows[-1]['param']:14s} "
                       f"recall@100={r:.4f} QPS={qps:9.1f}", flush=True)
+            # Interleaved rounds: every setting (of those taking < 2 s a pass) is timed again in
+            # turn, so a slow stretch of the shared machine hits every library alike; the
+            # fastest pass of all rounds counts.
+            for _ in range(args.rounds - 1):
+                for row, f in timed_again:
+                    row["qps"] = max(row["qps"], timed(f, qn, batch, repeats=1)[1])
+            if args.rounds > 1 and timed_again:
+                print(f"{name:9s} filter={label:4s} batch={batch:3d} best of {args.rounds} interleaved rounds: "
+                      + ", ".join(f"{r['method'].split()[-1]} {r['param']} {r['qps']:.0f}" for r, _ in timed_again),
+                      flush=True)
 
 
 def summarize(rows: List[Dict], batch: int, floor: float) -> str:
@@ -234,10 +247,14 @@ def main() -> None:
     p.add_argument("--demo", default="runs/demo/item_embeddings.pt")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per setting (the fastest counts; "
                    "fewer once a setting has taken 1 s)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds: after the sweep, every setting "
+                   "is timed again in turn this many times minus one (the fastest pass counts)")
     p.add_argument("--skip-synthetic", action="store_true", help="run the demo embeddings only")
     args = p.parse_args()
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
 
     import faiss
 

@@ -3,8 +3,9 @@
 Lloyd iterations on squared L2 distance, seeded with k-means++ (D^2 sampling). As in FAISS, the
 centroids are trained on a random sample of at most ``max_points_per_cluster * C`` points and
 every point is then assigned; k-means++ itself runs on a smaller sample of ``4 * C`` points
-(it is sequential in C, so seeding on the training sample would cost C full passes). Empty
-clusters are re-seeded with the training points farthest from their centroids.
+(it is sequential in C, so seeding on the training sample would cost C full passes). Empty and
+nearly empty clusters are re-seeded as FAISS re-seeds empty ones, by splitting large clusters
+(see ``_split_large_clusters``).
 """
 import math
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from torch import Tensor
 
 from silverrec.retrieval.quantize import _check_embeddings
 
+# Clusters holding fewer than 1/_MIN_FILL of the mean training points per cluster are re-seeded.
+_MIN_FILL = 8
 _CHUNK_ELEMS = 1 << 24  # rows per distance chunk = this / C (a 64 MiB float32 block)
 
 
@@ -108,6 +111,34 @@ def kmeans_plus_plus(x: Tensor, num_clusters: int, generator: torch.Generator) -
     return x[chosen].clone()
 
 
+def _split_large_clusters(centroids: Tensor, counts: Tensor, empty: Tensor, generator: torch.Generator) -> Tensor:
+    """Re-seeds the ``empty`` clusters as FAISS re-seeds empty ones: each takes a copy of a large cluster's centroid.
+
+    A donor is drawn with probability ~ ``count - 1``; its centroid and the copy move apart by a
+    relative ``1/1024`` in an alternating sign pattern, so the next assignment splits the donor's
+    points between them. (Re-seeding with the worst-fitting points instead leaves clusters of
+    one or two outliers, which a probe then reads for almost nothing.)
+
+    Args:
+        centroids (Tensor): float32 ``[C, D]``; counts (Tensor): int64 ``[C]`` training points
+            per cluster; empty (Tensor): int64 ``[E]`` ids of the empty clusters.
+        generator (torch.Generator): random source.
+
+    Returns:
+        Tensor: float32 ``[C, D]``, the new centroids.
+    """
+    weights = (counts - 1).clamp(min=0).double()
+    if float(weights.sum()) == 0.0:  # every cluster holds <= 1 point: nothing worth splitting
+        return centroids
+    many = int((weights > 0).sum()) < empty.numel()
+    donors = torch.multinomial(weights, empty.numel(), replacement=many, generator=generator)
+    sign = 1.0 - 2.0 * (torch.arange(centroids.shape[1], device=centroids.device) % 2).float()  # +1, -1, ...
+    out = centroids.clone()
+    out[empty] = centroids[donors] * (1.0 + sign / 1024)
+    out[donors] = centroids[donors] * (1.0 - sign / 1024)
+    return out
+
+
 def kmeans(
     x: Tensor,
     num_clusters: int,
@@ -153,8 +184,9 @@ def kmeans(
         sums = torch.zeros_like(centroids).index_add_(0, assign, train)
         nonempty = counts > 0
         centroids = torch.where(nonempty[:, None], sums / counts.clamp(min=1)[:, None].float(), centroids)
-        empty = (~nonempty).nonzero().flatten()
-        if empty.numel() > 0:  # re-seed with the worst-fitting points
-            far = torch.topk(d2, min(empty.numel(), n_train)).indices
-            centroids[empty[: far.numel()]] = train[far]
+        # empty and nearly empty clusters (k-means++ likes outliers as seeds, and a seed alone in
+        # the tail of the data keeps its one point) are re-seeded by splitting large ones
+        small = (counts < max(1.0, n_train / C / _MIN_FILL)).nonzero().flatten()
+        if small.numel() > 0:
+            centroids = _split_large_clusters(centroids, counts, small, g)
     return KMeansResult(centroids=centroids, assignments=assign_clusters(x, centroids))

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import silverrec.retrieval.kmeans as kmeans_module
 from silverrec.retrieval.kmeans import assign_clusters, default_num_clusters, kmeans, kmeans_plus_plus
 
 
@@ -62,3 +63,15 @@ def test_default_num_clusters() -> None:
 def test_bad_input(x: torch.Tensor, C: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         kmeans(x, C)
+
+
+def test_outlier_seeds_do_not_leave_tiny_clusters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """k-means++ seeds far outliers; clusters left with a handful of points are re-seeded by
+    splitting large ones, so no cluster ends up holding only outliers."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.cat([_blobs(4, C=8, per=200, D=8, noise=1.0), 200 * torch.randn(6, 8, generator=g)])
+    sizes = torch.bincount(kmeans(x, 16, num_iters=10).assignments, minlength=16)
+    assert int(sizes.min()) >= 20, sizes.tolist()
+    monkeypatch.setattr(kmeans_module, "_MIN_FILL", 1e9)  # only empty clusters re-seeded: outliers keep theirs
+    sizes = torch.bincount(kmeans(x, 16, num_iters=10).assignments, minlength=16)
+    assert int(sizes.min()) <= 2, sizes.tolist()
