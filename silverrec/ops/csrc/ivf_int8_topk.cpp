@@ -1,12 +1,13 @@
 // CPU kernel of torch.ops.silverrec.ivf_int8_topk: probe, filter, INT8 score and top-k in one pass.
 //
-// Spec: silverrec/ops/reference.py::ivf_int8_topk_reference. For each query (at::parallel_for),
-// the rows of its probed clusters (deduplicated) are scanned; rows whose packed mask bit is 0 are
-// skipped word by word (64 rows per word, so a strict filter costs ~N/64 word reads plus the
-// passing rows); every passing row gets an exact int32 dot product (AVX2, see dot_i8) and the
-// score float(acc) * q_scale * scale, applied in that order as in the reference so the floats are
-// bit-identical; a threshold + partial-selection buffer keeps the running top-k under the tie rule (higher score first,
-// equal scores: lower row first). No [B, N] buffer is ever allocated.
+// Spec: silverrec/ops/reference.py::ivf_int8_topk_reference. For each query (threads take queries
+// one at a time from a shared counter), the rows of its probed clusters (deduplicated) are
+// scanned; rows whose packed mask bit is 0 are skipped word by word (64 rows per word, so a strict
+// filter costs ~N/64 word reads plus the passing rows); every passing row gets an exact int32 dot
+// product (AVX2, see dot_i8) and the score float(acc) * q_scale * scale, applied in that order as
+// in the reference so the floats are bit-identical; a threshold + partial-selection buffer keeps
+// the running top-k under the tie rule (higher score first, equal scores: lower row first). No
+// [B, N] buffer is ever allocated.
 //
 // When the queries of a batch share probed clusters (on average >= kShareRatio queries per probed
 // cluster), the scan is cluster-major instead (scan_cluster_major): each probed cluster's codes
@@ -24,6 +25,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -111,6 +113,17 @@ inline void prefetch_bytes(const int8_t* p, int64_t bytes) {
 constexpr int64_t kPrefetchRows = 16;      // rows ahead within a cluster
 constexpr int64_t kPrefetchBytes = 2048;   // bytes of the next probed cluster
 constexpr int64_t kPrefetchPassing = 8;    // passing rows ahead (filtered scans)
+
+// Threads for a per-query loop: 1 (inline, no thread wake-up) when the whole batch is less work
+// than `min_work` units, else up to one per query.
+inline int64_t query_threads(int64_t B, int64_t work_per_query, int64_t min_work) {
+  return B * work_per_query < min_work ? 1 : std::min<int64_t>(at::get_num_threads(), B);
+}
+
+// The next query for a thread of a per-query loop. Threads take queries one at a time from a
+// shared counter instead of fixed halves of the batch: per-query costs vary with the probe lists
+// and filters, and a thread the OS deschedules for a while does not hold back the others.
+inline int64_t next_query(std::atomic<int64_t>& counter) { return counter.fetch_add(1, std::memory_order_relaxed); }
 
 // Average queries per probed cluster from which the cluster-major scan pays.
 constexpr double kShareRatio = 4.0;
@@ -426,13 +439,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
       return {out_scores, out_rows, out_valid};
     }
   }
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+  std::atomic<int64_t> counter{0};
+  at::parallel_for(0, query_threads(B, 1, 1), 1, [&](int64_t, int64_t) {
     // clusters are scanned in probe order (best centroid first, so the top-k threshold rises
     // early and later clusters insert little); `seen` skips repeats and is reset after each query
     std::vector<uint8_t> seen(C, 0);
     std::vector<int64_t> passing;  // filtered: the query's passing rows, in probe order
     TopK top(k);
-    for (int64_t b = b0; b < b1; ++b) {
+    for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
       const int8_t* qb = q + b * D;
       const float qscale = qs[b];
       top.reset();
@@ -640,11 +654,11 @@ at::Tensor ivf_select_probes_cpu(const at::Tensor& scores_in, const at::Tensor& 
   const int64_t limit = std::min(C, max_probe);
   // ~C key computations (and a cold read of the C scores) per query: a few queries' worth pays
   // for waking a second thread; tiny C runs inline
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / C);
-  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+  std::atomic<int64_t> counter{0};
+  at::parallel_for(0, query_threads(B, C, int64_t(1) << 14), 1, [&](int64_t, int64_t) {
     std::vector<int64_t> buf, order;
     std::vector<float> block_max;
-    for (int64_t b = b0; b < b1; ++b) {
+    for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
       const float* sb = sc + b * C;
       std::fill(po + b * max_probe, po + (b + 1) * max_probe, int64_t(-1));
       const uint64_t* mb = mk == nullptr ? nullptr : mk + b * mask_row_stride;
@@ -715,14 +729,14 @@ void rescore_rows(const float* qf, const T* cache, const int64_t* rows, const in
                   int64_t* oi, int64_t B, int64_t K0, int64_t D, int64_t k) {
   // Each query's K0 rows are random DRAM reads (latency-bound, not compute-bound): one query's
   // worth of rows already pays for waking a second thread.
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, K0 * D));
-  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+  std::atomic<int64_t> counter{0};
+  at::parallel_for(0, query_threads(B, K0 * D, int64_t(1) << 14), 1, [&](int64_t, int64_t) {
     std::vector<double> qd(D);
     std::vector<int64_t> cand;  // rank keys (the score is recovered from the key's high word)
     cand.reserve(K0);
     std::vector<T> local;
     std::vector<int64_t> ids(K0);
-    for (int64_t b = b0; b < b1; ++b) {
+    for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
       for (int64_t d = 0; d < D; ++d) qd[d] = qf[b * D + d];
       cand.clear();
       // The K0 rows are random DRAM reads: copy them to a local buffer first (independent loads,
