@@ -662,14 +662,12 @@ at::Tensor ivf_select_probes_cpu(const at::Tensor& scores_in, const at::Tensor& 
       const float* sb = sc + b * C;
       std::fill(po + b * max_probe, po + (b + 1) * max_probe, int64_t(-1));
       const uint64_t* mb = mk == nullptr ? nullptr : mk + b * mask_row_stride;
-      int64_t m = std::min(limit, std::max<int64_t>(n_probe, 32));
-      best_keys(sb, C, m, block_max, buf, order);
+      best_keys(sb, C, std::min(limit, std::max<int64_t>(n_probe, 32)), block_max, buf, order);
       int64_t covered = 0, j = 0;
       while (j < limit) {
         if (j >= n_probe && covered >= min_rows) break;  // before the fallback: m == n_probe is common
-        if (j == static_cast<int64_t>(order.size())) {  // the candidates ran out (a strict filter): 4x more
-          m = std::min(limit, 4 * m);
-          best_keys(sb, C, m, block_max, buf, order);  // same total order, so its prefix is what was taken
+        if (j == static_cast<int64_t>(order.size())) {  // the candidates ran out: sort them all
+          all_keys_sorted(sb, C, buf, order);  // same total order, so its prefix is what was taken
         }
         const int64_t c = key_id(order[j]);
         po[b * max_probe + j] = c;
