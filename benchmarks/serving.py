@@ -41,6 +41,7 @@ from silverrec.data.dataset import RecDataset
 from silverrec.models.padded_encoder import padded_user_encoder_from_two_tower
 from silverrec.retrieval.bloom_index import BloomIndex
 from silverrec.retrieval.filter_expr import And, MatchAll, Node, Not, Or, Term, parse
+from silverrec.schema import HISTORY, user_key
 from silverrec.serve import Retriever
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.export import example_users, latest_history, publish_item_embeddings
@@ -100,6 +101,7 @@ class Pipeline:
         self.user_encoder, self.scorer, self.items = user_encoder, scorer, items
         self.filter, self.index = attribute_filter, index
         self.candidates = K
+        self.history = history_slots(user_encoder)
 
     @torch.no_grad()
     def __call__(self, user_ids: Tensor, filters: Sequence[str], exclude: Sequence[np.ndarray]) -> List[np.ndarray]:
@@ -118,17 +120,28 @@ class Pipeline:
         for b, s in enumerate(survivors):
             padded[b, : len(s)] = torch.from_numpy(s)
             valid[b, : len(s)] = True
-        _, value = self.scorer(u, self.items[padded], valid)  # the scoring call
+        _, value = self.scorer(u, self.items[padded], valid, user_ids[:, self.history], padded)  # the scoring call
         top_value, top = torch.topk(value, min(K, width), dim=1)
         ids = padded.gather(1, top)
         return [ids[b][torch.isfinite(top_value[b])].numpy() for b in range(B)]
 
 
-def reference_top(model, u: Tensor, items: Tensor, passing: np.ndarray) -> np.ndarray:
-    """Exact top-K rows: all passing items scored by the OverArch + Value Model."""
+def history_slots(user_encoder) -> slice:
+    """The history slots of the user encoder's ``user_ids`` (read by an OverArch with side features)."""
+    start = 0
+    for key, n in zip(user_encoder.keys, user_encoder.slots):
+        if key == user_key(HISTORY):
+            return slice(start, start + n)
+        start += n
+    return slice(0, 0)
+
+
+def reference_top(model, u: Tensor, items: Tensor, passing: np.ndarray, history: Tensor) -> np.ndarray:
+    """Exact top-K rows: all passing items scored by the OverArch + Value Model (``history``: the
+    query's history slots, for an OverArch with side features)."""
     rows = torch.from_numpy(np.flatnonzero(passing))
     with torch.no_grad():
-        logits = model.task_logits(u[None], items[rows][None])
+        logits = model.task_logits(u[None], items[rows][None], history=history[None], items=rows[None])
         valid = torch.ones(1, rows.numel(), dtype=torch.bool)
         values = model.value(model.task_scores(logits, valid), valid)[0]
     order = torch.argsort(values, descending=True, stable=True)[:K]
@@ -224,7 +237,7 @@ def main() -> None:
     for b in range(args.queries):
         ok = passing[b].copy()
         ok[exclude_rows[b]] = False
-        reference.append(reference_top(model, u_all[b], items, ok))
+        reference.append(reference_top(model, u_all[b], items, ok, user_ids[b, history_slots(user_encoder)]))
     pass_rate = {f: float(passing[filters.index(f)].mean()) for f in FILTERS}
     print(f"exact reference for {args.queries} queries in {time.perf_counter() - t0:.0f} s; filters (pass rate): "
           + ", ".join(f"{f or '<none>'!r} ({r:.0%})" for f, r in pass_rate.items()))

@@ -19,11 +19,13 @@ from silverrec.models.similarity import Similarity
 from silverrec.models.value_model import ValueModel
 
 
-def task_logits(similarity: Similarity, over_arch: Optional[OverArch], u: Tensor, v: Tensor) -> Tensor:
-    """Per-task logits of candidates: u [B, T, D] x v [B, K, D] -> float32 [B, K, T]."""
+def task_logits(similarity: Similarity, over_arch: Optional[OverArch], u: Tensor, v: Tensor,
+                history: Optional[Tensor] = None, items: Optional[Tensor] = None) -> Tensor:
+    """Per-task logits of candidates: u [B, T, D] x v [B, K, D] -> float32 [B, K, T]; an OverArch
+    with side features also reads the history item ids [B, L] and the candidates' item ids [B, K]."""
     logits = torch.einsum("btd,bkd->bkt", u.float(), v.float()) * similarity.scale()
     if over_arch is not None:
-        logits = logits + over_arch(u, v).float()
+        logits = logits + over_arch(u, v, history, items).float()
     return logits
 
 
@@ -50,7 +52,9 @@ class CandidateScorer(nn.Module):
 
     Call Args:
         u (Tensor): [B, T, D] user embeddings; v (Tensor): [B, K, D] candidate embeddings;
-        valid (Tensor): bool [B, K].
+        valid (Tensor): bool [B, K]; history (Optional[Tensor]): int64 [B, L] history item ids and
+        items (Optional[Tensor]): int64 [B, K] candidate item ids (-1 padding; read by an OverArch
+        with side features).
 
     Returns:
         Tuple[Tensor, Tensor]: task predictions float32 [B, K, T] and values float32 [B, K]
@@ -64,6 +68,7 @@ class CandidateScorer(nn.Module):
         self.value_model = value_model
         self.register_buffer("task_rates", task_rates.detach().float().clone())
 
-    def forward(self, u: Tensor, v: Tensor, valid: Tensor):
-        scores = task_scores(task_logits(self.similarity, self.over_arch, u, v), valid, self.task_rates)
+    def forward(self, u: Tensor, v: Tensor, valid: Tensor, history: Optional[Tensor] = None,
+                items: Optional[Tensor] = None):
+        scores = task_scores(task_logits(self.similarity, self.over_arch, u, v, history, items), valid, self.task_rates)
         return scores, candidate_values(self.value_model, scores, valid)

@@ -13,14 +13,22 @@ Two kinds, chosen by :class:`OverArchConfig`:
 The user side is either one embedding per task ``u [B, T, D]`` (the multi-task user tower) or one
 shared embedding ``u [B, D]``; the candidates ``v [B, K, D]`` are shared by all tasks. Works in
 bf16/fp16 (the gating softmax runs in float32).
+
+With ``side_features`` (groups of :mod:`silverrec.models.side_features`), the first layer of the
+MLP (the gating MLP for MoL) also reads F per-pair features ``x [B, K, F]`` computed from the
+user's history item ids and the candidates' item ids through the item attribute table the
+OverArch holds: ``relu(W_u u + W_v v + W_x (u*v) + W_s x + b)``. The call then needs ``history``
+and ``items``.
 """
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchrec.modules.mlp import MLP
+
+from silverrec.models.side_features import SideFeatures, check_groups, num_side_features
 
 KINDS = ("mlp", "mixture_of_logits")
 
@@ -36,6 +44,10 @@ class OverArchConfig:
         num_tasks (int): T, one logit per task.
         num_mixtures (int): P, MoL components (``"mixture_of_logits"`` only).
         mixture_dim (int): dimension of each MoL component's projections of u and v.
+        side_features (List[str]): groups of (history, candidate) side features the first layer
+            also reads (:data:`silverrec.models.side_features.GROUPS`; empty: none).
+        num_items (int): N, the item id space of the side features' attribute table (set from
+            the schema; only used with ``side_features``).
     """
 
     kind: str = "mlp"
@@ -43,8 +55,13 @@ class OverArchConfig:
     num_tasks: int = 1
     num_mixtures: int = 4
     mixture_dim: int = 16
+    side_features: List[str] = field(default_factory=list)
+    num_items: int = 0
 
     def __post_init__(self) -> None:
+        self.side_features = check_groups(self.side_features)
+        if self.num_items < 0:
+            raise ValueError(f"OverArchConfig.num_items must be >= 0, got {self.num_items}")
         if self.kind not in KINDS:
             raise ValueError(f"OverArchConfig.kind must be one of {KINDS}, got {self.kind!r}")
         self.hidden = list(self.hidden)
@@ -60,10 +77,10 @@ class _PairMLP(nn.Module):
     ``W [u; v; u*v] = W_u u + W_v v + W_x (u*v)`` computes ``W_u u`` once per user slot and
     ``W_v v`` once per candidate; later layers are a TorchRec ``MLP``.
 
-    u [B, S, D] x v [B, K, D] -> [B, K, S, H] (H = hidden[-1]).
+    u [B, S, D] x v [B, K, D] (x side features [B, K, F]) -> [B, K, S, H] (H = hidden[-1]).
     """
 
-    def __init__(self, embedding_dim: int, hidden: List[int]) -> None:
+    def __init__(self, embedding_dim: int, hidden: List[int], num_side: int = 0) -> None:
         super().__init__()
         self.user = nn.Linear(embedding_dim, hidden[0])
         self.item = nn.Linear(embedding_dim, hidden[0], bias=False)
@@ -72,10 +89,13 @@ class _PairMLP(nn.Module):
             for layer in (self.user, self.item, self.cross):
                 layer.weight.mul_(3 ** -0.5)
             self.user.bias.mul_(3 ** -0.5)
+        self.side = nn.Linear(num_side, hidden[0], bias=False) if num_side else None
         self.rest = MLP(hidden[0], hidden[1:], bias=True) if len(hidden) > 1 else nn.Identity()
 
-    def forward(self, u: Tensor, v: Tensor) -> Tensor:
+    def forward(self, u: Tensor, v: Tensor, x: Optional[Tensor] = None) -> Tensor:
         first = self.user(u).unsqueeze(1) + self.item(v).unsqueeze(2) + self.cross(u.unsqueeze(1) * v.unsqueeze(2))
+        if self.side is not None:
+            first = first + self.side(x.to(first.dtype)).unsqueeze(2)
         return self.rest(torch.relu(first))
 
 
@@ -90,13 +110,13 @@ def _per_task(h: Tensor, weight: Tensor) -> Tensor:
 class _MlpScorer(nn.Module):
     def __init__(self, embedding_dim: int, config: OverArchConfig) -> None:
         super().__init__()
-        self.mlp = _PairMLP(embedding_dim, config.hidden)
+        self.mlp = _PairMLP(embedding_dim, config.hidden, num_side_features(config.side_features))
         self.head_weight = nn.Parameter(torch.empty(config.num_tasks, config.hidden[-1], 1))
         self.head_bias = nn.Parameter(torch.zeros(config.num_tasks))
         nn.init.normal_(self.head_weight, std=config.hidden[-1] ** -0.5)
 
-    def forward(self, u: Tensor, v: Tensor) -> Tensor:
-        h = self.mlp(u, v)  # [B, K, S, H]
+    def forward(self, u: Tensor, v: Tensor, x: Optional[Tensor] = None) -> Tensor:
+        h = self.mlp(u, v, x)  # [B, K, S, H]
         return _per_task(h, self.head_weight)[..., 0] + self.head_bias  # [B, K, T]
 
 
@@ -107,7 +127,7 @@ class _MixtureOfLogits(nn.Module):
         self.num_mixtures, self.mixture_dim = p, d
         self.user_proj = nn.Linear(embedding_dim, p * d)
         self.item_proj = nn.Linear(embedding_dim, p * d)
-        self.gate_mlp = _PairMLP(embedding_dim, config.hidden)
+        self.gate_mlp = _PairMLP(embedding_dim, config.hidden, num_side_features(config.side_features))
         self.gate_weight = nn.Parameter(torch.empty(config.num_tasks, config.hidden[-1], p))
         self.gate_bias = nn.Parameter(torch.zeros(config.num_tasks, p))
         nn.init.normal_(self.gate_weight, std=config.hidden[-1] ** -0.5)
@@ -115,13 +135,13 @@ class _MixtureOfLogits(nn.Module):
         self.scale = nn.Parameter(torch.full((config.num_tasks,), 5.0))
         self.bias = nn.Parameter(torch.zeros(config.num_tasks))
 
-    def forward(self, u: Tensor, v: Tensor) -> Tensor:
+    def forward(self, u: Tensor, v: Tensor, x: Optional[Tensor] = None) -> Tensor:
         b, s, _ = u.shape
         k = v.shape[1]
         fu = F.normalize(self.user_proj(u).view(b, s, self.num_mixtures, self.mixture_dim), dim=-1)
         gv = F.normalize(self.item_proj(v).view(b, k, self.num_mixtures, self.mixture_dim), dim=-1)
         components = torch.einsum("bspd,bkpd->bksp", fu, gv)  # [B, K, S, P]
-        gate_logits = _per_task(self.gate_mlp(u, v), self.gate_weight) + self.gate_bias
+        gate_logits = _per_task(self.gate_mlp(u, v, x), self.gate_weight) + self.gate_bias
         gates = torch.softmax(gate_logits.float(), dim=-1).to(components.dtype)  # [B, K, T, P]
         return (gates * components).sum(-1) * self.scale + self.bias  # [B, K, T]
 
@@ -136,6 +156,9 @@ class OverArch(nn.Module):
     Call Args:
         u (Tensor): user embeddings, one per task [B, T, D] or shared [B, D].
         v (Tensor): candidate embeddings [B, K, D].
+        history (Optional[Tensor]): int64 [B, L] the users' history item ids (-1 padding); needed
+            with side features, ignored otherwise.
+        items (Optional[Tensor]): int64 [B, K] the candidates' item ids (-1 padding); likewise.
 
     Returns:
         Tensor: [B, K, T] logits, in the dtype of the inputs.
@@ -157,8 +180,14 @@ class OverArch(nn.Module):
         self.num_tasks = config.num_tasks
         self.kind = config.kind
         self.scorer = _MlpScorer(embedding_dim, config) if config.kind == "mlp" else _MixtureOfLogits(embedding_dim, config)
+        self.side_features: Optional[SideFeatures] = None
+        if config.side_features:
+            if config.num_items < 1:
+                raise ValueError(f"OverArchConfig.num_items must be >= 1 with side_features {config.side_features}, "
+                                 f"got {config.num_items}")
+            self.side_features = SideFeatures(config.side_features, config.num_items)
 
-    def forward(self, u: Tensor, v: Tensor) -> Tensor:
+    def forward(self, u: Tensor, v: Tensor, history: Optional[Tensor] = None, items: Optional[Tensor] = None) -> Tensor:
         d, t = self.embedding_dim, self.num_tasks
         if u.dim() not in (2, 3) or u.shape[-1] != d or (u.dim() == 3 and u.shape[1] not in (1, t)):
             raise ValueError(f"OverArch expects u [B, {t}, {d}] or [B, {d}], got {list(u.shape)}")
@@ -166,4 +195,13 @@ class OverArch(nn.Module):
             u = u.unsqueeze(1)
         if v.dim() != 3 or v.shape[-1] != d:
             raise ValueError(f"OverArch expects v [B, K, {d}], got {list(v.shape)}")
-        return self.scorer(u, v)
+        x = None
+        if self.side_features is not None:
+            if history is None or items is None:
+                raise ValueError(f"this OverArch reads side features {self.side_features.groups}: pass history "
+                                 f"[B, L] and items [B, K] item ids")
+            if items.shape != v.shape[:2] or history.shape[0] != v.shape[0]:
+                raise ValueError(f"OverArch: items {list(items.shape)} and history {list(history.shape)} must be "
+                                 f"[{v.shape[0]}, {v.shape[1]}] and [{v.shape[0]}, L]")
+            x = self.side_features(history, items)
+        return self.scorer(u, v, x)

@@ -24,6 +24,10 @@ Losses of a batch of B (user, positive item) pairs with labels ``[B, T]``:
   With ``over_arch_detach`` the OverArch loss sees stop-gradients of the tower outputs and of
   the dot logit, so it trains the OverArch alone and the towers cannot absorb its job.
 
+  An OverArch with side features reads each row's history item ids (the ``user__history`` of the
+  batch: the user's latest training items before the example, as served) and the candidates'
+  item rows.
+
 The total is ``sum_t task_weight[t] * (retrieval_t + over_arch_weight * overarch_t)``; the towers
 are trained jointly with the OverArch (unless ``over_arch_detach``).
 """
@@ -157,10 +161,12 @@ class TwoTowerTrainTask(nn.Module):
         oa_logits, oa_target, oa_rows = None, None, None
         r = b if not self.config.over_arch_rows else min(b, self.config.over_arch_rows)
         if tt.over_arch is not None and self.config.over_arch_weight > 0:
-            if self.config.over_arch_negatives == "pool":
-                oa_logits, oa_rows = self._pool_logits(u, item_rows, self._history(features, r), r)
+            pool_mode = self.config.over_arch_negatives == "pool"
+            history = self._history(features, r) if pool_mode or tt.uses_history else item_rows.new_full((r, 1), -1)
+            if pool_mode:
+                oa_logits, oa_rows = self._pool_logits(u, item_rows, history, r)
             else:
-                oa_logits = self._over_arch_logits(u, v, item_rows, r)  # [R, C, T], column 0 = positive
+                oa_logits = self._over_arch_logits(u, v, item_rows, r, history)  # [R, C, T], column 0 = positive
             oa_target = torch.zeros(r, dtype=torch.long, device=u.device)
         for i, name in enumerate(tt.task_names):
             w = self.task_weights[i]
@@ -175,16 +181,19 @@ class TwoTowerTrainTask(nn.Module):
             total = total + w * task_loss
         return total, parts
 
-    def _score(self, u: Tensor, cand: Tensor) -> Tensor:
-        """:meth:`TwoTower.task_logits` of u [R, T, D] x cand [R, C, D]; with ``over_arch_detach``
-        only the OverArch receives gradients."""
+    def _score(self, u: Tensor, cand: Tensor, history: Optional[Tensor] = None, cand_rows: Optional[Tensor] = None) -> Tensor:
+        """:meth:`TwoTower.task_logits` of u [R, T, D] x cand [R, C, D] (history [R, L] and
+        cand_rows [R, C] item rows: for side features); with ``over_arch_detach`` only the
+        OverArch receives gradients."""
         tt = self.two_tower
+        if tt.uses_history:
+            history, cand_rows = history.to(u.device), cand_rows.to(u.device)
         if not self.config.over_arch_detach:
-            return tt.task_logits(u, cand)
+            return tt.task_logits(u, cand, history=history, items=cand_rows)
         u, cand = u.detach(), cand.detach()
         with torch.no_grad():
             dot = tt.task_logits(u, cand, over_arch=False)
-        return dot + tt.over_arch(u, cand).float()
+        return dot + tt.over_arch(u, cand, history, cand_rows).float()
 
     def _history(self, features: KeyedJaggedTensor, r: int) -> Tensor:
         """int64 [R, L] the first R rows' history item rows (-1 padding; L >= 1)."""
@@ -222,11 +231,11 @@ class TwoTowerTrainTask(nn.Module):
             negs = rows.gather(1, pick)
             bad = ~valid.gather(1, pick) | (negs == pos.unsqueeze(1))  # outside the pool, or the positive drawn
             cand = torch.cat([pos.unsqueeze(1), negs.clamp_min(0)], dim=1)  # [R, 1 + S]
-        logits = self._score(u[:r], self.negative_bank[cand].to(u.dtype))
+        logits = self._score(u[:r], self.negative_bank[cand].to(u.dtype), hist, cand)
         bad = torch.cat([torch.zeros_like(bad[:, :1]), bad], dim=1)
         return logits.masked_fill(bad.unsqueeze(-1), float("-inf")), in_pool
 
-    def _over_arch_logits(self, u: Tensor, v: Tensor, item_rows: Tensor, r: int) -> Tensor:
+    def _over_arch_logits(self, u: Tensor, v: Tensor, item_rows: Tensor, r: int, history: Optional[Tensor] = None) -> Tensor:
         """[R, 1 + S (+ H), T] logits of the first R rows' positives, sampled in-batch negatives
         (from all B rows) and hard negatives."""
         b = u.shape[0]
@@ -236,14 +245,14 @@ class TwoTowerTrainTask(nn.Module):
         pos = item_rows[:r]
         cand_rows = torch.cat([pos.unsqueeze(1), item_rows[cols]], dim=1)  # [R, 1 + S]
         cand = torch.cat([v[:r].unsqueeze(1), v[cols]], dim=1)
-        logits = self._score(u[:r], cand) - self.loss.item_log_q[cand_rows].unsqueeze(-1)
+        logits = self._score(u[:r], cand, history, cand_rows) - self.loss.item_log_q[cand_rows].unsqueeze(-1)
         hit = torch.cat([torch.zeros_like(cols[:, :1], dtype=torch.bool), cand_rows[:, 1:] == pos.unsqueeze(1)], 1)
         logits = logits.masked_fill(hit.unsqueeze(-1), float("-inf"))
         if self.config.hard_negatives and self.negative_index is not None:
-            logits = torch.cat([logits, self._hard_negative_logits(u[:r], pos)], dim=1)
+            logits = torch.cat([logits, self._hard_negative_logits(u[:r], pos, history)], dim=1)
         return logits
 
-    def _hard_negative_logits(self, u: Tensor, item_rows: Tensor) -> Tensor:
+    def _hard_negative_logits(self, u: Tensor, item_rows: Tensor, history: Optional[Tensor] = None) -> Tensor:
         """[B, H, T] logits of the items the index ranks highest for each row's first task
         (its positive and padding masked out; the bank's embeddings are constants)."""
         h = self.config.hard_negatives
@@ -255,5 +264,5 @@ class TwoTowerTrainTask(nn.Module):
         # keep H columns: drop the positive where it was found, else the last one
         order = torch.argsort(bad.to(torch.int8), dim=1, stable=True)[:, :h]
         rows, bad = rows.gather(1, order), bad.gather(1, order)
-        logits = self._score(u, self.negative_bank[rows].to(u.dtype))
+        logits = self._score(u, self.negative_bank[rows].to(u.dtype), history, rows)
         return logits.masked_fill(bad.unsqueeze(-1), float("-inf"))

@@ -104,7 +104,8 @@ class TwoTower(nn.Module):
         pooled = self.ebc(features)
         return self.user_tower(pooled), self.item_tower(pooled)
 
-    def task_logits(self, u: Tensor, v: Tensor, over_arch: bool = True) -> Tensor:
+    def task_logits(self, u: Tensor, v: Tensor, over_arch: bool = True, history: Optional[Tensor] = None,
+                    items: Optional[Tensor] = None) -> Tensor:
         """Per-task logits of candidates (see :mod:`silverrec.models.candidate_scorer`): the
         temperature-scaled dot product of each task's user embedding with the candidate, plus the
         OverArch's learned correction (if ``over_arch`` and the model has one).
@@ -112,11 +113,18 @@ class TwoTower(nn.Module):
         Args:
             u (Tensor): [B, T, D] user embeddings.
             v (Tensor): [B, K, D] candidate embeddings.
+            history (Optional[Tensor]): int64 [B, L] history item ids, items (Optional[Tensor]):
+                int64 [B, K] candidate item ids (-1 padding): needed by an OverArch with side features.
 
         Returns:
             Tensor: float32 [B, K, T].
         """
-        return task_logits(self.similarity, self.over_arch if over_arch else None, u, v)
+        return task_logits(self.similarity, self.over_arch if over_arch else None, u, v, history, items)
+
+    @property
+    def uses_history(self) -> bool:
+        """Whether :meth:`task_logits` with the OverArch reads history and candidate item ids."""
+        return self.over_arch is not None and self.over_arch.side_features is not None
 
     def task_scores(self, logits: Tensor, valid: Tensor) -> Tensor:
         """Per-task predictions [B, K, T] of the candidates: ``task_rates[t]`` times the softmax of
@@ -207,7 +215,7 @@ def build_two_tower(schema: Schema, config: TwoTowerConfig, device: torch.device
     user_keys, item_keys = schema.user_keys, schema.item_keys
     over_arch = None
     if config.over_arch is not None:
-        oa = dataclasses.replace(config.over_arch, num_tasks=len(tasks))
+        oa = dataclasses.replace(config.over_arch, num_tasks=len(tasks), num_items=schema.num_items)
         over_arch = OverArch(config.user_layers[-1], oa)
     return TwoTower(
         ebc,

@@ -7,6 +7,7 @@ Data flow (B queries, T tasks, K0 candidates per task, M = T * K0, K results)::
     u ─► centroid scores ─► probed clusters per (query, task) ─► ivf_int8_topk (+mask) ─► [B, T, K0]
     u ─► fresh index (inputs): bloom_search + ivf_int8_topk over its rows ─► [B, T, K0]
       ─► best K0 of both per task ─► merge_candidates ─► [B, M] ─► fp16 cache re-score + OverArch
+         (an OverArch with side features also reads the history slots of user_ids and the item ids)
       ─► task predictions [B, M, T] ─► exact filter check ─► Value Model ─► top-K by value
 
 Fixed output shapes, no host syncs, no data-dependent Python control flow, so the module passes
@@ -34,6 +35,7 @@ from silverrec.retrieval.attribute_table import holds_terms, run_filter_program
 from silverrec.retrieval.candidates import merge_candidates
 from silverrec.retrieval.ivf_index import IVFInt8Index
 from silverrec.retrieval.quantize import _quantize_rows
+from silverrec.schema import HISTORY, user_key
 
 
 @dataclass
@@ -147,6 +149,11 @@ class RetrievalGraph(nn.Module):
         rank[index.row_to_id] = torch.arange(index.num_items)
         self.register_buffer("item_to_row", rank)
         self.register_buffer("all_rows", torch.tensor([0, index.num_items], dtype=torch.int64))
+        # the history slots of user_ids (item ids, -1 = empty), read by an OverArch with side features
+        starts = dict(zip(user_encoder.keys, [sum(user_encoder.slots[:i]) for i in range(len(user_encoder.slots))]))
+        sizes = dict(zip(user_encoder.keys, user_encoder.slots))
+        self.history_start = starts.get(user_key(HISTORY), 0)
+        self.history_end = self.history_start + sizes.get(user_key(HISTORY), 0)
 
     def forward(self, user_ids: Tensor, opcodes: Tensor, terms: Tensor, hashes: Tensor, exclude: Tensor,
                 deleted: Tensor, fresh_codes: Tensor, fresh_scales: Tensor, fresh_cache: Tensor, fresh_item_ids: Tensor,
@@ -194,7 +201,8 @@ class RetrievalGraph(nn.Module):
         v_main = self.cache.index_select(0, main_rows.flatten()).view(B, -1, D)
         v_fresh = fresh_cache.index_select(0, fresh_rows.flatten()).view(B, -1, D)
         v = torch.where(is_fresh.unsqueeze(-1), v_fresh, v_main).float()
-        task_scores, value = self.scorer(u, v, valid)
+        history = user_ids[:, self.history_start:self.history_end]  # [B, L]
+        task_scores, value = self.scorer(u, v, valid, history, torch.where(rows >= 0, item, -1))
         top_value, top = torch.topk(value, self.k, dim=1)
         ok = valid.gather(1, top)
         ids = torch.where(ok, item.gather(1, top), -1)

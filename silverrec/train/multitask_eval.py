@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from silverrec.data.batching import FeatureBatcher
-from silverrec.data.dataset import RecDataset
+from silverrec.data.dataset import JaggedColumn, RecDataset
 from silverrec.models.two_tower import TwoTower
 from silverrec.retrieval.candidates import merge_candidates
 from silverrec.retrieval.exact import exact_topk
@@ -242,7 +242,9 @@ class MultiTaskEvaluator:
         cand = v[pool.clamp_min(0)]  # [c, M, D]
         dot = model.task_logits(u, cand, over_arch=False)  # [c, M, T]
         has_over_arch = model.over_arch is not None
-        logits = {"dot": dot, "overarch": model.task_logits(u, cand, over_arch=True) if has_over_arch else dot}
+        history = padded_rows(self.users.history.take(rows)).to(pool.device) if model.uses_history else None
+        logits = {"dot": dot, "overarch": model.task_logits(u, cand, over_arch=True, history=history, items=pool)
+                  if has_over_arch else dot}
         out: Dict[Tuple[str, str], Tensor] = {}
         for col, lg in logits.items():
             out[(col, "task")] = top_rows(lg.masked_fill(~valid.unsqueeze(-1), float("-inf")), pool, k)
@@ -265,6 +267,22 @@ def top_rows(scores: Tensor, pool: Tensor, k: int) -> Tensor:
     top_s, top_i = torch.topk(scores.transpose(1, 2), k, dim=-1)  # [c, S, k]
     rows = pool.gather(1, top_i.reshape(c, s * k)).view(c, s, k)
     return rows.masked_fill(torch.isneginf(top_s), -1).cpu()
+
+
+def padded_rows(column: JaggedColumn) -> Tensor:
+    """The rows of a jagged column as int64 [R, L] (L = the longest row, at least 1; -1 padding).
+
+    Example::
+
+        >>> padded_rows(JaggedColumn(np.array([4, 5, 6]), np.array([0, 2, 2, 3]))).tolist()
+        [[4, 5], [-1, -1], [6, -1]]
+    """
+    lengths = torch.from_numpy(column.lengths)
+    width = max(int(lengths.max()) if lengths.numel() else 0, 1)
+    present = torch.arange(width)[None, :] < lengths[:, None]
+    out = torch.full((lengths.numel(), width), -1, dtype=torch.int64)
+    out[present] = torch.from_numpy(column.values)
+    return out
 
 
 def _heldout_pairs(dataset: RecDataset, split: str, users: np.ndarray) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:

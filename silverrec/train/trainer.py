@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torchrec.distributed import DistributedModelParallel
@@ -120,6 +121,8 @@ class Trainer:
         train = dataset.split.train
         with torch.no_grad():
             two_tower.task_rates.copy_(torch.tensor([float(dataset.interactions.labels[t][train].mean()) for t in two_tower.task_names]))
+        if two_tower.uses_history:  # the side features' item attribute table
+            set_side_feature_items(two_tower, dataset)
         train_items = torch.from_numpy(dataset.interactions.item[train])
         task = TwoTowerTrainTask(two_tower, item_log_frequency(train_items, dataset.items.num_rows), loss_config)
         apply_sparse_optimizer(two_tower.ebc.parameters(), sparse)
@@ -287,6 +290,16 @@ def sharding_plan(module: torch.nn.Module, tables, ctx: DistContext):
     if ctx.world_size == 1 and not dist.is_initialized():
         return planner.plan(module, sharders)
     return planner.collective_plan(module, sharders, dist.group.WORLD)
+
+
+def set_side_feature_items(two_tower: TwoTower, dataset: RecDataset) -> None:
+    """Fills the item attribute table of an OverArch with side features from ``dataset`` (its
+    single-valued item features and training interaction counts)."""
+    side = two_tower.over_arch.side_features
+    columns = {name: col.values for name, col in dataset.items.columns.items()
+               if np.array_equal(col.offsets, np.arange(dataset.items.num_rows + 1))}
+    counts = np.bincount(dataset.interactions.item[dataset.split.train], minlength=dataset.items.num_rows)
+    side.set_items_from(dataset.schema, columns, counts)
 
 
 def load_two_tower(payload: Dict[str, Any]) -> TwoTower:

@@ -1,16 +1,20 @@
 """The serving graph against a plain reference built from the training-side modules."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from silverrec.data.batching import FeatureBatcher
+from silverrec.models.side_features import GROUPS
+from silverrec.models.two_tower import TwoTowerConfig, build_two_tower
 from silverrec.retrieval.publish import publish, serving_metadata
 from silverrec.retrieval.serving_graph import ServingConfig
 from silverrec.serve.requests import RequestEncoder
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.models.padded_encoder import padded_item_encoder_from_two_tower
 from silverrec.train.export import example_users, item_updates, latest_history, publish_item_embeddings
-from silverrec.train.trainer import load_two_tower
+from silverrec.train.trainer import load_two_tower, set_side_feature_items
 
 FILTERS = ["", "language:en", "NOT language:en AND (category:music OR category:comedy)", "creator:cr00003"]
 
@@ -76,13 +80,15 @@ def test_exhaustive_graph_equals_the_reference(served, tiny_dataset):
     _check_against_reference(model, u, ids, value, task_scores, num_valid, passing, cache, exclude, ds.schema.item_ids)
 
 
-def _check_against_reference(model, u, ids, value, task_scores, num_valid, passing, cache, exclude, item_ids):
+def _check_against_reference(model, u, ids, value, task_scores, num_valid, passing, cache, exclude, item_ids,
+                             history=None):
     for b in range(u.shape[0]):
         ok = passing[b].clone()
         ok[[item_ids.index(x) for x in exclude[b]]] = False
         rows = ok.nonzero().flatten()
         with torch.no_grad():
-            logits = model.task_logits(u[b : b + 1], cache[rows][None])
+            side = {} if history is None else {"history": torch.tensor([history[b]]), "items": rows[None]}
+            logits = model.task_logits(u[b : b + 1], cache[rows][None], **side)
             valid = torch.ones(1, rows.numel(), dtype=torch.bool)
             scores = model.task_scores(logits, valid)
             values = model.value(scores, valid)[0]
@@ -93,6 +99,38 @@ def _check_against_reference(model, u, ids, value, task_scores, num_valid, passi
         torch.testing.assert_close(value[b, :m], values[order[:m]], rtol=1e-4, atol=1e-7)
         torch.testing.assert_close(task_scores[b, :m], scores[0, order[:m]], rtol=1e-4, atol=1e-7)
         assert bool((ids[b, m:] == -1).all()) and bool(torch.isinf(value[b, m:]).all())
+
+
+def test_exhaustive_graph_with_side_features_equals_the_reference(served, tiny_dataset, tiny_run):
+    """An OverArch with (history x candidate) side features: the graph reads the history slots of
+    the request and the candidates' item ids, as the training-side modules do."""
+    ds = tiny_dataset
+    payload = load_checkpoint(tiny_run["checkpoint"])
+    config = TwoTowerConfig(**payload["model_config"])
+    config.over_arch = dataclasses.replace(config.over_arch, side_features=list(GROUPS))
+    model = build_two_tower(ds.schema, config)
+    missing, unexpected = model.load_state_dict(served["model"].state_dict(), strict=False)
+    assert not unexpected and all(".side" in k for k in missing)
+    with torch.no_grad():
+        model.task_rates.copy_(served["model"].task_rates)
+        model.over_arch.scorer.mlp.side.weight.normal_(std=2.0)  # make the side features matter
+    set_side_feature_items(model, ds)
+    side_served = {**served, "model": model.eval()}
+    n = ds.items.num_rows
+    graph, enc = _graph(side_served, ds, n_probe=8, candidates_per_task=n)
+    reqs = served["requests"][:4]
+    exclude = [r["history"][:3] for r in reqs]
+    with torch.no_grad():
+        out = graph(*_inputs(enc, reqs, FILTERS, exclude))
+        u = graph.user_encoder(enc.users(reqs))
+    history = [[ds.schema.item_ids.index(x) for x in r["history"]] for r in reqs]
+    cache = served["items"].half().float()
+    _check_against_reference(model, u, *out, graph.bloom.matches(FILTERS), cache, exclude, ds.schema.item_ids, history)
+    with torch.no_grad():  # and the side features change the ranking
+        plain = graph.scorer.over_arch.side_features
+        graph.scorer.over_arch.scorer.mlp.side.weight.zero_()
+        other = graph(*_inputs(enc, reqs, FILTERS, exclude))
+    assert plain is not None and not torch.equal(other[1], out[1])
 
 
 def test_exhaustive_graph_with_fresh_items_equals_the_reference(served, tiny_dataset):

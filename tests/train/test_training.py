@@ -80,6 +80,24 @@ def test_pool_negatives_build_the_index_before_the_first_step(tmp_path, monkeypa
     assert report["multitask"]["has_over_arch"] is True
 
 
+@pytest.mark.parametrize("negatives", [["loss.hard_negatives=2"], ["loss.over_arch_negatives=pool", "loss.sampled_negatives=7",
+                                                                  "loss.pool_size=50"]])
+def test_over_arch_side_features_train_and_travel_with_the_checkpoint(tmp_path, negatives):
+    """The trainer fills the side features' item table from the data, the OverArch trains with
+    them (in-batch + mined negatives, or pool negatives), and a reloaded model carries the table."""
+    from silverrec.data.synthetic import synthetic_dataset
+
+    groups = "[category_affinity,creator_seen,year_gap,language_affinity,popularity]"
+    report = run_training(_cfg(tmp_path, 3, [f"model.over_arch.side_features={groups}", *negatives]))
+    assert report["multitask"]["has_over_arch"] is True and report["train"]["steps"] == 3
+    sf = load_two_tower(load_checkpoint(report["train"]["checkpoint"])).over_arch.side_features
+    ds = synthetic_dataset("tiny", seed=0)
+    assert sf.attributes[:-1, 0].tolist() == ds.items.columns["category"].values.tolist()
+    assert sf.attributes[:-1, 1].tolist() == ds.items.columns["creator"].values.tolist()
+    assert sf.year[:-1].min() >= 1990 and sf.attributes[-1].tolist() == [-1, -1, -1]
+    assert float(sf.log_popularity.std()) > 0
+
+
 def test_resume_refuses_a_different_model(tmp_path):
     run_training(_cfg(tmp_path, 2))
     with pytest.raises(ValueError, match="different model_config"):
