@@ -156,7 +156,10 @@ inline float key_score(int64_t key) {
 // candidate, unlike a heap's O(log k) sift per insertion.
 struct TopK {
   explicit TopK(int64_t k) : k_(k) { buf_.reserve(2 * k); }
-  inline void push(float score, int64_t row) { push_key(rank_key(score, row)); }
+  inline void push(float score, int64_t row) {
+    if (full_ && score < thr_score_) return;  // most rows of a long scan: no key to build
+    push_key(rank_key(score, row));
+  }
   inline void push_key(int64_t key) {
     if (full_ && key < thr_) return;
     buf_.push_back(key);
@@ -164,14 +167,17 @@ struct TopK {
     if (n >= 2 * k_) {
       compact();
     } else if (n == k_ && !full_) {  // first k seen: their worst is already a valid threshold
-      thr_ = *std::min_element(buf_.begin(), buf_.end());
-      full_ = true;
+      set_threshold(*std::min_element(buf_.begin(), buf_.end()));
     }
   }
   void compact() {
     std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.end(), std::greater<int64_t>());
     buf_.resize(k_);
-    thr_ = buf_[k_ - 1];  // nth_element leaves the k-th best at k-1, all better ones before it
+    set_threshold(buf_[k_ - 1]);  // nth_element leaves the k-th best at k-1, all better ones before it
+  }
+  void set_threshold(int64_t key) {
+    thr_ = key;
+    thr_score_ = key_score(key);
     full_ = true;
   }
   void reset() {
@@ -187,6 +193,7 @@ struct TopK {
   int64_t k_;
   bool full_ = false;
   int64_t thr_ = 0;
+  float thr_score_ = 0.0f;  // the score of thr_: a lower score cannot enter
   std::vector<int64_t> buf_;
 };
 
