@@ -92,6 +92,8 @@ from silverrec.train.distributed import local_context
 from silverrec.train.multitask_eval import MultiTaskEvaluator, padded_rows, top_rows
 from silverrec.train.trainer import load_two_tower
 
+from multitask_headroom import _print_table  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 # the benchmark's group names -> the OverArch's (silverrec/models/side_features.py), whose module
 # computes the features here exactly as the trained model, the evaluation and the serving graph do
 GROUPS: Dict[str, str] = {"category": "category_affinity", "creator": "creator_seen", "year": "year_gap",
@@ -269,14 +271,6 @@ def run(ckpt: str, train_users: int, test_users: int, hidden: int, epochs: int, 
             "train_users": int(col.users.users.size), "variants": {n: [FEATURES[c] for c in cols] for n, (_, cols) in rescorers.items()},
             "seconds": {"data": round(gen_s, 1), "collect": round(collect_s, 1), "fit": round(train_s, 1),
                         "fit_each": fit_s, "test": round(time.perf_counter() - t3, 1)}}
-
-
-def _print_table(rows: List[List[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for j, r in enumerate(rows):
-        print("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |")
-        if j == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
 def main(argv: Optional[List[str]] = None) -> None:
