@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import silverrec  # noqa: F401  (registers the ops)
+from triton_interpreter import run_under_triton_interpreter
 from bloom_cases import random_case
 from silverrec.ops import bloom_search
 from silverrec.ops.reference import (
@@ -146,13 +147,8 @@ def test_compile_fullgraph_equals_eager() -> None:
 
 def test_triton_kernel_under_interpreter() -> None:
     """Runs the Triton launcher on CPU tensors with TRITON_INTERPRET=1 in a fresh process."""
-    pytest.importorskip("triton")
-    path = os.pathsep.join([_HERE, os.path.join(os.path.dirname(_HERE), "retrieval"), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, os.path.join(_HERE, "bloom_triton_interpret.py")], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "cases match" in proc.stdout
+    run_under_triton_interpreter(os.path.join(_HERE, "bloom_triton_interpret.py"), "cases match",
+                                 pythonpath=[_HERE, os.path.join(os.path.dirname(_HERE), "retrieval")])
 
 
 def test_triton_kernel_compiles_for_sm90(tmp_path) -> None:

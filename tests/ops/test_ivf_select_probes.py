@@ -4,7 +4,6 @@ Selection is exact (comparisons and integer counts), so outputs are compared wit
 The Triton part runs this file as a script in a subprocess with ``TRITON_INTERPRET=1``.
 """
 import os
-import subprocess
 import sys
 from typing import Optional, Tuple
 
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 import silverrec  # noqa: F401  (registers the ops)
+from triton_interpreter import run_under_triton_interpreter
 from silverrec.ops import ivf_select_probes
 from silverrec.ops.reference import ivf_select_probes_reference
 
@@ -163,11 +163,7 @@ def test_export_and_compile() -> None:
 
 def test_triton_kernel_under_interpreter() -> None:
     """Runs the Triton launcher on CPU tensors with TRITON_INTERPRET=1 in a fresh process."""
-    pytest.importorskip("triton", reason="triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "triton ivf_select_probes ok" in proc.stdout
+    run_under_triton_interpreter(__file__, "triton ivf_select_probes ok")
 
 
 def _triton_interpret_main() -> None:

@@ -5,7 +5,6 @@ clamp), so codes and scales must match bit for bit, including rows of exact ties
 and all-zero rows.
 """
 import os
-import subprocess
 import sys
 
 import pytest
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 import silverrec  # noqa: F401  (registers the ops)
+from triton_interpreter import run_under_triton_interpreter
 from silverrec.ops import quantize_int8_rowwise
 from silverrec.ops.reference import quantize_int8_rowwise_reference
 from silverrec.retrieval.quantize import quantize_int8_per_item
@@ -92,11 +92,7 @@ def test_export_with_a_dynamic_batch() -> None:
 
 def test_triton_kernel_under_interpreter() -> None:
     """Runs the Triton launcher on CPU tensors with TRITON_INTERPRET=1 in a fresh process."""
-    pytest.importorskip("triton", reason="triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "triton quantize_int8_rowwise ok" in proc.stdout
+    run_under_triton_interpreter(__file__, "triton quantize_int8_rowwise ok")
 
 
 def _triton_interpret_main() -> None:
