@@ -34,6 +34,11 @@ SCHEMAS: Dict[str, str] = {
         "ivf_rescore_topk(Tensor queries, Tensor cache, Tensor rows, Tensor row_to_id, int k) -> (Tensor, Tensor)"
     ),
     "quantize_int8_rowwise": "quantize_int8_rowwise(Tensor x) -> (Tensor, Tensor)",
+    "ivf_search": (
+        "ivf_search(Tensor queries, Tensor centroid_scores, Tensor codes, Tensor scales, Tensor cluster_offsets, "
+        "Tensor cache, Tensor row_to_id, Tensor? mask, int n_probe, int min_rows, int max_probe, int k0, int k) "
+        "-> (Tensor, Tensor)"
+    ),
 }
 
 _ALLOWED_KEYS = ("CPU", "CUDA", "Meta")

@@ -357,3 +357,72 @@ def quantize_int8_rowwise_reference(x: Tensor) -> Tuple[Tensor, Tensor]:
     scales = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
     codes = torch.round(x / scales[:, None]).clamp_(-127, 127).to(torch.int8)
     return codes, scales
+
+
+# --- ivf_search ---
+
+
+def ivf_search_reference(
+    queries: Tensor,
+    centroid_scores: Tensor,
+    codes: Tensor,
+    scales: Tensor,
+    cluster_offsets: Tensor,
+    cache: Tensor,
+    row_to_id: Tensor,
+    mask: Optional[Tensor],
+    n_probe: int,
+    min_rows: int,
+    max_probe: int,
+    k0: int,
+    k: int,
+) -> Tuple[Tensor, Tensor]:
+    """Spec of ``torch.ops.silverrec.ivf_search``: a whole IVF-INT8 search, the four ops in sequence.
+
+    1. ``q_codes, q_scales = quantize_int8_rowwise(queries)``;
+    2. ``probe = ivf_select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe)``;
+    3. ``rows = ivf_int8_topk(q_codes, q_scales, codes, scales, cluster_offsets, probe, mask, k0)``;
+       when ``max_probe < C`` (a capped probe list), a query with fewer than ``k`` eligible rows
+       is scanned again over every row (still under its mask), so it returns ``k`` results when
+       ``k`` rows pass;
+    4. ``ivf_rescore_topk(queries, cache, rows, row_to_id, k)``.
+
+    Args:
+        queries (Tensor): float32 ``[B, D]`` (finite).
+        centroid_scores (Tensor): float32 ``[B, C]``, e.g. ``queries @ centroids.T``.
+        codes, scales, cluster_offsets: the INT8 index (see :func:`ivf_int8_topk_reference`).
+        cache (Tensor): float16 or bfloat16 ``[N, D]`` item embeddings in row order.
+        row_to_id (Tensor): int64 ``[N]`` external id of each row (``< 2**32``).
+        mask (Optional[Tensor]): int64 ``[B, ceil(N / 64)]`` packed filter bits, or ``None``.
+        n_probe, min_rows, max_probe: the probe choice (see :func:`ivf_select_probes_reference`).
+        k0 (int): K0 >= K, INT8 candidates re-scored.
+        k (int): K, results per query.
+
+    Returns:
+        Tuple[Tensor, Tensor]: ``scores`` float32 ``[B, K]`` and ``ids`` int64 ``[B, K]``,
+        best-first (equal scores: lower id first), padded with ``-inf`` / ``-1``.
+
+    Example::
+
+        >>> codes = torch.tensor([[1, 0], [0, 1], [1, 1]], dtype=torch.int8)
+        >>> cache = codes.to(torch.float16)
+        >>> s, i = ivf_search_reference(torch.tensor([[1.0, 0.5]]), torch.tensor([[0.0, 1.0]]),
+        ...     codes, torch.ones(3), torch.tensor([0, 2, 3]), cache, torch.tensor([10, 11, 12]),
+        ...     None, 1, 0, 1, 2, 2)  # probes cluster 1 (row 2) only: fewer than k=2 rows, so all
+        >>> s.tolist(), i.tolist()
+        ([[1.5, 1.0]], [[12, 10]])
+    """
+    if k < 1 or k0 < k:
+        raise ValueError(f"ivf_search: need 1 <= k <= k0, got k={k}, k0={k0}")
+    q_codes, q_scales = quantize_int8_rowwise_reference(queries)
+    probe = ivf_select_probes_reference(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe)
+    _, rows, valid = ivf_int8_topk_reference(q_codes, q_scales, codes, scales, cluster_offsets, probe, mask, k0)
+    C, N = cluster_offsets.numel() - 1, codes.shape[0]
+    short = (valid < k).nonzero().flatten()
+    if max_probe < C and short.numel() > 0:
+        everything = torch.zeros((short.numel(), 1), dtype=torch.int64, device=rows.device)
+        all_rows = torch.tensor([0, N], dtype=torch.int64, device=rows.device)
+        _, again, _ = ivf_int8_topk_reference(q_codes[short], q_scales[short], codes, scales, all_rows, everything,
+                                              None if mask is None else mask[short], k0)
+        rows = rows.index_copy(0, short, again)
+    return ivf_rescore_topk_reference(queries, cache, rows, row_to_id, k)

@@ -4,10 +4,13 @@ Publish time (:meth:`IVFInt8Index.build`): k-means clusters the items, rows are 
 (``cluster_offsets [C+1]``), and each row is stored as INT8 codes + scale (per item by default, or
 one global scale as in the SilverTorch paper) beside a float16 cache of the embedding.
 
-Query time (:meth:`IVFInt8Index.search`): centroid scores (one matmul), then three ops:
-``ivf_select_probes`` picks each query's clusters, ``ivf_int8_topk``
-scans them (skipping masked rows) for the best K0 rows by INT8 score, and ``ivf_rescore_topk``
-re-scores those K0 exactly from the float16 cache and keeps the final top-K by id.
+Query time (:meth:`IVFInt8Index.search`): centroid scores (one matmul), then one op,
+``ivf_search``, which for each query quantizes it, picks its clusters (the steps of
+``ivf_select_probes``), scans them, skipping masked rows, for the best K0 rows by INT8 score
+(``ivf_int8_topk``), re-scores those K0 exactly from the float16 cache and keeps the final
+top-K by id (``ivf_rescore_topk``). On CPU one thread runs all of a query's steps, so the
+search makes no ``[B, C]`` probe tensor and no intermediate tensors. ``rescore=False`` runs the
+single-step ops, without the re-score.
 
 Probe selection: a query probes its ``n_probe`` best clusters, and more in centroid order until
 the probed clusters cover ``min_rows`` rows that pass its filter, counted exactly (a popcount of
@@ -17,7 +20,7 @@ the probe by as much as its passing rows require, and a filter passing fewer tha
 rows in all scans every cluster (the filtered exhaustive scan), so a strict filter returns k
 results whenever k exist. Without a filter the probe list is capped at ``n_probe + 32``
 clusters; the rare query whose capped list still holds fewer than k rows is re-run over all
-rows (the only host sync of a search).
+rows (inside the op; with ``rescore=False`` it is the only host sync of a search).
 """
 import math
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.ivf_int8_topk)
+import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.ivf_search and the single-step ops)
 from silverrec.retrieval.kmeans import default_num_clusters, kmeans
 from silverrec.retrieval.packed_mask import pack_mask
 from silverrec.retrieval.quantize import _check_embeddings, quantize_int8_global, quantize_int8_per_item
@@ -172,26 +175,36 @@ class IVFInt8Index:
         B, dev = queries.shape[0], self.codes.device
         q = queries.to(dev).float()
         packed = self._packed_mask(mask, B)
-        if q.device.type != "cpu":  # the CUDA kernel does not check (no host sync)
+        if q.device.type != "cpu":  # the CUDA kernels do not check (no host sync)
             _check_embeddings(q, "queries")
-        try:
-            q_codes, q_scales = torch.ops.silverrec.quantize_int8_rowwise(q)  # one op, not ~10
-        except RuntimeError:
-            _check_embeddings(q, "queries")  # NaN/inf: the ValueError naming the first bad value
-            raise
 
         # probes: the n_probe best clusters, then more in centroid order until min_rows rows
-        # that pass the filter are covered (see module docstring); one op, no host sync
+        # that pass the filter are covered (see module docstring)
         centroid_scores = q @ self._centroids_t  # [B, C]
         if packed is None:
             min_rows, max_probe = k0, min(C, n_probe + _EXTRA_PROBES)
         else:
             min_rows, max_probe = n_probe * k0, C
+        if rescore:
+            # one op: query codes, probes, scan (a query whose capped probe list held fewer than
+            # k rows scans all; a list that stopped before the cap covered min_rows = K0 >= k
+            # rows), exact re-score
+            try:
+                return SearchResult(*torch.ops.silverrec.ivf_search(
+                    q, centroid_scores, self.codes, self.scales, self.cluster_offsets, self.cache, self.row_to_id,
+                    packed, n_probe, min_rows, max_probe, k0, k))
+            except RuntimeError:
+                _check_embeddings(q, "queries")  # NaN/inf: the ValueError naming the first bad value
+                raise
+        try:
+            q_codes, q_scales = torch.ops.silverrec.quantize_int8_rowwise(q)  # one op, not ~10
+        except RuntimeError:
+            _check_embeddings(q, "queries")
+            raise
         probe = torch.ops.silverrec.ivf_select_probes(centroid_scores, self.cluster_offsets, packed, n_probe, min_rows, max_probe)
         scores, rows, valid = torch.ops.silverrec.ivf_int8_topk(
             q_codes, q_scales, self.codes, self.scales, self.cluster_offsets, probe, packed, k0)
-        # Unfiltered: a query whose capped probe list held fewer than k rows scans all. (A list
-        # that stopped before the cap covered min_rows = K0 >= k rows, so valid < k means capped.)
+        # Unfiltered: a query whose capped probe list held fewer than k rows scans all.
         if max_probe < C and int(valid.min()) < k:
             idx = (valid < k).nonzero().flatten()
             everything = torch.zeros((idx.numel(), 1), dtype=torch.int64, device=dev)
@@ -199,8 +212,6 @@ class IVFInt8Index:
             s2, r2, _ = torch.ops.silverrec.ivf_int8_topk(
                 q_codes[idx], q_scales[idx], self.codes, self.scales, all_rows, everything, None, k0)
             scores, rows = scores.index_copy(0, idx, s2), rows.index_copy(0, idx, r2)
-        if rescore:
-            return SearchResult(*torch.ops.silverrec.ivf_rescore_topk(q, self.cache, rows, self.row_to_id, k))
         ids = self.row_to_id.index_select(0, rows.clamp(min=0).flatten()).view(rows.shape)
         return _best_k(scores, torch.where(rows >= 0, ids, -1), k, N)
 

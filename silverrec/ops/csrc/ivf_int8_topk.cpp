@@ -31,6 +31,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -156,12 +157,13 @@ inline float key_score(int64_t key) {
 // candidate, unlike a heap's O(log k) sift per insertion.
 struct TopK {
   explicit TopK(int64_t k) : k_(k) { buf_.reserve(2 * k); }
-  inline void push(float score, int64_t row) {
-    if (full_ && score < thr_score_) return;  // most rows of a long scan: no key to build
-    push_key(rank_key(score, row));
+  // Returns whether the row entered the buffer (it may still be dropped by a later compact).
+  inline bool push(float score, int64_t row) {
+    if (full_ && score < thr_score_) return false;  // most rows of a long scan: no key to build
+    return push_key(rank_key(score, row));
   }
-  inline void push_key(int64_t key) {
-    if (full_ && key < thr_) return;
+  inline bool push_key(int64_t key) {
+    if (full_ && key < thr_) return false;
     buf_.push_back(key);
     const int64_t n = static_cast<int64_t>(buf_.size());
     if (n >= 2 * k_) {
@@ -169,6 +171,7 @@ struct TopK {
     } else if (n == k_ && !full_) {  // first k seen: their worst is already a valid threshold
       set_threshold(*std::min_element(buf_.begin(), buf_.end()));
     }
+    return true;
   }
   void compact() {
     std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.end(), std::greater<int64_t>());
@@ -342,6 +345,81 @@ void scan_cluster_major(const int8_t* q, const float* qs, const int8_t* cd, cons
   });
 }
 
+// The query-major scan of one query (a thread's scratch, reused across its queries): its probed
+// clusters in probe order (best centroid first, so the top-k threshold rises early and later
+// clusters insert little), repeats skipped; rows whose mask bit is 0 skipped word by word. Each
+// row that enters the running top-k can have its re-score cache row prefetched (`cache` /
+// `cache_row_bytes`): by the end of the scan the K0 survivors' rows are mostly in cache.
+struct QueryScan {
+  QueryScan(int64_t C, int64_t k) : seen(C, 0), top(k) {}
+
+  // Scans clusters pb[0 .. P_b) for query codes qb (scale qscale); mb is the query's packed mask
+  // row or nullptr. Leaves the top-k in `top`; returns the number of eligible rows.
+  int64_t run(const int8_t* qb, float qscale, const int8_t* cd, const float* sc, const int64_t* off,
+              const int64_t* pb, int64_t P_b, const uint64_t* mb, int64_t D, const char* cache = nullptr,
+              int64_t cache_row_bytes = 0) {
+    top.reset();
+    int64_t eligible = 0;
+    auto push = [&](float score, int64_t row) {
+      if (top.push(score, row) && cache != nullptr) {
+        const char* p = cache + row * cache_row_bytes;
+        for (int64_t o = 0; o < cache_row_bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T1);
+      }
+    };
+    auto visit = [&](int64_t row) {
+      push(static_cast<float>(dot_i8(qb, cd + row * D, D)) * qscale * sc[row], row);
+      ++eligible;
+    };
+    for (int64_t p = 0; p < P_b; ++p) {
+      const int64_t c = pb[p];
+      if (c < 0 || seen[c]) continue;
+      seen[c] = 1;
+      const int64_t lo = off[c], hi = off[c + 1];
+      if (mb == nullptr) {  // 4 rows per step (one query load, one reduction for the 4 sums)
+        // the next probed cluster's first rows: its DRAM misses overlap this cluster's scan
+        if (p + 1 < P_b && pb[p + 1] >= 0) prefetch_bytes(cd + off[pb[p + 1]] * D, kPrefetchBytes);
+        int64_t row = lo;
+        for (; row + 4 <= hi; row += 4) {
+          // a few rows ahead within the cluster (the hardware prefetcher stops at 4 KiB pages)
+          prefetch_bytes(cd + (row + kPrefetchRows) * D, 4 * D);
+          int32_t acc[4];
+          dot_i8_rows4(qb, cd + row * D, D, acc);
+          for (int64_t u = 0; u < 4; ++u) push(static_cast<float>(acc[u]) * qscale * sc[row + u], row + u);
+        }
+        eligible += row - lo;
+        for (; row < hi; ++row) visit(row);
+        continue;
+      }
+      for (int64_t w = lo >> 6; w < ((hi + 63) >> 6); ++w) {
+        uint64_t bits = mb[w];
+        const int64_t base = w << 6;
+        if (base < lo) bits &= ~uint64_t(0) << (lo - base);
+        if (base + 64 > hi) bits &= ~uint64_t(0) >> (base + 64 - hi);
+        while (bits) {
+          passing.push_back(base + __builtin_ctzll(bits));
+          bits &= bits - 1;
+        }
+      }
+    }
+    // the passing rows are scattered through their clusters: scored after all were listed, so
+    // the rows a few places ahead can be prefetched (their DRAM misses overlap)
+    const int64_t n_passing = static_cast<int64_t>(passing.size());
+    for (int64_t i = 0; i < n_passing; ++i) {
+      if (i + kPrefetchPassing < n_passing) prefetch_bytes(cd + passing[i + kPrefetchPassing] * D, D);
+      visit(passing[i]);
+    }
+    passing.clear();
+    for (int64_t p = 0; p < P_b; ++p) {
+      if (pb[p] >= 0) seen[pb[p]] = 0;
+    }
+    return eligible;
+  }
+
+  std::vector<uint8_t> seen;     // clusters already scanned for the current query
+  std::vector<int64_t> passing;  // filtered: the query's passing rows, in probe order
+  TopK top;
+};
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
     const at::Tensor& q_codes_in, const at::Tensor& q_scales_in, const at::Tensor& codes_in,
     const at::Tensor& scales_in, const at::Tensor& cluster_offsets_in, const at::Tensor& probe_in,
@@ -448,67 +526,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
   }
   std::atomic<int64_t> counter{0};
   at::parallel_for(0, query_threads(B, 1, 1), 1, [&](int64_t, int64_t) {
-    // clusters are scanned in probe order (best centroid first, so the top-k threshold rises
-    // early and later clusters insert little); `seen` skips repeats and is reset after each query
-    std::vector<uint8_t> seen(C, 0);
-    std::vector<int64_t> passing;  // filtered: the query's passing rows, in probe order
-    TopK top(k);
+    QueryScan scan(C, k);
     for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
-      const int8_t* qb = q + b * D;
-      const float qscale = qs[b];
-      top.reset();
-      int64_t eligible = 0;
-      auto visit = [&](int64_t row) {
-        const int32_t acc = dot_i8(qb, cd + row * D, D);
-        top.push(static_cast<float>(acc) * qscale * sc[row], row);
-        ++eligible;
-      };
-      const int64_t* pb = prb + b * P;
-      const int64_t P_b = plen[b];
-      for (int64_t p = 0; p < P_b; ++p) {
-        const int64_t c = pb[p];
-        if (c < 0 || seen[c]) continue;
-        seen[c] = 1;
-        const int64_t lo = off[c], hi = off[c + 1];
-        if (mk == nullptr) {  // 4 rows per step (one query load, one reduction for the 4 sums)
-          // the next probed cluster's first rows: its DRAM misses overlap this cluster's scan
-          if (p + 1 < P_b && pb[p + 1] >= 0) prefetch_bytes(cd + off[pb[p + 1]] * D, kPrefetchBytes);
-          int64_t row = lo;
-          for (; row + 4 <= hi; row += 4) {
-            // a few rows ahead within the cluster (the hardware prefetcher stops at 4 KiB pages)
-            prefetch_bytes(cd + (row + kPrefetchRows) * D, 4 * D);
-            int32_t acc[4];
-            dot_i8_rows4(qb, cd + row * D, D, acc);
-            for (int64_t u = 0; u < 4; ++u) top.push(static_cast<float>(acc[u]) * qscale * sc[row + u], row + u);
-          }
-          eligible += row - lo;
-          for (; row < hi; ++row) visit(row);
-          continue;
-        }
-        const uint64_t* mb = mk + b * mask_row_stride;
-        for (int64_t w = lo >> 6; w < ((hi + 63) >> 6); ++w) {
-          uint64_t bits = mb[w];
-          const int64_t base = w << 6;
-          if (base < lo) bits &= ~uint64_t(0) << (lo - base);
-          if (base + 64 > hi) bits &= ~uint64_t(0) >> (base + 64 - hi);
-          while (bits) {
-            passing.push_back(base + __builtin_ctzll(bits));
-            bits &= bits - 1;
-          }
-        }
-      }
-      // the passing rows are scattered through their clusters: scored after all were listed, so
-      // the rows a few places ahead can be prefetched (their DRAM misses overlap)
-      const int64_t n_passing = static_cast<int64_t>(passing.size());
-      for (int64_t i = 0; i < n_passing; ++i) {
-        if (i + kPrefetchPassing < n_passing) prefetch_bytes(cd + passing[i + kPrefetchPassing] * D, D);
-        visit(passing[i]);
-      }
-      passing.clear();
-      for (int64_t p = 0; p < P_b; ++p) {
-        if (pb[p] >= 0) seen[pb[p]] = 0;
-      }
-      const std::vector<int64_t>& best = top.finish();
+      const int64_t eligible = scan.run(q + b * D, qs[b], cd, sc, off, prb + b * P, plen[b],
+                                        mk == nullptr ? nullptr : mk + b * mask_row_stride, D);
+      const std::vector<int64_t>& best = scan.top.finish();
       for (size_t i = 0; i < best.size(); ++i) {
         os[b * k + i] = key_score(best[i]);
         orw[b * k + i] = key_id(best[i]);
@@ -620,6 +642,30 @@ void best_keys(const float* scores, int64_t C, int64_t m, std::vector<float>& bl
   all_keys_sorted(scores, C, buf, out);
 }
 
+// The probe choice of one query (ivf_select_probes_reference; a thread's scratch, reused across
+// its queries): clusters in centroid order while j < n_probe or fewer than min_rows passing rows
+// are covered, j < limit. Writes the cluster ids to out and returns how many.
+struct ProbeSelect {
+  int64_t run(const float* sb, int64_t C, const int64_t* off, const uint64_t* mb, int64_t n_probe, int64_t min_rows,
+              int64_t limit, int64_t* out) {
+    best_keys(sb, C, std::min(limit, std::max<int64_t>(n_probe, 32)), block_max, buf, order);
+    int64_t covered = 0, j = 0;
+    while (j < limit) {
+      if (j >= n_probe && covered >= min_rows) break;  // before the fallback: m == n_probe is common
+      if (j == static_cast<int64_t>(order.size())) {  // the candidates ran out: sort them all
+        all_keys_sorted(sb, C, buf, order);  // same total order, so its prefix is what was taken
+      }
+      const int64_t c = key_id(order[j]);
+      out[j] = c;
+      covered += mb == nullptr ? off[c + 1] - off[c] : count_bits(mb, off[c], off[c + 1]);
+      ++j;
+    }
+    return j;
+  }
+  std::vector<int64_t> buf, order;
+  std::vector<float> block_max;
+};
+
 at::Tensor ivf_select_probes_cpu(const at::Tensor& scores_in, const at::Tensor& cluster_offsets_in,
                                  const std::optional<at::Tensor>& mask_in, int64_t n_probe, int64_t min_rows,
                                  int64_t max_probe) {
@@ -663,24 +709,11 @@ at::Tensor ivf_select_probes_cpu(const at::Tensor& scores_in, const at::Tensor& 
   // for waking a second thread; tiny C runs inline
   std::atomic<int64_t> counter{0};
   at::parallel_for(0, query_threads(B, C, int64_t(1) << 14), 1, [&](int64_t, int64_t) {
-    std::vector<int64_t> buf, order;
-    std::vector<float> block_max;
+    ProbeSelect select;
     for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
-      const float* sb = sc + b * C;
-      std::fill(po + b * max_probe, po + (b + 1) * max_probe, int64_t(-1));
-      const uint64_t* mb = mk == nullptr ? nullptr : mk + b * mask_row_stride;
-      best_keys(sb, C, std::min(limit, std::max<int64_t>(n_probe, 32)), block_max, buf, order);
-      int64_t covered = 0, j = 0;
-      while (j < limit) {
-        if (j >= n_probe && covered >= min_rows) break;  // before the fallback: m == n_probe is common
-        if (j == static_cast<int64_t>(order.size())) {  // the candidates ran out: sort them all
-          all_keys_sorted(sb, C, buf, order);  // same total order, so its prefix is what was taken
-        }
-        const int64_t c = key_id(order[j]);
-        po[b * max_probe + j] = c;
-        covered += mb == nullptr ? off[c + 1] - off[c] : count_bits(mb, off[c], off[c + 1]);
-        ++j;
-      }
+      const int64_t n = select.run(sc + b * C, C, off, mk == nullptr ? nullptr : mk + b * mask_row_stride,
+                                   n_probe, min_rows, limit, po + b * max_probe);
+      std::fill(po + b * max_probe + n, po + (b + 1) * max_probe, int64_t(-1));
     }
   });
   return out;
@@ -731,6 +764,48 @@ __attribute__((target("avx2,fma,f16c"))) double dot_f64(const T* row, const doub
   return acc;
 }
 
+// The exact re-score and final top-k of one query (ivf_rescore_topk_reference; a thread's
+// scratch, reused across its queries): candidate rows rows[0 .. K0) (-1 = none), query qf [D],
+// results into os / oi [k] (already padded by the caller).
+template <typename T>
+struct Rescore {
+  void run(const float* qf, const T* cache, const int64_t* rows, int64_t K0, const int64_t* row_to_id, int64_t D,
+           int64_t k, float* os, int64_t* oi) {
+    qd.resize(D);
+    for (int64_t d = 0; d < D; ++d) qd[d] = qf[d];
+    cand.clear();
+    ids.resize(K0);
+    // The K0 rows are random DRAM reads: copy them to a local buffer first (independent loads,
+    // so many misses are in flight at once), then score them from cache.
+    local.resize(K0 * D);
+    int64_t n = 0;
+    for (int64_t j = 0; j < K0; ++j) {
+      const int64_t r = rows[j];
+      if (r < 0) continue;
+      std::memcpy(local.data() + n * D, cache + r * D, D * sizeof(T));
+      ids[n++] = row_to_id[r];
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      TORCH_CHECK(ids[j] >= 0 && ids[j] <= 0xFFFFFFFFLL, "ivf_rescore_topk: row_to_id entries must lie in [0, 2**32), got ",
+                  ids[j]);
+      const float s = static_cast<float>(dot_f64<T>(local.data() + j * D, qd.data(), D));
+      cand.push_back(rank_key(s, ids[j]));  // the score is recovered from the key's high word
+    }
+    const int64_t kept = std::min<int64_t>(k, cand.size());
+    if (kept < static_cast<int64_t>(cand.size())) {
+      std::nth_element(cand.begin(), cand.begin() + (kept - 1), cand.end(), std::greater<int64_t>());
+    }
+    std::sort(cand.begin(), cand.begin() + kept, std::greater<int64_t>());
+    for (int64_t i = 0; i < kept; ++i) {
+      os[i] = key_score(cand[i]);
+      oi[i] = key_id(cand[i]);
+    }
+  }
+  std::vector<double> qd;
+  std::vector<int64_t> cand, ids;
+  std::vector<T> local;
+};
+
 template <typename T>
 void rescore_rows(const float* qf, const T* cache, const int64_t* rows, const int64_t* row_to_id, float* os,
                   int64_t* oi, int64_t B, int64_t K0, int64_t D, int64_t k) {
@@ -738,39 +813,9 @@ void rescore_rows(const float* qf, const T* cache, const int64_t* rows, const in
   // worth of rows already pays for waking a second thread.
   std::atomic<int64_t> counter{0};
   at::parallel_for(0, query_threads(B, K0 * D, int64_t(1) << 14), 1, [&](int64_t, int64_t) {
-    std::vector<double> qd(D);
-    std::vector<int64_t> cand;  // rank keys (the score is recovered from the key's high word)
-    cand.reserve(K0);
-    std::vector<T> local;
-    std::vector<int64_t> ids(K0);
+    Rescore<T> rescore;
     for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
-      for (int64_t d = 0; d < D; ++d) qd[d] = qf[b * D + d];
-      cand.clear();
-      // The K0 rows are random DRAM reads: copy them to a local buffer first (independent loads,
-      // so many misses are in flight at once), then score them from cache.
-      local.resize(K0 * D);
-      int64_t n = 0;
-      for (int64_t j = 0; j < K0; ++j) {
-        const int64_t r = rows[b * K0 + j];
-        if (r < 0) continue;
-        std::memcpy(local.data() + n * D, cache + r * D, D * sizeof(T));
-        ids[n++] = row_to_id[r];
-      }
-      for (int64_t j = 0; j < n; ++j) {
-        TORCH_CHECK(ids[j] >= 0 && ids[j] <= 0xFFFFFFFFLL, "ivf_rescore_topk: row_to_id entries must lie in [0, 2**32), got ",
-                    ids[j]);
-        const float s = static_cast<float>(dot_f64<T>(local.data() + j * D, qd.data(), D));
-        cand.push_back(rank_key(s, ids[j]));
-      }
-      const int64_t kept = std::min<int64_t>(k, cand.size());
-      if (kept < static_cast<int64_t>(cand.size())) {
-        std::nth_element(cand.begin(), cand.begin() + (kept - 1), cand.end(), std::greater<int64_t>());
-      }
-      std::sort(cand.begin(), cand.begin() + kept, std::greater<int64_t>());
-      for (int64_t i = 0; i < kept; ++i) {
-        os[b * k + i] = key_score(cand[i]);
-        oi[b * k + i] = key_id(cand[i]);
-      }
+      rescore.run(qf + b * D, cache, rows + b * K0, K0, row_to_id, D, k, os + b * k, oi + b * k);
     }
   });
 }
@@ -818,6 +863,27 @@ std::tuple<at::Tensor, at::Tensor> ivf_rescore_topk_cpu(const at::Tensor& querie
 // The same float32 operations as the reference (max |x|, / 127, x / s, round half to even,
 // clamp), so codes and scales are bit-identical.
 
+// The codes of one row into out [D]; returns its scale. `what` and n name the row in the error.
+float quantize_row(const float* row, int64_t D, int8_t* out, int64_t n, const char* what) {
+  float amax = 0.0f;
+  bool finite = true;
+  for (int64_t d = 0; d < D; ++d) {
+    finite &= std::isfinite(row[d]);
+    amax = std::max(amax, std::fabs(row[d]));
+  }
+  if (!finite) {
+    int64_t d = 0;
+    while (std::isfinite(row[d])) ++d;
+    TORCH_CHECK(false, what, " contains NaN/inf (first at row ", n, ", column ", d, ": ", row[d], ")");
+  }
+  const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+  for (int64_t d = 0; d < D; ++d) {
+    const float y = std::nearbyint(row[d] / s);
+    out[d] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, y)));
+  }
+  return s;
+}
+
 std::tuple<at::Tensor, at::Tensor> quantize_int8_rowwise_cpu(const at::Tensor& x_in) {
   TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kFloat,
               "quantize_int8_rowwise: x must be float32 [N, D], got ", x_in.scalar_type(), " ", x_in.sizes());
@@ -829,28 +895,172 @@ std::tuple<at::Tensor, at::Tensor> quantize_int8_rowwise_cpu(const at::Tensor& x
   int8_t* pc = codes.data_ptr<int8_t>();
   float* ps = scales.data_ptr<float>();
   at::parallel_for(0, N, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, D)), [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      const float* row = px + n * D;
-      float amax = 0.0f;
-      bool finite = true;
-      for (int64_t d = 0; d < D; ++d) {
-        finite &= std::isfinite(row[d]);
-        amax = std::max(amax, std::fabs(row[d]));
-      }
-      if (!finite) {
-        int64_t d = 0;
-        while (std::isfinite(row[d])) ++d;
-        TORCH_CHECK(false, "quantize_int8_rowwise: x contains NaN/inf (first at row ", n, ", column ", d, ": ", row[d], ")");
-      }
-      const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
-      for (int64_t d = 0; d < D; ++d) {
-        const float y = std::nearbyint(row[d] / s);
-        pc[n * D + d] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, y)));
-      }
-      ps[n] = s;
-    }
+    for (int64_t n = n0; n < n1; ++n) ps[n] = quantize_row(px + n * D, D, pc + n * D, n, "quantize_int8_rowwise: x");
   });
   return {codes, scales};
+}
+
+// ---------------------------------------------------------------------------------------------
+// ivf_search: a whole IVF-INT8 search in one op (spec: ivf_search_reference): query codes,
+// probe choice, the scan (with the unfiltered short-list fallback) and the exact re-score, each
+// query on one thread. Same results as the four ops in sequence, without their [B, C] probe
+// rows, their intermediate tensors and three of their four fork/joins; and a candidate's cache
+// row is prefetched when it enters the scan's running top-K0, so the re-score reads warm rows.
+
+template <typename T>
+void search_rows(const float* qf, const float* cs, const int8_t* cd, const float* sc, const int64_t* off,
+                 const T* cache, const int64_t* row_to_id, const uint64_t* mk, int64_t mask_row_stride, int64_t B,
+                 int64_t C, int64_t N, int64_t D, int64_t n_probe, int64_t min_rows, int64_t max_probe, int64_t k0,
+                 int64_t k, float* os, int64_t* oi) {
+  const int64_t limit = std::min(C, max_probe);
+  std::vector<int8_t> q(B * D);
+  std::vector<float> qs(B);
+  std::unique_ptr<int64_t[]> prb(new int64_t[B * limit]);  // only each row's used prefix is written
+  std::vector<int64_t> plen(B);
+  // 1. query codes and probe lists
+  {
+    std::atomic<int64_t> counter{0};
+    at::parallel_for(0, query_threads(B, C, int64_t(1) << 14), 1, [&](int64_t, int64_t) {
+      ProbeSelect select;
+      for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
+        qs[b] = quantize_row(qf + b * D, D, q.data() + b * D, b, "ivf_search: queries");
+        plen[b] = select.run(cs + b * C, C, off, mk == nullptr ? nullptr : mk + b * mask_row_stride, n_probe,
+                             min_rows, limit, prb.get() + b * limit);
+      }
+    });
+  }
+  // 2. queries sharing clusters: the cluster-major scan for all of them (see ivf_int8_topk_cpu)
+  std::vector<float> shared_scores;
+  std::vector<int64_t> shared_rows, shared_valid;
+  {
+    std::vector<uint8_t> probed(C, 0);
+    int64_t pairs = 0, distinct = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t p = 0; p < plen[b]; ++p) {
+        const int64_t c = prb[b * limit + p];
+        ++pairs;
+        if (!probed[c]) {
+          probed[c] = 1;
+          ++distinct;
+        }
+      }
+    }
+    if (B >= 4 && pairs >= kShareRatio * distinct) {
+      shared_scores.assign(B * k0, -std::numeric_limits<float>::infinity());
+      shared_rows.assign(B * k0, -1);
+      shared_valid.assign(B, 0);
+      scan_cluster_major(q.data(), qs.data(), cd, sc, off, prb.get(), plen.data(), mk, mask_row_stride, B, C, limit, D,
+                         k0, shared_scores.data(), shared_rows.data(), shared_valid.data());
+    }
+  }
+  // 3. per query: the scan, the fallback, the re-score
+  const bool shared = !shared_rows.empty();
+  const int64_t all_off[2] = {0, N}, all_probe[1] = {0};
+  std::atomic<int64_t> counter{0};
+  at::parallel_for(0, query_threads(B, 1, 1), 1, [&](int64_t, int64_t) {
+    QueryScan scan(C, k0);
+    Rescore<T> rescore;
+    std::vector<int64_t> rows(k0);
+    for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
+      const int8_t* qb = q.data() + b * D;
+      const uint64_t* mb = mk == nullptr ? nullptr : mk + b * mask_row_stride;
+      const char* pf = reinterpret_cast<const char*>(cache);
+      int64_t eligible;
+      auto take_rows = [&] {
+        const std::vector<int64_t>& best = scan.top.finish();
+        std::fill(rows.begin(), rows.end(), int64_t(-1));
+        for (size_t i = 0; i < best.size(); ++i) rows[i] = key_id(best[i]);
+      };
+      if (shared) {
+        std::copy(shared_rows.begin() + b * k0, shared_rows.begin() + (b + 1) * k0, rows.begin());
+        eligible = shared_valid[b];
+      } else {
+        eligible = scan.run(qb, qs[b], cd, sc, off, prb.get() + b * limit, plen[b], mb, D, pf, D * sizeof(T));
+        take_rows();
+      }
+      // a capped probe list that held fewer than k eligible rows: scan every row instead
+      if (limit < C && eligible < k) {
+        scan.run(qb, qs[b], cd, sc, all_off, all_probe, 1, mb, D, pf, D * sizeof(T));
+        take_rows();
+      }
+      rescore.run(qf + b * D, cache, rows.data(), k0, row_to_id, D, k, os + b * k, oi + b * k);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> ivf_search_cpu(const at::Tensor& queries_in, const at::Tensor& centroid_scores_in,
+                                                  const at::Tensor& codes_in, const at::Tensor& scales_in,
+                                                  const at::Tensor& cluster_offsets_in, const at::Tensor& cache_in,
+                                                  const at::Tensor& row_to_id_in, const std::optional<at::Tensor>& mask_in,
+                                                  int64_t n_probe, int64_t min_rows, int64_t max_probe, int64_t k0,
+                                                  int64_t k) {
+  TORCH_CHECK(queries_in.dim() == 2 && queries_in.scalar_type() == at::kFloat,
+              "ivf_search: queries must be float32 [B, D], got ", queries_in.scalar_type(), " ", queries_in.sizes());
+  const int64_t B = queries_in.size(0), D = queries_in.size(1);
+  TORCH_CHECK(codes_in.dim() == 2 && codes_in.scalar_type() == at::kChar && codes_in.size(1) == D,
+              "ivf_search: codes must be int8 [N, D=", D, "], got ", codes_in.scalar_type(), " ", codes_in.sizes());
+  const int64_t N = codes_in.size(0);
+  TORCH_CHECK(N <= 0xFFFFFFFFLL, "ivf_search: need N < 2**32 rows (rows rank in 32 bits), got N=", N);
+  TORCH_CHECK(scales_in.scalar_type() == at::kFloat && scales_in.dim() == 1 && scales_in.size(0) == N,
+              "ivf_search: scales must be float32 [N=", N, "], got ", scales_in.scalar_type(), " ", scales_in.sizes());
+  TORCH_CHECK(cluster_offsets_in.scalar_type() == at::kLong && cluster_offsets_in.dim() == 1 &&
+                  cluster_offsets_in.size(0) >= 2,
+              "ivf_search: cluster_offsets must be int64 [C+1] with C >= 1, got ", cluster_offsets_in.scalar_type(),
+              " ", cluster_offsets_in.sizes());
+  const int64_t C = cluster_offsets_in.size(0) - 1;
+  TORCH_CHECK(C <= 0xFFFFFFFFLL, "ivf_search: need C < 2**32 clusters, got C=", C);
+  TORCH_CHECK(centroid_scores_in.dim() == 2 && centroid_scores_in.scalar_type() == at::kFloat &&
+                  centroid_scores_in.size(0) == B && centroid_scores_in.size(1) == C,
+              "ivf_search: centroid_scores must be float32 [B=", B, ", C=", C, "], got ",
+              centroid_scores_in.scalar_type(), " ", centroid_scores_in.sizes());
+  TORCH_CHECK(cache_in.dim() == 2 && cache_in.size(0) == N && cache_in.size(1) == D &&
+                  (cache_in.scalar_type() == at::kHalf || cache_in.scalar_type() == at::kBFloat16),
+              "ivf_search: cache must be float16 or bfloat16 [N=", N, ", D=", D, "], got ", cache_in.scalar_type(),
+              " ", cache_in.sizes());
+  TORCH_CHECK(row_to_id_in.dim() == 1 && row_to_id_in.size(0) == N && row_to_id_in.scalar_type() == at::kLong,
+              "ivf_search: row_to_id must be int64 [N=", N, "], got ", row_to_id_in.scalar_type(), " ",
+              row_to_id_in.sizes());
+  const int64_t W = (N + 63) / 64;
+  if (mask_in.has_value()) {
+    TORCH_CHECK(mask_in->scalar_type() == at::kLong && mask_in->dim() == 2 && mask_in->size(0) == B &&
+                    mask_in->size(1) == W,
+                "ivf_search: mask must be int64 [B, ceil(N/64)]=[", B, ", ", W, "], got ", mask_in->scalar_type(), " ",
+                mask_in->sizes());
+  }
+  TORCH_CHECK(n_probe >= 1 && min_rows >= 0 && max_probe >= 1,
+              "ivf_search: need n_probe >= 1, min_rows >= 0, max_probe >= 1, got ", n_probe, ", ", min_rows, ", ",
+              max_probe);
+  TORCH_CHECK(k >= 1 && k0 >= k, "ivf_search: need 1 <= k <= k0, got k=", k, ", k0=", k0);
+  const at::Tensor queries = queries_in.contiguous(), centroid_scores = centroid_scores_in.contiguous();
+  const at::Tensor codes = codes_in.contiguous(), scales = scales_in.contiguous();
+  const at::Tensor offsets_t = cluster_offsets_in.contiguous(), cache = cache_in.contiguous();
+  const at::Tensor row_to_id = row_to_id_in.contiguous();
+  const int64_t* off = offsets_t.data_ptr<int64_t>();
+  TORCH_CHECK(off[0] == 0 && off[C] == N, "ivf_search: cluster_offsets must start at 0 and end at N=", N, ", got ",
+              off[0], " .. ", off[C]);
+  for (int64_t c = 0; c < C; ++c) {
+    TORCH_CHECK(off[c] <= off[c + 1], "ivf_search: cluster_offsets must be non-decreasing, got ", off[c], " > ",
+                off[c + 1], " at cluster ", c);
+  }
+  at::Tensor mask_t;  // rows may be strided (one filter expanded over the batch): only words must be dense
+  if (mask_in.has_value()) mask_t = mask_in->stride(1) == 1 ? *mask_in : mask_in->contiguous();
+  const uint64_t* mk = mask_in.has_value() ? reinterpret_cast<const uint64_t*>(mask_t.data_ptr<int64_t>()) : nullptr;
+  const int64_t mask_row_stride = mask_in.has_value() ? mask_t.stride(0) : 0;
+  at::Tensor out_scores = at::full({B, k}, -std::numeric_limits<float>::infinity(), queries.options());
+  at::Tensor out_ids = at::full({B, k}, -1, offsets_t.options());
+  if (B == 0) return {out_scores, out_ids};
+  if (cache.scalar_type() == at::kHalf) {
+    search_rows<at::Half>(queries.data_ptr<float>(), centroid_scores.data_ptr<float>(), codes.data_ptr<int8_t>(),
+                          scales.data_ptr<float>(), off, cache.data_ptr<at::Half>(), row_to_id.data_ptr<int64_t>(), mk,
+                          mask_row_stride, B, C, N, D, n_probe, min_rows, max_probe, k0, k,
+                          out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>());
+  } else {
+    search_rows<at::BFloat16>(queries.data_ptr<float>(), centroid_scores.data_ptr<float>(), codes.data_ptr<int8_t>(),
+                              scales.data_ptr<float>(), off, cache.data_ptr<at::BFloat16>(),
+                              row_to_id.data_ptr<int64_t>(), mk, mask_row_stride, B, C, N, D, n_probe, min_rows,
+                              max_probe, k0, k, out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>());
+  }
+  return {out_scores, out_ids};
 }
 
 }  // namespace
@@ -861,4 +1071,5 @@ TORCH_LIBRARY_IMPL(silverrec, CPU, m) {
   m.impl("ivf_int8_topk", &silverrec::ivf_int8_topk_cpu);
   m.impl("ivf_select_probes", &silverrec::ivf_select_probes_cpu);
   m.impl("ivf_rescore_topk", &silverrec::ivf_rescore_topk_cpu);
+  m.impl("ivf_search", &silverrec::ivf_search_cpu);
 }

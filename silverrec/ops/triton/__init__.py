@@ -47,3 +47,11 @@ except ImportError:  # pragma: no cover - Triton missing or too old: no CUDA ker
     pass
 else:
     CUDA_IMPLS["quantize_int8_rowwise"] = {"CUDA": quantize_int8_rowwise_cuda}
+
+# --- ivf_search (the four kernels above in sequence) ---
+try:
+    from silverrec.ops.triton.ivf_search import ivf_search_cuda
+except ImportError:  # pragma: no cover - Triton missing or too old: no CUDA kernel registered
+    pass
+else:
+    CUDA_IMPLS["ivf_search"] = {"CUDA": ivf_search_cuda}

@@ -1,0 +1,214 @@
+"""``torch.ops.silverrec.ivf_search``: the one-op search against its reference (the four ops in sequence).
+
+The C++ kernel runs quantize, probe choice, scan (with the capped-list fallback) and re-score per
+query on one thread; every step is exact (int32 dot products, float64 re-score sums rounded once),
+so scores are compared bit for bit and ids exactly under the tie rule. The Triton part runs the
+CUDA launcher (the four Triton kernels in sequence) on CPU tensors with ``TRITON_INTERPRET=1``.
+"""
+import os
+import sys
+from typing import Optional, Tuple
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+import silverrec  # noqa: F401  (registers the ops)
+from triton_interpreter import run_under_triton_interpreter
+from silverrec.ops import ivf_int8_topk, ivf_rescore_topk, ivf_search, ivf_select_probes, quantize_int8_rowwise
+from silverrec.ops.reference import ivf_search_reference
+
+Case = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Optional[Tensor], int, int, int, int, int]
+
+
+def random_case(seed: int, B: int, N: int, D: int, C: int, k: int, extra_k0: int, n_probe: int, min_rows: int,
+                max_probe: int, density: Optional[float], integer: bool, bf16: bool = False) -> Case:
+    """Random inputs: empty clusters, tied centroid scores, permuted ids, small integers for ties."""
+    g = torch.Generator().manual_seed(seed)
+    if integer:  # equal scores everywhere: the tie rules of every step
+        emb = torch.randint(-2, 3, (N, D), generator=g).float()
+        queries = torch.randint(-2, 3, (B, D), generator=g).float()
+        centroid_scores = torch.randint(-1, 2, (B, C), generator=g).float()
+    else:
+        emb, queries, centroid_scores = (torch.randn(*s, generator=g) for s in ((N, D), (B, D), (B, C)))
+    codes, scales = quantize_int8_rowwise(emb)
+    inner = torch.sort(torch.randint(0, N + 1, (C - 1,), generator=g)).values
+    offsets = torch.cat([torch.tensor([0]), inner, torch.tensor([N])])
+    cache = emb.to(torch.bfloat16 if bf16 else torch.float16)
+    row_to_id = torch.randperm(N, generator=g) * 3 + 1
+    mask = None
+    if density is not None:
+        bits = torch.rand(B, ((N + 63) // 64) * 64, generator=g) < density
+        bits[:, N:] = False
+        mask = (bits.view(B, -1, 64).long() << torch.arange(64)).sum(2)
+    return (queries, centroid_scores, codes, scales, offsets, cache, row_to_id, mask, n_probe, min_rows, max_probe,
+            k + extra_k0, k)
+
+
+def in_sequence(queries: Tensor, centroid_scores: Tensor, codes: Tensor, scales: Tensor, offsets: Tensor, cache: Tensor,
+                row_to_id: Tensor, mask: Optional[Tensor], n_probe: int, min_rows: int, max_probe: int, k0: int,
+                k: int) -> Tuple[Tensor, Tensor]:
+    """The same search through the four single-step C++ ops (what IVFInt8Index.search ran before)."""
+    q_codes, q_scales = quantize_int8_rowwise(queries)
+    probe = ivf_select_probes(centroid_scores, offsets, mask, n_probe, min_rows, max_probe)
+    _, rows, valid = ivf_int8_topk(q_codes, q_scales, codes, scales, offsets, probe, mask, k0)
+    short = (valid < k).nonzero().flatten()
+    if max_probe < offsets.numel() - 1 and short.numel() > 0:
+        everything, all_rows = torch.zeros((short.numel(), 1), dtype=torch.int64), torch.tensor([0, codes.shape[0]])
+        _, again, _ = ivf_int8_topk(q_codes[short], q_scales[short], codes, scales, all_rows, everything,
+                                    None if mask is None else mask[short], k0)
+        rows = rows.index_copy(0, short, again)
+    return ivf_rescore_topk(queries, cache, rows, row_to_id, k)
+
+
+def assert_same(got: Tuple[Tensor, ...], want: Tuple[Tensor, ...]) -> None:
+    for name, a, b in zip(("scores", "ids"), got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape, (name, a.dtype, b.dtype, a.shape, b.shape)
+        assert torch.equal(a, b), f"{name} differ:\n{a}\n{b}"
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> Case:
+    C = draw(st.integers(1, 12))
+    n_probe = draw(st.integers(1, C))
+    return random_case(
+        seed=draw(st.integers(0, 2**31 - 1)), B=draw(st.integers(1, 6)), N=draw(st.integers(1, 300)),
+        D=draw(st.integers(1, 40)), C=C, k=draw(st.integers(1, 30)), extra_k0=draw(st.integers(0, 20)),
+        n_probe=n_probe, min_rows=draw(st.integers(0, 200)), max_probe=draw(st.integers(n_probe, C + 2)),
+        density=draw(st.sampled_from([None, 0.0, 0.05, 0.5, 1.0])), integer=draw(st.booleans()),
+        bf16=draw(st.booleans()))
+
+
+@settings(deadline=None, max_examples=150, derandomize=True)
+@given(case=cases())
+def test_cpu_matches_reference(case: Case) -> None:
+    assert_same(ivf_search(*case), ivf_search_reference(*case))
+
+
+@pytest.mark.parametrize("density", [None, 0.1, 0.01])
+@pytest.mark.parametrize("B, C, n_probe, max_probe", [(16, 120, 2, 6), (16, 120, 1, 120), (64, 10, 6, 10)])
+def test_large_cases_match_the_ops_in_sequence(B: int, C: int, n_probe: int, max_probe: int,
+                                               density: Optional[float]) -> None:
+    """Sizes of a real search (D = 131: the AVX2 loops and a scalar tail; K0 = 150), the capped
+    unfiltered list with its fallback, the all-cluster filtered list, and (64 queries on 10
+    clusters) the cluster-major scan: equal to the four ops in sequence."""
+    case = random_case(7 + B + C, B=B, N=20_000, D=131, C=C, k=100, extra_k0=50, n_probe=n_probe,
+                       min_rows=n_probe * 150 if density else 150, max_probe=max_probe, density=density,
+                       integer=False)
+    assert_same(ivf_search(*case), in_sequence(*case))
+
+
+def test_capped_probe_list_falls_back_to_every_row() -> None:
+    """A query whose capped probe list holds fewer than K eligible rows gets the best of all rows."""
+    case = list(random_case(3, B=2, N=400, D=16, C=40, k=30, extra_k0=10, n_probe=1, min_rows=0, max_probe=1,
+                            density=0.5, integer=False))
+    scores, ids = ivf_search(*case)
+    assert (ids >= 0).all()  # 40 clusters of ~10 rows, half passing: one cluster holds < 30
+    case[8:11] = [40, 0, 40]  # every cluster probed: the same top K0 by INT8 score, so the same result
+    assert_same((scores, ids), ivf_search(*case))
+    assert_same((scores, ids), ivf_search_reference(*case))
+
+
+def test_strided_mask_rows() -> None:
+    """One filter expanded over the batch (row stride 0) reads the same bits as a dense copy."""
+    case = list(random_case(5, B=1, N=3000, D=32, C=30, k=20, extra_k0=10, n_probe=2, min_rows=60, max_probe=30,
+                            density=0.2, integer=False))
+    queries = torch.randn(6, 32, generator=torch.Generator().manual_seed(1))
+    case[0], case[1] = queries, torch.randn(6, 30, generator=torch.Generator().manual_seed(2))
+    expanded = case[7].expand(6, -1)
+    case[7] = expanded
+    got = ivf_search(*case)
+    case[7] = expanded.contiguous()
+    assert_same(got, ivf_search(*case))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        (0, torch.tensor([[1.0, float("nan")]]), r"queries contains NaN/inf \(first at row 0, column 1"),
+        (0, torch.ones(1, 2, dtype=torch.float64), "queries must be float32"),
+        (1, torch.ones(1, 3), r"centroid_scores must be float32 \[B=1, C=2\]"),
+        (5, torch.ones(4, 2), "cache must be float16 or bfloat16"),
+        (6, torch.arange(3), r"row_to_id must be int64 \[N=4\]"),
+        (7, torch.zeros(1, 2, dtype=torch.int64), r"mask must be int64 \[B, ceil\(N/64\)\]"),
+        (4, torch.tensor([0, 3, 2]), "cluster_offsets must start at 0 and end at N=4"),
+        (8, 0, "need n_probe >= 1"),
+        (11, 1, r"need 1 <= k <= k0, got k=2, k0=1"),
+    ],
+)
+def test_bad_input_raises(field: int, value: object, message: str) -> None:
+    codes = torch.ones(4, 2, dtype=torch.int8)
+    args = [torch.ones(1, 2), torch.ones(1, 2), codes, torch.ones(4), torch.tensor([0, 2, 4]),
+            codes.to(torch.float16), torch.arange(4), None, 1, 0, 2, 3, 2]
+    args[field] = value
+    with pytest.raises(RuntimeError, match=message):
+        ivf_search(*args)
+
+
+def test_opcheck() -> None:
+    for density, bf16 in ((None, False), (0.3, True)):
+        case = random_case(3, B=3, N=100, D=16, C=5, k=10, extra_k0=5, n_probe=2, min_rows=20, max_probe=3,
+                           density=density, integer=True, bf16=bf16)
+        torch.library.opcheck(torch.ops.silverrec.ivf_search, case)
+
+
+def test_meta_shapes() -> None:
+    case = random_case(4, B=3, N=100, D=16, C=5, k=10, extra_k0=5, n_probe=2, min_rows=20, max_probe=5,
+                       density=0.5, integer=False)
+    meta = [a.to("meta") if isinstance(a, Tensor) else a for a in case]
+    s, i = torch.ops.silverrec.ivf_search(*meta)
+    assert (s.shape, s.dtype, i.shape, i.dtype) == ((3, 10), torch.float32, (3, 10), torch.int64)
+
+
+class _Search(torch.nn.Module):
+    def __init__(self, case: Case) -> None:
+        super().__init__()
+        for name, t in zip(("codes", "scales", "offsets", "cache", "row_to_id"), case[2:7]):
+            self.register_buffer(name, t)
+        self.params = case[8:]
+
+    def forward(self, queries: Tensor, centroid_scores: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+        return ivf_search(queries, centroid_scores, self.codes, self.scales, self.offsets, self.cache, self.row_to_id,
+                          mask, *self.params)
+
+
+def test_export_and_compile() -> None:
+    case = random_case(5, B=4, N=120, D=16, C=6, k=7, extra_k0=3, n_probe=2, min_rows=20, max_probe=6,
+                       density=0.5, integer=False)
+    module = _Search(case)
+    inputs = (case[0], case[1], case[7])
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    exported = torch.export.export(module, inputs, dynamic_shapes=({0: batch}, {0: batch}, {0: batch}))
+    for x in (inputs, tuple(t[:2] for t in inputs)):
+        assert_same(exported.module()(*x), module(*x))
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    assert_same(compiled(*inputs), module(*inputs))
+
+
+def test_triton_launcher_under_interpreter() -> None:
+    """Runs the CUDA launcher (the four Triton kernels) on CPU tensors with TRITON_INTERPRET=1."""
+    run_under_triton_interpreter(__file__, "triton ivf_search ok")
+
+
+def _triton_interpret_main() -> None:
+    """Tiny cases only: the interpreter runs every program in numpy."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit("set TRITON_INTERPRET=1 before running this script")
+    from silverrec.ops.triton.ivf_search import ivf_search_cuda
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(6):
+        B, N, D, C, k = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in
+                         ((1, 4), (1, 120), (1, 24), (1, 6), (1, 20)))
+        n_probe = int(torch.randint(1, C + 1, (1,), generator=g))
+        case = random_case(i, B, N, D, C, k, extra_k0=i, n_probe=n_probe, min_rows=(0, 30)[i % 2],
+                           max_probe=n_probe + i % 3, density=(None, 0.1, 0.6)[i % 3], integer=i % 2 == 0,
+                           bf16=i % 4 == 1)
+        assert_same(ivf_search_cuda(*case), ivf_search_reference(*case))
+    print("triton ivf_search ok")
+
+
+if __name__ == "__main__":
+    _triton_interpret_main()
