@@ -189,8 +189,13 @@ struct TopK {
   }
   // The kept keys, best first.
   const std::vector<int64_t>& finish() {
+    std::vector<int64_t>& best = kept();
+    std::sort(best.begin(), best.end(), std::greater<int64_t>());
+    return best;
+  }
+  // The kept keys in no particular order (for a caller that re-orders them anyway).
+  std::vector<int64_t>& kept() {
     if (static_cast<int64_t>(buf_.size()) > k_) compact();
-    std::sort(buf_.begin(), buf_.end(), std::greater<int64_t>());
     return buf_;
   }
   int64_t k_;
@@ -966,8 +971,8 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
       const uint64_t* mb = mk == nullptr ? nullptr : mk + b * mask_row_stride;
       const char* pf = reinterpret_cast<const char*>(cache);
       int64_t eligible;
-      auto take_rows = [&] {
-        const std::vector<int64_t>& best = scan.top.finish();
+      auto take_rows = [&] {  // the re-score orders them: no sort here
+        const std::vector<int64_t>& best = scan.top.kept();
         std::fill(rows.begin(), rows.end(), int64_t(-1));
         for (size_t i = 0; i < best.size(); ++i) rows[i] = key_id(best[i]);
       };
