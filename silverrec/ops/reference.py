@@ -4,7 +4,7 @@ Each docstring fixes the contract (shapes, padding with id -1 / score -inf, tie-
 lower id). Never registered as a kernel, never optimised, never deleted: every backend is
 tested against these functions on random inputs.
 """
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -412,17 +412,31 @@ def ivf_search_reference(
         >>> s.tolist(), i.tolist()
         ([[1.5, 1.0]], [[12, 10]])
     """
+    return ivf_search_in_steps(
+        (quantize_int8_rowwise_reference, ivf_select_probes_reference, ivf_int8_topk_reference, ivf_rescore_topk_reference),
+        queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, mask, n_probe, min_rows, max_probe,
+        k0, k)
+
+
+def ivf_search_in_steps(steps: Tuple[Callable, ...], queries: Tensor, centroid_scores: Tensor, codes: Tensor,
+                        scales: Tensor, cluster_offsets: Tensor, cache: Tensor, row_to_id: Tensor,
+                        mask: Optional[Tensor], n_probe: int, min_rows: int, max_probe: int, k0: int,
+                        k: int) -> Tuple[Tensor, Tensor]:
+    """``ivf_search`` as its four steps, given as functions with the ops' signatures: ``steps`` =
+    (quantize_int8_rowwise, ivf_select_probes, ivf_int8_topk, ivf_rescore_topk), e.g. the
+    references (the spec), the Triton launchers (the CUDA implementation) or the single ops."""
+    quantize, select_probes, int8_topk, rescore_topk = steps
     if k < 1 or k0 < k:
         raise ValueError(f"ivf_search: need 1 <= k <= k0, got k={k}, k0={k0}")
-    q_codes, q_scales = quantize_int8_rowwise_reference(queries)
-    probe = ivf_select_probes_reference(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe)
-    _, rows, valid = ivf_int8_topk_reference(q_codes, q_scales, codes, scales, cluster_offsets, probe, mask, k0)
-    C, N = cluster_offsets.numel() - 1, codes.shape[0]
-    short = (valid < k).nonzero().flatten()
-    if max_probe < C and short.numel() > 0:
-        everything = torch.zeros((short.numel(), 1), dtype=torch.int64, device=rows.device)
-        all_rows = torch.tensor([0, N], dtype=torch.int64, device=rows.device)
-        _, again, _ = ivf_int8_topk_reference(q_codes[short], q_scales[short], codes, scales, all_rows, everything,
-                                              None if mask is None else mask[short], k0)
-        rows = rows.index_copy(0, short, again)
-    return ivf_rescore_topk_reference(queries, cache, rows, row_to_id, k)
+    q_codes, q_scales = quantize(queries)
+    probe = select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe)
+    _, rows, valid = int8_topk(q_codes, q_scales, codes, scales, cluster_offsets, probe, mask, k0)
+    if max_probe < cluster_offsets.numel() - 1:
+        short = (valid < k).nonzero().flatten()  # a host sync on CUDA, in this case only
+        if short.numel() > 0:
+            everything = torch.zeros((short.numel(), 1), dtype=torch.int64, device=rows.device)
+            all_rows = torch.tensor([0, codes.shape[0]], dtype=torch.int64, device=rows.device)
+            _, again, _ = int8_topk(q_codes[short], q_scales[short], codes, scales, all_rows, everything,
+                                    None if mask is None else mask[short], k0)
+            rows = rows.index_copy(0, short, again)
+    return rescore_topk(queries, cache, rows, row_to_id, k)

@@ -18,7 +18,7 @@ from torch import Tensor
 import silverrec  # noqa: F401  (registers the ops)
 from triton_interpreter import run_under_triton_interpreter
 from silverrec.ops import ivf_int8_topk, ivf_rescore_topk, ivf_search, ivf_select_probes, quantize_int8_rowwise
-from silverrec.ops.reference import ivf_search_reference
+from silverrec.ops.reference import ivf_search_in_steps, ivf_search_reference
 
 Case = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Optional[Tensor], int, int, int, int, int]
 
@@ -47,20 +47,9 @@ def random_case(seed: int, B: int, N: int, D: int, C: int, k: int, extra_k0: int
             k + extra_k0, k)
 
 
-def in_sequence(queries: Tensor, centroid_scores: Tensor, codes: Tensor, scales: Tensor, offsets: Tensor, cache: Tensor,
-                row_to_id: Tensor, mask: Optional[Tensor], n_probe: int, min_rows: int, max_probe: int, k0: int,
-                k: int) -> Tuple[Tensor, Tensor]:
+def in_sequence(*case: object) -> Tuple[Tensor, Tensor]:
     """The same search through the four single-step C++ ops (what IVFInt8Index.search ran before)."""
-    q_codes, q_scales = quantize_int8_rowwise(queries)
-    probe = ivf_select_probes(centroid_scores, offsets, mask, n_probe, min_rows, max_probe)
-    _, rows, valid = ivf_int8_topk(q_codes, q_scales, codes, scales, offsets, probe, mask, k0)
-    short = (valid < k).nonzero().flatten()
-    if max_probe < offsets.numel() - 1 and short.numel() > 0:
-        everything, all_rows = torch.zeros((short.numel(), 1), dtype=torch.int64), torch.tensor([0, codes.shape[0]])
-        _, again, _ = ivf_int8_topk(q_codes[short], q_scales[short], codes, scales, all_rows, everything,
-                                    None if mask is None else mask[short], k0)
-        rows = rows.index_copy(0, short, again)
-    return ivf_rescore_topk(queries, cache, rows, row_to_id, k)
+    return ivf_search_in_steps((quantize_int8_rowwise, ivf_select_probes, ivf_int8_topk, ivf_rescore_topk), *case)
 
 
 def assert_same(got: Tuple[Tensor, ...], want: Tuple[Tensor, ...]) -> None:
@@ -132,6 +121,7 @@ def test_strided_mask_rows() -> None:
         (1, torch.ones(1, 3), r"centroid_scores must be float32 \[B=1, C=2\]"),
         (5, torch.ones(4, 2), "cache must be float16 or bfloat16"),
         (6, torch.arange(3), r"row_to_id must be int64 \[N=4\]"),
+        (6, torch.full((4,), 2**33), r"ivf_search: row_to_id entries must lie in \[0, 2\*\*32\)"),
         (7, torch.zeros(1, 2, dtype=torch.int64), r"mask must be int64 \[B, ceil\(N/64\)\]"),
         (4, torch.tensor([0, 3, 2]), "cluster_offsets must start at 0 and end at N=4"),
         (8, 0, "need n_probe >= 1"),

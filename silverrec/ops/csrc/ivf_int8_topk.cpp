@@ -16,8 +16,10 @@
 // strict total order does not depend on the push order.
 //
 // The same file holds the ops around the scan in a search: quantize_int8_rowwise (the query
-// codes), ivf_select_probes (probe choice by centroid order and passing-row coverage) and
-// ivf_rescore_topk (exact re-score + final top-k).
+// codes), ivf_select_probes (probe choice by centroid order and passing-row coverage),
+// ivf_rescore_topk (exact re-score + final top-k), and ivf_search, which runs all four steps
+// for each query on one thread (each step's per-query body is one struct or function here,
+// shared by the single-step op and ivf_search).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -791,8 +793,7 @@ struct Rescore {
       ids[n++] = row_to_id[r];
     }
     for (int64_t j = 0; j < n; ++j) {
-      TORCH_CHECK(ids[j] >= 0 && ids[j] <= 0xFFFFFFFFLL, "ivf_rescore_topk: row_to_id entries must lie in [0, 2**32), got ",
-                  ids[j]);
+      TORCH_CHECK(ids[j] >= 0 && ids[j] <= 0xFFFFFFFFLL, op, ": row_to_id entries must lie in [0, 2**32), got ", ids[j]);
       const float s = static_cast<float>(dot_f64<T>(local.data() + j * D, qd.data(), D));
       cand.push_back(rank_key(s, ids[j]));  // the score is recovered from the key's high word
     }
@@ -806,6 +807,7 @@ struct Rescore {
       oi[i] = key_id(cand[i]);
     }
   }
+  const char* op = "ivf_rescore_topk";  // names the op in errors
   std::vector<double> qd;
   std::vector<int64_t> cand, ids;
   std::vector<T> local;
@@ -965,6 +967,7 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
   at::parallel_for(0, query_threads(B, 1, 1), 1, [&](int64_t, int64_t) {
     QueryScan scan(C, k0);
     Rescore<T> rescore;
+    rescore.op = "ivf_search";
     std::vector<int64_t> rows(k0);
     for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
       const int8_t* qb = q.data() + b * D;
