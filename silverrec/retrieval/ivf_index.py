@@ -185,21 +185,17 @@ class IVFInt8Index:
             min_rows, max_probe = k0, min(C, n_probe + _EXTRA_PROBES)
         else:
             min_rows, max_probe = n_probe * k0, C
-        if rescore:
-            # one op: query codes, probes, scan (a query whose capped probe list held fewer than
-            # k rows scans all; a list that stopped before the cap covered min_rows = K0 >= k
-            # rows), exact re-score
-            try:
+        try:
+            if rescore:
+                # one op: query codes, probes, scan (a query whose capped probe list held fewer
+                # than k rows scans all; a list that stopped before the cap covered
+                # min_rows = K0 >= k rows), exact re-score
                 return SearchResult(*torch.ops.silverrec.ivf_search(
                     q, centroid_scores, self.codes, self.scales, self.cluster_offsets, self.cache, self.row_to_id,
                     packed, n_probe, min_rows, max_probe, k0, k))
-            except RuntimeError:
-                _check_embeddings(q, "queries")  # NaN/inf: the ValueError naming the first bad value
-                raise
-        try:
             q_codes, q_scales = torch.ops.silverrec.quantize_int8_rowwise(q)  # one op, not ~10
         except RuntimeError:
-            _check_embeddings(q, "queries")
+            _check_embeddings(q, "queries")  # NaN/inf: the ValueError naming the first bad value
             raise
         probe = torch.ops.silverrec.ivf_select_probes(centroid_scores, self.cluster_offsets, packed, n_probe, min_rows, max_probe)
         scores, rows, valid = torch.ops.silverrec.ivf_int8_topk(
