@@ -235,6 +235,27 @@ inline void dot_i8_x4(const int8_t* row, const int8_t* const* q, int64_t D, int3
   }
 }
 
+// Whether the queries of a batch share their probed clusters enough for the cluster-major scan:
+// (query, cluster) pairs per distinct probed cluster >= kShareRatio (1.0 means no sharing), with
+// at least 4 queries. prb [B, P] holds each query's clusters in its first plen[b] entries (-1 skipped).
+bool clusters_shared(const int64_t* prb, const int64_t* plen, int64_t B, int64_t C, int64_t P) {
+  if (B < 4) return false;
+  std::vector<uint8_t> probed(C, 0);
+  int64_t pairs = 0, distinct = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t p = 0; p < plen[b]; ++p) {
+      const int64_t c = prb[b * P + p];
+      if (c < 0) continue;
+      ++pairs;
+      if (!probed[c]) {
+        probed[c] = 1;
+        ++distinct;
+      }
+    }
+  }
+  return pairs >= kShareRatio * distinct;
+}
+
 // Cluster-major scan, used when the queries of a batch share probed clusters: each probed cluster
 // is read once for all the queries probing it (rows x 4 queries per step, see dot_i8_x4), and
 // each thread keeps its own running top-k per query; the per-thread top-ks are merged at the end.
@@ -510,26 +531,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
   const float* sc = scales.data_ptr<float>();
   const uint64_t* mk = mask_in.has_value() ? reinterpret_cast<const uint64_t*>(mask_t.data_ptr<int64_t>()) : nullptr;
 
-  // Queries sharing clusters: read each probed cluster once for all its queries. Counted as
-  // (query, cluster) pairs per distinct probed cluster; 1.0 means no sharing at all.
-  {
-    std::vector<uint8_t> probed(C, 0);
-    int64_t pairs = 0, distinct = 0;
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t p = 0; p < plen[b]; ++p) {
-        const int64_t c = prb[b * P + p];
-        if (c < 0) continue;
-        ++pairs;
-        if (!probed[c]) {
-          probed[c] = 1;
-          ++distinct;
-        }
-      }
-    }
-    if (B >= 4 && pairs >= kShareRatio * distinct) {
-      scan_cluster_major(q, qs, cd, sc, off, prb, plen.data(), mk, mask_row_stride, B, C, P, D, k, os, orw, ov);
-      return {out_scores, out_rows, out_valid};
-    }
+  // Queries sharing clusters: read each probed cluster once for all its queries.
+  if (clusters_shared(prb, plen.data(), B, C, P)) {
+    scan_cluster_major(q, qs, cd, sc, off, prb, plen.data(), mk, mask_row_stride, B, C, P, D, k, os, orw, ov);
+    return {out_scores, out_rows, out_valid};
   }
   std::atomic<int64_t> counter{0};
   at::parallel_for(0, query_threads(B, 1, 1), 1, [&](int64_t, int64_t) {
@@ -939,26 +944,12 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
   // 2. queries sharing clusters: the cluster-major scan for all of them (see ivf_int8_topk_cpu)
   std::vector<float> shared_scores;
   std::vector<int64_t> shared_rows, shared_valid;
-  {
-    std::vector<uint8_t> probed(C, 0);
-    int64_t pairs = 0, distinct = 0;
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t p = 0; p < plen[b]; ++p) {
-        const int64_t c = prb[b * limit + p];
-        ++pairs;
-        if (!probed[c]) {
-          probed[c] = 1;
-          ++distinct;
-        }
-      }
-    }
-    if (B >= 4 && pairs >= kShareRatio * distinct) {
-      shared_scores.assign(B * k0, -std::numeric_limits<float>::infinity());
-      shared_rows.assign(B * k0, -1);
-      shared_valid.assign(B, 0);
-      scan_cluster_major(q.data(), qs.data(), cd, sc, off, prb.get(), plen.data(), mk, mask_row_stride, B, C, limit, D,
-                         k0, shared_scores.data(), shared_rows.data(), shared_valid.data());
-    }
+  if (clusters_shared(prb.get(), plen.data(), B, C, limit)) {
+    shared_scores.assign(B * k0, -std::numeric_limits<float>::infinity());
+    shared_rows.assign(B * k0, -1);
+    shared_valid.assign(B, 0);
+    scan_cluster_major(q.data(), qs.data(), cd, sc, off, prb.get(), plen.data(), mk, mask_row_stride, B, C, limit, D,
+                       k0, shared_scores.data(), shared_rows.data(), shared_valid.data());
   }
   // 3. per query: the scan, the fallback, the re-score
   const bool shared = !shared_rows.empty();
