@@ -17,10 +17,32 @@ _library.register(FAKE_IMPLS)
 try:
     from silverrec import _C  # noqa: F401  (registers the CPU kernels)
 except ImportError as _err:  # pragma: no cover - only when the extension was not built
+    if "SILVERREC_CPU_ISA" in str(_err):  # built, but told to take a path it refuses
+        raise
     raise ImportError(
         "silverrec's C++ kernels (silverrec._C) are not built; run `make build` "
         "(or `pip install --no-build-isolation -e .`) in the repository"
     ) from _err
+
+
+
+def cpu_isa() -> str:
+    """The CPU code path of the C++ kernels: ``"avx512_vnni"`` or ``"avx2"``.
+
+    Chosen once per process from the CPU's features (AVX-512 F/BW/VL/VNNI where present, else
+    the AVX2 baseline); the environment variable ``SILVERREC_CPU_ISA=avx2`` (or
+    ``avx512_vnni``) forces one, e.g. to test both paths on one machine.
+
+    Returns:
+        str: the path's name.
+
+    Example::
+
+        >>> cpu_isa() in ("avx2", "avx512_vnni")
+        True
+    """
+    return _C.cpu_isa()
+
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 if HAS_TRITON and torch.cuda.is_available():  # pragma: no cover - GPU machines only
