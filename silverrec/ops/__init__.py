@@ -273,7 +273,7 @@ def ivf_search(
     max_probe: int,
     k0: int,
     k: int,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A whole IVF-INT8 search in one op: query codes, probe choice, scan, exact re-score.
 
     Calls ``torch.ops.silverrec.ivf_search``. On CPU one C++ kernel runs each query's steps on
@@ -282,15 +282,18 @@ def ivf_search(
     kernels in sequence (:func:`quantize_int8_rowwise`, :func:`ivf_select_probes`,
     :func:`ivf_int8_topk`, :func:`ivf_rescore_topk`). The spec is
     ``silverrec.ops.reference.ivf_search_reference``; results equal the four ops in sequence.
+    :class:`silverrec.retrieval.ivf_index.IVFInt8Index` is the layer that calls it (its
+    ``forward`` in the serving graph, its ``search`` for FAISS-style use).
 
     Args:
-        queries (Tensor): float32 ``[B, D]`` (finite; the C++ kernel raises on NaN/inf).
-        centroid_scores (Tensor): float32 ``[B, C]``, e.g. ``queries @ centroids.T``.
+        queries (Tensor): float32 ``[B, D]``, or ``[B, T, D]``: groups of T queries sharing
+            their mask row (e.g. a user's task heads), read in place (finite; NaN/inf raise).
+        centroid_scores (Tensor): float32 ``[B, C]`` (or ``[B, T, C]``), e.g. ``queries @ centroids.T``.
         codes (Tensor): int8 ``[N, D]`` item codes in cluster-sorted row order.
         scales (Tensor): float32 ``[N]`` item scales.
         cluster_offsets (Tensor): int64 ``[C + 1]``.
         cache (Tensor): float16 or bfloat16 ``[N, D]`` item embeddings in row order.
-        row_to_id (Tensor): int64 ``[N]`` external id of each row (``< 2**32``).
+        row_to_id (Tensor): int64 ``[N]`` distinct external id of each row (``< 2**32``).
         mask (Optional[Tensor]): int64 ``[B, ceil(N / 64)]`` packed filter bits in row order, or ``None``.
         n_probe (int): clusters always probed.
         min_rows (int): passing rows the probes must cover (more clusters are taken until they do).
@@ -300,17 +303,18 @@ def ivf_search(
         k (int): K, results per query.
 
     Returns:
-        Tuple[Tensor, Tensor]: ``scores`` float32 ``[B, K]`` and ``ids`` int64 ``[B, K]``,
-        best-first (equal scores: lower id first), padded with ``-inf`` / ``-1``.
+        Tuple[Tensor, Tensor, Tensor]: ``scores`` float32 (exact), ``ids`` int64 and ``rows``
+        int64 (index row of each result), ``[B, K]`` (or ``[B, T, K]``), best-first (equal
+        scores: lower id first), padded with ``-inf`` / ``-1`` / ``-1``.
 
     Example::
 
         >>> codes = torch.tensor([[1, 0], [0, 1], [1, 1]], dtype=torch.int8)
-        >>> s, i = ivf_search(torch.tensor([[1.0, 0.5]]), torch.tensor([[0.0, 1.0]]), codes,
+        >>> s, i, r = ivf_search(torch.tensor([[1.0, 0.5]]), torch.tensor([[0.0, 1.0]]), codes,
         ...     torch.ones(3), torch.tensor([0, 2, 3]), codes.to(torch.float16),
         ...     torch.tensor([10, 11, 12]), None, 1, 0, 1, 2, 2)
-        >>> s.tolist(), i.tolist()
-        ([[1.5, 1.0]], [[12, 10]])
+        >>> s.tolist(), i.tolist(), r.tolist()
+        ([[1.5, 1.0]], [[12, 10]], [[2, 0]])
     """
     return torch.ops.silverrec.ivf_search(queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id,
                                           mask, n_probe, min_rows, max_probe, k0, k)

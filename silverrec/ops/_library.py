@@ -37,7 +37,7 @@ SCHEMAS: Dict[str, str] = {
     "ivf_search": (
         "ivf_search(Tensor queries, Tensor centroid_scores, Tensor codes, Tensor scales, Tensor cluster_offsets, "
         "Tensor cache, Tensor row_to_id, Tensor? mask, int n_probe, int min_rows, int max_probe, int k0, int k) "
-        "-> (Tensor, Tensor)"
+        "-> (Tensor, Tensor, Tensor)"
     ),
 }
 

@@ -164,19 +164,25 @@ def ivf_search_fake(
     k0: int,
     k: int,
 ) -> Tuple[Tensor, Tensor]:
-    """Shapes of ``ivf_search``: ``scores [B, K]`` float32 and ``ids [B, K]`` int64."""
-    torch._check(queries.dtype == torch.float32 and queries.dim() == 2,
-                 lambda: f"ivf_search: queries must be float32 [B, D], got {queries.dtype} {tuple(queries.shape)}")
-    B, D = queries.shape
+    """Shapes of ``ivf_search``: ``scores`` float32, ``ids`` and ``rows`` int64, each ``[B, K]``
+    (or ``[B, T, K]`` for grouped queries ``[B, T, D]``)."""
+    torch._check(queries.dtype == torch.float32 and queries.dim() in (2, 3),
+                 lambda: f"ivf_search: queries must be float32 [B, D] or [B, T, D], got {queries.dtype} "
+                         f"{tuple(queries.shape)}")
+    lead, D = tuple(queries.shape[:-1]), queries.shape[-1]
     C = cluster_offsets.shape[0] - 1
-    torch._check(centroid_scores.dim() == 2 and centroid_scores.shape[0] == B and centroid_scores.shape[1] == C,
-                 lambda: f"ivf_search: centroid_scores must be [B={B}, C={C}], got {tuple(centroid_scores.shape)}")
+    torch._check(tuple(centroid_scores.shape) == lead + (C,),
+                 lambda: f"ivf_search: centroid_scores must be {list(lead) + [C]}, got {tuple(centroid_scores.shape)}")
     torch._check(codes.dtype == torch.int8 and codes.dim() == 2 and codes.shape[1] == D,
                  lambda: f"ivf_search: codes must be int8 [N, D={D}], got {codes.dtype} {tuple(codes.shape)}")
     torch._check(cache.dtype in (torch.float16, torch.bfloat16) and tuple(cache.shape) == tuple(codes.shape),
                  lambda: f"ivf_search: cache must be float16/bfloat16 [N, D], got {cache.dtype} {tuple(cache.shape)}")
     torch._check(1 <= k <= k0, lambda: f"ivf_search: need 1 <= k <= k0, got k={k}, k0={k0}")
-    return queries.new_empty((B, k)), queries.new_empty((B, k), dtype=torch.int64)
+    if mask is not None:
+        torch._check(mask.dim() == 2 and mask.shape[0] == lead[0],
+                     lambda: f"ivf_search: mask must be int64 [B={lead[0]}, W], got {tuple(mask.shape)}")
+    out = lead + (k,)
+    return queries.new_empty(out), queries.new_empty(out, dtype=torch.int64), queries.new_empty(out, dtype=torch.int64)
 
 
 FAKE_IMPLS["ivf_search"] = {"Meta": ivf_search_fake}

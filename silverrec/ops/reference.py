@@ -376,7 +376,7 @@ def ivf_search_reference(
     max_probe: int,
     k0: int,
     k: int,
-) -> Tuple[Tensor, Tensor]:
+) -> Tuple[Tensor, Tensor, Tensor]:
     """Spec of ``torch.ops.silverrec.ivf_search``: a whole IVF-INT8 search, the four ops in sequence.
 
     1. ``q_codes, q_scales = quantize_int8_rowwise(queries)``;
@@ -385,32 +385,38 @@ def ivf_search_reference(
        when ``max_probe < C`` (a capped probe list), a query with fewer than ``k`` eligible rows
        is scanned again over every row (still under its mask), so it returns ``k`` results when
        ``k`` rows pass;
-    4. ``ivf_rescore_topk(queries, cache, rows, row_to_id, k)``.
+    4. ``ivf_rescore_topk(queries, cache, rows, row_to_id, k)``, and the row of each result.
+
+    Queries may come in groups that share a mask row: ``queries [B, T, D]`` with
+    ``centroid_scores [B, T, C]`` and ``mask [B, W]`` is the search of the ``B * T`` queries
+    with mask row ``b`` repeated for the ``T`` queries of group ``b`` (e.g. the task heads of
+    one user under the user's filter); the outputs are then ``[B, T, K]``.
 
     Args:
-        queries (Tensor): float32 ``[B, D]`` (finite).
-        centroid_scores (Tensor): float32 ``[B, C]``, e.g. ``queries @ centroids.T``.
+        queries (Tensor): float32 ``[B, D]`` or ``[B, T, D]`` (finite).
+        centroid_scores (Tensor): float32 ``[B, C]`` or ``[B, T, C]``, e.g. ``queries @ centroids.T``.
         codes, scales, cluster_offsets: the INT8 index (see :func:`ivf_int8_topk_reference`).
         cache (Tensor): float16 or bfloat16 ``[N, D]`` item embeddings in row order.
-        row_to_id (Tensor): int64 ``[N]`` external id of each row (``< 2**32``).
+        row_to_id (Tensor): int64 ``[N]`` distinct external id of each row (``< 2**32``).
         mask (Optional[Tensor]): int64 ``[B, ceil(N / 64)]`` packed filter bits, or ``None``.
         n_probe, min_rows, max_probe: the probe choice (see :func:`ivf_select_probes_reference`).
         k0 (int): K0 >= K, INT8 candidates re-scored.
         k (int): K, results per query.
 
     Returns:
-        Tuple[Tensor, Tensor]: ``scores`` float32 ``[B, K]`` and ``ids`` int64 ``[B, K]``,
-        best-first (equal scores: lower id first), padded with ``-inf`` / ``-1``.
+        Tuple[Tensor, Tensor, Tensor]: ``scores`` float32, ``ids`` int64 and ``rows`` int64
+        (the index row of each result), each ``[B, K]`` (or ``[B, T, K]``), best-first (equal
+        scores: lower id first), padded with ``-inf`` / ``-1`` / ``-1``.
 
     Example::
 
         >>> codes = torch.tensor([[1, 0], [0, 1], [1, 1]], dtype=torch.int8)
         >>> cache = codes.to(torch.float16)
-        >>> s, i = ivf_search_reference(torch.tensor([[1.0, 0.5]]), torch.tensor([[0.0, 1.0]]),
+        >>> s, i, r = ivf_search_reference(torch.tensor([[1.0, 0.5]]), torch.tensor([[0.0, 1.0]]),
         ...     codes, torch.ones(3), torch.tensor([0, 2, 3]), cache, torch.tensor([10, 11, 12]),
         ...     None, 1, 0, 1, 2, 2)  # probes cluster 1 (row 2) only: fewer than k=2 rows, so all
-        >>> s.tolist(), i.tolist()
-        ([[1.5, 1.0]], [[12, 10]])
+        >>> s.tolist(), i.tolist(), r.tolist()
+        ([[1.5, 1.0]], [[12, 10]], [[2, 0]])
     """
     return ivf_search_in_steps(
         (quantize_int8_rowwise_reference, ivf_select_probes_reference, ivf_int8_topk_reference, ivf_rescore_topk_reference),
@@ -421,13 +427,19 @@ def ivf_search_reference(
 def ivf_search_in_steps(steps: Tuple[Callable, ...], queries: Tensor, centroid_scores: Tensor, codes: Tensor,
                         scales: Tensor, cluster_offsets: Tensor, cache: Tensor, row_to_id: Tensor,
                         mask: Optional[Tensor], n_probe: int, min_rows: int, max_probe: int, k0: int,
-                        k: int) -> Tuple[Tensor, Tensor]:
+                        k: int) -> Tuple[Tensor, Tensor, Tensor]:
     """``ivf_search`` as its four steps, given as functions with the ops' signatures: ``steps`` =
     (quantize_int8_rowwise, ivf_select_probes, ivf_int8_topk, ivf_rescore_topk), e.g. the
     references (the spec), the Triton launchers (the CUDA implementation) or the single ops."""
     quantize, select_probes, int8_topk, rescore_topk = steps
     if k < 1 or k0 < k:
         raise ValueError(f"ivf_search: need 1 <= k <= k0, got k={k}, k0={k0}")
+    if queries.dim() == 3:  # [B, T, D]: group b's T queries share mask row b
+        B, T, D = queries.shape
+        flat_mask = None if mask is None else mask.repeat_interleave(T, dim=0)
+        out = ivf_search_in_steps(steps, queries.reshape(B * T, D), centroid_scores.reshape(B * T, -1), codes, scales,
+                                  cluster_offsets, cache, row_to_id, flat_mask, n_probe, min_rows, max_probe, k0, k)
+        return tuple(x.reshape(B, T, k) for x in out)
     q_codes, q_scales = quantize(queries)
     probe = select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe)
     _, rows, valid = int8_topk(q_codes, q_scales, codes, scales, cluster_offsets, probe, mask, k0)
@@ -439,4 +451,9 @@ def ivf_search_in_steps(steps: Tuple[Callable, ...], queries: Tensor, centroid_s
             _, again, _ = int8_topk(q_codes[short], q_scales[short], codes, scales, all_rows, everything,
                                     None if mask is None else mask[short], k0)
             rows = rows.index_copy(0, short, again)
-    return rescore_topk(queries, cache, rows, row_to_id, k)
+    scores, ids = rescore_topk(queries, cache, rows, row_to_id, k)
+    # the row of each result: the candidate whose id it is (ids are distinct)
+    cand_ids = torch.where(rows >= 0, row_to_id[rows.clamp(min=0)], -1)  # [B, K0]
+    match = (ids.unsqueeze(2) == cand_ids.unsqueeze(1)) & (ids >= 0).unsqueeze(2)  # [B, K, K0]
+    out_rows = torch.where(match.any(2), rows.gather(1, match.int().argmax(2)), -1)
+    return scores, ids, out_rows

@@ -1,4 +1,5 @@
-"""Merging the candidate lists of several tasks into one de-duplicated list per query."""
+"""Candidate lists: the best K of scored lists under the tie rule, and merging the lists of
+several tasks into one de-duplicated list per query."""
 import torch
 from torch import Tensor
 
@@ -31,3 +32,31 @@ def merge_candidates(rows: Tensor) -> Tensor:
     keep = (s >= 0) & ~repeat
     out = s.masked_fill(~keep, _DROPPED).sort(dim=1).values
     return out.masked_fill(out == _DROPPED, -1)
+
+
+def best_by_score(scores: Tensor, ids: Tensor, k: int) -> Tensor:
+    """Positions of the ``k`` best candidates along the last dimension, under the tie rule of
+    every search here: higher score first, equal scores (-0.0 == +0.0) by lower id, padding
+    (id -1) last.
+
+    One ``topk`` over an int64 key: the float's bits mapped to a signed-monotone int32 in the
+    high word, ``2**32 - 1 - id`` in the low word (ids < 2**32).
+
+    Args:
+        scores (Tensor): float32 ``[..., M]`` (not NaN).
+        ids (Tensor): int64 ``[..., M]`` candidate ids, -1 = padding.
+        k (int): K <= M.
+
+    Returns:
+        Tensor: int64 ``[..., K]`` positions into the last dimension, best first.
+
+    Example::
+
+        >>> best_by_score(torch.tensor([[1.0, 2.0, 2.0, float("-inf")]]), torch.tensor([[4, 9, 7, -1]]), 3).tolist()
+        [[2, 1, 0]]
+    """
+    s = scores + 0.0  # -0.0 -> +0.0, so both zeros tie
+    bits = s.view(torch.int32)
+    fkey = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    low = 0xFFFFFFFF - torch.where(ids >= 0, ids, 0xFFFFFFFF)
+    return torch.topk((fkey.to(torch.int64) << 32) | low, k, dim=-1).indices

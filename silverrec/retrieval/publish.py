@@ -79,7 +79,7 @@ def serving_metadata(graph: RetrievalGraph, schema: Schema, config: ServingConfi
         "value_formula": graph.scorer.value_model.formula,
         "has_over_arch": graph.scorer.over_arch is not None,
         "serving_config": dataclasses.asdict(config),
-        "dim": int(graph.cache.shape[1]),
+        "dim": int(graph.index.cache.shape[1]),
         "quantization": config.quantization,
         "filter": {
             "bit_rows": int(bloom.bits.shape[0]),

@@ -8,6 +8,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.quantize_int8_rowwise)
+
 QMAX = 127
 
 
@@ -41,15 +43,7 @@ def quantize_int8_per_item(x: Tensor) -> Tuple[Tensor, Tensor]:
         ([[64, -127], [127, 0]], [0.007874015718698502, 0.015748031437397003])
     """
     _check_embeddings(x, "x")
-    return _quantize_rows(x.float())
-
-
-def _quantize_rows(x: Tensor) -> Tuple[Tensor, Tensor]:
-    """Per-row symmetric INT8 of a float32 [N, D] tensor already known to be finite (no checks)."""
-    amax = x.abs().amax(dim=1)  # [N]
-    scales = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
-    codes = torch.round(x / scales[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
-    return codes, scales
+    return torch.ops.silverrec.quantize_int8_rowwise(x.float().contiguous())  # the one per-row quantizer
 
 
 def quantize_int8_global(x: Tensor) -> Tuple[Tensor, Tensor]:

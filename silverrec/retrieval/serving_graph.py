@@ -4,19 +4,25 @@ Data flow (B queries, T tasks, K0 candidates per task, M = T * K0, K results)::
 
     user_ids [B, S] ─► PaddedEncoder ─► u [B, T, D]
     filter plan ─► bloom_search over all rows ─► packed mask [B, W]  (minus excluded and deleted items)
-    u ─► centroid scores ─► probed clusters per (query, task) ─► ivf_int8_topk (+mask) ─► [B, T, K0]
-    u ─► fresh index (inputs): bloom_search + ivf_int8_topk over its rows ─► [B, T, K0]
-      ─► best K0 of both per task ─► merge_candidates ─► [B, M] ─► fp16 cache re-score + OverArch
+    u, mask ─► IVFInt8Index layer (ivf_search: the T task queries of a user share its mask row)
+      ─► K0 exactly re-scored candidates per task [B, T, K0]
+    u ─► fresh index (inputs): bloom_search + the same ivf_search op over its rows ─► [B, T, K0]
+      ─► best K0 of both per task by exact score ─► merge_candidates ─► [B, M] ─► OverArch
          (an OverArch with side features also reads the history slots of user_ids and the item ids)
       ─► task predictions [B, M, T] ─► exact filter check ─► Value Model ─► top-K by value
 
 Fixed output shapes, no host syncs, no data-dependent Python control flow, so the module passes
-``torch.export`` with a dynamic batch. The probe count adapts per query without leaving the
-graph (``ivf_select_probes``): a query probes its ``n_probe`` best clusters, then more in centroid
-order until the probed clusters cover as many rows passing its filter as ``n_probe`` clusters hold
-on average (counted exactly per cluster; at most all clusters: a filtered exhaustive scan), so a
-strict filter is not starved. Items in a query's ``exclude`` list are cleared from its mask
-before the scan, so they never take a candidate slot.
+``torch.export`` with a dynamic batch. The ANN stage is the index layer's forward, the code path
+of ``IVFInt8Index.search`` and of the ANN benchmark, with its probe policy
+(:func:`silverrec.retrieval.probe_policy.probe_plan`): a query probes its ``n_probe`` best
+clusters, then more in centroid order until the probed clusters cover as many rows passing its
+filter as ``n_probe`` clusters hold on average (counted exactly per cluster; at most all
+clusters: a filtered exhaustive scan), so a strict filter is not starved. The graph always has a
+mask, so it always takes that branch. Items in a query's ``exclude`` list are cleared from its
+mask before the scan, so they never take a candidate slot.
+
+The Bloom filter runs over all N rows, before the probe choice, not over the probed clusters
+only: the probe choice needs each cluster's count of passing rows, so it needs the whole mask.
 
 Items added, updated or deleted after publish come in as inputs (:mod:`silverrec.retrieval.fresh_index`):
 tombstones hide main rows, and the fresh rows are scanned beside the main ones (rows ``N + f``).
@@ -32,9 +38,9 @@ from silverrec.models.candidate_scorer import CandidateScorer
 from silverrec.models.padded_encoder import PaddedEncoder
 from silverrec.retrieval.bloom_index import BloomIndex
 from silverrec.retrieval.attribute_table import holds_terms, run_filter_program
-from silverrec.retrieval.candidates import merge_candidates
+from silverrec.retrieval.candidates import best_by_score, merge_candidates
 from silverrec.retrieval.ivf_index import IVFInt8Index
-from silverrec.retrieval.quantize import _quantize_rows
+from silverrec.retrieval.probe_policy import rescore_candidates
 from silverrec.schema import HISTORY, user_key
 
 
@@ -131,16 +137,12 @@ class RetrievalGraph(nn.Module):
         self.user_encoder = user_encoder
         self.scorer = scorer
         self.bloom = bloom
+        self.index = index
         self.k, self.k0, self.n_probe = k, candidates_per_task, n_probe
         self.num_tasks = num_tasks
         self.num_items, self.num_clusters = index.num_items, index.num_clusters
-        self.min_rows = max(candidates_per_task, round(n_probe * index.num_items / index.num_clusters))
-        self.register_buffer("centroids_t", index.centroids.T.contiguous().float())
-        self.register_buffer("cluster_offsets", index.cluster_offsets.clone())
-        self.register_buffer("codes", index.codes)
-        self.register_buffer("scales", index.scales)
-        self.register_buffer("cache", index.cache)
-        self.register_buffer("row_to_item", index.row_to_id.clone())
+        # the fresh rows' search: one cluster, scanned whole, with the main index's K0 re-scored
+        self.fresh_k0 = rescore_candidates(candidates_per_task)
         num_ids = index.num_items if num_item_ids is None else num_item_ids
         if int(index.row_to_id.max()) >= num_ids or index.row_to_id.unique().numel() != index.num_items:
             raise ValueError(f"the index rows must hold distinct item ids in [0, {num_ids}), got ids up to "
@@ -165,40 +167,32 @@ class RetrievalGraph(nn.Module):
         zero_probe = user_ids.new_zeros((B, 1))
         mask = self.bloom(opcodes, terms, hashes, zero_probe, self.all_rows)  # [B, W]
         mask = mask & ~self._excluded_words(exclude, mask) & ~deleted
-        f_rows_range = torch.arange(2, device=u.device) * F  # [0, F]
+        f_rows_range = torch.arange(2, device=u.device) * F  # [0, F]: the fresh rows are one cluster
         f_mask = torch.ops.silverrec.bloom_search(fresh_bits, opcodes, terms, hashes, fresh_posting_offsets,
                                                    fresh_posting_rows, zero_probe, f_rows_range) & fresh_live
-        # probes per (query, task): the n_probe best clusters, then more in centroid order until
-        # they cover as many rows passing the query's mask as n_probe clusters hold on average
-        # (all clusters for a very strict filter); exact per-cluster counts, no host sync
-        q = u.reshape(B * T, D).float()
-        mask_q = mask.repeat_interleave(T, dim=0)
-        probe = torch.ops.silverrec.ivf_select_probes(q @ self.centroids_t, self.cluster_offsets, mask_q, self.n_probe,
-                                                      self.min_rows, self.num_clusters)
-        q_codes, q_scales = _quantize_rows(q)
-        main_s, main_r, _ = torch.ops.silverrec.ivf_int8_topk(
-            q_codes, q_scales, self.codes, self.scales, self.cluster_offsets, probe, mask_q, self.k0
-        )
-        fresh_s, fresh_r, _ = torch.ops.silverrec.ivf_int8_topk(
-            q_codes, q_scales, fresh_codes, fresh_scales, f_rows_range, zero_probe.repeat_interleave(T, dim=0),
-            f_mask.repeat_interleave(T, dim=0), self.k0
-        )
-        # the best K0 of main and fresh rows per (query, task); fresh rows are numbered N + f
-        both_s = torch.cat([main_s, fresh_s], dim=1)
-        both_r = torch.cat([main_r, torch.where(fresh_r >= 0, fresh_r + N, -1)], dim=1)
-        best = torch.topk(both_s, self.k0, dim=1).indices
-        rows = merge_candidates(both_r.gather(1, best).reshape(B, T * self.k0))  # [B, M]
+        # the ANN stage: K0 exactly re-scored candidates per (user, task), the T task queries of
+        # a user reading its mask row in place; then the same op over the fresh rows
+        q = u.float()
+        main_s, main_i, main_r = self.index(q, mask, self.k0, self.n_probe)  # [B, T, K0]
+        fresh_s, fresh_i, fresh_r = torch.ops.silverrec.ivf_search(
+            q, q.new_zeros((B, T, 1)), fresh_codes, fresh_scales, f_rows_range, fresh_cache, fresh_item_ids, f_mask,
+            1, 0, 1, self.fresh_k0, self.k0)
+        # the best K0 of main and fresh rows per (user, task) by exact score; fresh rows are N + f
+        both_r = torch.cat([main_r, torch.where(fresh_r >= 0, fresh_r + N, -1)], dim=2)
+        best = best_by_score(torch.cat([main_s, fresh_s], dim=2), torch.cat([main_i, fresh_i], dim=2), self.k0)
+        rows = merge_candidates(both_r.gather(2, best).reshape(B, T * self.k0))  # [B, M]
         is_fresh = rows >= N
         main_rows, fresh_rows = rows.clamp(0, N - 1), (rows - N).clamp(0, F - 1)
-        item = torch.where(is_fresh, fresh_item_ids[fresh_rows], self.row_to_item[main_rows])
+        item = torch.where(is_fresh, fresh_item_ids[fresh_rows], self.index.row_to_id[main_rows])
         # exact filter check: each candidate's terms from its index's table, then one program run
         held = torch.where(is_fresh.unsqueeze(-1), fresh_row_terms[fresh_rows], self.bloom.table.row_terms[main_rows])
         passes = run_filter_program(opcodes, holds_terms(held, terms))
         # excluded main rows were already cleared from the mask; this catches excluded fresh items
         excluded = (item.unsqueeze(2) == exclude.unsqueeze(1)).any(2)
         valid = (rows >= 0) & passes & ~excluded
-        # fp16 cache re-score (index_select: ~7x faster than advanced indexing on float16 CPU tensors)
-        v_main = self.cache.index_select(0, main_rows.flatten()).view(B, -1, D)
+        # the candidates' fp16 cache rows for the OverArch (index_select: ~7x faster than
+        # advanced indexing on float16 CPU tensors)
+        v_main = self.index.cache.index_select(0, main_rows.flatten()).view(B, -1, D)
         v_fresh = fresh_cache.index_select(0, fresh_rows.flatten()).view(B, -1, D)
         v = torch.where(is_fresh.unsqueeze(-1), v_fresh, v_main).float()
         history = user_ids[:, self.history_start:self.history_end]  # [B, L]

@@ -47,13 +47,14 @@ def random_case(seed: int, B: int, N: int, D: int, C: int, k: int, extra_k0: int
             k + extra_k0, k)
 
 
-def in_sequence(*case: object) -> Tuple[Tensor, Tensor]:
+def in_sequence(*case: object) -> Tuple[Tensor, Tensor, Tensor]:
     """The same search through the four single-step C++ ops (what IVFInt8Index.search ran before)."""
     return ivf_search_in_steps((quantize_int8_rowwise, ivf_select_probes, ivf_int8_topk, ivf_rescore_topk), *case)
 
 
 def assert_same(got: Tuple[Tensor, ...], want: Tuple[Tensor, ...]) -> None:
-    for name, a, b in zip(("scores", "ids"), got, want):
+    assert len(got) == len(want) == 3
+    for name, a, b in zip(("scores", "ids", "rows"), got, want):
         assert a.dtype == b.dtype and a.shape == b.shape, (name, a.dtype, b.dtype, a.shape, b.shape)
         assert torch.equal(a, b), f"{name} differ:\n{a}\n{b}"
 
@@ -93,11 +94,40 @@ def test_capped_probe_list_falls_back_to_every_row() -> None:
     """A query whose capped probe list holds fewer than K eligible rows gets the best of all rows."""
     case = list(random_case(3, B=2, N=400, D=16, C=40, k=30, extra_k0=10, n_probe=1, min_rows=0, max_probe=1,
                             density=0.5, integer=False))
-    scores, ids = ivf_search(*case)
-    assert (ids >= 0).all()  # 40 clusters of ~10 rows, half passing: one cluster holds < 30
+    got = ivf_search(*case)
+    assert (got[1] >= 0).all()  # 40 clusters of ~10 rows, half passing: one cluster holds < 30
     case[8:11] = [40, 0, 40]  # every cluster probed: the same top K0 by INT8 score, so the same result
-    assert_same((scores, ids), ivf_search(*case))
-    assert_same((scores, ids), ivf_search_reference(*case))
+    assert_same(got, ivf_search(*case))
+    assert_same(got, ivf_search_reference(*case))
+
+
+def test_rows_name_the_results() -> None:
+    """``rows`` are the index rows of the returned ids, and their exact scores are the scores."""
+    case = random_case(9, B=5, N=2000, D=24, C=20, k=15, extra_k0=10, n_probe=3, min_rows=40, max_probe=20,
+                       density=0.3, integer=False)
+    scores, ids, rows = ivf_search(*case)
+    ok = ids >= 0
+    assert torch.equal(rows >= 0, ok)
+    assert torch.equal(case[6][rows[ok]], ids[ok])
+    exact = (case[5][rows.clamp(min=0)].double() * case[0].double()[:, None, :]).sum(2).float()
+    assert torch.equal(exact[ok], scores[ok])
+
+
+@pytest.mark.parametrize("density", [None, 0.2])
+@pytest.mark.parametrize("B, T", [(1, 3), (4, 3), (6, 1)])
+def test_grouped_queries_share_their_mask_row(B: int, T: int, density: Optional[float]) -> None:
+    """[B, T, D] queries under mask [B, W] = the B * T queries with each mask row repeated T times."""
+    flat = list(random_case(11 + B, B=B * T, N=3000, D=33, C=30, k=12, extra_k0=8, n_probe=2, min_rows=80,
+                            max_probe=30, density=None, integer=False))
+    mask = random_case(12, B=B, N=3000, D=1, C=1, k=1, extra_k0=0, n_probe=1, min_rows=0, max_probe=1,
+                       density=density, integer=False)[7]
+    flat[7] = None if mask is None else mask.repeat_interleave(T, dim=0)
+    want = ivf_search(*flat)
+    grouped = list(flat)
+    grouped[0], grouped[1], grouped[7] = flat[0].view(B, T, -1), flat[1].view(B, T, -1), mask
+    got = ivf_search(*grouped)
+    assert_same(tuple(x.reshape(B * T, -1) for x in got), want)
+    assert_same(got, ivf_search_reference(*grouped))
 
 
 def test_strided_mask_rows() -> None:
@@ -118,7 +148,7 @@ def test_strided_mask_rows() -> None:
     [
         (0, torch.tensor([[1.0, float("nan")]]), r"queries contains NaN/inf \(first at row 0, column 1"),
         (0, torch.ones(1, 2, dtype=torch.float64), "queries must be float32"),
-        (1, torch.ones(1, 3), r"centroid_scores must be float32 \[B=1, C=2\]"),
+        (1, torch.ones(1, 3), r"centroid_scores must be float32 \[B, C\] with B=1, C=2"),
         (5, torch.ones(4, 2), "cache must be float16 or bfloat16"),
         (6, torch.arange(3), r"row_to_id must be int64 \[N=4\]"),
         (6, torch.full((4,), 2**33), r"ivf_search: row_to_id entries must lie in \[0, 2\*\*32\)"),
@@ -148,8 +178,12 @@ def test_meta_shapes() -> None:
     case = random_case(4, B=3, N=100, D=16, C=5, k=10, extra_k0=5, n_probe=2, min_rows=20, max_probe=5,
                        density=0.5, integer=False)
     meta = [a.to("meta") if isinstance(a, Tensor) else a for a in case]
-    s, i = torch.ops.silverrec.ivf_search(*meta)
-    assert (s.shape, s.dtype, i.shape, i.dtype) == ((3, 10), torch.float32, (3, 10), torch.int64)
+    s, i, r = torch.ops.silverrec.ivf_search(*meta)
+    assert (s.shape, s.dtype, i.shape, i.dtype, r.shape, r.dtype) == ((3, 10), torch.float32, (3, 10), torch.int64,
+                                                                      (3, 10), torch.int64)
+    meta[0], meta[1] = meta[0].view(3, 1, 16).expand(3, 2, 16), meta[1].view(3, 1, 5).expand(3, 2, 5)
+    s, i, r = torch.ops.silverrec.ivf_search(*meta)
+    assert s.shape == i.shape == r.shape == (3, 2, 10)
 
 
 class _Search(torch.nn.Module):
@@ -159,7 +193,7 @@ class _Search(torch.nn.Module):
             self.register_buffer(name, t)
         self.params = case[8:]
 
-    def forward(self, queries: Tensor, centroid_scores: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, queries: Tensor, centroid_scores: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         return ivf_search(queries, centroid_scores, self.codes, self.scales, self.offsets, self.cache, self.row_to_id,
                           mask, *self.params)
 

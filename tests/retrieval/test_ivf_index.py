@@ -64,8 +64,9 @@ def test_rescore_beats_global_int8(built) -> None:
     x, q, _, index = built
     truth = _exact(q, x, 50)
     paper = IVFInt8Index.build(x, num_clusters=50, quantization="global")
-    global_int8 = _recall(paper.search(q, 50, n_probe=50, rescore=False).ids, truth)
-    per_item_int8 = _recall(index.search(q, 50, n_probe=50, rescore=False).ids, truth)
+    # k0 = k: the re-score only orders the INT8 top-k, so the ids are the INT8 ranking's
+    global_int8 = _recall(paper.search(q, 50, n_probe=50, k0=50).ids, truth)
+    per_item_int8 = _recall(index.search(q, 50, n_probe=50, k0=50).ids, truth)
     ours = _recall(index.search(q, 50, n_probe=50).ids, truth)
     assert global_int8 < per_item_int8 < ours == 1.0
     assert _recall(paper.search(q, 50, n_probe=50).ids, truth) == 1.0  # re-scoring fixes global too
@@ -159,8 +160,6 @@ def test_k0_validation(built) -> None:
     _, q, _, index = built
     with pytest.raises(ValueError, match="k0 must be >= k"):
         index.search(q, 10, k0=5)
-    with pytest.raises(ValueError, match="needs rescore=True"):
-        index.search(q, 10, k0=20, rescore=False)
 
 
 def test_capped_probe_list_falls_back_to_all_rows() -> None:
@@ -174,10 +173,9 @@ def test_capped_probe_list_falls_back_to_all_rows() -> None:
 
 @pytest.mark.parametrize("density", [None, 0.3, 0.02])
 def test_search_equals_reference_pipeline(built, density) -> None:
-    """search() is the composition of the three ops' references (select, scan, re-score)."""
-    from silverrec.ops.reference import (ivf_int8_topk_reference, ivf_rescore_topk_reference,
-                                         ivf_select_probes_reference)
-    from silverrec.retrieval.quantize import _quantize_rows
+    """search() is the reference composition of the four steps under the one probe policy."""
+    from silverrec.ops.reference import ivf_search_reference
+    from silverrec.retrieval.probe_policy import probe_plan
 
     x, q, g, index = built
     q = q[:6]
@@ -185,14 +183,35 @@ def test_search_equals_reference_pipeline(built, density) -> None:
     if density is not None:
         packed = pack_mask((torch.rand(6, 3000, generator=g) < density)[:, index.row_to_id])
     k, n_probe = 20, 3
-    k0 = k + 16
-    q_codes, q_scales = _quantize_rows(q)
-    C = index.num_clusters
-    min_rows, max_probe = (k0, min(C, n_probe + 32)) if packed is None else (n_probe * k0, C)
-    probe = ivf_select_probes_reference(q @ index.centroids.T.contiguous(), index.cluster_offsets, packed,
-                                        n_probe, min_rows, max_probe)
-    _, rows, _ = ivf_int8_topk_reference(q_codes, q_scales, index.codes, index.scales, index.cluster_offsets,
-                                         probe, packed, k0)
-    want = ivf_rescore_topk_reference(q, index.cache, rows, index.row_to_id, k)
+    plan = probe_plan(k, n_probe, index.num_items, index.num_clusters, packed is not None)
+    assert plan.k0 == k + 16
+    want = ivf_search_reference(q, q @ index.centroids.T, index.codes, index.scales, index.cluster_offsets,
+                                index.cache, index.row_to_id, packed, *plan, k)
     got = index.search(q, k, n_probe=n_probe, mask=packed)
     assert torch.equal(got.ids, want[1]) and torch.equal(got.scores, want[0])
+
+
+def test_index_is_a_module(built) -> None:
+    """Buffers in the state dict, grouped [B, T, D] queries, and torch.export of the layer."""
+    _, q, g, index = built
+    assert {"centroids", "cluster_offsets", "codes", "scales", "cache", "row_to_id"} <= set(index.state_dict())
+    mask = pack_mask((torch.rand(4, 3000, generator=g) < 0.3)[:, index.row_to_id])
+    grouped = q[:8].view(4, 2, -1)
+    s, i, r = index(grouped, mask, 10, 3)
+    flat = index(q[:8], mask.repeat_interleave(2, dim=0), 10, 3)
+    for a, b in zip((s, i, r), flat):
+        assert torch.equal(a.reshape(8, 10), b)
+    assert torch.equal(index.row_to_id[r.clamp(min=0)], i)
+
+    class Layer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.index = index
+
+        def forward(self, queries: torch.Tensor, m: torch.Tensor):
+            return self.index(queries, m, 10, 3)
+
+    batch = torch.export.Dim("batch", min=1, max=64)
+    exported = torch.export.export(Layer(), (grouped, mask), dynamic_shapes=({0: batch}, {0: batch}))
+    for a, b in zip(exported.module()(grouped, mask), (s, i, r)):
+        assert torch.equal(a, b)

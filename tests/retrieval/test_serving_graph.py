@@ -186,6 +186,29 @@ def test_approximate_graph_keeps_its_promises(served, tiny_dataset):
         assert int(num_valid[b]) == min(10, n_pass), f"query {b} ({filters[b]!r}) passes {n_pass} items"
 
 
+def test_ann_stage_is_the_index_search(served, tiny_dataset):
+    """One retrieval path: the graph's ANN stage (its IVFInt8Index layer, called with the users'
+    masks and the T task queries of each user) returns what IVFInt8Index.search returns for the
+    same queries and masks, task by task."""
+    graph, enc = _graph(served, tiny_dataset, n_probe=2, candidates_per_task=12)
+    reqs = served["requests"]
+    filters = (FILTERS * 2)[: len(reqs)]
+    seen = {}
+    hook = graph.index.register_forward_hook(lambda mod, args, out: seen.update(args=args, out=out))
+    try:
+        with torch.no_grad():
+            graph(*_inputs(enc, reqs, filters, [r["history"][:2] for r in reqs]))
+    finally:
+        hook.remove()
+    queries, mask, k0, n_probe = seen["args"]
+    scores, ids, rows = seen["out"]
+    assert queries.shape[:2] == ids.shape[:2] == (len(reqs), graph.num_tasks) and (k0, n_probe) == (12, 2)
+    for t in range(graph.num_tasks):
+        want = graph.index.search(queries[:, t], k0, n_probe=n_probe, mask=mask)
+        assert torch.equal(want.ids, ids[:, t]) and torch.equal(want.scores, scores[:, t])
+    assert torch.equal(graph.index.row_to_id[rows.clamp(min=0)].masked_fill(rows < 0, -1), ids)
+
+
 def test_a_filter_nothing_passes_returns_no_results(served, tiny_dataset):
     graph, enc = _graph(served, tiny_dataset)
     reqs = served["requests"][:2]

@@ -34,6 +34,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -261,8 +262,9 @@ bool clusters_shared(const int64_t* prb, const int64_t* plen, int64_t B, int64_t
 // each thread keeps its own running top-k per query; the per-thread top-ks are merged at the end.
 // The top-k of a strict total order does not depend on the push order, so the result is the
 // same as the query-major scan's.
+// mrows[b] is query b's packed mask row (mrows == nullptr: no filter).
 void scan_cluster_major(const int8_t* q, const float* qs, const int8_t* cd, const float* sc, const int64_t* off,
-                        const int64_t* prb, const int64_t* plen, const uint64_t* mk, int64_t mask_row_stride, int64_t B, int64_t C,
+                        const int64_t* prb, const int64_t* plen, const uint64_t* const* mrows, int64_t B, int64_t C,
                         int64_t P, int64_t D, int64_t k, float* os, int64_t* orw, int64_t* ov) {
   // queries of each probed cluster (a query's repeated clusters count once), grouped by counting sort
   std::vector<int64_t> start(C + 1, 0), last(C, -1);
@@ -325,25 +327,25 @@ void scan_cluster_major(const int8_t* q, const float* qs, const int8_t* cd, cons
             dot_i8_x4(item, qp, D, acc);
             for (int64_t u = 0; u < 4; ++u) {
               const int64_t b = qb[j + u];
-              if (check && !((mk[b * mask_row_stride + (row >> 6)] >> (row & 63)) & 1)) continue;
+              if (check && !((mrows[b][row >> 6] >> (row & 63)) & 1)) continue;
               top[b].push(static_cast<float>(acc[u]) * qs[b] * sc[row], row);
               ++cnt[b];
             }
           }
           for (; j < nq; ++j) {  // the last 1-3 queries one by one
             const int64_t b = qb[j];
-            if (check && !((mk[b * mask_row_stride + (row >> 6)] >> (row & 63)) & 1)) continue;
+            if (check && !((mrows[b][row >> 6] >> (row & 63)) & 1)) continue;
             top[b].push(static_cast<float>(dot_i8(q + b * D, item, D)) * qs[b] * sc[row], row);
             ++cnt[b];
           }
         };
-        if (mk == nullptr) {
+        if (mrows == nullptr) {
           for (int64_t row = lo; row < hi; ++row) visit(row, false);
           continue;
         }
         for (int64_t w0 = lo >> 6; w0 < ((hi + 63) >> 6); ++w0) {
           uint64_t bits = 0;  // rows passing for at least one of the cluster's queries
-          for (int64_t j = 0; j < nq; ++j) bits |= mk[qb[j] * mask_row_stride + w0];
+          for (int64_t j = 0; j < nq; ++j) bits |= mrows[qb[j]][w0];
           const int64_t base = w0 << 6;
           if (base < lo) bits &= ~uint64_t(0) << (lo - base);
           if (base + 64 > hi) bits &= ~uint64_t(0) >> (base + 64 - hi);
@@ -533,7 +535,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
 
   // Queries sharing clusters: read each probed cluster once for all its queries.
   if (clusters_shared(prb, plen.data(), B, C, P)) {
-    scan_cluster_major(q, qs, cd, sc, off, prb, plen.data(), mk, mask_row_stride, B, C, P, D, k, os, orw, ov);
+    std::vector<const uint64_t*> mrows;
+    for (int64_t b = 0; mk != nullptr && b < B; ++b) mrows.push_back(mk + b * mask_row_stride);
+    scan_cluster_major(q, qs, cd, sc, off, prb, plen.data(), mk == nullptr ? nullptr : mrows.data(), B, C, P, D, k, os,
+                       orw, ov);
     return {out_scores, out_rows, out_valid};
   }
   std::atomic<int64_t> counter{0};
@@ -778,15 +783,17 @@ __attribute__((target("avx2,fma,f16c"))) double dot_f64(const T* row, const doub
 
 // The exact re-score and final top-k of one query (ivf_rescore_topk_reference; a thread's
 // scratch, reused across its queries): candidate rows rows[0 .. K0) (-1 = none), query qf [D],
-// results into os / oi [k] (already padded by the caller).
+// results into os / oi [k] and, unless nullptr, their rows into orow [k] (already padded by the
+// caller).
 template <typename T>
 struct Rescore {
   void run(const float* qf, const T* cache, const int64_t* rows, int64_t K0, const int64_t* row_to_id, int64_t D,
-           int64_t k, float* os, int64_t* oi) {
+           int64_t k, float* os, int64_t* oi, int64_t* orow = nullptr) {
     qd.resize(D);
     for (int64_t d = 0; d < D; ++d) qd[d] = qf[d];
     cand.clear();
     ids.resize(K0);
+    from.resize(K0);
     // The K0 rows are random DRAM reads: copy them to a local buffer first (independent loads,
     // so many misses are in flight at once), then score them from cache.
     local.resize(K0 * D);
@@ -795,26 +802,30 @@ struct Rescore {
       const int64_t r = rows[j];
       if (r < 0) continue;
       std::memcpy(local.data() + n * D, cache + r * D, D * sizeof(T));
+      from[n] = r;
       ids[n++] = row_to_id[r];
     }
     for (int64_t j = 0; j < n; ++j) {
       TORCH_CHECK(ids[j] >= 0 && ids[j] <= 0xFFFFFFFFLL, op, ": row_to_id entries must lie in [0, 2**32), got ", ids[j]);
       const float s = static_cast<float>(dot_f64<T>(local.data() + j * D, qd.data(), D));
-      cand.push_back(rank_key(s, ids[j]));  // the score is recovered from the key's high word
+      cand.emplace_back(rank_key(s, ids[j]), from[j]);  // the score is recovered from the key's high word
     }
     const int64_t kept = std::min<int64_t>(k, cand.size());
-    if (kept < static_cast<int64_t>(cand.size())) {
-      std::nth_element(cand.begin(), cand.begin() + (kept - 1), cand.end(), std::greater<int64_t>());
-    }
-    std::sort(cand.begin(), cand.begin() + kept, std::greater<int64_t>());
+    auto better = [](const std::pair<int64_t, int64_t>& a, const std::pair<int64_t, int64_t>& b) {
+      return a.first > b.first;  // keys are distinct: ids are
+    };
+    if (kept < static_cast<int64_t>(cand.size())) std::nth_element(cand.begin(), cand.begin() + (kept - 1), cand.end(), better);
+    std::sort(cand.begin(), cand.begin() + kept, better);
     for (int64_t i = 0; i < kept; ++i) {
-      os[i] = key_score(cand[i]);
-      oi[i] = key_id(cand[i]);
+      os[i] = key_score(cand[i].first);
+      oi[i] = key_id(cand[i].first);
+      if (orow != nullptr) orow[i] = cand[i].second;
     }
   }
   const char* op = "ivf_rescore_topk";  // names the op in errors
   std::vector<double> qd;
-  std::vector<int64_t> cand, ids;
+  std::vector<std::pair<int64_t, int64_t>> cand;  // (rank key, row)
+  std::vector<int64_t> ids, from;
   std::vector<T> local;
 };
 
@@ -919,11 +930,13 @@ std::tuple<at::Tensor, at::Tensor> quantize_int8_rowwise_cpu(const at::Tensor& x
 // rows, their intermediate tensors and three of their four fork/joins; and a candidate's cache
 // row is prefetched when it enters the scan's running top-K0, so the re-score reads warm rows.
 
+// mrows[b] is query b's packed mask row (mrows == nullptr: no filter); results into os / oi /
+// orw [B, k], already padded.
 template <typename T>
 void search_rows(const float* qf, const float* cs, const int8_t* cd, const float* sc, const int64_t* off,
-                 const T* cache, const int64_t* row_to_id, const uint64_t* mk, int64_t mask_row_stride, int64_t B,
-                 int64_t C, int64_t N, int64_t D, int64_t n_probe, int64_t min_rows, int64_t max_probe, int64_t k0,
-                 int64_t k, float* os, int64_t* oi) {
+                 const T* cache, const int64_t* row_to_id, const uint64_t* const* mrows, int64_t B, int64_t C,
+                 int64_t N, int64_t D, int64_t n_probe, int64_t min_rows, int64_t max_probe, int64_t k0, int64_t k,
+                 float* os, int64_t* oi, int64_t* orw) {
   const int64_t limit = std::min(C, max_probe);
   std::vector<int8_t> q(B * D);
   std::vector<float> qs(B);
@@ -936,8 +949,8 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
       ProbeSelect select;
       for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
         qs[b] = quantize_row(qf + b * D, D, q.data() + b * D, b, "ivf_search: queries");
-        plen[b] = select.run(cs + b * C, C, off, mk == nullptr ? nullptr : mk + b * mask_row_stride, n_probe,
-                             min_rows, limit, prb.get() + b * limit);
+        plen[b] = select.run(cs + b * C, C, off, mrows == nullptr ? nullptr : mrows[b], n_probe, min_rows, limit,
+                             prb.get() + b * limit);
       }
     });
   }
@@ -948,8 +961,8 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
     shared_scores.assign(B * k0, -std::numeric_limits<float>::infinity());
     shared_rows.assign(B * k0, -1);
     shared_valid.assign(B, 0);
-    scan_cluster_major(q.data(), qs.data(), cd, sc, off, prb.get(), plen.data(), mk, mask_row_stride, B, C, limit, D,
-                       k0, shared_scores.data(), shared_rows.data(), shared_valid.data());
+    scan_cluster_major(q.data(), qs.data(), cd, sc, off, prb.get(), plen.data(), mrows, B, C, limit, D, k0,
+                       shared_scores.data(), shared_rows.data(), shared_valid.data());
   }
   // 3. per query: the scan, the fallback, the re-score
   const bool shared = !shared_rows.empty();
@@ -962,7 +975,7 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
     std::vector<int64_t> rows(k0);
     for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
       const int8_t* qb = q.data() + b * D;
-      const uint64_t* mb = mk == nullptr ? nullptr : mk + b * mask_row_stride;
+      const uint64_t* mb = mrows == nullptr ? nullptr : mrows[b];
       const char* pf = reinterpret_cast<const char*>(cache);
       int64_t eligible;
       auto take_rows = [&] {  // the re-score orders them: no sort here
@@ -982,20 +995,23 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
         scan.run(qb, qs[b], cd, sc, all_off, all_probe, 1, mb, D, pf, D * sizeof(T));
         take_rows();
       }
-      rescore.run(qf + b * D, cache, rows.data(), k0, row_to_id, D, k, os + b * k, oi + b * k);
+      rescore.run(qf + b * D, cache, rows.data(), k0, row_to_id, D, k, os + b * k, oi + b * k, orw + b * k);
     }
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> ivf_search_cpu(const at::Tensor& queries_in, const at::Tensor& centroid_scores_in,
-                                                  const at::Tensor& codes_in, const at::Tensor& scales_in,
-                                                  const at::Tensor& cluster_offsets_in, const at::Tensor& cache_in,
-                                                  const at::Tensor& row_to_id_in, const std::optional<at::Tensor>& mask_in,
-                                                  int64_t n_probe, int64_t min_rows, int64_t max_probe, int64_t k0,
-                                                  int64_t k) {
-  TORCH_CHECK(queries_in.dim() == 2 && queries_in.scalar_type() == at::kFloat,
-              "ivf_search: queries must be float32 [B, D], got ", queries_in.scalar_type(), " ", queries_in.sizes());
-  const int64_t B = queries_in.size(0), D = queries_in.size(1);
+// Queries are [B, D], or [B, T, D] when T queries (e.g. the task heads of one user) share the
+// mask row b: mask rows are then read in place for all T, with no [B * T, W] copy.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_cpu(
+    const at::Tensor& queries_in, const at::Tensor& centroid_scores_in, const at::Tensor& codes_in,
+    const at::Tensor& scales_in, const at::Tensor& cluster_offsets_in, const at::Tensor& cache_in,
+    const at::Tensor& row_to_id_in, const std::optional<at::Tensor>& mask_in, int64_t n_probe, int64_t min_rows,
+    int64_t max_probe, int64_t k0, int64_t k) {
+  TORCH_CHECK((queries_in.dim() == 2 || queries_in.dim() == 3) && queries_in.scalar_type() == at::kFloat,
+              "ivf_search: queries must be float32 [B, D] or [B, T, D], got ", queries_in.scalar_type(), " ",
+              queries_in.sizes());
+  const bool grouped = queries_in.dim() == 3;
+  const int64_t B = queries_in.size(0), T = grouped ? queries_in.size(1) : 1, D = queries_in.size(-1), Q = B * T;
   TORCH_CHECK(codes_in.dim() == 2 && codes_in.scalar_type() == at::kChar && codes_in.size(1) == D,
               "ivf_search: codes must be int8 [N, D=", D, "], got ", codes_in.scalar_type(), " ", codes_in.sizes());
   const int64_t N = codes_in.size(0);
@@ -1008,10 +1024,12 @@ std::tuple<at::Tensor, at::Tensor> ivf_search_cpu(const at::Tensor& queries_in, 
               " ", cluster_offsets_in.sizes());
   const int64_t C = cluster_offsets_in.size(0) - 1;
   TORCH_CHECK(C <= 0xFFFFFFFFLL, "ivf_search: need C < 2**32 clusters, got C=", C);
-  TORCH_CHECK(centroid_scores_in.dim() == 2 && centroid_scores_in.scalar_type() == at::kFloat &&
-                  centroid_scores_in.size(0) == B && centroid_scores_in.size(1) == C,
-              "ivf_search: centroid_scores must be float32 [B=", B, ", C=", C, "], got ",
-              centroid_scores_in.scalar_type(), " ", centroid_scores_in.sizes());
+  const bool scores_ok = centroid_scores_in.scalar_type() == at::kFloat && centroid_scores_in.dim() == queries_in.dim() &&
+                         centroid_scores_in.size(0) == B && (!grouped || centroid_scores_in.size(1) == T) &&
+                         centroid_scores_in.size(-1) == C;
+  TORCH_CHECK(scores_ok, "ivf_search: centroid_scores must be float32 ", grouped ? "[B, T, C]" : "[B, C]", " with B=", B,
+              grouped ? ", T=" + std::to_string(T) : std::string(), ", C=", C, ", got ", centroid_scores_in.scalar_type(),
+              " ", centroid_scores_in.sizes());
   TORCH_CHECK(cache_in.dim() == 2 && cache_in.size(0) == N && cache_in.size(1) == D &&
                   (cache_in.scalar_type() == at::kHalf || cache_in.scalar_type() == at::kBFloat16),
               "ivf_search: cache must be float16 or bfloat16 [N=", N, ", D=", D, "], got ", cache_in.scalar_type(),
@@ -1043,23 +1061,30 @@ std::tuple<at::Tensor, at::Tensor> ivf_search_cpu(const at::Tensor& queries_in, 
   }
   at::Tensor mask_t;  // rows may be strided (one filter expanded over the batch): only words must be dense
   if (mask_in.has_value()) mask_t = mask_in->stride(1) == 1 ? *mask_in : mask_in->contiguous();
-  const uint64_t* mk = mask_in.has_value() ? reinterpret_cast<const uint64_t*>(mask_t.data_ptr<int64_t>()) : nullptr;
-  const int64_t mask_row_stride = mask_in.has_value() ? mask_t.stride(0) : 0;
-  at::Tensor out_scores = at::full({B, k}, -std::numeric_limits<float>::infinity(), queries.options());
-  at::Tensor out_ids = at::full({B, k}, -1, offsets_t.options());
-  if (B == 0) return {out_scores, out_ids};
+  std::vector<const uint64_t*> mrows;  // query q reads mask row q / T
+  if (mask_in.has_value()) {
+    const uint64_t* mk = reinterpret_cast<const uint64_t*>(mask_t.data_ptr<int64_t>());
+    mrows.resize(Q);
+    for (int64_t q = 0; q < Q; ++q) mrows[q] = mk + (q / T) * mask_t.stride(0);
+  }
+  std::vector<int64_t> out_shape = grouped ? std::vector<int64_t>{B, T, k} : std::vector<int64_t>{B, k};
+  at::Tensor out_scores = at::full(out_shape, -std::numeric_limits<float>::infinity(), queries.options());
+  at::Tensor out_ids = at::full(out_shape, -1, offsets_t.options());
+  at::Tensor out_rows = at::full(out_shape, -1, offsets_t.options());
+  if (Q == 0) return {out_scores, out_ids, out_rows};
+  const uint64_t* const* mr = mask_in.has_value() ? mrows.data() : nullptr;
   if (cache.scalar_type() == at::kHalf) {
     search_rows<at::Half>(queries.data_ptr<float>(), centroid_scores.data_ptr<float>(), codes.data_ptr<int8_t>(),
-                          scales.data_ptr<float>(), off, cache.data_ptr<at::Half>(), row_to_id.data_ptr<int64_t>(), mk,
-                          mask_row_stride, B, C, N, D, n_probe, min_rows, max_probe, k0, k,
-                          out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>());
+                          scales.data_ptr<float>(), off, cache.data_ptr<at::Half>(), row_to_id.data_ptr<int64_t>(), mr,
+                          Q, C, N, D, n_probe, min_rows, max_probe, k0, k, out_scores.data_ptr<float>(),
+                          out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>());
   } else {
     search_rows<at::BFloat16>(queries.data_ptr<float>(), centroid_scores.data_ptr<float>(), codes.data_ptr<int8_t>(),
                               scales.data_ptr<float>(), off, cache.data_ptr<at::BFloat16>(),
-                              row_to_id.data_ptr<int64_t>(), mk, mask_row_stride, B, C, N, D, n_probe, min_rows,
-                              max_probe, k0, k, out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>());
+                              row_to_id.data_ptr<int64_t>(), mr, Q, C, N, D, n_probe, min_rows, max_probe, k0, k,
+                              out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>());
   }
-  return {out_scores, out_ids};
+  return {out_scores, out_ids, out_rows};
 }
 
 }  // namespace

@@ -32,8 +32,8 @@ def ivf_search_cuda(
     max_probe: int,
     k0: int,
     k: int,
-) -> Tuple[Tensor, Tensor]:
-    """Launcher: ``scores`` float32 ``[B, K]`` and ``ids`` int64 ``[B, K]`` (see the module docstring)."""
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Launcher: ``scores`` float32, ``ids`` and ``rows`` int64, ``[B, K]`` or ``[B, T, K]`` (see the module docstring)."""
     steps = (quantize_int8_rowwise_cuda, ivf_select_probes_cuda, ivf_int8_topk_cuda, ivf_rescore_topk_cuda)
     return ivf_search_in_steps(steps, queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, mask,
                                n_probe, min_rows, max_probe, k0, k)

@@ -1,0 +1,84 @@
+"""How much of an IVF index a query scans: one policy for ``IVFInt8Index.search``, the serving
+graph and the ANN benchmark (they all call :func:`probe_plan`).
+
+A query probes its ``n_probe`` best clusters (by centroid score), then more clusters in centroid
+order until the probed clusters cover ``min_rows`` rows that pass its filter (counted exactly,
+a popcount of the packed mask per cluster), at most ``max_probe`` clusters. Its best ``k0`` rows
+by INT8 score are re-scored exactly from the float16 cache and the best ``k`` kept.
+
+Why these numbers:
+
+- ``k0 = k + max(16, k // 2)``: INT8 scores differ from exact ones by a small relative error, so
+  the INT8 order of the top rows is right except among near-ties. Re-scoring half again as many
+  rows as are returned (at least 16 more) leaves room for those swaps; the re-score costs one
+  random float16 row read per candidate, so K0 is kept a small multiple of K.
+- **Without a filter**: ``min_rows = k0`` (probes of a few tiny clusters still yield K0
+  candidates) and ``max_probe = n_probe + 32`` (a query never walks far down its centroid
+  list; the rare one whose capped list still holds fewer than ``k`` rows scans every row).
+- **With a filter**: ``min_rows = max(k0, ceil(n_probe * N / C))``: the probed clusters must
+  cover as many *passing* rows as ``n_probe`` average clusters hold rows, so a filtered query
+  scores about as many candidates as an unfiltered one; a filter passing a fraction ``s`` of the
+  items widens the probe about ``1 / s`` times. ``max_probe = C``: a filter too strict for that
+  scans every cluster (the filtered exhaustive scan), so ``k`` results come back whenever ``k``
+  items pass. The serving graph always has a mask (exclusions, deletions), so it always takes
+  this branch.
+"""
+import math
+from typing import NamedTuple, Optional
+
+# Unfiltered, a query may probe this many clusters beyond n_probe to reach K0 rows.
+EXTRA_PROBES = 32
+
+
+class ProbePlan(NamedTuple):
+    """The integer arguments of ``ivf_search`` (see :func:`probe_plan`)."""
+
+    n_probe: int
+    min_rows: int
+    max_probe: int
+    k0: int
+
+
+def rescore_candidates(k: int) -> int:
+    """K0, the INT8 candidates re-scored for ``k`` results: ``k + max(16, k // 2)``.
+
+    Example::
+
+        >>> rescore_candidates(100), rescore_candidates(10)
+        (150, 26)
+    """
+    return k + max(16, k // 2)
+
+
+def probe_plan(k: int, n_probe: int, num_items: int, num_clusters: int, filtered: bool,
+               k0: Optional[int] = None) -> ProbePlan:
+    """The probe choice and candidate count of a search (module docstring: the reasons).
+
+    Args:
+        k (int): K, results per query (``>= 1``).
+        n_probe (int): clusters always probed, in ``[1, C]``.
+        num_items (int): N, rows of the index.
+        num_clusters (int): C, clusters of the index.
+        filtered (bool): whether the search has a mask.
+        k0 (Optional[int]): K0 >= K re-scored candidates; default :func:`rescore_candidates`.
+
+    Returns:
+        ProbePlan: ``n_probe``, ``min_rows``, ``max_probe``, ``k0``.
+
+    Example::
+
+        >>> probe_plan(100, 8, 1_000_000, 4000, filtered=False)
+        ProbePlan(n_probe=8, min_rows=150, max_probe=40, k0=150)
+        >>> probe_plan(100, 8, 1_000_000, 4000, filtered=True)
+        ProbePlan(n_probe=8, min_rows=2000, max_probe=4000, k0=150)
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not 1 <= n_probe <= num_clusters:
+        raise ValueError(f"n_probe must be in [1, num_clusters={num_clusters}], got {n_probe}")
+    k0 = rescore_candidates(k) if k0 is None else k0
+    if k0 < k:
+        raise ValueError(f"k0 must be >= k={k}, got k0={k0}")
+    if not filtered:
+        return ProbePlan(n_probe, k0, min(num_clusters, n_probe + EXTRA_PROBES), k0)
+    return ProbePlan(n_probe, max(k0, math.ceil(n_probe * num_items / num_clusters)), num_clusters, k0)
