@@ -90,6 +90,9 @@ class IVFInt8Index(nn.Module):
             raise ValueError(f"quantization must be one of {_QUANTIZATIONS}, got {quantization!r}")
         for name, t in zip(IVFInt8Tensors._fields, tensors):
             self.register_buffer(name, t)
+        # [D, C] contiguous (derived, not in the state dict): the centroid scores q @ centroids_t
+        # run ~2-4x faster at batch 16 than on a transposed view of centroids
+        self.register_buffer("centroids_t", self.centroids.T.contiguous(), persistent=False)
         self.quantization = quantization
 
     @classmethod
@@ -152,7 +155,7 @@ class IVFInt8Index(nn.Module):
     def forward(self, queries: Tensor, mask: Optional[Tensor], k: int, n_probe: int,
                 k0: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
         plan = probe_plan(k, n_probe, self.num_items, self.num_clusters, mask is not None, k0)
-        centroid_scores = torch.matmul(queries, self.centroids.T)  # [B, C] or [B, T, C]
+        centroid_scores = torch.matmul(queries, self.centroids_t)  # [B, C] or [B, T, C]
         return torch.ops.silverrec.ivf_search(queries, centroid_scores, self.codes, self.scales, self.cluster_offsets,
                                               self.cache, self.row_to_id, mask, plan.n_probe, plan.min_rows,
                                               plan.max_probe, plan.k0, k)
@@ -166,9 +169,13 @@ class IVFInt8Index(nn.Module):
             k (int): K, results per query (``>= 1``).
             n_probe (Optional[int]): clusters probed per unfiltered query, in ``[1, C]``;
                 default :meth:`default_n_probe`.
-            mask (Optional[Tensor]): filter: bool ``[B, N]`` over the item ids (rows of the
-                ``embeddings`` given to ``build``), or packed int64 ``[B, ceil(N / 64)]`` in this
-                index's row order (as ``bloom_search`` produces; row ``n`` is item ``row_to_id[n]``).
+            mask (Optional[Tensor]): filter, in one of three layouts: bool ``[B, N]`` over the item
+                ids (the rows of the ``embeddings`` given to ``build``); a uint8 bitmap
+                ``[B, ceil(N / 8)]`` in id order with FAISS ``IDSelectorBitmap``'s layout (id ``i``
+                passes iff ``(bitmap[b, i >> 3] >> (i & 7)) & 1``); or packed int64
+                ``[B, ceil(N / 64)]`` in this index's row order (as ``bloom_search`` produces;
+                row ``n`` is item ``row_to_id[n]``; the fastest). Rows expanded from one row
+                (stride 0) are converted once.
             k0 (Optional[int]): K0 >= K, INT8 candidates re-scored exactly; default
                 :func:`~silverrec.retrieval.probe_policy.rescore_candidates`.
 
@@ -194,17 +201,38 @@ class IVFInt8Index(nn.Module):
         return SearchResult(scores, ids)
 
     def _packed_mask(self, mask: Optional[Tensor], B: int) -> Optional[Tensor]:
-        """Validates ``mask`` and returns it packed in row order (int64 [B, W]) or None."""
+        """Validates ``mask`` and returns it packed in row order (int64 [B, W]) or None.
+
+        A mask whose rows are one row expanded over the batch (stride 0, e.g.
+        ``row[None].expand(B, -1)``: one filter for every query, as FAISS takes one selector
+        per search call) is converted once and expanded again."""
         if mask is None:
             return None
         N, W = self.num_items, (self.num_items + 63) // 64
         mask = mask.to(self.codes.device)
-        if mask.dtype == torch.bool:
-            if mask.shape != (B, N):
-                raise ValueError(f"bool mask must be [B, N] = [{B}, {N}], got {tuple(mask.shape)}")
-            return pack_mask(mask[:, self.row_to_id])
         if mask.dtype == torch.int64:
             if mask.shape != (B, W):
                 raise ValueError(f"packed mask must be int64 [B, ceil(N/64)] = [{B}, {W}], got {tuple(mask.shape)}")
             return mask  # the kernel accepts strided rows (e.g. one filter expanded over B)
-        raise ValueError(f"mask must be bool [B, N] or packed int64 [B, W], got dtype {mask.dtype}")
+        if mask.dtype == torch.bool:
+            if mask.shape != (B, N):
+                raise ValueError(f"bool mask must be [B, N] = [{B}, {N}], got {tuple(mask.shape)}")
+        elif mask.dtype == torch.uint8:
+            if mask.shape != (B, (N + 7) // 8):
+                raise ValueError(f"uint8 bitmap mask must be [B, ceil(N/8)] = [{B}, {(N + 7) // 8}], got "
+                                 f"{tuple(mask.shape)}")
+        else:
+            raise ValueError(f"mask must be bool [B, N], a uint8 id-order bitmap [B, ceil(N/8)] or packed int64 "
+                             f"[B, W], got dtype {mask.dtype}")
+        if B > 1 and mask.stride(0) == 0:
+            return self._rows_from_ids(mask[:1]).expand(B, -1)
+        return self._rows_from_ids(mask)
+
+    def _rows_from_ids(self, mask: Tensor) -> Tensor:
+        """An id-order mask (bool [B, N], or a uint8 bitmap [B, ceil(N/8)] with FAISS
+        IDSelectorBitmap's layout: id i passes iff ``(bitmap[i >> 3] >> (i & 7)) & 1``) packed in
+        row order: int64 [B, W]."""
+        ids = self.row_to_id
+        if mask.dtype == torch.uint8:
+            return pack_mask(((mask[:, ids >> 3] >> (ids & 7).to(torch.uint8)) & 1).bool())
+        return pack_mask(mask[:, ids])

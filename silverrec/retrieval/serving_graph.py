@@ -162,41 +162,81 @@ class RetrievalGraph(nn.Module):
                 fresh_bits: Tensor, fresh_live: Tensor, fresh_posting_offsets: Tensor, fresh_posting_rows: Tensor,
                 fresh_row_terms: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         u = self.user_encoder(user_ids)  # [B, T, D]
-        B, T, D = u.shape
-        N, F = self.num_items, fresh_codes.shape[0]
-        zero_probe = user_ids.new_zeros((B, 1))
-        mask = self.bloom(opcodes, terms, hashes, zero_probe, self.all_rows)  # [B, W]
-        mask = mask & ~self._excluded_words(exclude, mask) & ~deleted
-        f_rows_range = torch.arange(2, device=u.device) * F  # [0, F]: the fresh rows are one cluster
-        f_mask = torch.ops.silverrec.bloom_search(fresh_bits, opcodes, terms, hashes, fresh_posting_offsets,
-                                                   fresh_posting_rows, zero_probe, f_rows_range) & fresh_live
+        mask = self._filter_mask(opcodes, terms, hashes, exclude, deleted)  # [B, W]
         # the ANN stage: K0 exactly re-scored candidates per (user, task), the T task queries of
         # a user reading its mask row in place; then the same op over the fresh rows
         q = u.float()
-        main_s, main_i, main_r = self.index(q, mask, self.k0, self.n_probe)  # [B, T, K0]
-        fresh_s, fresh_i, fresh_r = torch.ops.silverrec.ivf_search(
-            q, q.new_zeros((B, T, 1)), fresh_codes, fresh_scales, f_rows_range, fresh_cache, fresh_item_ids, f_mask,
-            1, 0, 1, self.fresh_k0, self.k0)
-        # the best K0 of main and fresh rows per (user, task) by exact score; fresh rows are N + f
-        both_r = torch.cat([main_r, torch.where(fresh_r >= 0, fresh_r + N, -1)], dim=2)
+        main = self.index(q, mask, self.k0, self.n_probe)  # 3 x [B, T, K0]
+        fresh = self._fresh_candidates(q, opcodes, terms, hashes, fresh_codes, fresh_scales, fresh_cache,
+                                       fresh_item_ids, fresh_bits, fresh_live, fresh_posting_offsets, fresh_posting_rows)
+        rows = self._merge(main, fresh)  # [B, M]
+        item, valid = self._exact_check(rows, opcodes, terms, exclude, fresh_item_ids, fresh_row_terms)
+        v = self._candidate_vectors(rows, fresh_cache)  # [B, M, D]
+        history = user_ids[:, self.history_start:self.history_end]  # [B, L]
+        task_scores, value = self.scorer(u, v, valid, history, torch.where(rows >= 0, item, -1))
+        return self._top_k(item, valid, task_scores, value)
+
+    # The stages of forward, one method each (benchmarks/serving_profile.py times them one by one).
+
+    def _filter_mask(self, opcodes: Tensor, terms: Tensor, hashes: Tensor, exclude: Tensor, deleted: Tensor) -> Tensor:
+        """The Bloom filter over all N rows, minus excluded and deleted items: packed int64 [B, W]."""
+        zero_probe = opcodes.new_zeros((opcodes.shape[0], 1))
+        mask = self.bloom(opcodes, terms, hashes, zero_probe, self.all_rows)
+        return mask & ~self._excluded_words(exclude, mask) & ~deleted
+
+    def _fresh_candidates(self, q: Tensor, opcodes: Tensor, terms: Tensor, hashes: Tensor, fresh_codes: Tensor,
+                          fresh_scales: Tensor, fresh_cache: Tensor, fresh_item_ids: Tensor, fresh_bits: Tensor,
+                          fresh_live: Tensor, fresh_posting_offsets: Tensor,
+                          fresh_posting_rows: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """The fresh rows' filter and search (one cluster, scanned whole): 3 x [B, T, K0]."""
+        B, T, _ = q.shape
+        f_rows_range = torch.arange(2, device=q.device) * fresh_codes.shape[0]  # [0, F]
+        f_mask = torch.ops.silverrec.bloom_search(fresh_bits, opcodes, terms, hashes, fresh_posting_offsets,
+                                                   fresh_posting_rows, opcodes.new_zeros((B, 1)), f_rows_range)
+        return torch.ops.silverrec.ivf_search(q, q.new_zeros((B, T, 1)), fresh_codes, fresh_scales, f_rows_range,
+                                              fresh_cache, fresh_item_ids, f_mask & fresh_live, 1, 0, 1, self.fresh_k0,
+                                              self.k0)
+
+    def _merge(self, main: Tuple[Tensor, Tensor, Tensor], fresh: Tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """The best K0 of main and fresh candidates per (user, task) by exact score, then the union
+        over tasks: int64 [B, M] rows (fresh rows are N + f), -1 padding."""
+        (main_s, main_i, main_r), (fresh_s, fresh_i, fresh_r) = main, fresh
+        B, T, _ = main_s.shape
+        both_r = torch.cat([main_r, torch.where(fresh_r >= 0, fresh_r + self.num_items, -1)], dim=2)
         best = best_by_score(torch.cat([main_s, fresh_s], dim=2), torch.cat([main_i, fresh_i], dim=2), self.k0)
-        rows = merge_candidates(both_r.gather(2, best).reshape(B, T * self.k0))  # [B, M]
-        is_fresh = rows >= N
-        main_rows, fresh_rows = rows.clamp(0, N - 1), (rows - N).clamp(0, F - 1)
+        return merge_candidates(both_r.gather(2, best).reshape(B, T * self.k0))
+
+    def _split_rows(self, rows: Tensor, num_fresh: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """``is_fresh``, main rows and fresh rows (clamped to valid indices) of merged rows."""
+        N = self.num_items
+        return rows >= N, rows.clamp(0, N - 1), (rows - N).clamp(0, num_fresh - 1)
+
+    def _exact_check(self, rows: Tensor, opcodes: Tensor, terms: Tensor, exclude: Tensor, fresh_item_ids: Tensor,
+                     fresh_row_terms: Tensor) -> Tuple[Tensor, Tensor]:
+        """Item ids int64 [B, M] of the candidates, and whether each is valid (bool [B, M]): a row,
+        passing its filter exactly (its terms from its index's table, one program run; removes
+        the Bloom filter's false positives) and not excluded."""
+        is_fresh, main_rows, fresh_rows = self._split_rows(rows, fresh_item_ids.shape[0])
         item = torch.where(is_fresh, fresh_item_ids[fresh_rows], self.index.row_to_id[main_rows])
-        # exact filter check: each candidate's terms from its index's table, then one program run
         held = torch.where(is_fresh.unsqueeze(-1), fresh_row_terms[fresh_rows], self.bloom.table.row_terms[main_rows])
         passes = run_filter_program(opcodes, holds_terms(held, terms))
         # excluded main rows were already cleared from the mask; this catches excluded fresh items
         excluded = (item.unsqueeze(2) == exclude.unsqueeze(1)).any(2)
-        valid = (rows >= 0) & passes & ~excluded
-        # the candidates' fp16 cache rows for the OverArch (index_select: ~7x faster than
-        # advanced indexing on float16 CPU tensors)
+        return item, (rows >= 0) & passes & ~excluded
+
+    def _candidate_vectors(self, rows: Tensor, fresh_cache: Tensor) -> Tensor:
+        """The candidates' float16 cache rows as float32 [B, M, D] (index_select: ~7x faster than
+        advanced indexing on float16 CPU tensors)."""
+        B, D = rows.shape[0], fresh_cache.shape[1]
+        is_fresh, main_rows, fresh_rows = self._split_rows(rows, fresh_cache.shape[0])
         v_main = self.index.cache.index_select(0, main_rows.flatten()).view(B, -1, D)
         v_fresh = fresh_cache.index_select(0, fresh_rows.flatten()).view(B, -1, D)
-        v = torch.where(is_fresh.unsqueeze(-1), v_fresh, v_main).float()
-        history = user_ids[:, self.history_start:self.history_end]  # [B, L]
-        task_scores, value = self.scorer(u, v, valid, history, torch.where(rows >= 0, item, -1))
+        return torch.where(is_fresh.unsqueeze(-1), v_fresh, v_main).float()
+
+    def _top_k(self, item: Tensor, valid: Tensor, task_scores: Tensor,
+               value: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The K best valid candidates by value: the forward's outputs."""
+        B, _, T = task_scores.shape
         top_value, top = torch.topk(value, self.k, dim=1)
         ok = valid.gather(1, top)
         ids = torch.where(ok, item.gather(1, top), -1)

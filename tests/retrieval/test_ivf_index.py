@@ -215,3 +215,26 @@ def test_index_is_a_module(built) -> None:
     exported = torch.export.export(Layer(), (grouped, mask), dynamic_shapes=({0: batch}, {0: batch}))
     for a, b in zip(exported.module()(grouped, mask), (s, i, r)):
         assert torch.equal(a, b)
+
+
+def test_mask_layouts_agree(built) -> None:
+    """bool [B, N] and uint8 bitmap [B, N/8] in id order, and packed row order: same results;
+    an expanded (stride-0) mask equals its dense copy."""
+    import numpy as np
+
+    _, q, g, index = built
+    mask = torch.rand(6, 3000, generator=g) < 0.2
+    bitmap = torch.from_numpy(np.packbits(mask.numpy(), axis=1, bitorder="little"))
+    packed = pack_mask(mask[:, index.row_to_id])
+    want = index.search(q[:6], 10, n_probe=3, mask=packed)
+    for m in (mask, bitmap):
+        got = index.search(q[:6], 10, n_probe=3, mask=m)
+        assert torch.equal(got.ids, want.ids) and torch.equal(got.scores, want.scores)
+    one = mask[:1].expand(6, -1)
+    got = index.search(q[:6], 10, n_probe=3, mask=one)
+    dense = index.search(q[:6], 10, n_probe=3, mask=one.contiguous())
+    assert torch.equal(got.ids, dense.ids)
+    with pytest.raises(ValueError, match=r"uint8 bitmap mask must be \[B, ceil\(N/8\)\] = \[6, 375\]"):
+        index.search(q[:6], 10, mask=bitmap[:, :10])
+    with pytest.raises(ValueError, match="got dtype torch.float32"):
+        index.search(q[:6], 10, mask=mask.float())
