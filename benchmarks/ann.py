@@ -2,16 +2,27 @@
 search under the same filter vs queries/s, swept over n_probe / nprobe / efSearch.
 
     .venv/bin/pip install faiss-cpu==1.15.1 matplotlib   # the `bench` extra
-    .venv/bin/python benchmarks/ann.py                   # 1M x 128 synthetic (+ demo embeddings if present)
-    .venv/bin/python benchmarks/ann.py --n 100000 --batches 16 --no-hnsw   # a quick run
-    .venv/bin/python benchmarks/ann.py --skip-synthetic --batches 16       # the demo embeddings only
+    .venv/bin/python benchmarks/ann.py                   # 1M x 128 clustered + unclustered (+ demo if present)
+    .venv/bin/python benchmarks/ann.py --n 100000 --batches 16 --no-hnsw --rounds 1   # a quick run
+    .venv/bin/python benchmarks/ann.py --datasets demo --batches 16                   # the demo embeddings only
+    .venv/bin/python benchmarks/ann.py --mask-layout packed   # the filter as a packed row-order mask
 
-Data: clustered synthetic embeddings (Gaussian blobs with log-normal norms) and, when
+Data (``--datasets``, see ``benchmarks/ann_data.py``): ``clustered``, Gaussian blobs with
+log-normal norms (IVF's easy case); ``unclustered``, one anisotropic Gaussian (power-law
+spectrum under a random rotation, mild norm spread), where recall@100 >= 0.95 needs over 20% of
+the IVF clusters probed at 1M, as with real text and behaviour embeddings; and, when
 ``runs/demo/item_embeddings.pt`` exists ({"items": [N, D], "users": [U, D]}), the demo model's
-item embeddings with its user embeddings as queries. Filters: none, and one random filter per
-setting passing 10% / 1% of the items, shared by every query (FAISS takes one IDSelectorBitmap
-per search call); silverrec gets the same filter as a packed mask in its row order, as
-``bloom_search`` produces it. Both libraries use the same thread count, in the same run.
+item embeddings with its user embeddings as queries.
+
+Filters: none, and one random filter per setting passing 10% / 1% of the items, shared by every
+query of a call, in the caller's id order. FAISS gets it as one IDSelectorBitmap per search call
+(every index: FlatIP, IVFFlat, IVFSQ8, HNSW). silverrec gets it as a FAISS user would hand it
+over (``--mask-layout``): ``bool`` (default) a bool ``[B, N]`` id-order mask, the filter row
+expanded over the batch; ``bitmap`` the uint8 ``[B, ceil(N/8)]`` id-order bitmap, the same bytes
+FAISS gets; ``packed`` a packed int64 ``[B, ceil(N/64)]`` mask in the index's row order, as
+``bloom_search`` produces it (no conversion inside the search). The conversion of an id-order
+mask is inside ``index.search`` and so inside the timing. Every method's results are checked to
+pass the filter. Both libraries use the same thread count, in the same run.
 """
 import argparse
 import math
@@ -33,40 +44,10 @@ import torch
 from silverrec.retrieval import IVFInt8Index
 from silverrec.retrieval.packed_mask import pack_mask
 
-K = 100
+from ann_data import K, clustered, exact_topk, recall, unclustered  # benchmarks/ is sys.path[0]
 
-
-def synthetic(n: int, d: int, nq: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Blobs: 4 * sqrt(n) centres, unit-variance points around them, log-normal norms."""
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(max(1, int(math.sqrt(n))), d, generator=g)
-    def draw(m: int) -> torch.Tensor:
-        x = centers[torch.randint(0, centers.shape[0], (m,), generator=g)] + 0.5 * torch.randn(m, d, generator=g)
-        return x * torch.exp(0.25 * torch.randn(m, 1, generator=g))
-    return draw(n), draw(nq)
-
-
-def exact_topk(q: torch.Tensor, x: torch.Tensor, mask: Optional[torch.Tensor], k: int = K) -> torch.Tensor:
-    """Exact float32 top-k ids under ``mask`` (bool [N] shared by all queries), blockwise."""
-    best_s = torch.full((q.shape[0], 0), float("-inf"))
-    best_i = torch.zeros((q.shape[0], 0), dtype=torch.int64)
-    for start in range(0, x.shape[0], 200_000):
-        s = q @ x[start : start + 200_000].T
-        if mask is not None:
-            s = s.masked_fill(~mask[start : start + 200_000], float("-inf"))
-        s, i = torch.topk(s, min(k, s.shape[1]), dim=1)
-        best_s, j = torch.topk(torch.cat([best_s, s], 1), min(k, best_s.shape[1] + s.shape[1]), dim=1)
-        best_i = torch.cat([best_i, i + start], 1).gather(1, j)
-    return best_i.masked_fill(torch.isinf(best_s), -1)
-
-
-def recall(ids: np.ndarray, truth: torch.Tensor) -> float:
-    hit = total = 0
-    for a, t in zip(ids, truth.numpy()):
-        t = set(t[t >= 0].tolist())
-        hit += len(t & set(a.tolist()))
-        total += len(t)
-    return hit / max(total, 1)
+DATASETS = ("clustered", "unclustered", "demo")
+MASK_LAYOUTS = ("bool", "bitmap", "packed")
 
 
 def timed(search: Callable[[np.ndarray], np.ndarray], q: np.ndarray, batch: int, repeats: int = 3,
@@ -88,6 +69,26 @@ def timed(search: Callable[[np.ndarray], np.ndarray], q: np.ndarray, batch: int,
         if spent >= budget_s:
             break
     return np.concatenate(out), q.shape[0] / best
+
+
+def silverrec_mask_row(mask: torch.Tensor, index: IVFInt8Index, layout: str) -> torch.Tensor:
+    """The filter row silverrec gets, in ``layout`` (module docstring), from bool ``mask`` [N] in
+    id order: bool [N], uint8 [ceil(N/8)] (id-order bitmap, IDSelectorBitmap's bytes) or
+    int64 [ceil(N/64)] (packed, row order). Made once per filter, outside the timing, as the
+    caller would hold its filter; the search call expands it over the batch."""
+    if layout == "bool":
+        return mask
+    if layout == "bitmap":
+        return torch.from_numpy(np.packbits(mask.numpy(), bitorder="little"))
+    return pack_mask(mask[index.row_to_id][None, :])[0]
+
+
+def check_filtered(ids: np.ndarray, mask: torch.Tensor, what: str) -> None:
+    """Raises if a returned id ([Q, K], -1 = none) fails the filter: a method that ignored its
+    filter (a selector not passed) would otherwise be timed as an unfiltered search."""
+    got = ids[ids >= 0]
+    if not bool(mask.numpy()[got].all()):
+        raise RuntimeError(f"{what}: {int((~mask.numpy()[got]).sum())} returned ids fail the filter")
 
 
 def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argparse.Namespace, rows: List[Dict]) -> None:
@@ -124,32 +125,38 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
 
     gq = torch.Generator().manual_seed(2)
     for filt in args.filters:
-        mask = None if filt >= 1.0 else torch.rand(N, generator=gq) < filt
+        mask = None if filt >= 1.0 else torch.rand(N, generator=gq) < filt  # bool [N], id order
         truth = exact_topk(queries, x, mask)
-        packed = None if mask is None else pack_mask(mask[index.row_to_id][None, :])  # [1, W] row order
+        mask_row = None if mask is None else silverrec_mask_row(mask, index, args.mask_layout)
+        # the bytes FAISS reads (bit i % 8 of byte i // 8 = id i); the selector keeps them alive
         sel = None if mask is None else faiss.IDSelectorBitmap(np.packbits(mask.numpy(), bitorder="little"))
         label = "none" if mask is None else f"{filt:.0%}"
         for batch in args.batches:
             nq = min(queries.shape[0], args.queries_b1 if batch == 1 else args.queries)
-            qt, qn = queries[:nq], queries[:nq].numpy()
+            qn = queries[:nq].numpy()
             tr = truth[:nq]
 
             def ours(n_probe: int) -> Callable[[np.ndarray], np.ndarray]:
                 def f(qb: np.ndarray) -> np.ndarray:
                     qb_t = torch.from_numpy(qb)
-                    m = None if packed is None else packed.expand(qb_t.shape[0], -1)
+                    # one filter for the whole call, as FAISS's one selector: a stride-0 view
+                    m = None if mask_row is None else mask_row[None, :].expand(qb_t.shape[0], -1)
                     return index.search(qb_t, K, n_probe=n_probe, mask=m).ids.numpy()
                 return f
 
             def fa(idx, params) -> Callable[[np.ndarray], np.ndarray]:  # type: ignore[no-untyped-def]
                 return lambda qb: idx.search(qb, K, params=params)[1]
 
-            sweeps = [("silverrec IVF-INT8", "n_probe", p, ours(p), lambda qb: None) for p in args.nprobe if p <= C]
-            sweeps = [(m, pn, p, f) for m, pn, p, f, _ in sweeps]
+            # Every FAISS index gets the selector through its own SearchParameters class; a
+            # selector in the wrong class (or none) would search unfiltered, which the
+            # filter check after each setting catches.
+            sweeps: List[Tuple[str, str, int, Callable[[np.ndarray], np.ndarray]]]
+            # every IVF also gets n_probe = C (all lists): under a filter FAISS's IVFs probe no
+            # more lists than asked, so only that setting may reach the recall floor
+            probes = sorted({p for p in args.nprobe if p < C} | {C})
+            sweeps = [("silverrec IVF-INT8", "n_probe", p, ours(p)) for p in probes]
             sweeps.append(("faiss FlatIP", "-", 0, fa(flat, faiss.SearchParameters(sel=sel) if sel else None)))
-            for p in args.nprobe:
-                if p > C:
-                    continue
+            for p in probes:
                 params = faiss.SearchParametersIVF(nprobe=p, sel=sel) if sel else faiss.SearchParametersIVF(nprobe=p)
                 sweeps.append(("faiss IVFFlat", "nprobe", p, fa(ivf_flat, params)))
                 sweeps.append(("faiss IVFSQ8", "nprobe", p, fa(sq8, params)))
@@ -165,6 +172,8 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
                 if best_r.get(method, 0.0) >= 0.999 or slow.get(method, False):
                     continue
                 ids, qps = timed(f, qn, batch, args.repeats)
+                if mask is not None:
+                    check_filtered(ids, mask, f"{name} filter={label} batch={batch} {method} {pname}={p}")
                 slow[method] = nq / qps > 8.0
                 r = recall(ids, tr)
                 best_r[method] = max(best_r.get(method, 0.0), r)
@@ -172,7 +181,7 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
                                  recall=r, qps=qps))
                 if nq / qps < 2.0:
                     timed_again.append((rows[-1], f))
-                print(f"{name:9s} filter={label:4s} batch={batch:3d} {method:18s} {rows[-1]['param']:14s} "
+                print(f"{name:11s} filter={label:4s} batch={batch:3d} {method:18s} {rows[-1]['param']:14s} "
                       f"recall@100={r:.4f} QPS={qps:9.1f}", flush=True)
             # Interleaved rounds: every setting (of those taking < 2 s a pass) is timed again in
             # turn, so a slow stretch of the shared machine hits every library alike; the
@@ -181,17 +190,28 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
                 for row, f in timed_again:
                     row["qps"] = max(row["qps"], timed(f, qn, batch, repeats=1)[1])
             if args.rounds > 1 and timed_again:
-                print(f"{name:9s} filter={label:4s} batch={batch:3d} best of {args.rounds} interleaved rounds: "
+                print(f"{name:11s} filter={label:4s} batch={batch:3d} best of {args.rounds} interleaved rounds: "
                       + ", ".join(f"{r['method'].split()[-1]} {r['param']} {r['qps']:.0f}" for r, _ in timed_again),
                       flush=True)
 
 
-def summarize(rows: List[Dict], batch: int, floor: float) -> str:
+def _strictness(label: str) -> float:
+    """Sort key of a filter label: "none" first, then "10%", "1%", ..."""
+    return -101.0 if label == "none" else -float(label.rstrip("%"))
+
+
+def _panels(rows: List[Dict]) -> List[Tuple[str, str]]:
+    """(data, filter) pairs in run order of the data sets, filters from none to the strictest."""
+    data_order = list(dict.fromkeys(r["data"] for r in rows))
+    return sorted({(r["data"], r["filter"]) for r in rows}, key=lambda k: (data_order.index(k[0]), _strictness(k[1])))
+
+
+def summarize(rows: List[Dict], batch: int, floor: float, mask_layout: str) -> str:
     """Best QPS per (data, filter, method) at recall >= floor, and the silverrec / best-FAISS ratio."""
-    lines = [f"| data | filter | method | best QPS at recall@100 >= {floor} (batch {batch}) | setting | recall@100 | max recall@100 |",
+    lines = [f"| data | filter | method | best QPS at recall@100 >= {floor} (batch {batch}, silverrec mask "
+             f"{mask_layout}) | setting | recall@100 | max recall@100 |",
              "|---|---|---|---:|---|---:|---:|"]
-    keys = sorted({(r["data"], r["filter"]) for r in rows}, key=lambda k: (k[0], ["none", "10%", "1%"].index(k[1])))
-    for data, filt in keys:
+    for data, filt in _panels(rows):
         sel = [r for r in rows if r["data"] == data and r["filter"] == filt and r["batch"] == batch]
         best: Dict[str, Optional[Dict]] = {}
         for m in dict.fromkeys(r["method"] for r in sel):
@@ -202,34 +222,54 @@ def summarize(rows: List[Dict], batch: int, floor: float) -> str:
             lines.append(f"| {data} | {filt} | {m} | {b['qps']:.0f} | {b['param']} | {b['recall']:.4f} | {top:.4f} |" if b
                          else f"| {data} | {filt} | {m} | not reached | - | - | {top:.4f} |")
         ours = best.get("silverrec IVF-INT8")
-        faiss_best = max((b["qps"] for m, b in best.items() if b and m.startswith("faiss")), default=None)
-        if ours and faiss_best:
-            lines.append(f"| {data} | {filt} | **silverrec / best FAISS** | **{ours['qps'] / faiss_best:.2f}x** | | | |")
+        rivals = [(b["qps"], m) for m, b in best.items() if b and m.startswith("faiss")]
+        if ours and rivals:
+            qps, m = max(rivals)
+            lines.append(f"| {data} | {filt} | **silverrec / best FAISS** | **{ours['qps'] / qps:.2f}x** | vs {m} | | |")
     return "\n".join(lines)
 
 
 def plot(rows: List[Dict], path: str, batch: int) -> None:
+    """Recall vs QPS at ``batch``: one row of panels per data set, one column per filter."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["data"], r["filter"]) for r in rows}, key=lambda k: (k[0], ["none", "10%", "1%"].index(k[1])))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (data, filt) in zip(axes[0], panels):
-        sel = [r for r in rows if r["data"] == data and r["filter"] == filt and r["batch"] == batch]
+    panels = _panels([r for r in rows if r["batch"] == batch])
+    if not panels:
+        print(f"(no plot: batch {batch} was not run)")
+        return
+    data = list(dict.fromkeys(d for d, _ in panels))
+    filters = sorted({f for _, f in panels}, key=_strictness)
+    fig, axes = plt.subplots(len(data), len(filters), figsize=(5 * len(filters), 4 * len(data)), squeeze=False)
+    for d_i, f_i in np.ndindex(len(data), len(filters)):
+        ax = axes[d_i][f_i]
+        sel = [r for r in rows if r["data"] == data[d_i] and r["filter"] == filters[f_i] and r["batch"] == batch]
         for m in dict.fromkeys(r["method"] for r in sel):
             pts = sorted((r["recall"], r["qps"]) for r in sel if r["method"] == m)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if "silverrec" in m else ".--", label=m)
         ax.set_yscale("log")
         ax.set_xlabel("recall@100 vs exact float32")
         ax.set_ylabel("queries / s")
-        ax.set_title(f"{data}, filter {filt}, batch {batch}")
+        ax.set_title(f"{data[d_i]}, filter {filters[f_i]}, batch {batch}")
         ax.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
+
+
+def _accepts_bitmap() -> bool:
+    """Whether ``IVFInt8Index.search`` takes a uint8 id-order bitmap mask (a tiny index tries one)."""
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    index = IVFInt8Index.build(x, num_clusters=4)
+    bits = torch.from_numpy(np.packbits(np.arange(64) % 2 == 0, bitorder="little"))  # even ids pass
+    try:
+        ids = index.search(x[:2], 5, n_probe=4, mask=bits[None, :].expand(2, -1)).ids
+    except (ValueError, RuntimeError, TypeError):
+        return False
+    return bool((ids % 2 == 0).all())
 
 
 def main() -> None:
@@ -242,7 +282,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256])
     p.add_argument("--filters", type=float, nargs="+", default=[1.0, 0.1, 0.01])
-    p.add_argument("--nprobe", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024])
+    # up to 3072: on the unclustered set recall@100 0.95 needs 22% of the clusters (880 of 4000 at 1M)
+    p.add_argument("--nprobe", type=int, nargs="+",
+                   default=[1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072])
     p.add_argument("--ef", type=int, nargs="+", default=[32, 128, 512])
     p.add_argument("--queries", type=int, default=512, help="queries per setting (batch 16 / 256)")
     p.add_argument("--queries-b1", type=int, default=64, help="queries per setting at batch 1")
@@ -253,33 +295,50 @@ def main() -> None:
                    "fewer once a setting has taken 1 s)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds: after the sweep, every setting "
                    "is timed again in turn this many times minus one (the fastest pass counts)")
-    p.add_argument("--skip-synthetic", action="store_true", help="run the demo embeddings only")
+    p.add_argument("--datasets", nargs="+", choices=DATASETS, default=None,
+                   help="data sets to run, in this order (default: all; demo only when --demo exists)")
+    p.add_argument("--unclustered-alpha", type=float, default=0.6,
+                   help="spectrum decay of the unclustered set (ann_data.unclustered; smaller is harder)")
+    p.add_argument("--mask-layout", choices=MASK_LAYOUTS, default="bool",
+                   help="how silverrec gets the filter (module docstring); FAISS always gets IDSelectorBitmap")
     args = p.parse_args()
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.rounds < 1:
         p.error(f"--rounds must be >= 1, got {args.rounds}")
+    have_demo = os.path.exists(args.demo)
+    if args.datasets is None:
+        args.datasets = [d for d in DATASETS if d != "demo" or have_demo]
+        if not have_demo:
+            print(f"(demo embeddings skipped: {args.demo} does not exist; `make demo` writes it)")
+    elif "demo" in args.datasets and not have_demo:
+        p.error(f"--datasets demo: {args.demo} does not exist (`make demo` writes it)")
+    if args.mask_layout == "bitmap" and not _accepts_bitmap():
+        p.error("--mask-layout bitmap: this IVFInt8Index.search rejects uint8 id-order bitmaps")
 
     import faiss
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     rows: List[Dict] = []
-    if not args.skip_synthetic:
-        x, q = synthetic(args.n, args.d, max(args.queries, args.queries_b1))
-        run_dataset("synthetic", x, q, args, rows)
-        del x
-    if os.path.exists(args.demo):
-        emb = torch.load(args.demo)
-        run_dataset("demo", emb["items"].float().contiguous(), emb["users"].float()[: args.queries].contiguous(), args, rows)
-    else:
-        print(f"\n(demo embeddings skipped: {args.demo} does not exist; `make demo` writes it)")
+    nq = max(args.queries, args.queries_b1)
+    for name in args.datasets:
+        if name == "demo":
+            emb = torch.load(args.demo)
+            x, q = emb["items"].float().contiguous(), emb["users"].float()[:nq].contiguous()
+        elif name == "clustered":
+            x, q = clustered(args.n, args.d, nq)
+        else:
+            x, q = unclustered(args.n, args.d, nq, alpha=args.unclustered_alpha)
+        run_dataset(name, x, q, args, rows)
+        del x, q
     for batch in args.batches:
-        print(f"\n{summarize(rows, batch, 0.95)}")
-    print(f"\n{summarize(rows, 16, 0.99)}")
+        print(f"\n{summarize(rows, batch, 0.95, args.mask_layout)}")
+    batch = 16 if 16 in args.batches else args.batches[0]  # the issue's targets are at batch 16
+    print(f"\n{summarize(rows, batch, 0.99, args.mask_layout)}")
     if args.plot:
         os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
-        plot(rows, args.plot, 16)
+        plot(rows, args.plot, batch)
 
 
 if __name__ == "__main__":
