@@ -75,7 +75,10 @@ class OverArchConfig:
 class _PairMLP(nn.Module):
     """MLP over ``[u, v, u*v]`` that never materialises the concatenation: the first layer
     ``W [u; v; u*v] = W_u u + W_v v + W_x (u*v)`` computes ``W_u u`` once per user slot and
-    ``W_v v`` once per candidate; later layers are a TorchRec ``MLP``.
+    ``W_v v`` once per candidate, and the cross term as one batched matmul
+    ``W_x (u*v) = v (W_x * u)^T`` (no ``[B, K, S, D]`` product tensor: at serving sizes,
+    16 users x 400 candidates x 4 task slots, that tensor and its pass through a Linear cost more
+    than the matmul); later layers are a TorchRec ``MLP``.
 
     u [B, S, D] x v [B, K, D] (x side features [B, K, F]) -> [B, K, S, H] (H = hidden[-1]).
     """
@@ -93,7 +96,11 @@ class _PairMLP(nn.Module):
         self.rest = MLP(hidden[0], hidden[1:], bias=True) if len(hidden) > 1 else nn.Identity()
 
     def forward(self, u: Tensor, v: Tensor, x: Optional[Tensor] = None) -> Tensor:
-        first = self.user(u).unsqueeze(1) + self.item(v).unsqueeze(2) + self.cross(u.unsqueeze(1) * v.unsqueeze(2))
+        b, slots, d = u.shape
+        h = self.cross.weight.shape[0]
+        scaled = (u.unsqueeze(2) * self.cross.weight).reshape(b, slots * h, d)  # W_x * u_s: [B, S*H, D]
+        cross = torch.bmm(v, scaled.transpose(1, 2)).view(b, v.shape[1], slots, h)  # [B, K, S, H]
+        first = self.user(u).unsqueeze(1) + self.item(v).unsqueeze(2) + cross
         if self.side is not None:
             first = first + self.side(x.to(first.dtype)).unsqueeze(2)
         return self.rest(torch.relu(first))

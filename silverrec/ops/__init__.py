@@ -256,6 +256,37 @@ def quantize_int8_rowwise(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.ops.silverrec.quantize_int8_rowwise(x)
 
 
+# --- exact_filter ---
+
+
+def exact_filter(opcodes: torch.Tensor, terms: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+    """Runs B filter programs exactly on M candidates each, from the candidates' term ids.
+
+    Calls ``torch.ops.silverrec.exact_filter`` (C++ on CPU, Triton on CUDA): the serving graph's
+    exact check of its final candidates, which removes the Bloom filter's false positives. Each
+    candidate's stack is the bits of one 64-bit word, so a program costs a few register
+    operations per instruction and candidate. The spec is
+    ``silverrec.ops.reference.exact_filter_reference``.
+
+    Args:
+        opcodes (Tensor): int64 ``[B, L]`` postfix programs (``BLOOM_*``), padded with ``BLOOM_NOP``
+            (``FilterPlan.opcodes``); well-formed (the C++ kernel refuses others).
+        terms (Tensor): int64 ``[B, L]`` term ids of the term instructions, else -1.
+        held (Tensor): int64 ``[B, M, W]`` term ids of each candidate, -1 padding.
+
+    Returns:
+        Tensor: bool ``[B, M]``, True where the candidate satisfies its query's filter.
+
+    Example::
+
+        >>> from silverrec.ops.reference import BLOOM_TERM, BLOOM_NOT_TERM, BLOOM_AND
+        >>> ops = torch.tensor([[BLOOM_TERM, BLOOM_NOT_TERM, BLOOM_AND]])
+        >>> exact_filter(ops, torch.tensor([[3, 5, -1]]), torch.tensor([[[3, -1], [3, 5], [5, -1]]]))
+        tensor([[ True, False, False]])
+    """
+    return torch.ops.silverrec.exact_filter(opcodes, terms, held)
+
+
 # --- ivf_search ---
 
 

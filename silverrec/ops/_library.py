@@ -34,6 +34,8 @@ SCHEMAS: Dict[str, str] = {
         "ivf_rescore_topk(Tensor queries, Tensor cache, Tensor rows, Tensor row_to_id, int k) -> (Tensor, Tensor)"
     ),
     "quantize_int8_rowwise": "quantize_int8_rowwise(Tensor x) -> (Tensor, Tensor)",
+    # --- exact_filter (the serving graph's exact check of its candidates) ---
+    "exact_filter": "exact_filter(Tensor opcodes, Tensor terms, Tensor held) -> Tensor",
     "ivf_search": (
         "ivf_search(Tensor queries, Tensor centroid_scores, Tensor codes, Tensor scales, Tensor cluster_offsets, "
         "Tensor cache, Tensor row_to_id, Tensor? mask, int n_probe, int min_rows, int max_probe, int k0, int k) "

@@ -146,6 +146,23 @@ def quantize_int8_rowwise_fake(x: Tensor) -> Tuple[Tensor, Tensor]:
 
 FAKE_IMPLS["quantize_int8_rowwise"] = {"Meta": quantize_int8_rowwise_fake}
 
+# --- exact_filter ---
+
+
+def exact_filter_fake(opcodes: Tensor, terms: Tensor, held: Tensor) -> Tensor:
+    """Shape of ``exact_filter``: bool ``[B, M]``."""
+    torch._check(opcodes.dtype == torch.int64 and opcodes.dim() == 2,
+                 lambda: f"exact_filter: opcodes must be int64 [B, L], got {opcodes.dtype} {tuple(opcodes.shape)}")
+    torch._check(terms.dtype == torch.int64 and tuple(terms.shape) == tuple(opcodes.shape),
+                 lambda: f"exact_filter: terms must be int64 {tuple(opcodes.shape)}, got {terms.dtype} {tuple(terms.shape)}")
+    torch._check(held.dtype == torch.int64 and held.dim() == 3 and held.shape[0] == opcodes.shape[0],
+                 lambda: f"exact_filter: held must be int64 [B={opcodes.shape[0]}, M, W], got {held.dtype} "
+                         f"{tuple(held.shape)}")
+    return held.new_empty(held.shape[:2], dtype=torch.bool)
+
+
+FAKE_IMPLS["exact_filter"] = {"Meta": exact_filter_fake}
+
 # --- ivf_search ---
 
 

@@ -327,6 +327,59 @@ def ivf_rescore_topk_reference(
     return out_s.to(dev), out_i.to(dev)
 
 
+# --- exact_filter ---
+
+
+def exact_filter_reference(opcodes: Tensor, terms: Tensor, held: Tensor) -> Tensor:
+    """Spec of ``torch.ops.silverrec.exact_filter``: B filter programs run exactly on M candidates each.
+
+    Candidate ``m`` of query ``b`` holds the term ids ``held[b, m, :]`` (-1 padding). The program
+    ``opcodes[b]`` (postfix, ``BLOOM_*``, padded with ``BLOOM_NOP``) runs on a stack of booleans:
+    ``TERM`` pushes whether the candidate holds ``terms[b, l]`` (exactly: the term ids are
+    compared, no Bloom signature), ``NOT_TERM`` and ``NOT_ROWS`` push the negation, ``TRUE`` /
+    ``FALSE`` push constants, ``AND`` / ``OR`` pop two and push their conjunction / disjunction,
+    ``NOP`` does nothing. The result is the bottom of the stack after the program (False for a
+    program of only ``NOP``); for a well-formed program (as ``compile_plans`` makes) that is its
+    one value. A term id < 0 is held by no candidate.
+
+    Args:
+        opcodes (Tensor): int64 ``[B, L]``.
+        terms (Tensor): int64 ``[B, L]`` term ids of ``TERM`` / ``NOT_*`` instructions (else -1).
+        held (Tensor): int64 ``[B, M, W]`` term ids of each candidate, -1 padding.
+
+    Returns:
+        Tensor: bool ``[B, M]``, True where the candidate satisfies its query's filter.
+
+    Example::
+
+        >>> ops = torch.tensor([[BLOOM_TERM, BLOOM_NOT_TERM, BLOOM_AND]])
+        >>> exact_filter_reference(ops, torch.tensor([[3, 5, -1]]), torch.tensor([[[3, -1], [3, 5], [5, -1]]]))
+        tensor([[ True, False, False]])
+    """
+    B, L = opcodes.shape
+    member = ((held.unsqueeze(2) == terms[:, None, :, None]) & (held >= 0).unsqueeze(2)).any(-1)  # [B, M, L]
+    K = member.shape[1]
+    is_not = (opcodes == BLOOM_NOT_TERM) | (opcodes == BLOOM_NOT_ROWS)
+    is_push = (opcodes == BLOOM_TERM) | is_not | (opcodes == BLOOM_TRUE) | (opcodes == BLOOM_FALSE)
+    is_bin = (opcodes == BLOOM_AND) | (opcodes == BLOOM_OR)
+    stacks = [[[] for _ in range(K)] for _ in range(B)]
+    out = torch.zeros(B, K, dtype=torch.bool)
+    for b in range(B):
+        for m in range(K):
+            stack = stacks[b][m]
+            for l in range(L):
+                op = int(opcodes[b, l])
+                if bool(is_push[b, l]):
+                    v = bool(member[b, m, l]) if op == BLOOM_TERM else not bool(member[b, m, l]) if bool(is_not[b, l]) \
+                        else op == BLOOM_TRUE
+                    stack.append(v)
+                elif bool(is_bin[b, l]):
+                    y, x = stack.pop(), stack.pop()
+                    stack.append((x and y) if op == BLOOM_AND else (x or y))
+            out[b, m] = bool(stack[0]) if stack else False
+    return out.to(opcodes.device)
+
+
 # --- quantize_int8_rowwise ---
 
 

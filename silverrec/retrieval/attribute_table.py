@@ -7,8 +7,9 @@ Two views of the same CSR data (rows in index order):
   evaluates whole filters exactly from it.
 * ``row_terms``: row -> its term ids, padded with -1 to a fixed width, so the membership of a
   candidate in a plan's terms is one gather and a compare. :meth:`forward` (the *exact check*)
-  uses it to test a candidate list against a plan with fixed shapes and no host sync, so it runs
-  inside the exported serving graph on the final results: served results have zero false positives.
+  uses it to test a candidate list against a plan (the ``exact_filter`` op) with fixed shapes and
+  no host sync, so it runs inside the exported serving graph on the final results: served results
+  have zero false positives.
 
 Example::
 
@@ -23,6 +24,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.exact_filter)
 
 from silverrec.ops.reference import (
     BLOOM_AND,
@@ -115,8 +118,8 @@ class AttributeTable(nn.Module):
             tensor([[ True, False, False]])
         """
         valid = (rows >= 0) & (rows < self.num_items)
-        member = term_membership(self.row_terms, terms, rows.clamp(0, max(self.num_items - 1, 0)))
-        return run_filter_program(opcodes, member) & valid
+        held = self.row_terms[rows.clamp(0, max(self.num_items - 1, 0))]  # [B, K, W]
+        return torch.ops.silverrec.exact_filter(opcodes, terms, held) & valid
 
 
 def padded_row_terms(offsets: np.ndarray, term_ids: np.ndarray, width: Optional[int] = None) -> np.ndarray:
@@ -135,56 +138,3 @@ def padded_row_terms(offsets: np.ndarray, term_ids: np.ndarray, width: Optional[
     cols = np.arange(term_ids.size) - np.repeat(offsets[:-1], counts)
     out[rows, cols] = term_ids
     return out
-
-
-def term_membership(row_terms: Tensor, terms: Tensor, rows: Tensor) -> Tensor:
-    """Whether each candidate row holds each plan term: bool ``[B, K, L]``.
-
-    Args:
-        row_terms (Tensor): int64 ``[N, W]`` term ids per row (-1 padding).
-        terms (Tensor): int64 ``[B, L]`` plan term ids (-1 where none).
-        rows (Tensor): int64 ``[B, K]`` rows in ``[0, N)``.
-    """
-    return holds_terms(row_terms[rows], terms)
-
-
-def holds_terms(held: Tensor, terms: Tensor) -> Tensor:
-    """``held`` int64 ``[B, K, W]`` term ids of each candidate (-1 padding) x plan ``terms``
-    ``[B, L]`` -> bool ``[B, K, L]``: the candidate holds the term."""
-    hit = held.unsqueeze(2) == terms[:, None, :, None]  # [B, K, L, W]
-    return (hit & (held >= 0).unsqueeze(2)).any(-1)
-
-
-def run_filter_program(opcodes: Tensor, member: Tensor) -> Tensor:
-    """Evaluates B postfix filter programs on K candidates each: bool ``[B, K]``.
-
-    The stack pointer depends only on the opcodes, so every instruction's stack slots are
-    computed up front; the loop over the L instructions then reads two slots and writes one.
-
-    Args:
-        opcodes (Tensor): int64 ``[B, L]`` (``BLOOM_*``).
-        member (Tensor): bool ``[B, K, L]`` from :func:`term_membership`.
-    """
-    B, L = opcodes.shape
-    K = member.shape[1]
-    is_not = (opcodes == BLOOM_NOT_TERM) | (opcodes == BLOOM_NOT_ROWS)  # both negate the term  [B, L]
-    is_push = (opcodes == BLOOM_TERM) | is_not | (opcodes == BLOOM_TRUE) | (opcodes == BLOOM_FALSE)
-    is_bin = (opcodes == BLOOM_AND) | (opcodes == BLOOM_OR)
-    is_and = opcodes == BLOOM_AND
-    delta = is_push.long() - is_bin.long()
-    sp = torch.cumsum(delta, dim=1) - delta  # stack size before each instruction  [B, L]
-    top1 = (sp - 1).clamp(min=0)
-    top2 = (sp - 2).clamp(min=0)
-    at = torch.where(is_bin, sp - 2, sp).clamp(min=0)  # the slot each instruction writes
-    push = torch.where(is_not.unsqueeze(1), ~member, member)  # TERM / NOT: the (negated) membership
-    push = torch.where(((opcodes == BLOOM_TRUE) | (opcodes == BLOOM_FALSE)).unsqueeze(1), (opcodes == BLOOM_TRUE).unsqueeze(1), push)
-    stack = torch.zeros(B, K, L + 1, dtype=torch.bool, device=member.device)
-    for l in range(L):
-        a = stack.gather(2, top1[:, l, None, None].expand(B, K, 1))[:, :, 0]
-        b = stack.gather(2, top2[:, l, None, None].expand(B, K, 1))[:, :, 0]
-        slot = at[:, l, None, None].expand(B, K, 1)
-        combined = torch.where(is_and[:, l, None], a & b, a | b)
-        keep = stack.gather(2, slot)[:, :, 0]  # NOP: rewrite the slot with itself
-        value = torch.where(is_push[:, l, None], push[:, :, l], torch.where(is_bin[:, l, None], combined, keep))
-        stack = stack.scatter(2, slot, value[:, :, None])
-    return stack[:, :, 0]

@@ -37,7 +37,6 @@ import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.*)
 from silverrec.models.candidate_scorer import CandidateScorer
 from silverrec.models.padded_encoder import PaddedEncoder
 from silverrec.retrieval.bloom_index import BloomIndex
-from silverrec.retrieval.attribute_table import holds_terms, run_filter_program
 from silverrec.retrieval.candidates import best_by_score, merge_candidates
 from silverrec.retrieval.ivf_index import IVFInt8Index
 from silverrec.retrieval.probe_policy import rescore_candidates
@@ -219,7 +218,7 @@ class RetrievalGraph(nn.Module):
         is_fresh, main_rows, fresh_rows = self._split_rows(rows, fresh_item_ids.shape[0])
         item = torch.where(is_fresh, fresh_item_ids[fresh_rows], self.index.row_to_id[main_rows])
         held = torch.where(is_fresh.unsqueeze(-1), fresh_row_terms[fresh_rows], self.bloom.table.row_terms[main_rows])
-        passes = run_filter_program(opcodes, holds_terms(held, terms))
+        passes = torch.ops.silverrec.exact_filter(opcodes, terms, held)
         # excluded main rows were already cleared from the mask; this catches excluded fresh items
         excluded = (item.unsqueeze(2) == exclude.unsqueeze(1)).any(2)
         return item, (rows >= 0) & passes & ~excluded

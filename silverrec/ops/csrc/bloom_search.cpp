@@ -17,6 +17,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "exact_filter.h"
+
 namespace silverrec {
 namespace {
 
@@ -272,6 +274,9 @@ at::Tensor bloom_search_cpu(const at::Tensor& bits, const at::Tensor& opcodes, c
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(silverrec, CPU, m) { m.impl("bloom_search", &bloom_search_cpu); }
+TORCH_LIBRARY_IMPL(silverrec, CPU, m) {
+  m.impl("bloom_search", &bloom_search_cpu);
+  m.impl("exact_filter", &exact_filter_impl::exact_filter_cpu);
+}
 
 }  // namespace silverrec

@@ -48,6 +48,14 @@ except ImportError:  # pragma: no cover - Triton missing or too old: no CUDA ker
 else:
     CUDA_IMPLS["quantize_int8_rowwise"] = {"CUDA": quantize_int8_rowwise_cuda}
 
+# --- exact_filter ---
+try:
+    from silverrec.ops.triton.exact_filter import exact_filter_cuda
+except ImportError:  # pragma: no cover - Triton missing or too old: no CUDA kernel registered
+    pass
+else:
+    CUDA_IMPLS["exact_filter"] = {"CUDA": exact_filter_cuda}
+
 # --- ivf_search (the four kernels above in sequence) ---
 try:
     from silverrec.ops.triton.ivf_search import ivf_search_cuda
