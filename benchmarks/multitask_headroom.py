@@ -53,6 +53,8 @@ from silverrec.train.distributed import local_context
 from silverrec.train.multitask_eval import MultiTaskEvaluator, top_rows
 from silverrec.train.trainer import load_two_tower
 
+from markdown_table import print_table  # a module beside this script (the script's folder is sys.path[0])
+
 _SECONDS_PER_YEAR = 365.2425 * 86400
 _LABEL_TASKS = ("click", "like", "share", "watch")
 
@@ -243,14 +245,6 @@ def _rows(reports: Dict[str, Any], ks: List[int]) -> List[List[str]]:
     return rows
 
 
-def _print_table(rows: List[List[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for j, r in enumerate(rows):
-        print("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |")
-        if j == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", default=None, help="checkpoint (default: the latest in runs/demo)")
@@ -266,7 +260,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(f"checkpoint {ckpt} (step {reports['checkpoint']['step']}); {mp['num_users']} test users; "
           f"model pool: top-{mp['pool_per_task']} per task merged, {mp['pool_size_mean']:.0f} on average; "
           f"oracle pool: its top-{reports['oracle_pool']['pool_per_task']}")
-    _print_table(_rows(reports, ks))
+    print_table(_rows(reports, ks))
     print(f"impossible items (true click logit about -1e4) in the dot Value Model's top-100: "
           f"{100 * mp['impossible_in_dot_top100']:.1f}%")
     print("\nper-task recall@100 over the model pool (oracle: by P(click) * E[label | click])")
@@ -275,7 +269,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         r = per_k["recall@100"]
         task_rows.append([t, f"{r['dot']:.4f}", f"{r['overarch']:.4f}", f"{r['oracle']:.4f}",
                           f"{reports['oracle_pool']['tasks'][t]['recall@100']['oracle']:.4f}"])
-    _print_table(task_rows)
+    print_table(task_rows)
     print(f"\n{time.perf_counter() - t0:.0f} s (world generation {reports['generation_s']} s), torch threads "
           f"{torch.get_num_threads()}")
     if args.json:

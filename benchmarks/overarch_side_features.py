@@ -92,7 +92,7 @@ from silverrec.train.distributed import local_context
 from silverrec.train.multitask_eval import MultiTaskEvaluator, padded_rows, top_rows
 from silverrec.train.trainer import load_two_tower
 
-from multitask_headroom import _print_table  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from markdown_table import print_table  # a module beside this script (the script's folder is sys.path[0])
 
 # the benchmark's group names -> the OverArch's (silverrec/models/side_features.py), whose module
 # computes the features here exactly as the trained model, the evaluation and the serving graph do
@@ -297,13 +297,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     for c in rep[f"value_recall@{ks[0]}"]:
         vals = {k: rep[f"value_recall@{k}"][c] for k in ks}
         rows.append([c] + [f"{vals[k]:.4f}" for k in ks] + [f"{100 * (vals[k] / base[k] - 1):+.1f}%" for k in ks])
-    _print_table(rows)
+    print_table(rows)
     print("\nper-task recall@100 (test)")
     cols = [c for c in ("dot", "overarch", "calibrated_dot", "all_linear", "all_mlp") if c in rep["tasks"]["click"]["recall@100"]]
     trows = [["task"] + cols]
     for t, per_k in rep["tasks"].items():
         trows.append([t] + [f"{per_k['recall@100'][c]:.4f}" for c in cols])
-    _print_table(trows)
+    print_table(trows)
     print(f"\nseconds: {res['seconds']}; total {time.perf_counter() - t0:.0f} s, torch threads {torch.get_num_threads()}")
     if args.json:
         with open(args.json, "w") as f:

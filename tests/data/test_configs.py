@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from silverrec.data.dataset import RecDataset
 
-from .test_movielens import write_ml1m
+from tests.data.test_movielens import write_ml1m
 
 CONF = Path(__file__).resolve().parents[2] / "silverrec" / "conf" / "data"
 

@@ -1,8 +1,8 @@
 """Checks the Triton ``bloom_search`` launcher against the reference on CPU tensors (hypothesis).
 
 Run by ``test_bloom_search.py`` in a subprocess with ``TRITON_INTERPRET=1`` (the variable must
-be set before triton is imported, so it cannot share the pytest process) and with
-``tests/retrieval`` on the path for the corpus/expression strategies. Sizes stay tiny: the
+be set before triton is imported, so it cannot share the pytest process), as
+``python -m tests.ops.bloom_triton_interpret`` from the repository root. Sizes stay tiny: the
 interpreter is slow. Exits non-zero on the first mismatch.
 """
 import os
@@ -15,8 +15,8 @@ import torch  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from bloom_cases import random_case  # noqa: E402
-from bloom_strategies import FEATURES, expressions, item_tables  # noqa: E402
+from tests.ops.bloom_cases import random_case  # noqa: E402
+from tests.retrieval.bloom_strategies import FEATURES, expressions, item_tables  # noqa: E402
 from silverrec.ops.reference import bloom_search_reference  # noqa: E402
 from silverrec.ops.triton.bloom_search import bloom_search_cuda  # noqa: E402
 from silverrec.retrieval import BloomIndex, unpack_mask  # noqa: E402

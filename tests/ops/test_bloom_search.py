@@ -1,7 +1,5 @@
 """``torch.ops.silverrec.bloom_search``: C++ and Triton kernels against the plain-torch reference."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -9,8 +7,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import silverrec  # noqa: F401  (registers the ops)
-from triton_interpreter import run_under_triton_interpreter
-from bloom_cases import random_case
 from silverrec.ops import bloom_search
 from silverrec.ops.reference import (
     BLOOM_AND,
@@ -21,6 +17,8 @@ from silverrec.ops.reference import (
     BLOOM_TRUE,
     bloom_search_reference,
 )
+from tests.ops.bloom_cases import random_case
+from tests.ops.triton_interpreter import run_test_module, run_under_triton_interpreter
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -147,17 +145,15 @@ def test_compile_fullgraph_equals_eager() -> None:
 
 def test_triton_kernel_under_interpreter() -> None:
     """Runs the Triton launcher on CPU tensors with TRITON_INTERPRET=1 in a fresh process."""
-    run_under_triton_interpreter(os.path.join(_HERE, "bloom_triton_interpret.py"), "cases match",
-                                 pythonpath=[_HERE, os.path.join(os.path.dirname(_HERE), "retrieval")])
+    run_under_triton_interpreter(os.path.join(_HERE, "bloom_triton_interpret.py"), "cases match")
 
 
 def test_triton_kernel_compiles_for_sm90(tmp_path) -> None:
     """The real Triton compiler (not the interpreter) accepts the kernel: PTX + cubin, no GPU."""
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(TRITON_CACHE_DIR=str(tmp_path), PYTHONPATH=_HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, os.path.join(_HERE, "bloom_triton_compile.py")], env=env,
-                          capture_output=True, text=True, timeout=600)
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    proc = run_test_module(os.path.join(_HERE, "bloom_triton_compile.py"), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "compiled for sm_90" in proc.stdout
 

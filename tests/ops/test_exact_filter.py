@@ -8,7 +8,6 @@ compiled ahead of time for sm_80 and sm_90 (the interpreter accepts code the com
 """
 import os
 import random
-import subprocess
 import sys
 from typing import List, Tuple
 
@@ -22,10 +21,9 @@ import silverrec  # noqa: F401  (registers the ops)
 from silverrec.ops import exact_filter
 from silverrec.ops import reference as R
 from silverrec.ops.reference import exact_filter_reference
-from tests.ops.triton_interpreter import run_under_triton_interpreter
+from tests.ops.triton_interpreter import run_test_module, run_under_triton_interpreter
 
 Case = Tuple[Tensor, Tensor, Tensor]
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # on PYTHONPATH of subprocesses
 
 
 def random_program(rng: random.Random, num_terms: int, depth: int) -> List[Tuple[int, int]]:
@@ -127,16 +125,14 @@ def test_opcheck_meta_and_export() -> None:
 
 
 def test_triton_kernel_under_interpreter() -> None:
-    run_under_triton_interpreter(__file__, "triton exact_filter ok", pythonpath=[REPO])
+    run_under_triton_interpreter(__file__, "triton exact_filter ok")
 
 
 def test_triton_kernel_compiles_for_sm80_and_sm90() -> None:
     """Ahead-of-time compilation for real targets (no GPU needed), in a fresh process."""
     pytest.importorskip("triton", reason="triton is not installed")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "compile"], env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = run_test_module(__file__, ["compile"], env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "compiled exact_filter for sm_80 and sm_90" in proc.stdout
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 import silverrec  # noqa: F401  (registers the ops)
-from triton_interpreter import run_under_triton_interpreter
+from tests.ops.triton_interpreter import run_under_triton_interpreter
 from silverrec.ops import ivf_int8_topk
 from silverrec.ops.reference import ivf_int8_topk_reference
 
@@ -113,7 +113,7 @@ def test_shared_and_unshared_clusters(B: int, C: int, P: int, with_mask: bool) -
 def test_probe_then_filter_equals_filter_then_probe(seed: int, D: int, k: int) -> None:
     """Masks from ``bloom_search`` over the probed clusters only (the serving path) give the same
     results as masks over all rows: the scan never reads bits outside its probed clusters."""
-    from bloom_cases import random_case as bloom_case  # tests/ops helper of the filter issue
+    from tests.ops.bloom_cases import random_case as bloom_case  # tests/ops helper of the filter issue
 
     from silverrec.ops import bloom_search
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 import silverrec  # noqa: F401  (registers the ops)
-from triton_interpreter import run_under_triton_interpreter
+from tests.ops.triton_interpreter import run_under_triton_interpreter
 from silverrec.ops import ivf_rescore_topk
 from silverrec.ops.reference import ivf_rescore_topk_reference
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 import silverrec  # noqa: F401  (registers the ops)
-from triton_interpreter import run_under_triton_interpreter
+from tests.ops.triton_interpreter import run_under_triton_interpreter
 from silverrec.ops import ivf_int8_topk, ivf_rescore_topk, ivf_search, ivf_select_probes, quantize_int8_rowwise
 from silverrec.ops.reference import ivf_search_in_steps, ivf_search_reference
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 import silverrec  # noqa: F401  (registers the ops)
-from triton_interpreter import run_under_triton_interpreter
+from tests.ops.triton_interpreter import run_under_triton_interpreter
 from silverrec.ops import quantize_int8_rowwise
 from silverrec.ops.reference import quantize_int8_rowwise_reference
 from silverrec.retrieval.quantize import quantize_int8_per_item

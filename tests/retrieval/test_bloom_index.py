@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bloom_strategies import FEATURES, expressions, item_tables, oracle
+from tests.retrieval.bloom_strategies import FEATURES, expressions, item_tables, oracle
 from silverrec.ops.reference import BLOOM_NOT_ROWS
 from silverrec.retrieval import BloomIndex, FilterError, unpack_mask
 from silverrec.retrieval.attribute_table import AttributeTable

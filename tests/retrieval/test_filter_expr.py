@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bloom_strategies import FEATURES, expressions, oracle
+from tests.retrieval.bloom_strategies import FEATURES, expressions, oracle
 from silverrec.retrieval.filter_expr import And, FilterSyntaxError, MatchAll, Node, Not, Or, Term, parse, to_nnf
 
 
