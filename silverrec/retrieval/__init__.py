@@ -1,4 +1,4 @@
-"""Retrieval layers of the serving graph: filter language, Bloom index, IVF-INT8 index, exact search."""
+"""Retrieval layers of the serving graph: filter language, Bloom index, IVF-INT8 index."""
 # --- bloom (filter issue) ---
 from silverrec.retrieval.attribute_table import AttributeTable  # noqa: E402
 from silverrec.retrieval.bloom_index import BloomIndex  # noqa: E402

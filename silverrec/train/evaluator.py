@@ -15,7 +15,7 @@ from torch import nn
 
 from silverrec.data.batching import FeatureBatcher, HistoryIndex
 from silverrec.data.dataset import JaggedColumn, RecDataset
-from silverrec.retrieval.exact import exact_topk
+from silverrec.train.ground_truth import exact_topk
 from silverrec.train.distributed import DistContext, all_gather_rows
 from silverrec.train.metrics import recall_ndcg
 

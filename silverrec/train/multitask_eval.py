@@ -42,7 +42,7 @@ from silverrec.data.batching import FeatureBatcher
 from silverrec.data.dataset import JaggedColumn, RecDataset
 from silverrec.models.two_tower import TwoTower
 from silverrec.retrieval.candidates import merge_candidates
-from silverrec.retrieval.exact import exact_topk
+from silverrec.train.ground_truth import exact_topk
 from silverrec.train.distributed import DistContext
 from silverrec.train.evaluator import embed_eval_users, embed_items, eval_users
 from silverrec.train.tb_logging import TensorBoardLogger

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from silverrec.data.dataset import JaggedColumn
-from silverrec.retrieval.exact import exact_topk
+from silverrec.train.ground_truth import exact_topk
 from silverrec.train.metrics import recall_ndcg
 
 

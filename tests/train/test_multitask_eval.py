@@ -7,7 +7,7 @@ import torch
 
 from silverrec.data.dataset import Interactions, RecDataset, Split
 from silverrec.models.two_tower import TwoTower, TwoTowerConfig, build_two_tower
-from silverrec.retrieval.exact import exact_topk
+from silverrec.train.ground_truth import exact_topk
 from silverrec.train.distributed import local_context
 from silverrec.train.evaluator import Evaluator
 from silverrec.train.multitask_eval import MultiTaskEvaluator, _heldout_pairs, log_multitask, multitask_table

@@ -1,9 +1,13 @@
-"""Exact (brute-force) inner-product top-K: the ground truth of every approximate index."""
+"""Exact (brute-force) inner-product top-K: the ranking evaluation scores against held-out items.
+
+The evaluators (:mod:`silverrec.train.evaluator`, :mod:`silverrec.train.multitask_eval`) rank the
+whole corpus with it, and it is the ground truth that approximate search is measured against.
+"""
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from silverrec.data.dataset import JaggedColumn
 from silverrec.models.similarity import Similarity
@@ -58,38 +62,3 @@ def exact_topk(
         rows_out.append(top_r)
     return torch.cat(scores_out), torch.cat(rows_out)
 
-
-class ExactSearch(nn.Module):
-    """Exact top-K over a fixed item-embedding buffer; export-friendly (fixed output shapes).
-
-    Args:
-        item_embeddings (Tensor): float [N, D], row r is item row r.
-        k (int): K, fixed at construction (the serving graph has (B, K) outputs).
-
-    Call Args:
-        queries (Tensor): float [B, D].
-
-    Returns:
-        Tuple[Tensor, Tensor]: scores float32 [B, K] best first and item rows int64 [B, K].
-
-    Example::
-
-        >>> search = ExactSearch(torch.eye(3), k=2)
-        >>> search(torch.tensor([[0.0, 1.0, 0.5]]))[1].tolist()
-        [[1, 2]]
-    """
-
-    def __init__(self, item_embeddings: Tensor, k: int) -> None:
-        super().__init__()
-        if item_embeddings.dim() != 2 or item_embeddings.shape[0] == 0:
-            raise ValueError(f"ExactSearch.item_embeddings must be a non-empty [N, D] tensor, got {tuple(item_embeddings.shape)}")
-        if not torch.isfinite(item_embeddings).all():
-            raise ValueError("ExactSearch.item_embeddings contains NaN or inf")
-        if not 1 <= k <= item_embeddings.shape[0]:
-            raise ValueError(f"ExactSearch.k={k} must be in [1, N={item_embeddings.shape[0]}]")
-        self.register_buffer("item_embeddings", item_embeddings.float().contiguous())
-        self.k = k
-
-    def forward(self, queries: Tensor) -> Tuple[Tensor, Tensor]:
-        scores = Similarity.pairwise(queries.float(), self.item_embeddings)
-        return torch.topk(scores, self.k, dim=1)
