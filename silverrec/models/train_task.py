@@ -10,15 +10,15 @@ Losses of a batch of B (user, positive item) pairs with labels ``[B, T]``:
   chosen by ``over_arch_negatives``:
 
   - ``"in_batch"``: ``sampled_negatives`` other in-batch items (logQ-corrected), and
-    optionally ``hard_negatives`` items mined from an IVF-INT8 index over the current item
+    optionally ``hard_negatives`` items mined by a candidate search over the current item
     embeddings (refreshed by the trainer, see :meth:`TwoTowerTrainTask.set_negative_bank`);
   - ``"pool"``: like the serving candidates. Each row's pool is the top-``pool_size`` items of
-    that index for the row's first-task embedding, the user's history left out (as seen items
+    that search for the row's first-task embedding, the user's history left out (as seen items
     are at serving); ``sampled_negatives`` negatives are drawn uniformly from the pool, and
     only rows whose positive is in the pool train the OverArch. The OverArch only ever
     re-ranks a pool: in-batch negatives are far easier than serving candidates, and pool
     negatives against positives from anywhere teach it that a high dot product is bad. The
-    pool's items, positive included, are scored from the index's embeddings (as of its last
+    pool's items, positive included, are scored from the bank's embeddings (as of its last
     rebuild), as the serving graph scores its candidates from the published item cache.
 
   With ``over_arch_detach`` the OverArch loss sees stop-gradients of the tower outputs and of
@@ -30,9 +30,13 @@ Losses of a batch of B (user, positive item) pairs with labels ``[B, T]``:
 
 The total is ``sum_t task_weight[t] * (retrieval_t + over_arch_weight * overarch_t)``; the towers
 are trained jointly with the OverArch (unless ``over_arch_detach``).
+
+The candidate search comes from outside: the task is given a :data:`SearchBuilder` (the trainer
+passes :func:`silverrec.train.trainer.ivf_candidate_search`, an ``IVFInt8Index`` over the bank, so
+mining uses the served index), and ``models/`` never imports the retrieval layer.
 """
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +47,17 @@ from silverrec.models.two_tower import TwoTower
 from silverrec.schema import HISTORY, user_key
 
 NEGATIVE_MODES = ("in_batch", "pool")
+
+CandidateSearch = Callable[[Tensor, int], Tensor]
+"""``search(queries, k) -> rows``: the top-``k`` bank rows for each query by inner product.
+
+``queries`` float32 ``[B, D]`` on the CPU; ``rows`` int64 ``[B, k]``, rows of the item bank the
+search was built over, best first, ``-1`` where fewer than ``k`` were found.
+"""
+
+SearchBuilder = Callable[[Tensor], CandidateSearch]
+"""``build(bank) -> search``: a :data:`CandidateSearch` over ``bank`` float32 ``[N, D]`` (CPU), row
+``r`` being item row ``r``; called once per refresh of the bank, then searched every step."""
 
 
 @dataclass
@@ -111,6 +126,10 @@ class TwoTowerTrainTask(nn.Module):
         item_log_q (Tensor): float32 [N] log in-batch sampling probability of each item
             (:func:`~silverrec.models.losses.item_log_frequency`).
         config (LossConfig): weights and negatives.
+        search_builder (Optional[SearchBuilder]): builds the candidate search over the item
+            bank that mines ``hard_negatives`` and ``"pool"`` candidates (needed when
+            ``config.needs_index``; the trainer passes
+            :func:`~silverrec.train.trainer.ivf_candidate_search`).
 
     Call Args:
         features (KeyedJaggedTensor): both sides of B (user, positive item) pairs.
@@ -122,7 +141,8 @@ class TwoTowerTrainTask(nn.Module):
         (``retrieval/<task>``, ``overarch/<task>``).
     """
 
-    def __init__(self, two_tower: TwoTower, item_log_q: Tensor, config: Optional[LossConfig] = None) -> None:
+    def __init__(self, two_tower: TwoTower, item_log_q: Tensor, config: Optional[LossConfig] = None,
+                 search_builder: Optional[SearchBuilder] = None) -> None:
         super().__init__()
         self.two_tower = two_tower
         self.config = config or LossConfig()
@@ -132,7 +152,8 @@ class TwoTowerTrainTask(nn.Module):
         self.task_weights = [float(self.config.task_weights.get(t, 1.0)) for t in two_tower.task_names]
         self.loss = InBatchSoftmaxLoss(item_log_q)
         self.register_buffer("negative_bank", torch.empty(0), persistent=False)
-        self.negative_index = None
+        self.search_builder = search_builder
+        self.negative_search: Optional[CandidateSearch] = None
         self.generator = torch.Generator().manual_seed(0)
 
     def reseed(self, seed: int) -> None:
@@ -142,12 +163,17 @@ class TwoTowerTrainTask(nn.Module):
 
     @torch.no_grad()
     def set_negative_bank(self, item_embeddings: Tensor) -> None:
-        """Builds the hard-negative index over ``item_embeddings`` [N, D] (rows = item rows)."""
-        from silverrec.retrieval.ivf_index import IVFInt8Index
+        """Keeps ``item_embeddings`` as the negative bank and builds the candidate search over it.
 
+        Args:
+            item_embeddings (Tensor): float ``[N, D]``, row ``r`` the embedding of item row ``r``.
+        """
+        if self.search_builder is None:
+            raise RuntimeError("TwoTowerTrainTask has no search_builder to mine negatives with: pass one to the "
+                               "constructor (the trainer passes silverrec.train.trainer.ivf_candidate_search)")
         bank = item_embeddings.detach().float().cpu()
         self.negative_bank = bank.to(self.negative_bank.device)
-        self.negative_index = IVFInt8Index.build(bank)
+        self.negative_search = self.search_builder(bank)
 
     def forward(self, features: KeyedJaggedTensor, item_rows: Tensor, labels: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         tt = self.two_tower
@@ -210,17 +236,17 @@ class TwoTowerTrainTask(nn.Module):
 
     def _pool_logits(self, u: Tensor, item_rows: Tensor, history: Tensor, r: int) -> Tuple[Tensor, Tensor]:
         """``"pool"`` mode: [R, 1 + S, T] logits of each row's positive and S negatives drawn
-        uniformly from its top-P index candidates (history left out), and float [R] whether the
+        uniformly from its top-P search candidates (history left out), and float [R] whether the
         positive is in the pool (the row weight)."""
-        if self.negative_index is None:
-            raise RuntimeError("loss.over_arch_negatives=pool needs the candidate index: call "
+        if self.negative_search is None:
+            raise RuntimeError("loss.over_arch_negatives=pool needs the candidate search: call "
                                "TwoTowerTrainTask.set_negative_bank(item_embeddings) first (the trainer does)")
         s = self.config.sampled_negatives
         pos = item_rows[:r]
         with torch.no_grad():
             # the top P + L (history length) unfiltered, then the history dropped: much faster than a filtered search
             n = self.negative_bank.shape[0]
-            _, rows = self.negative_index.search(u[:r, 0].detach().float().cpu(), k=min(self.config.pool_size + history.shape[1], n))
+            rows = self.negative_search(u[:r, 0].detach().float().cpu(), min(self.config.pool_size + history.shape[1], n))
             rows, hist = rows.to(u.device), history.to(u.device)  # [R, P + L], [R, L]
             seen = (rows.unsqueeze(2) == hist.unsqueeze(1)).any(2) | (rows < 0)
             valid = ~seen & (torch.cumsum((~seen).int(), dim=1) <= self.config.pool_size)  # [R, P + L]: the pool
@@ -248,16 +274,16 @@ class TwoTowerTrainTask(nn.Module):
         logits = self._score(u[:r], cand, history, cand_rows) - self.loss.item_log_q[cand_rows].unsqueeze(-1)
         hit = torch.cat([torch.zeros_like(cols[:, :1], dtype=torch.bool), cand_rows[:, 1:] == pos.unsqueeze(1)], 1)
         logits = logits.masked_fill(hit.unsqueeze(-1), float("-inf"))
-        if self.config.hard_negatives and self.negative_index is not None:
+        if self.config.hard_negatives and self.negative_search is not None:
             logits = torch.cat([logits, self._hard_negative_logits(u[:r], pos, history)], dim=1)
         return logits
 
     def _hard_negative_logits(self, u: Tensor, item_rows: Tensor, history: Optional[Tensor] = None) -> Tensor:
-        """[B, H, T] logits of the items the index ranks highest for each row's first task
+        """[B, H, T] logits of the items the search ranks highest for each row's first task
         (its positive and padding masked out; the bank's embeddings are constants)."""
         h = self.config.hard_negatives
         with torch.no_grad():
-            _, rows = self.negative_index.search(u[:, 0].detach().float().cpu(), k=h + 1)
+            rows = self.negative_search(u[:, 0].detach().float().cpu(), h + 1)
             rows = rows.to(u.device)
             bad = (rows < 0) | (rows == item_rows.unsqueeze(1))
             rows = rows.clamp_min(0)

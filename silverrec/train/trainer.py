@@ -20,13 +20,39 @@ from tqdm import tqdm
 from silverrec.data.batching import FeatureBatcher, TrainBatches
 from silverrec.data.dataset import RecDataset
 from silverrec.models.losses import item_log_frequency
-from silverrec.models.train_task import LossConfig, TwoTowerTrainTask
+from silverrec.models.train_task import CandidateSearch, LossConfig, TwoTowerTrainTask
 from silverrec.models.two_tower import TwoTower, TwoTowerConfig, build_two_tower
+from silverrec.retrieval.ivf_index import IVFInt8Index
 from silverrec.train import checkpoint as ckpt
 from silverrec.train.distributed import DistContext, broadcast_object
 from silverrec.train.evaluator import Evaluator, embed_items
 from silverrec.train.optim import SparseOptimizerConfig, apply_sparse_optimizer, combined_optimizer
 from silverrec.train.tb_logging import TensorBoardLogger
+
+
+def ivf_candidate_search(bank: torch.Tensor) -> CandidateSearch:
+    """The training task's candidate search: an :class:`~silverrec.retrieval.IVFInt8Index` over
+    the item bank (default build and probe settings), the index that serving publishes.
+
+    Args:
+        bank (Tensor): float32 ``[N, D]`` item embeddings, row ``r`` = item row ``r``.
+
+    Returns:
+        CandidateSearch: ``search(queries, k)``, queries float32 ``[B, D]`` -> int64 ``[B, k]``
+        bank rows, best first, ``-1`` padding.
+
+    Example::
+
+        >>> search = ivf_candidate_search(torch.eye(4))
+        >>> search(torch.tensor([[0.0, 0.0, 1.0, 0.0]]), 1).tolist()
+        [[2]]
+    """
+    index = IVFInt8Index.build(bank)
+
+    def search(queries: torch.Tensor, k: int) -> torch.Tensor:
+        return index.search(queries, k).ids
+
+    return search
 
 
 @dataclass
@@ -124,7 +150,8 @@ class Trainer:
         if two_tower.uses_history:  # the side features' item attribute table
             set_side_feature_items(two_tower, dataset)
         train_items = torch.from_numpy(dataset.interactions.item[train])
-        task = TwoTowerTrainTask(two_tower, item_log_frequency(train_items, dataset.items.num_rows), loss_config)
+        task = TwoTowerTrainTask(two_tower, item_log_frequency(train_items, dataset.items.num_rows), loss_config,
+                                 search_builder=ivf_candidate_search)
         apply_sparse_optimizer(two_tower.ebc.parameters(), sparse)
         plan = sharding_plan(task, two_tower.ebc.embedding_bag_configs(), self.ctx)
         model = DistributedModelParallel(task, device=self.ctx.device, plan=plan)
@@ -173,7 +200,7 @@ class Trainer:
             epoch, in_epoch = divmod(step, batches.steps_per_epoch)
             for batch in batches.epoch(epoch, start_step=in_epoch):
                 self._set_lr(opt, base_lr, step)
-                if loss_config.needs_index and (step % loss_config.hard_negative_refresh == 0 or model.module.negative_index is None):
+                if loss_config.needs_index and (step % loss_config.hard_negative_refresh == 0 or model.module.negative_search is None):
                     self._refresh_negatives(model, dataset)  # also at the start (and on resume): "pool" mode needs it
                 model.module.reseed(seed * 1_000_003 + step)
                 labels = torch.stack([batch.labels[t] for t in tasks], dim=1)
@@ -211,7 +238,7 @@ class Trainer:
                 g["lr"] = lr * f
 
     def _refresh_negatives(self, model, dataset: RecDataset) -> None:
-        """Rebuilds the hard-negative index from the current item embeddings (every rank)."""
+        """Rebuilds the negative bank and its candidate search from the current item embeddings (every rank)."""
         batcher = FeatureBatcher(dataset.schema, dataset.users, dataset.items)
         was_training = model.training
         model.eval()

@@ -1,9 +1,14 @@
 """The OverArch loss modes of TwoTowerTrainTask: serving-like pool negatives and the stop-gradient."""
+import ast
+import pathlib
+
 import pytest
 import torch
 
-from silverrec.models.train_task import LossConfig, TwoTowerTrainTask
+import silverrec.models
+from silverrec.models.train_task import CandidateSearch, LossConfig, TwoTowerTrainTask
 from silverrec.models.two_tower import build_two_tower
+from silverrec.train.trainer import ivf_candidate_search
 from tests.models.test_two_tower import TASKS, _config, _kjt, _schema
 
 HISTORIES = [[1], [2, 3], [], [4], [6, 0, 8]]
@@ -14,7 +19,7 @@ def _task(**loss):
     torch.manual_seed(0)
     schema = _schema()
     model = build_two_tower(schema, _config())
-    task = TwoTowerTrainTask(model, torch.full((20,), -3.0), LossConfig(**loss))
+    task = TwoTowerTrainTask(model, torch.full((20,), -3.0), LossConfig(**loss), search_builder=ivf_candidate_search)
     kjt = _kjt(schema, [0, 1, 2, 0, 1], HISTORIES, ITEMS)
     with torch.no_grad():
         items = model(_kjt(schema, [0] * 20, [[]] * 20, list(range(20))))[1]
@@ -33,7 +38,7 @@ def test_pool_negatives_come_from_the_index_top_p_without_the_history():
     logits, in_pool = task._pool_logits(u, item_rows, history, 5)
     assert logits.shape == (5, 7, 3)
     # the reference pool of each row: the index's ranking of the click head, history removed, first P
-    _, ranked = task.negative_index.search(u[:, 0].detach(), k=20)
+    ranked = task.negative_search(u[:, 0].detach(), 20)
     for r in range(5):
         pool = [i for i in ranked[r].tolist() if i >= 0 and i not in HISTORIES[r]][:8]
         assert in_pool[r] == float(ITEMS[r] in pool)
@@ -56,6 +61,42 @@ def test_pool_negatives_come_from_the_index_top_p_without_the_history():
     assert set(parts) == {f"{kind}/{t.name}" for kind in ("retrieval", "overarch") for t in TASKS}
     loss.backward()
     assert model.over_arch.scorer.mlp.cross.weight.grad.abs().sum() > 0
+
+
+def test_the_task_mines_with_the_search_it_is_given():
+    """Any SearchBuilder works: here an exact search, whose pool is the exact top P minus the history."""
+    built = []
+
+    def exact_builder(bank: torch.Tensor) -> CandidateSearch:
+        built.append(bank)
+        return lambda queries, k: torch.topk(queries @ bank.T, k, dim=1).indices
+
+    task, model, kjt, items = _task(over_arch_negatives="pool", sampled_negatives=6, pool_size=8)
+    task.search_builder = exact_builder
+    task.set_negative_bank(items)
+    assert len(built) == 1 and torch.equal(built[0], items.float())
+    u, _ = model(kjt)
+    _, in_pool = task._pool_logits(u, torch.tensor(ITEMS), task._history(kjt, 5), 5)
+    ranked = torch.topk(u[:, 0].detach() @ items.T, 20, dim=1).indices
+    for r in range(5):
+        pool = [i for i in ranked[r].tolist() if i not in HISTORIES[r]][:8]
+        assert in_pool[r] == float(ITEMS[r] in pool)
+
+
+def test_set_negative_bank_without_a_search_builder_is_an_error():
+    task, _, _, items = _task(hard_negatives=2)
+    task.search_builder = None
+    with pytest.raises(RuntimeError, match="search_builder"):
+        task.set_negative_bank(items)
+
+
+def test_models_never_import_the_retrieval_layer():
+    """The task gets its candidate search from the trainer; models/ stays below retrieval/."""
+    for path in pathlib.Path(silverrec.models.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if "retrieval" in n.split(".")], f"{path} imports {names}"
 
 
 def test_rows_whose_positive_is_outside_the_pool_do_not_train_the_over_arch():

@@ -9,6 +9,7 @@ from silverrec.models.similarity import Similarity
 from silverrec.models.two_tower import TwoTowerConfig, build_two_tower, embedding_tables
 from silverrec.models.train_task import LossConfig, TwoTowerTrainTask
 from silverrec.models.over_arch import OverArchConfig
+from silverrec.train.trainer import ivf_candidate_search
 from silverrec.schema import Feature, Schema, Task, TaskKind
 
 TASKS = (Task("click"), Task("like"), Task("watch", TaskKind.REGRESSION))
@@ -146,7 +147,8 @@ def test_over_arch_loss_trains_with_sampled_and_hard_negatives():
     schema = _schema()
     model = build_two_tower(schema, _config())
     log_q = torch.full((20,), -3.0)
-    task = TwoTowerTrainTask(model, log_q, LossConfig(sampled_negatives=2, hard_negatives=3))
+    task = TwoTowerTrainTask(model, log_q, LossConfig(sampled_negatives=2, hard_negatives=3),
+                             search_builder=ivf_candidate_search)
     item_rows = torch.tensor([3, 5, 7, 9, 11])
     kjt = _kjt(schema, [0, 1, 2, 0, 1], [[1], [2, 3], [], [4], [6]], item_rows.tolist())
     labels = torch.ones(5, 3)
