@@ -21,7 +21,13 @@ Why these numbers:
   items widens the probe about ``1 / s`` times. ``max_probe = C``: a filter too strict for that
   scans every cluster (the filtered exhaustive scan), so ``k`` results come back whenever ``k``
   items pass. The serving graph always has a mask (exclusions, deletions), so it always takes
-  this branch.
+  this branch. The widening is what keeps filtered recall: the best ``k`` passing items are
+  about the best ``k / s`` items overall, which lie in more clusters than the best ``k``. On
+  the demo model's 50,000 item embeddings (512 test users, k = 100, recall@100 against exact
+  filtered search) this rule reached 0.957 / 0.992 with a random 10% filter at ``n_probe`` 8 / 18
+  and 0.966 with ``language:de`` (6.7% of the items) at 18, where stopping once K0 passing rows
+  were covered (FAISS's behaviour with an ``IDSelector``: the same ``nprobe`` clusters) reached
+  0.789 / 0.791 and 0.670. The price is paid on data whose neighbours spread over many clusters.
 """
 import math
 from typing import NamedTuple, Optional
