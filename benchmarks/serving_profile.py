@@ -2,6 +2,7 @@
 
     python benchmarks/serving_profile.py [--model runs/demo/serving.pt2] [--batches 1 16 64]
     python benchmarks/serving_profile.py --compare OTHER.pt2   # also time another artifact of the same model
+    python benchmarks/serving_profile.py --compare OTHER.pt2 --recall 512   # and both artifacts' served recall
 
 The stages are those of ``RetrievalGraph.forward`` (one method or sub-module each), timed on the
 eager graph rebuilt from the artifact's checkpoint with the artifact's serving config (the same
@@ -16,7 +17,10 @@ one thread, so its split cannot be timed from outside). The last rows time the a
 
 Queries: test-split users of the artifact's data with their latest training history, that
 history excluded, and no filter / the demo filter. Times are medians over the batches, in ms per
-batch (a call); every configuration is timed in interleaved rounds.
+batch (a call); every configuration is timed in interleaved rounds. ``--recall N`` also measures
+each artifact's served recall@K against the exact value ranking (every item passing the filter,
+minus the exclusions, scored by the same OverArch + Value Model; ``benchmarks/serving.py``'s
+reference) on N users over the filter mix of ``benchmarks/serving.py``.
 """
 import argparse
 import os
@@ -137,6 +141,7 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=256, help="queries per configuration")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--recall", type=int, default=0, help="users for served recall@K against exact (0: skip)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -212,10 +217,52 @@ def main() -> None:
     for label in rows:
         cells = " | ".join(f"{stage_ms[c].get(label, float('nan')):.3f}" for c in columns)
         print(f"| {label} | {cells} |")
+    if args.recall:
+        served_recall(ds, model, graph, {n: r for n, r in served.items() if "torch.export" not in n}, args.recall)
     if args.compare:
         base, other = list(served)[0], list(served)[-1]
         print("\n" + ", ".join(f"b={b} {f}: {stage_ms[(b, f)][other] / stage_ms[(b, f)][base]:.2f}x"
                                for b, f in columns) + f"  (time of {other} / {base})")
+
+
+def served_recall(ds: RecDataset, model: torch.nn.Module, graph: torch.nn.Module, served: Dict[str, Retriever],
+                  num_users: int) -> None:
+    """Prints each artifact's served recall@K against the exact value ranking, per filter."""
+    # benchmarks/serving.py (a module beside this script, sys.path[0]; it imports faiss)
+    from serving import FILTERS, history_slots, recall, reference_top
+
+    from silverrec.train.export import publish_item_embeddings
+
+    rng = np.random.default_rng(1)
+    users = np.sort(rng.choice(np.unique(ds.interactions.user[ds.split.test]), size=num_users, replace=False))
+    reqs = example_users(ds, users, latest_history(ds, users))
+    filters = [FILTERS[i % len(FILTERS)] for i in range(num_users)]
+    exclude_ids = [r.get("history", []) for r in reqs]
+    row_of = {x: i for i, x in enumerate(ds.schema.item_ids)}
+    enc = next(iter(served.values())).encoder
+    user_ids = enc.users(reqs)
+    ops, terms, hashes = enc.filters(filters, num_users)
+    exclude = enc.exclude(exclude_ids, num_users)
+    items = publish_item_embeddings(model, ds)
+    passing = graph.bloom.matches(filters).numpy()  # exact; the graph's rows are item rows here
+    with torch.no_grad():
+        u = graph.user_encoder(user_ids)
+    hs = history_slots(graph.user_encoder)
+    want = []
+    for b in range(num_users):
+        ok = passing[b].copy()
+        ok[[row_of[x] for x in exclude_ids[b]]] = False
+        want.append(reference_top(model, u[b], items, ok, user_ids[b, hs]))
+    print(f"\nserved recall@{graph.k} against the exact value ranking, {num_users} users:")
+    for name, r in served.items():
+        got = []
+        for s in range(0, num_users, 64):
+            ids, _, _, n = r.search(user_ids[s:s + 64], ops[s:s + 64], terms[s:s + 64], hashes[s:s + 64],
+                                    exclude[s:s + 64])
+            got += [ids[b, : int(n[b])].numpy() for b in range(ids.shape[0])]
+        per = {f or "<none>": recall([g for g, x in zip(got, filters) if x == f], [w for w, x in zip(want, filters) if x == f])
+               for f in FILTERS}
+        print(f"  {name}: {recall(got, want):.4f} (" + ", ".join(f"{f!r} {v:.4f}" for f, v in per.items()) + ")")
 
 
 def _cpu_isa() -> str:
