@@ -496,14 +496,15 @@ def ivf_search_in_steps(steps: Tuple[Callable, ...], queries: Tensor, centroid_s
     q_codes, q_scales = quantize(queries)
     probe = select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe)
     _, rows, valid = int8_topk(q_codes, q_scales, codes, scales, cluster_offsets, probe, mask, k0)
-    if max_probe < cluster_offsets.numel() - 1:
-        short = (valid < k).nonzero().flatten()  # a host sync on CUDA, in this case only
-        if short.numel() > 0:
-            everything = torch.zeros((short.numel(), 1), dtype=torch.int64, device=rows.device)
-            all_rows = torch.tensor([0, codes.shape[0]], dtype=torch.int64, device=rows.device)
-            _, again, _ = int8_topk(q_codes[short], q_scales[short], codes, scales, all_rows, everything,
-                                    None if mask is None else mask[short], k0)
-            rows = rows.index_copy(0, short, again)
+    C = cluster_offsets.numel() - 1
+    if max_probe < C:
+        # a query whose capped probe list held fewer than k eligible rows probes every cluster;
+        # the others get an empty probe row (-1s, nothing scanned): fixed shapes, no host sync
+        short = (valid < k).unsqueeze(1)  # [B, 1]
+        every = torch.arange(C, device=rows.device).expand(rows.shape[0], C)
+        _, again, _ = int8_topk(q_codes, q_scales, codes, scales, cluster_offsets,
+                                torch.where(short, every, -1), mask, k0)
+        rows = torch.where(short, again, rows)
     scores, ids = rescore_topk(queries, cache, rows, row_to_id, k)
     # the row of each result: the candidate whose id it is (ids are distinct)
     cand_ids = torch.where(rows >= 0, row_to_id[rows.clamp(min=0)], -1)  # [B, K0]

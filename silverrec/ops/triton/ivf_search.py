@@ -3,9 +3,9 @@
 Spec: ``silverrec.ops.reference.ivf_search_reference``. On the GPU the kernels are launched back
 to back on one stream, so fusing them saves little of what it saves on the CPU (fork/joins and
 intermediate tensors); each step is its own kernel (:mod:`.quantize_int8_rowwise`,
-:mod:`.ivf_select_probes`, :mod:`.ivf_int8_topk`, :mod:`.ivf_rescore_topk`). The short-list
-fallback of a capped probe list (``max_probe < C``) reads which queries need it on the host: one
-sync per call in that case only.
+:mod:`.ivf_select_probes`, :mod:`.ivf_int8_topk`, :mod:`.ivf_rescore_topk`). No host sync: the
+short-list fallback of a capped probe list (``max_probe < C``) is a second scan with fixed shapes,
+in which only the queries that need it probe every cluster (the others an empty probe row).
 """
 from typing import Optional, Tuple
 
