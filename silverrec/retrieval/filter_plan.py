@@ -15,6 +15,16 @@ terms, by De Morgan) and emitted as a postfix program over the ``BLOOM_*`` opcod
 Because the Bloom test only adds false positives and ``NOT`` is exact, the mask of a plan is a
 superset of the exact matches: it never drops an item that satisfies the filter.
 
+Values are matched exactly, as strings: a value that differs from a published one only in case
+(``language:EN`` against ``en``) is a different value; like any value the item table never held,
+it compiles to ``FALSE`` (its ``NOT`` to ``TRUE``), not to an error. An unknown *feature* is an
+error.
+
+A parsed filter of t terms compiles to exactly ``2 t - 1`` instructions (t terms and t - 1 binary
+``AND``/``OR``; ``NOT`` is folded into the terms), so a program limit of ``length`` instructions is
+a limit of ``(length + 1) // 2`` terms, which the parser checks while lexing: a filter far over
+the limit is refused after reading its first terms, not after parsing all of it.
+
 Example::
 
     >>> from silverrec.retrieval.term_dictionary import TermDictionary
@@ -24,7 +34,7 @@ Example::
     >>> plan.opcodes.tolist(), plan.terms.tolist()
     ([[1, 2, 3], [5, 0, 0]], [[0, 1, -1], [-1, -1, -1]])
 """
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -40,7 +50,9 @@ from silverrec.ops.reference import (
     BLOOM_TERM,
     BLOOM_TRUE,
 )
-from silverrec.retrieval.filter_expr import And, FilterError, MatchAll, Node, Not, Or, Term, parse, to_nnf
+from silverrec.retrieval.filter_expr import (
+    And, FilterError, FilterLimitError, MatchAll, Node, Not, Or, Term, excerpt, parse, to_nnf,
+)
 from silverrec.retrieval.term_dictionary import TermDictionary
 
 
@@ -68,7 +80,7 @@ def _emit(node: Node, d: TermDictionary, text: str, dense: Optional[np.ndarray],
         try:
             tid = d.term_id(term.feature, term.value)
         except FilterError as err:
-            raise FilterError(f"{err} (at column {term.column} in filter {text!r})") from None
+            raise FilterError(f"{err} (at column {term.column} in filter {excerpt(text, term.column)})") from None
         if isinstance(node, Term):
             out.append((BLOOM_TERM, tid) if tid >= 0 else (BLOOM_FALSE, -1))
         elif tid < 0:
@@ -86,24 +98,44 @@ def _emit(node: Node, d: TermDictionary, text: str, dense: Optional[np.ndarray],
                 out.append((op, -1))
 
 
-def compile_program(expression: str, dictionary: TermDictionary, dense: Optional[np.ndarray] = None
-                    ) -> List[Tuple[int, int]]:
+def max_terms_for(length: int) -> int:
+    """Most terms a filter may have to compile to at most ``length`` instructions (``2 t - 1 <= length``)."""
+    return (length + 1) // 2
+
+
+def compile_program(expression: str, dictionary: TermDictionary, dense: Optional[np.ndarray] = None,
+                    length: Optional[int] = None, max_chars: Optional[int] = None) -> List[Tuple[int, int]]:
     """Parses one expression and returns its postfix program as ``(opcode, term id)`` pairs.
 
-    ``dense`` (bool ``[T]``) marks the terms with an exact bitmap row (their ``NOT`` becomes
-    ``NOT_ROWS``).
+    Args:
+        expression (str): the filter.
+        dictionary (TermDictionary): the index's terms.
+        dense (Optional[np.ndarray]): bool ``[T]``, the terms with an exact bitmap row (their
+            ``NOT`` becomes ``NOT_ROWS``).
+        length (Optional[int]): most instructions; checked while lexing, as a term count
+            (:func:`max_terms_for`). None: no limit.
+        max_chars (Optional[int]): most characters, checked before lexing. None: no limit.
+
+    Returns:
+        List[Tuple[int, int]]: the program, ``2 t - 1`` pairs for a filter of t terms (one
+        ``TRUE`` for the blank filter).
 
     Raises:
-        FilterSyntaxError: malformed expression (with column).
+        FilterSyntaxError: malformed expression (with column), or nested too deep.
+        FilterLimitError: over ``length`` or ``max_chars`` (the limit named).
         FilterError: a feature the index does not know (named, with column).
     """
+    max_terms = None if length is None else max_terms_for(length)
+    limit = f" for programs of at most {length} instructions (filter_length; t terms compile to 2t - 1 instructions)"
     out: List[Tuple[int, int]] = []
-    _emit(to_nnf(parse(expression)), dictionary, expression, dense, out)
+    _emit(to_nnf(parse(expression, max_terms=max_terms, max_chars=max_chars, limit_name=limit)),
+          dictionary, expression, dense, out)
     return out
 
 
 def compile_plans(expressions: Sequence[str], dictionary: TermDictionary, term_hashes: np.ndarray,
-                  dense: Optional[np.ndarray] = None, length: Optional[int] = None) -> FilterPlan:
+                  dense: Optional[np.ndarray] = None, length: Optional[int] = None,
+                  max_chars: Optional[int] = None) -> FilterPlan:
     """Compiles a batch of B filter expressions (one per query) into padded plan tensors.
 
     Args:
@@ -113,22 +145,32 @@ def compile_plans(expressions: Sequence[str], dictionary: TermDictionary, term_h
             positions, or H times its exact row).
         dense (Optional[np.ndarray]): bool ``[T]``, terms with an exact row (None: none).
         length (Optional[int]): pad every program to this L (e.g. the L an exported serving
-            module was traced with); None: the longest program of the batch.
+            module was traced with), and refuse longer ones while lexing; None: the longest
+            program of the batch.
+        max_chars (Optional[int]): most characters of one filter (None: no limit).
 
     Returns:
         FilterPlan: ``opcodes [B, L]``, ``terms [B, L]``, ``hashes [B, L, H]``.
 
     Raises:
-        FilterError: a program longer than ``length`` (the filter is too long).
+        FilterLimitError: a filter over ``length`` instructions or ``max_chars`` characters.
+        FilterError: a malformed filter or an unknown feature.
     """
     if isinstance(expressions, str):
         raise TypeError("compile_plans takes a sequence of expressions (one per query), not a single str")
-    programs = [compile_program(e, dictionary, dense) for e in expressions]
+    # a batch often repeats one filter (one for all users): compile each distinct text once
+    cache: Dict[str, List[Tuple[int, int]]] = {}
+    programs = []
+    for e in expressions:
+        if e not in cache:
+            cache[e] = compile_program(e, dictionary, dense, length, max_chars)
+        programs.append(cache[e])
     B, H = len(programs), term_hashes.shape[1]
     longest = max([len(p) for p in programs] + [1])
-    if length is not None and longest > length:
+    if length is not None and longest > length:  # unreachable for parsed filters (2t - 1 <= length); kept as a guard
         b = max(range(B), key=lambda i: len(programs[i]))
-        raise FilterError(f"filter {expressions[b]!r} compiles to {longest} instructions, more than length={length}")
+        raise FilterLimitError(f"filter {excerpt(expressions[b])} compiles to {longest} instructions, "
+                               f"more than length={length}")
     L = longest if length is None else length
     opcodes = np.full((B, L), BLOOM_NOP, dtype=np.int64)
     terms = np.full((B, L), -1, dtype=np.int64)

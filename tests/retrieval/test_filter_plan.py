@@ -1,4 +1,6 @@
 """Compiling filter expressions to plan tensors: programs, unknown features and values, hashes."""
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from silverrec.ops.reference import (
     BLOOM_TERM,
     BLOOM_TRUE,
 )
-from silverrec.retrieval.filter_expr import FilterError, FilterSyntaxError
+from silverrec.retrieval.filter_expr import FilterError, FilterLimitError, FilterSyntaxError
 from silverrec.retrieval.filter_plan import compile_plans, compile_program
 from silverrec.retrieval.term_dictionary import TermDictionary
 
@@ -79,7 +81,7 @@ def test_plan_tensors_padding_and_hashes(dictionary: TermDictionary) -> None:
     assert int(plan.hashes[0, 1:].abs().sum()) == 0  # only TERM instructions carry hash positions
     padded = compile_plans(["category:pop"], dictionary, term_hashes, length=5)
     assert padded.opcodes.tolist() == [[BLOOM_TERM] + [BLOOM_NOP] * 4] and padded.hashes.shape == (1, 5, 3)
-    with pytest.raises(FilterError, match="compiles to 3 instructions, more than length=2"):
+    with pytest.raises(FilterLimitError, match="more than 1 terms, the limit for programs of at most 2 instructions"):
         compile_plans(["category:pop", "lang:en OR lang:de"], dictionary, term_hashes, length=2)
     empty = compile_plans([], dictionary, term_hashes)
     assert empty.opcodes.shape == (0, 1) and empty.hashes.shape == (0, 1, 3)
@@ -94,3 +96,31 @@ def test_dictionary_input_errors() -> None:
         TermDictionary.from_item_terms([{"lang": ["en"]}, {"lang": "en"}])
     with pytest.raises(ValueError, match="not in features"):
         TermDictionary.from_item_terms([{"lang": ["en"]}], features=["category"])
+
+
+def test_program_limit_is_checked_while_lexing(dictionary: TermDictionary) -> None:
+    """``length`` L allows (L + 1) // 2 terms (t terms compile to 2t - 1 instructions); a 10 MB
+    filter over it is refused in well under a second, and the message quotes an excerpt."""
+    term_hashes = dictionary.hash_positions(2, 16)
+    six = " OR ".join(["lang:en"] * 6)
+    assert len(compile_program(six, dictionary)) == 11
+    assert compile_plans([six], dictionary, term_hashes, length=12).opcodes.shape == (1, 12)
+    big = " OR ".join(["lang:en"] * 1_000_000)
+    t0 = time.perf_counter()
+    with pytest.raises(FilterLimitError, match=r"more than 6 terms, the limit for programs of at most 12 instructions") as info:
+        compile_plans(["lang:en", big], dictionary, term_hashes, length=12)
+    with pytest.raises(FilterLimitError, match="more than the limit of 100"):
+        compile_plans([big], dictionary, term_hashes, max_chars=100)
+    assert time.perf_counter() - t0 < 0.1
+    assert len(str(info.value)) < 400
+
+
+def test_case_and_unknown_values_are_values_not_errors(dictionary: TermDictionary) -> None:
+    """Values compare exactly: 'EN' is not 'en'. Like any value no item holds it compiles to FALSE
+    and its NOT to TRUE; feature names are exact too, and an unknown one is an error."""
+    assert compile_program("lang:EN", dictionary) == [(BLOOM_FALSE, -1)]
+    assert compile_program("NOT lang:EN", dictionary) == [(BLOOM_TRUE, -1)]
+    assert compile_program("lang:en", dictionary) == [(BLOOM_TERM, 0)]
+    with pytest.raises(FilterError, match="unknown feature 'Lang'"):
+        compile_program("Lang:en", dictionary)
+    assert compile_program("lang:en and not lang:de", dictionary) == [(BLOOM_TERM, 0), (BLOOM_NOT_TERM, 2), (BLOOM_AND, -1)]
