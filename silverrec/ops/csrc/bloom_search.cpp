@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "exact_filter.h"
+#include "pack_id_mask.h"
 
 namespace silverrec {
 namespace {
@@ -277,6 +278,7 @@ at::Tensor bloom_search_cpu(const at::Tensor& bits, const at::Tensor& opcodes, c
 TORCH_LIBRARY_IMPL(silverrec, CPU, m) {
   m.impl("bloom_search", &bloom_search_cpu);
   m.impl("exact_filter", &exact_filter_impl::exact_filter_cpu);
+  m.impl("pack_id_mask", &pack_id_mask_impl::pack_id_mask_cpu);
 }
 
 }  // namespace silverrec
