@@ -4,14 +4,14 @@
 // W = ceil(R / 64), where bit r % 64 of word r // 64 is row r, which holds id row_to_id[r].
 // Included by bloom_search.cpp (one translation unit for the filter ops).
 //
-// Two steps per group of 8 queries (one "plane"), each reading its input once:
+// Two steps per pass over 1-4 groups of 8 queries (one "plane" each), each reading its input once:
 //  1. Transpose: the B mask rows become G = ceil(B / 8) byte planes over the ids; byte i of
 //     plane g holds, in bit q, whether id i passes query 8g + q. From bool rows: 32 ids at a
-//     time, 8 rows shifted and OR-ed (AVX2); from a bitmap: an 8x8 bit transpose per byte
-//     position (three masked swaps of one uint64). A plane is N bytes (120 KB for 120k ids,
+//     time, 8 rows shifted and OR-ed (AVX2); from a bitmap: 32 ids at a time, each byte spread
+//     over its 8 ids and tested (AVX2). A plane is N bytes (120 KB for 120k ids,
 //     1 MB for 1M), so the random reads of step 2 hit L2.
 //  2. Permute + pack, in blocks of 64 rows (one output word per query): the 64 bytes plane[id]
-//     are gathered (scalar loads; row_to_id is read once per plane) and each of the plane's 8
+//     are gathered (scalar loads; row_to_id is read once per pass) and each of the plane's 8
 //     queries gets its word from one bit of each byte: AVX2 shifts the bit to the top and takes
 //     _mm256_movemask_epi8 of 2 x 32 bytes; AVX-512 takes _mm512_test_epi8_mask of 64 bytes
 //     (chosen at run time by active_isa()).
@@ -39,6 +39,8 @@ namespace pack_id_mask_impl {
 constexpr int64_t kMinBytesPerThread = int64_t{1} << 23;
 constexpr int64_t kIdsPerTask = int64_t{1} << 14;  // step 1 task: ids of one plane
 constexpr int64_t kWordsPerTask = 64;               // step 2 task: 4096 rows
+constexpr int64_t kPassBytes = int64_t{1} << 19;    // planes per pass: at most this many bytes (in L2)
+constexpr int64_t kMaxPlanesPerPass = 4;
 
 // Plane bytes [i0, i1) from the bool rows of queries q0..q0+nq-1 (nq <= 8); nonzero bytes pass.
 inline void planes_from_bool(const uint8_t* const* rows, int nq, int64_t i0, int64_t i1, uint8_t* plane) {
@@ -72,8 +74,24 @@ inline uint64_t transpose8x8(uint64_t x) {
 
 // Plane bytes [8 k0, 8 k1) from the bitmap rows of queries q0..q0+nq-1: bitmap byte k covers
 // ids 8k..8k+7 (bit j = id 8k + j), so the 8 queries' bytes k form an 8x8 bit matrix to transpose.
+// AVX2, 32 ids (4 bitmap bytes) at a time: each byte broadcast to its 8 ids, tested against the
+// id's bit; the scalar transpose takes the tail.
 inline void planes_from_bitmap(const uint8_t* const* rows, int nq, int64_t k0, int64_t k1, uint8_t* plane) {
-  for (int64_t k = k0; k < k1; ++k) {
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  // lane 0: bytes 0, 1
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);  // lane 1: bytes 2, 3
+  const __m256i sel = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ull));  // id i: bit i & 7
+  int64_t k = k0;
+  for (; k + 4 <= k1; k += 4) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int q = 0; q < nq; ++q) {
+      int32_t four;
+      std::memcpy(&four, rows[q] + k, 4);
+      const __m256i x = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(four), spread), sel);
+      acc = _mm256_or_si256(acc, _mm256_and_si256(_mm256_cmpeq_epi8(x, sel), _mm256_set1_epi8(static_cast<char>(1 << q))));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + 8 * k), acc);
+  }
+  for (; k < k1; ++k) {
     uint64_t x = 0;
     for (int q = 0; q < nq; ++q) x |= static_cast<uint64_t>(rows[q][k]) << (8 * q);
     const uint64_t y = transpose8x8(x);  // byte j: queries passing id 8k + j
@@ -82,7 +100,8 @@ inline void planes_from_bitmap(const uint8_t* const* rows, int nq, int64_t k0, i
 }
 
 // The words of queries q0..q0+nq-1 (one plane) for a block of 64 gathered bytes.
-inline void words_avx2(const uint8_t* bytes, int nq, uint64_t* const* out, int64_t w) {
+inline void words_avx2(const void* bytes_v, int nq, uint64_t* const* out, int64_t w) {
+  const auto* bytes = static_cast<const uint8_t*>(bytes_v);
   const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes));
   const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + 32));
   for (int q = 0; q < nq; ++q) {
@@ -93,10 +112,41 @@ inline void words_avx2(const uint8_t* bytes, int nq, uint64_t* const* out, int64
   }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void words_avx512(const uint8_t* bytes, int nq,
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void words_avx512(const void* bytes, int nq,
                                                                                uint64_t* const* out, int64_t w) {
   const __m512i v = _mm512_loadu_si512(bytes);
   for (int q = 0; q < nq; ++q) out[q][w] = _mm512_test_epi8_mask(v, _mm512_set1_epi8(static_cast<char>(1 << q)));
+}
+
+// bytes[p][*] = the 64 bytes planes[p * bound + id[j]], j < n (0 beyond n), for P planes: the
+// ids are read once for all P. Returns false if an id is outside [0, bound).
+template <int P>
+inline bool gather_block(const uint64_t* id, int64_t n, const uint8_t* planes, int64_t bound,
+                         uint64_t (*bytes)[8]) {
+  const auto limit = static_cast<uint64_t>(bound);
+  bool bad = false;
+  if (n == 64) {
+    for (int j8 = 0; j8 < 8; ++j8) {
+      uint64_t packed[P] = {};
+      for (int j = 0; j < 8; ++j) {
+        const uint64_t raw = id[8 * j8 + j];
+        const bool ok = raw < limit;
+        bad |= !ok;
+        const uint64_t i = ok ? raw : 0;
+        for (int p = 0; p < P; ++p) packed[p] |= static_cast<uint64_t>(planes[p * bound + i]) << (8 * j);
+      }
+      for (int p = 0; p < P; ++p) bytes[p][j8] = packed[p];  // 8 bytes per store
+    }
+    return !bad;
+  }
+  for (int p = 0; p < P; ++p) std::memset(bytes[p], 0, 64);
+  for (int64_t j = 0; j < n; ++j) {
+    const bool ok = id[j] < limit;
+    bad |= !ok;
+    const uint64_t i = ok ? id[j] : 0;
+    for (int p = 0; p < P; ++p) reinterpret_cast<uint8_t*>(bytes[p])[j] = planes[p * bound + i];
+  }
+  return !bad;
 }
 
 inline at::Tensor pack_id_mask_cpu(const at::Tensor& mask_in, const at::Tensor& row_to_id_in) {
@@ -127,24 +177,26 @@ inline at::Tensor pack_id_mask_cpu(const at::Tensor& mask_in, const at::Tensor& 
   auto* out_p = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
   const bool avx512 = active_isa() == Isa::kAvx512Vnni;
   std::atomic<bool> bad{false};
-  // One plane at a time (steps 1 and 2 for queries 8g..8g+7, then the next 8), so the random
-  // reads of step 2 hit a plane just written (N bytes: 1 MB at N = 1M, about L2) instead of G
-  // planes (16 x 1M, random row_to_id, one thread: ~3 ms plane by plane, 9.7 ms with both
-  // planes read per block of rows).
-  std::unique_ptr<uint8_t[]> plane_buf(new uint8_t[bound + 64]);
-  uint8_t* plane = plane_buf.get();
+  // P planes per pass (steps 1 and 2 for queries 8g..8g+8P-1, then the next ones), P as many as
+  // fit in kPassBytes (at most 4): the random reads of step 2 hit planes just written, and the
+  // ids are read once per pass (16 x 1M, random row_to_id, one thread: ~3 ms with one 1 MB
+  // plane per pass, 9.7 ms with both planes per block of rows; 16 x 120k: one pass).
+  const int64_t P_max = std::max<int64_t>(1, std::min<int64_t>({kMaxPlanesPerPass, G, kPassBytes / std::max<int64_t>(1, bound)}));
+  std::unique_ptr<uint8_t[]> plane_buf(new uint8_t[P_max * bound + 64]);
+  uint8_t* planes = plane_buf.get();
   const int64_t chunk = is_bool ? kIdsPerTask : kIdsPerTask / 8;  // ids (bool) or bitmap bytes per task
   const int64_t chunks1 = (cols + chunk - 1) / chunk;
   const int64_t grain1 = std::max<int64_t>(1, kMinBytesPerThread / (8 * chunk));  // step 1 reads 8 bytes per column
   const int64_t chunks2 = (W + kWordsPerTask - 1) / kWordsPerTask;
-  const int64_t grain2 = std::max<int64_t>(1, kMinBytesPerThread / (64 * kWordsPerTask * 9));  // 9 bytes per row
-  for (int64_t g = 0; g < G && !bad.load(); ++g) {
-    const int nq = static_cast<int>(std::min<int64_t>(8, B - 8 * g));
-    const uint8_t* rows[8];
-    for (int q = 0; q < nq; ++q) rows[q] = base + (8 * g + q) * row_stride;
-    at::parallel_for(0, chunks1, grain1, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        const int64_t c0 = c * chunk, c1 = std::min(cols, c0 + chunk);
+  for (int64_t g0 = 0; g0 < G && !bad.load(); g0 += P_max) {
+    const int P = static_cast<int>(std::min(P_max, G - g0));
+    at::parallel_for(0, P * chunks1, grain1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = g0 + task / chunks1, c0 = (task % chunks1) * chunk, c1 = std::min(cols, c0 + chunk);
+        const int nq = static_cast<int>(std::min<int64_t>(8, B - 8 * g));
+        const uint8_t* rows[8];
+        for (int q = 0; q < nq; ++q) rows[q] = base + (8 * g + q) * row_stride;
+        uint8_t* plane = planes + (g - g0) * bound;
         if (is_bool) {
           planes_from_bool(rows, nq, c0, c1, plane);
         } else {
@@ -152,25 +204,32 @@ inline at::Tensor pack_id_mask_cpu(const at::Tensor& mask_in, const at::Tensor& 
         }
       }
     });
-    uint64_t* outs[8];
-    for (int q = 0; q < nq; ++q) outs[q] = out_p + (8 * g + q) * W;
+    const int64_t grain2 = std::max<int64_t>(1, kMinBytesPerThread / (64 * kWordsPerTask * (8 + P)));
     at::parallel_for(0, chunks2, grain2, [&](int64_t begin, int64_t end) {
-      alignas(64) uint8_t bytes[64];
-      bool task_bad = false;
-      for (int64_t w = begin * kWordsPerTask; w < std::min(W, end * kWordsPerTask); ++w) {
+      alignas(64) uint64_t bytes[kMaxPlanesPerPass][8];  // per plane, 64 gathered bytes
+      bool ok = true;
+      for (int64_t w = begin * kWordsPerTask; w < std::min(W, end * kWordsPerTask) && ok; ++w) {
         const int64_t r0 = 64 * w, n = std::min<int64_t>(64, R - r0);
-        const int64_t* id = ids + r0;
-        for (int64_t j = 0; j < n; ++j) task_bad |= static_cast<uint64_t>(id[j]) >= static_cast<uint64_t>(bound);
-        if (task_bad) break;
-        for (int64_t j = 0; j < n; ++j) bytes[j] = plane[id[j]];
-        if (n < 64) std::memset(bytes + n, 0, 64 - n);
-        if (avx512) {
-          words_avx512(bytes, nq, outs, w);
-        } else {
-          words_avx2(bytes, nq, outs, w);
+        const auto* id = reinterpret_cast<const uint64_t*>(ids + r0);
+        switch (P) {
+          case 1: ok = gather_block<1>(id, n, planes, bound, bytes); break;
+          case 2: ok = gather_block<2>(id, n, planes, bound, bytes); break;
+          case 3: ok = gather_block<3>(id, n, planes, bound, bytes); break;
+          default: ok = gather_block<4>(id, n, planes, bound, bytes); break;
+        }
+        for (int p = 0; p < P && ok; ++p) {
+          const int64_t g = g0 + p;
+          const int nq = static_cast<int>(std::min<int64_t>(8, B - 8 * g));
+          uint64_t* outs[8];
+          for (int q = 0; q < nq; ++q) outs[q] = out_p + (8 * g + q) * W;
+          if (avx512) {
+            words_avx512(bytes[p], nq, outs, w);
+          } else {
+            words_avx2(bytes[p], nq, outs, w);
+          }
         }
       }
-      if (task_bad) bad.store(true);
+      if (!ok) bad.store(true);
     });
   }
   if (bad.load()) {
