@@ -287,6 +287,40 @@ def exact_filter(opcodes: torch.Tensor, terms: torch.Tensor, held: torch.Tensor)
     return torch.ops.silverrec.exact_filter(opcodes, terms, held)
 
 
+# --- pack_id_mask ---
+
+
+def pack_id_mask(mask: torch.Tensor, row_to_id: torch.Tensor) -> torch.Tensor:
+    """Converts a filter mask in the caller's id order into the packed row-order mask of the scans.
+
+    Calls ``torch.ops.silverrec.pack_id_mask`` (C++ on CPU, Triton on CUDA): permute and pack
+    in one op, instead of a ``[B, N]`` gather and a pack. The spec is
+    ``silverrec.ops.reference.pack_id_mask_reference``; the CUDA kernel does not check ids (no
+    host sync): out-of-range ids give 0 bits there, while the C++ kernel raises.
+
+    Args:
+        mask (Tensor): bool ``[B, N]`` over ids (nonzero passes), or a uint8 bitmap
+            ``[B, ceil(N / 8)]`` with FAISS ``IDSelectorBitmap``'s layout: id ``i`` passes iff
+            ``(mask[b, i >> 3] >> (i & 7)) & 1``. Rows may be strided (stride 0: one filter
+            expanded over the batch).
+        row_to_id (Tensor): int64 ``[R]``: row ``r`` of the index holds id ``row_to_id[r]``
+            (in ``[0, N)``, or ``[0, 8 * ceil(N / 8))`` for a bitmap).
+
+    Returns:
+        Tensor: int64 ``[B, ceil(R / 64)]``: bit ``r % 64`` of word ``r // 64`` is row ``r``
+        (the ``mask`` of :func:`ivf_search`); bits of rows ``>= R`` are 0.
+
+    Example::
+
+        >>> row_to_id = torch.tensor([2, 0, 1])  # row 0 holds id 2, row 1 id 0, row 2 id 1
+        >>> pack_id_mask(torch.tensor([[True, False, False], [False, True, True]]), row_to_id).tolist()
+        [[2], [5]]
+        >>> pack_id_mask(torch.tensor([[0b001], [0b110]], dtype=torch.uint8), row_to_id).tolist()
+        [[2], [5]]
+    """
+    return torch.ops.silverrec.pack_id_mask(mask, row_to_id)
+
+
 # --- ivf_search ---
 
 

@@ -36,6 +36,8 @@ SCHEMAS: Dict[str, str] = {
     "quantize_int8_rowwise": "quantize_int8_rowwise(Tensor x) -> (Tensor, Tensor)",
     # --- exact_filter (the serving graph's exact check of its candidates) ---
     "exact_filter": "exact_filter(Tensor opcodes, Tensor terms, Tensor held) -> Tensor",
+    # --- pack_id_mask (a filter mask in the caller's id order -> packed row order) ---
+    "pack_id_mask": "pack_id_mask(Tensor mask, Tensor row_to_id) -> Tensor",
     "ivf_search": (
         "ivf_search(Tensor queries, Tensor centroid_scores, Tensor codes, Tensor scales, Tensor cluster_offsets, "
         "Tensor cache, Tensor row_to_id, Tensor? mask, int n_probe, int min_rows, int max_probe, int k0, int k) "

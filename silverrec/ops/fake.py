@@ -203,3 +203,18 @@ def ivf_search_fake(
 
 
 FAKE_IMPLS["ivf_search"] = {"Meta": ivf_search_fake}
+
+# --- pack_id_mask ---
+
+
+def pack_id_mask_fake(mask: Tensor, row_to_id: Tensor) -> Tensor:
+    """Shape of ``pack_id_mask``: int64 ``[B, ceil(R / 64)]``."""
+    torch._check(mask.dtype in (torch.bool, torch.uint8) and mask.dim() == 2,
+                 lambda: f"pack_id_mask: mask must be bool [B, N] or a uint8 bitmap [B, ceil(N/8)], got {mask.dtype} "
+                         f"{tuple(mask.shape)}")
+    torch._check(row_to_id.dtype == torch.int64 and row_to_id.dim() == 1,
+                 lambda: f"pack_id_mask: row_to_id must be int64 [R], got {row_to_id.dtype} {tuple(row_to_id.shape)}")
+    return row_to_id.new_empty((mask.shape[0], (row_to_id.shape[0] + 63) // 64))
+
+
+FAKE_IMPLS["pack_id_mask"] = {"Meta": pack_id_mask_fake}

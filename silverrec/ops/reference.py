@@ -511,3 +511,53 @@ def ivf_search_in_steps(steps: Tuple[Callable, ...], queries: Tensor, centroid_s
     match = (ids.unsqueeze(2) == cand_ids.unsqueeze(1)) & (ids >= 0).unsqueeze(2)  # [B, K, K0]
     out_rows = torch.where(match.any(2), rows.gather(1, match.int().argmax(2)), -1)
     return scores, ids, out_rows
+
+
+# --- pack_id_mask ---
+
+
+def pack_id_mask_reference(mask: Tensor, row_to_id: Tensor) -> Tensor:
+    """Spec of ``torch.ops.silverrec.pack_id_mask``: a filter mask in id order -> packed row order.
+
+    Row ``r`` of an index holds the item with id ``row_to_id[r]``. Query ``b`` passes id ``i``
+    iff ``mask[b, i]`` (bool ``[B, N]``, any nonzero byte), or, for a uint8 bitmap
+    ``[B, ceil(N / 8)]`` in FAISS ``IDSelectorBitmap``'s layout, iff
+    ``(mask[b, i >> 3] >> (i & 7)) & 1``. The output sets bit ``r % 64`` of word ``r // 64`` of
+    row ``b`` iff query ``b`` passes ``row_to_id[r]``; bits of rows ``>= R`` are 0. Ids must lie
+    in the mask's range (``[0, N)`` for bool, ``[0, 8 * bytes)`` for a bitmap).
+
+    Args:
+        mask (Tensor): bool ``[B, N]`` or uint8 ``[B, ceil(N / 8)]``, in id order.
+        row_to_id (Tensor): int64 ``[R]`` id of each row.
+
+    Returns:
+        Tensor: int64 ``[B, ceil(R / 64)]`` packed row-order mask.
+
+    Example::
+
+        >>> pack_id_mask_reference(torch.tensor([[True, False, True]]), torch.tensor([2, 1, 0])).tolist()
+        [[5]]
+        >>> pack_id_mask_reference(torch.tensor([[0b110]], dtype=torch.uint8), torch.tensor([2, 1, 0])).tolist()
+        [[3]]
+    """
+    if mask.dtype not in (torch.bool, torch.uint8) or mask.dim() != 2:
+        raise ValueError(f"pack_id_mask: mask must be bool [B, N] or a uint8 bitmap [B, ceil(N/8)], got "
+                         f"{mask.dtype} {tuple(mask.shape)}")
+    if row_to_id.dtype != torch.int64 or row_to_id.dim() != 1:
+        raise ValueError(f"pack_id_mask: row_to_id must be int64 [R], got {row_to_id.dtype} {tuple(row_to_id.shape)}")
+    bound = mask.shape[1] * (8 if mask.dtype == torch.uint8 else 1)
+    bad = ((row_to_id < 0) | (row_to_id >= bound)).nonzero().flatten()
+    if bad.numel() > 0:
+        r = int(bad[0])
+        raise ValueError(f"pack_id_mask: row_to_id[{r}] = {int(row_to_id[r])} is outside the mask's ids [0, {bound})")
+    B, R = mask.shape[0], row_to_id.shape[0]
+    if mask.dtype == torch.uint8:
+        passes = (mask[:, row_to_id >> 3] >> (row_to_id & 7).to(torch.uint8)) & 1  # [B, R]
+    else:
+        passes = mask[:, row_to_id]
+    W = (R + 63) // 64
+    bits = torch.zeros((B, W * 64), dtype=torch.int64, device=mask.device)
+    bits[:, :R] = (passes != 0).to(torch.int64)
+    shifts = torch.arange(64, dtype=torch.int64, device=mask.device)
+    # distinct bits never carry, so the sum is the bitwise OR (bit 63 adds -2**63, still exact)
+    return (bits.view(B, W, 64) << shifts).sum(dim=2)

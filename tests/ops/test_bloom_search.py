@@ -158,9 +158,42 @@ def test_triton_kernel_compiles_for_sm90(tmp_path) -> None:
     assert "compiled for sm_90" in proc.stdout
 
 
+@pytest.mark.parametrize("isa", ["avx2", None])
+def test_both_cpu_paths_match_reference(isa: "str | None") -> None:
+    """The core comparison in a fresh process with SILVERREC_CPU_ISA=avx2 (the AVX2 word loops) and
+    unset (AVX-512 where the CPU has it): bit equality with the reference on both paths."""
+    env = {k: v for k, v in os.environ.items() if k != "SILVERREC_CPU_ISA"}
+    if isa is not None:
+        env["SILVERREC_CPU_ISA"] = isa
+    repo = os.path.dirname(os.path.dirname(_HERE))
+    env["PYTHONPATH"] = os.pathsep.join([_HERE, repo, os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open("/proc/cpuinfo") as f:
+        has_avx512 = "avx512_vnni" in f.read()
+    expected = isa or ("avx512_vnni" if has_avx512 else "avx2")
+    assert f"bloom_search ok on {expected}" in proc.stdout, proc.stdout
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_reference() -> None:  # pragma: no cover - GPU machines only
     for seed in range(20):
         args = random_case(seed, max_rows=5000)
         expected = bloom_search_reference(*args)
         assert torch.equal(bloom_search(*(t.cuda() for t in args)).cpu(), expected)
+
+
+def _cpu_main() -> None:
+    """The core comparison on this process's CPU path (run by test_both_cpu_paths_match_reference)."""
+    from silverrec.ops import cpu_isa
+
+    cases = [random_case(seed) for seed in range(40)] + [random_case(1000 + s, max_rows=40000, max_batch=3)
+                                                       for s in range(4)]
+    for i, args in enumerate(cases):
+        assert torch.equal(bloom_search(*args), bloom_search_reference(*args)), i
+    print(f"bloom_search ok on {cpu_isa()}")
+
+
+if __name__ == "__main__":
+    _cpu_main()

@@ -6,7 +6,8 @@
 // a task owns its output words, so no two tasks write the same word. Inside a task the plan runs
 // as a stack machine over blocks of kBlockWords words (the stack stays in L1), touching only the
 // signature rows named by the plan's TERM hash positions and the posting lists of its NOT_TERMs.
-// Blocks with no row in a probed cluster are skipped. AND/OR/row combination use AVX2.
+// Blocks with no row in a probed cluster are skipped. AND/OR/row combination use 512-bit words
+// (AVX-512, masked tails) where active_isa() says so, else AVX2 (cpu_isa.h).
 // NOT_ROWS (the complement of a TERM) serves exact NOTs of frequent terms from one exact row.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -17,7 +18,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu_isa.h"
 #include "exact_filter.h"
+#include "pack_id_mask.h"
 
 namespace silverrec {
 namespace {
@@ -81,6 +84,43 @@ inline void combine(uint64_t* a, const uint64_t* b, int64_t n, bool is_and) {
   for (; i < n; ++i) a[i] = is_and ? (a[i] & b[i]) : (a[i] | b[i]);
 }
 
+// The AVX-512 twins of and_rows and combine: 8 words per register, the tail (n % 8 words) by
+// masked loads and stores (a masked-off lane is neither read nor written).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __mmask8 tail_mask(int64_t left) {
+  return left >= 8 ? static_cast<__mmask8>(0xFF) : static_cast<__mmask8>((1u << left) - 1);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void and_rows_avx512(uint64_t* dst, const uint64_t* const* rows,
+                                                                           int64_t num_rows, int64_t w0, int64_t n,
+                                                                           bool invert) {
+  const uint64_t flip = invert ? ~uint64_t{0} : 0;
+  if (num_rows == 0) {
+    fill(dst, n, ~flip);
+    return;
+  }
+  const __m512i flip_v = _mm512_set1_epi64(static_cast<long long>(flip));
+  for (int64_t i = 0; i < n; i += 8) {
+    const __mmask8 m = tail_mask(n - i);
+    __m512i acc = _mm512_maskz_loadu_epi64(m, rows[0] + w0 + i);
+    int64_t k = 1;
+    for (; k + 2 <= num_rows; k += 2) {  // acc & x & y in one ternary-logic instruction
+      acc = _mm512_ternarylogic_epi64(acc, _mm512_maskz_loadu_epi64(m, rows[k] + w0 + i),
+                                      _mm512_maskz_loadu_epi64(m, rows[k + 1] + w0 + i), 0x80);
+    }
+    if (k < num_rows) acc = _mm512_and_si512(acc, _mm512_maskz_loadu_epi64(m, rows[k] + w0 + i));
+    _mm512_mask_storeu_epi64(dst + i, m, _mm512_xor_si512(acc, flip_v));
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void combine_avx512(uint64_t* a, const uint64_t* b, int64_t n,
+                                                                          bool is_and) {
+  for (int64_t i = 0; i < n; i += 8) {
+    const __mmask8 m = tail_mask(n - i);
+    const __m512i x = _mm512_maskz_loadu_epi64(m, a + i), y = _mm512_maskz_loadu_epi64(m, b + i);
+    _mm512_mask_storeu_epi64(a + i, m, is_and ? _mm512_and_si512(x, y) : _mm512_or_si512(x, y));
+  }
+}
+
 // Bits of word w that fall in rows [start, end).
 inline uint64_t range_bits(int64_t w, int64_t start, int64_t end) {
   const int64_t lo = std::max<int64_t>(start - 64 * w, 0);
@@ -133,14 +173,19 @@ Program decode(int64_t b, const int64_t* ops, const int64_t* terms, const int64_
 }
 
 // Runs program p over words [w0, w0 + n) (n <= kBlockWords); the result is left in stack[0:n].
-void run_block(const Program& p, int64_t w0, int64_t n, uint64_t* stack) {
+// `avx512`: the AVX-512 word loops, else AVX2.
+void run_block(const Program& p, int64_t w0, int64_t n, uint64_t* stack, bool avx512) {
   int64_t sp = 0;
   for (const Instr& ins : p.code) {
     uint64_t* top = stack + sp * kBlockWords;
     switch (ins.op) {
       case kTerm:
       case kNotRows:
-        and_rows(top, p.rows.data() + ins.first_row, ins.num_rows, w0, n, ins.op == kNotRows);
+        if (avx512) {
+          and_rows_avx512(top, p.rows.data() + ins.first_row, ins.num_rows, w0, n, ins.op == kNotRows);
+        } else {
+          and_rows(top, p.rows.data() + ins.first_row, ins.num_rows, w0, n, ins.op == kNotRows);
+        }
         ++sp;
         break;
       case kNotTerm: {
@@ -156,7 +201,11 @@ void run_block(const Program& p, int64_t w0, int64_t n, uint64_t* stack) {
       }
       case kAnd:
       case kOr:
-        combine(top - 2 * kBlockWords, top - kBlockWords, n, ins.op == kAnd);
+        if (avx512) {
+          combine_avx512(top - 2 * kBlockWords, top - kBlockWords, n, ins.op == kAnd);
+        } else {
+          combine(top - 2 * kBlockWords, top - kBlockWords, n, ins.op == kAnd);
+        }
         --sp;
         break;
       default:  // kFalse, kTrue
@@ -242,6 +291,7 @@ at::Tensor bloom_search_cpu(const at::Tensor& bits, const at::Tensor& opcodes, c
   int64_t reads = 0;  // rows read per word, summed over the plans
   for (const Program& p : programs) reads += static_cast<int64_t>(p.rows.size() + p.code.size());
   const int64_t grain = std::max<int64_t>(1, kMinReadsPerThread / (kChunkWords * std::max<int64_t>(1, reads / B)));
+  const bool avx512 = active_isa() == Isa::kAvx512Vnni;
   at::parallel_for(0, B * chunks, grain, [&](int64_t begin, int64_t end) {
     std::vector<uint64_t> stack(max_depth * kBlockWords);
     std::vector<uint64_t> in_range(kChunkWords);
@@ -264,7 +314,7 @@ at::Tensor bloom_search_cpu(const at::Tensor& bits, const at::Tensor& opcodes, c
           fill(dst, n, 0);  // no probed row in this block
           continue;
         }
-        run_block(programs[b], w0, n, stack.data());
+        run_block(programs[b], w0, n, stack.data(), avx512);
         for (int64_t i = 0; i < n; ++i) dst[i] = stack[i] & rm[i];
       }
     }
@@ -277,6 +327,7 @@ at::Tensor bloom_search_cpu(const at::Tensor& bits, const at::Tensor& opcodes, c
 TORCH_LIBRARY_IMPL(silverrec, CPU, m) {
   m.impl("bloom_search", &bloom_search_cpu);
   m.impl("exact_filter", &exact_filter_impl::exact_filter_cpu);
+  m.impl("pack_id_mask", &pack_id_mask_impl::pack_id_mask_cpu);
 }
 
 }  // namespace silverrec

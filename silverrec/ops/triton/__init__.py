@@ -56,6 +56,14 @@ except ImportError:  # pragma: no cover - Triton missing or too old: no CUDA ker
 else:
     CUDA_IMPLS["exact_filter"] = {"CUDA": exact_filter_cuda}
 
+# --- pack_id_mask ---
+try:
+    from silverrec.ops.triton.pack_id_mask import pack_id_mask_cuda
+except ImportError:  # pragma: no cover - Triton missing or too old: no CUDA kernel registered
+    pass
+else:
+    CUDA_IMPLS["pack_id_mask"] = {"CUDA": pack_id_mask_cuda}
+
 # --- ivf_search (the four kernels above in sequence) ---
 try:
     from silverrec.ops.triton.ivf_search import ivf_search_cuda

@@ -1,0 +1,87 @@
+"""What an id-order filter mask costs an IVF search: ``pack_id_mask`` against the search itself.
+
+Run:  .venv/bin/python benchmarks/mask_conversion.py            (N = 120k and 1M, 1 thread; ~3 minutes)
+      .venv/bin/python benchmarks/mask_conversion.py --items 120000 --reps 30
+
+For each N, builds ``IVFInt8Index`` over ``torch.randn(N, 64)`` and times, in one process and
+interleaved (the machine is shared; each figure is the median of ``--reps`` rounds):
+
+- ``search packed``: ``IVFInt8Index.search`` at batch B with a packed row-order int64 mask;
+- ``pack_id_mask bool`` / ``pack_id_mask bitmap``: converting a bool ``[B, N]`` id-order mask, or
+  a FAISS ``IDSelectorBitmap``-layout uint8 ``[B, ceil(N/8)]`` bitmap, with the new op;
+- ``gather + pack (old)``: today's conversion in ``IVFInt8Index._packed_mask`` (torch gathers).
+
+Each query has its own random filter with ``--density`` of the ids passing. The last column is
+the conversion's cost relative to the packed search (the target of issue 13: at most +10%).
+"""
+import argparse
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+import silverrec  # noqa: F401  (registers torch.ops.silverrec)
+from silverrec.ops import cpu_isa, pack_id_mask
+from silverrec.retrieval.ivf_index import IVFInt8Index
+
+
+def _time_ms(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return 1e3 * (time.perf_counter() - start)
+
+
+def run(n: int, batch: int, reps: int, density: float, k: int) -> Dict[str, float]:
+    """Median milliseconds of each step for N = ``n`` (see the module docstring)."""
+    g = torch.Generator().manual_seed(0)
+    index = IVFInt8Index.build(torch.randn(n, 64, generator=g))
+    queries = torch.randn(batch, 64, generator=g)
+    bool_mask = torch.rand(batch, n, generator=g) < density
+    bitmap = torch.zeros(batch, (n + 7) // 8 * 8, dtype=torch.bool)
+    bitmap[:, :n] = bool_mask
+    shifts = torch.arange(8, dtype=torch.uint8)
+    bitmap = (bitmap.view(batch, -1, 8).to(torch.uint8) << shifts).sum(2, dtype=torch.uint8)  # IDSelectorBitmap bytes
+    packed = pack_id_mask(bool_mask, index.row_to_id)
+    assert torch.equal(pack_id_mask(bitmap, index.row_to_id), packed)
+    assert torch.equal(index._packed_mask(bool_mask, batch), packed)
+    steps = {
+        "search packed": lambda: index.search(queries, k, mask=packed),
+        "pack_id_mask bool": lambda: pack_id_mask(bool_mask, index.row_to_id),
+        "pack_id_mask bitmap": lambda: pack_id_mask(bitmap, index.row_to_id),
+        "gather + pack (old)": lambda: index._packed_mask(bool_mask, batch),
+    }
+    for fn in steps.values():  # warm-up
+        fn()
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, fn in steps.items():
+            times[name].append(_time_ms(fn))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, nargs="+", default=[120_000, 1_000_000])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--reps", type=int, default=21)
+    parser.add_argument("--density", type=float, default=0.1)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: two threads on 2 busy cores time the machine's load, not the code)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"cpu path {cpu_isa()}, torch threads {torch.get_num_threads()}, batch {args.batch}, "
+          f"density {args.density}, k {args.k}, median of {args.reps}")
+    print("| N | step | ms | vs search packed |")
+    print("|---|---|---|---|")
+    for n in args.items:
+        med = run(n, args.batch, args.reps, args.density, args.k)
+        base = med["search packed"]
+        for name, ms in med.items():
+            extra = "" if name == "search packed" else f"+{100 * ms / base:.0f}%"
+            print(f"| {n} | {name} | {ms:.3f} | {extra} |")
+
+
+if __name__ == "__main__":
+    main()
