@@ -2,12 +2,16 @@
 
     silverrec-serve --model runs/demo/serving.pt2 [--host 127.0.0.1] [--port 8000]
                     [--max-batch 64] [--max-wait-ms 2] [--max-queue 1024]
+                    [--max-body-bytes N] [--max-users N] [--max-history N] [--max-exclude N]
+                    [--max-filter-chars N]
 
 Endpoints:
 
 * ``POST /query`` ``{"users": [{feature: value(s), "history": [item ids]}], "filter": "..." or
   [one per user], "exclude": [[item ids] per user], "k": 10}`` ->
-  ``{"results": [[{"item_id", "value", "tasks": {task: score}}] per user], "version": ...}``;
+  ``{"results": [[{"item_id", "value", "tasks": {task: score}}] per user], "version": ...,
+  "ignored_exclusions": [n per user]}`` (excluded ids the index does not know are ignored and
+  counted, not an error);
 * ``GET /schema``: user features (vocabulary sizes, example values), item attributes, tasks, the
   value formula, a valid ``example_request`` and ``example_item``;
 * ``POST /items`` (one ``{"item_id", "attributes": {feature: [values]}}`` or a list of them: add
@@ -16,7 +20,11 @@ Endpoints:
 
 Concurrent ``/query`` requests are encoded in the request handlers (a bad one gets a 400 naming
 the field), then micro-batched into one forward (:mod:`silverrec.serve.batching`); a full queue
-answers 503. The server binds to 127.0.0.1 unless told otherwise.
+answers 503. Every error, 404 and 405 included, is ``{"error": message, "status": code}``. The
+per-request limits (:class:`~silverrec.serve.limits.ServingLimits`) are checked before the work
+they bound: a body over ``max_body_bytes`` gets a 413 before it is read in full; too many users,
+history or exclusion ids, or too long a filter, a 400 naming the limit. The server binds to
+127.0.0.1 unless told otherwise.
 """
 import argparse
 import asyncio
@@ -33,13 +41,16 @@ from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Sequen
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from torch import Tensor
 
+from silverrec.retrieval.filter_expr import excerpt
 from silverrec.schema import HISTORY
 from silverrec.serve.batching import BatchingConfig, BatchStats, EncodedQuery, MicroBatcher, Outputs, QueueFull
+from silverrec.serve.limits import ServingLimits
 from silverrec.serve.retriever import Retriever
 
 log = logging.getLogger("silverrec.serve")
@@ -47,10 +58,16 @@ log = logging.getLogger("silverrec.serve")
 _QUERY_FIELDS = ("users", "filter", "exclude", "k")
 _ITEM_FIELDS = ("item_id", "attributes")
 _SIMPLE_VALUE = re.compile(r"[A-Za-z0-9_.\-]+\Z")
+_MAX_MESSAGE = 1024  # an error message is cut there: it must never echo a large part of a request
+_ENDPOINTS = "POST /query, GET /schema, POST /items, DELETE /items/{item_id}, GET /healthz, GET /metrics"
 
 
 class BadRequest(ValueError):
     """A request the client must fix: answered with 400 and this message."""
+
+
+class PayloadTooLarge(ValueError):
+    """A request body over ``max_body_bytes``: answered with 413 and this message."""
 
 
 @dataclass
@@ -59,12 +76,12 @@ class ServerConfig:
 
     Args:
         batching (BatchingConfig): micro-batching (max batch, max wait, queue bound).
-        max_users (int): most users one ``/query`` request may carry.
+        limits (ServingLimits): per-request limits (body size, users, history, exclusions, filter).
         examples (int): example values listed per feature by ``/schema``.
     """
 
     batching: BatchingConfig = field(default_factory=BatchingConfig)
-    max_users: int = 1024
+    limits: ServingLimits = field(default_factory=ServingLimits)
     examples: int = 5
 
 
@@ -166,7 +183,8 @@ class ServingApp:
             Route("/healthz", self._wrap("/healthz", self.healthz), methods=["GET"]),
             Route("/metrics", self._wrap("/metrics", self.prometheus), methods=["GET"]),
         ]
-        self.app = Starlette(routes=routes, lifespan=self._lifespan)
+        # routing's own 404 and 405 answer in the same JSON shape as every other error
+        self.app = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={HTTPException: self._no_route})
         self.app.state.server = self
 
     @contextlib.asynccontextmanager
@@ -186,6 +204,8 @@ class ServingApp:
                 response = await handler(request)
             except BadRequest as err:
                 response = _error(400, str(err))
+            except PayloadTooLarge as err:
+                response = _error(413, str(err))
             except QueueFull as err:
                 response = _error(503, str(err), {"Retry-After": "1"})
             except Exception as err:  # a bug or a failed forward: 500, logged with its traceback
@@ -196,12 +216,26 @@ class ServingApp:
 
         return endpoint
 
+    async def _no_route(self, request: Request, exc: Exception) -> Response:
+        """404 (no such path) and 405 (a path without that method) as JSON errors."""
+        assert isinstance(exc, HTTPException)
+        path = request.url.path if len(request.url.path) <= 80 else request.url.path[:80] + "..."
+        if exc.status_code == 404:
+            message = f"no endpoint {request.method} {path}; the endpoints are {_ENDPOINTS}"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"method {request.method} is not allowed on {path}; allowed: {allowed}"
+        else:
+            message = str(exc.detail)
+        self.metrics.observe_request("(no route)", request.method, exc.status_code, 0.0)
+        return _error(exc.status_code, message, dict(exc.headers or {}) or None)
+
     # -- endpoints -------------------------------------------------------------------------
 
     async def query(self, request: Request) -> Response:
-        body = await _json_body(request)
+        body = await _json_body(request, self.config.limits.max_body_bytes)
         users, filters, exclude, k = self._validate_query(body)
-        query = self._encode(users, filters, exclude)
+        query, ignored = self._encode(users, filters, exclude)
         try:
             future = self.batcher.submit(query)
         except QueueFull:
@@ -210,13 +244,14 @@ class ServingApp:
             return _error(503, str(err))
         outputs = await asyncio.wrap_future(future)
         self.metrics.observe_queries(query.batch)
-        return JSONResponse({"results": self._decode(outputs, k), "version": self.retriever.version})
+        return JSONResponse({"results": self._decode(outputs, k), "version": self.retriever.version,
+                             "ignored_exclusions": ignored})
 
     async def schema(self, request: Request) -> Response:
         return JSONResponse(self._schema)
 
     async def upsert(self, request: Request) -> Response:
-        body = await _json_body(request, array=True)
+        body = await _json_body(request, self.config.limits.max_body_bytes, array=True)
         items = _validate_items(body)
         try:
             await run_in_threadpool(self.retriever.upsert_items, items)
@@ -254,11 +289,16 @@ class ServingApp:
         users = body["users"]
         if not isinstance(users, list) or not users:
             raise BadRequest(f'"users" must be a non-empty list of objects, got {_kind(users)}')
-        if len(users) > self.config.max_users:
-            raise BadRequest(f'"users" has {len(users)} users, at most {self.config.max_users} per request')
+        limits = self.config.limits
+        if len(users) > limits.max_users:
+            raise BadRequest(f'"users" has {len(users)} users, more than max_users={limits.max_users} per request')
         for b, u in enumerate(users):
             if not isinstance(u, dict):
                 raise BadRequest(f'"users[{b}]" must be an object of feature -> value(s), got {_kind(u)}')
+            history = u.get(HISTORY)
+            if isinstance(history, list) and len(history) > limits.max_history:
+                raise BadRequest(f'"users[{b}].{HISTORY}" has {len(history)} item ids, more than '
+                                 f'max_history={limits.max_history} (the latest are the ones used)')
         filters = body.get("filter")
         if isinstance(filters, list):
             if len(filters) != len(users):
@@ -266,8 +306,11 @@ class ServingApp:
             for b, f in enumerate(filters):
                 if f is not None and not isinstance(f, str):
                     raise BadRequest(f'"filter[{b}]" must be a string or null, got {_kind(f)}')
+                _check_filter_length(f, f"filter[{b}]", limits.max_filter_chars)
         elif filters is not None and not isinstance(filters, str):
             raise BadRequest(f'"filter" must be a string, a list of strings (one per user) or null, got {_kind(filters)}')
+        else:
+            _check_filter_length(filters, "filter", limits.max_filter_chars)
         exclude = body.get("exclude")
         if exclude is not None:
             if not isinstance(exclude, list) or len(exclude) != len(users):
@@ -275,6 +318,8 @@ class ServingApp:
             for b, e in enumerate(exclude):
                 if e is not None and not isinstance(e, list):
                     raise BadRequest(f'"exclude[{b}]" must be a list of item ids, got {_kind(e)}')
+                if e is not None and len(e) > limits.max_exclude:
+                    raise BadRequest(f'"exclude[{b}]" has {len(e)} item ids, more than max_exclude={limits.max_exclude}')
         k = body.get("k")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.retriever.k):
             raise BadRequest(f'"k" must be an integer in [1, {self.retriever.k}], got {k!r}')
@@ -286,18 +331,29 @@ class ServingApp:
         snap = self.retriever.snapshot  # one consistent view of the item updates for the whole batch
         return (*self.retriever.search(*inputs, fresh=snap.fresh), snap.external)
 
-    def _encode(self, users: List[Dict[str, Any]], filters: Any, exclude: Optional[List[Any]]) -> EncodedQuery:
+    def _encode(self, users: List[Dict[str, Any]], filters: Any, exclude: Optional[List[Any]]
+                ) -> Tuple[EncodedQuery, List[int]]:
+        """The graph inputs of a validated query, and per user the count of ignored (unknown)
+        excluded ids."""
         enc, b = self.retriever.encoder, len(users)
         extra_ids = self.retriever.snapshot.extra_ids  # ids of items added after publish (append-only)
-        parts = []
-        for name, fn in (("users", lambda: (enc.users(users),)), ("filter", lambda: enc.filters(filters, b)),
-                         ("exclude", lambda: (enc.exclude(exclude, b, extra_ids),))):
+        max_chars = self.config.limits.max_filter_chars
+        parts: List[Tensor] = []
+        ignored: List[int] = []
+
+        def exclusions() -> Tuple[Tensor]:
+            ids, counts = enc.exclusions(exclude, b, extra_ids)
+            ignored.extend(counts)
+            return (ids,)
+
+        for name, fn in (("users", lambda: (enc.users(users),)), ("filter", lambda: enc.filters(filters, b, max_chars)),
+                         ("exclude", exclusions)):
             try:
                 parts.extend(fn())
             except ValueError as err:
                 msg = str(err)
                 raise BadRequest(msg if msg.startswith(name) else f'"{name}": {msg}') from err
-        return EncodedQuery(*parts)
+        return EncodedQuery(*parts), ignored
 
     def _decode(self, outputs: Outputs, k: int) -> List[List[Dict[str, Any]]]:
         ids, value, scores, num_valid = (t.tolist() for t in outputs[:4])
@@ -381,14 +437,42 @@ def _validate_items(body: Any) -> List[Dict[str, Any]]:
     return out
 
 
-async def _json_body(request: Request, array: bool = False) -> Any:
-    raw = await request.body()
+def _check_filter_length(text: Optional[str], where: str, max_chars: int) -> None:
+    """A 400 naming ``max_filter_chars`` for a filter over it, before anything parses it."""
+    if text is not None and len(text) > max_chars:
+        raise BadRequest(f'"{where}" has {len(text)} characters, more than max_filter_chars={max_chars}: '
+                         f'{excerpt(text)}')
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused with :class:`PayloadTooLarge` as soon as it is known to be over
+    ``max_bytes``: from ``Content-Length`` before reading any of it, else (a chunked body) at the
+    first chunk past the limit, so an oversized body is never buffered whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest(f"the Content-Length header must be a number of bytes, got {declared[:40]!r}")
+        if int(declared) > max_bytes:
+            raise PayloadTooLarge(f"the request body has {int(declared)} bytes, more than max_body_bytes={max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"the request body is over max_body_bytes={max_bytes} (stopped reading at {size} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json_body(request: Request, max_bytes: int, array: bool = False) -> Any:
+    raw = await _read_body(request, max_bytes)
     if not raw:
         raise BadRequest("the request body is empty: send a JSON " + ("object or list" if array else "object"))
     try:
         return json.loads(raw)
     except ValueError as err:
         raise BadRequest(f"the request body is not valid JSON: {err}") from err
+    except RecursionError as err:  # json recurses per nested array/object: "[" * 5000 is no reason for a 500
+        raise BadRequest("the request body nests JSON arrays or objects too deeply to be read") from err
 
 
 def _kind(x: Any) -> str:
@@ -396,6 +480,8 @@ def _kind(x: Any) -> str:
 
 
 def _error(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+    if len(message) > _MAX_MESSAGE:  # a last guard: messages quote excerpts, but never echo a whole request
+        message = f"{message[:_MAX_MESSAGE]}... (message cut at {_MAX_MESSAGE} of {len(message)} characters)"
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
@@ -415,7 +501,16 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=64, help="most users per forward (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill (default 2 ms)")
     p.add_argument("--max-queue", type=int, default=1024, help="most queued requests before answering 503 (default 1024)")
-    p.add_argument("--max-users", type=int, default=1024, help="most users in one /query request (default 1024)")
+    d = ServingLimits()
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
+                   help=f"largest request body; more is a 413 (default {d.max_body_bytes})")
+    p.add_argument("--max-users", type=int, default=d.max_users, help=f"most users in one /query request (default {d.max_users})")
+    p.add_argument("--max-history", type=int, default=d.max_history,
+                   help=f"most item ids in one user's history (default {d.max_history})")
+    p.add_argument("--max-exclude", type=int, default=d.max_exclude,
+                   help=f"most item ids in one user's exclude list (default {d.max_exclude})")
+    p.add_argument("--max-filter-chars", type=int, default=d.max_filter_chars,
+                   help=f"most characters of one filter expression (default {d.max_filter_chars})")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--backend", choices=("auto", "aoti", "export"), default="auto",
                    help="auto (default): the AOTInductor graph when the file holds one that runs here, else the torch.export program")
@@ -431,7 +526,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    config = ServerConfig(BatchingConfig(args.max_batch, args.max_wait_ms, args.max_queue), max_users=args.max_users)
+    limits = ServingLimits(args.max_body_bytes, args.max_users, args.max_history, args.max_exclude, args.max_filter_chars)
+    config = ServerConfig(BatchingConfig(args.max_batch, args.max_wait_ms, args.max_queue), limits)
     server = ServingApp(Retriever(args.model, updates_path=args.updates, backend=args.backend), config)
     r = server.retriever
     log.info("silverrec-serve: model %s version %s (%s) K=%d tasks=%s on http://%s:%d (max_batch=%d max_wait_ms=%g max_queue=%d)",

@@ -4,6 +4,8 @@ A request is a batch of users (``{feature: value or [values], "history": [item i
 values), one filter expression per user (or one for all), and per user the external ids of
 items to exclude. :class:`RequestEncoder` maps them through the schema and the filter
 dictionary stored with the exported graph, with clear errors naming the user, field and value.
+Excluded ids the index does not know are the one exception: they are ignored and counted
+(:meth:`RequestEncoder.exclusions`), since such an item can never be returned anyway.
 
 Items added after training and folded into the index by a compaction (ids past the metadata's
 ``trained_items``) are known ids -- results, ``exclude`` and histories may name them -- but the
@@ -11,7 +13,7 @@ towers have no embedding row for them: they are dropped from a user's history sl
 ``history_length`` trained items are kept) and leave an item's id slot empty, as for an item added
 live.
 """
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -23,6 +25,14 @@ from silverrec.retrieval.term_dictionary import TermDictionary
 from silverrec.schema import HISTORY, Schema, item_key, user_key
 
 Filters = Union[None, str, Sequence[Optional[str]]]
+
+
+class Exclusions(NamedTuple):
+    """Encoded ``exclude`` lists: ``ids`` int64 ``[B, E]`` (-1 padding) and, per user, how many of
+    the given ids the index did not know (ignored)."""
+
+    ids: Tensor
+    ignored: List[int]
 
 
 class RequestEncoder:
@@ -80,29 +90,68 @@ class RequestEncoder:
                 start += n
         return torch.from_numpy(out)
 
-    def filters(self, filters: Filters, batch: int) -> Tuple[Tensor, Tensor, Tensor]:
+    def filters(self, filters: Filters, batch: int, max_chars: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """Plan tensors (``opcodes, terms [B, L]``, ``hashes [B, L, H]``) of one filter per user,
-        one filter for all (a str) or none (None / "")."""
+        one filter for all (a str) or none (None / "").
+
+        A filter over the artifact's program length (``filter.length`` instructions) is refused
+        while it is lexed, one over ``max_chars`` characters before (``FilterLimitError``, a
+        ``ValueError``, naming the limit)."""
         if filters is None or isinstance(filters, str):
             filters = [filters or ""] * batch
         if len(filters) != batch:
             raise ValueError(f"{len(filters)} filters for {batch} users: give one per user or one for all")
-        plan = compile_plans([f or "" for f in filters], self.dictionary, self.term_hashes, self.dense, self.filter_length)
+        plan = compile_plans([f or "" for f in filters], self.dictionary, self.term_hashes, self.dense, self.filter_length,
+                             max_chars)
         return plan.opcodes, plan.terms, plan.hashes
 
     def exclude(self, exclude: Optional[Sequence[Optional[Sequence[Any]]]], batch: int,
                 extra_ids: Optional[Mapping[str, int]] = None) -> Tensor:
-        """int64 ``[B, E]`` item ids of each user's excluded items (-1 padding; E >= 1).
+        """int64 ``[B, E]`` item ids of each user's excluded items (-1 padding; E >= 1); ids the
+        index does not know are ignored (see :meth:`exclusions` for how many)."""
+        return self.exclusions(exclude, batch, extra_ids).ids
 
-        ``extra_ids`` maps the external ids of items added after publish to their ids."""
+    def exclusions(self, exclude: Optional[Sequence[Optional[Sequence[Any]]]], batch: int,
+                   extra_ids: Optional[Mapping[str, int]] = None) -> "Exclusions":
+        """Each user's excluded items as ids, and how many of the given ids were unknown.
+
+        An id the index does not know (never published, or added and deleted since; a user's
+        seen items often include such ids) cannot be returned anyway, so it is ignored and
+        counted rather than refused. A value that is not an id at all (not a string or an
+        integer) is an error.
+
+        Args:
+            exclude: per user, external item ids (or None: nothing excluded).
+            batch (int): B, the number of users.
+            extra_ids (Optional[Mapping[str, int]]): external id -> id of items added after publish.
+
+        Returns:
+            Exclusions: ``ids`` int64 ``[B, E]`` (-1 padding; E >= 1) and ``ignored`` (per user,
+            the unknown ids dropped).
+
+        Raises:
+            ValueError: not one list per user, or a value that is not a string or an integer.
+        """
         lists = [[] for _ in range(batch)] if exclude is None else list(exclude)
         if len(lists) != batch:
             raise ValueError(f"{len(lists)} exclude lists for {batch} users: give one per user")
-        rows = [self._ids(self._item_feature, x, f"exclude[{b}]", extra_ids) for b, x in enumerate(lists)]
+        feature, rows, ignored = self._item_feature, [], []
+        for b, raw in enumerate(lists):
+            values = [] if raw is None else (list(raw) if isinstance(raw, (list, tuple)) else [raw])
+            row = []
+            for j, v in enumerate(values):
+                if isinstance(v, bool) or not isinstance(v, (str, int)):
+                    raise ValueError(f"exclude[{b}][{j}] must be an item id (a string or an integer), got {type(v).__name__}")
+                if extra_ids is not None and str(v) in extra_ids:
+                    row.append(extra_ids[str(v)])
+                elif feature.has(v):
+                    row.append(feature.id_of(v))
+            rows.append(row)
+            ignored.append(len(values) - len(row))
         out = np.full((batch, max([1] + [len(r) for r in rows])), -1, dtype=np.int64)
         for b, r in enumerate(rows):
             out[b, : len(r)] = r
-        return torch.from_numpy(out)
+        return Exclusions(torch.from_numpy(out), ignored)
 
     def items(self, items: Sequence[Mapping[str, Any]]) -> Tensor:
         """int64 ``[B, S_i]`` item-tower slots of items ``{"item_id": id, "attributes": {feature:

@@ -92,8 +92,11 @@ def test_bad_requests_are_named(exported):
         r.query([{"shoe_size": 3}])
     with pytest.raises(ValueError, match="history"):
         r.query([{"history": ["no-such-item"]}])
-    with pytest.raises(ValueError, match="exclude"):
-        r.query([{}], exclude=[["no-such-item"]])
+    with pytest.raises(ValueError, match=r"exclude\[0\]\[0\] must be an item id"):
+        r.query([{}], exclude=[[None]])
+    # an unknown excluded id is ignored (counted by encoder.exclusions), not an error
+    assert r.query([{}], exclude=[["no-such-item"]], k=3) == r.query([{}], k=3)
+    assert r.encoder.exclusions([["no-such-item", r.schema.item_ids[0]], []], 2).ignored == [1, 0]
     with pytest.raises(ValueError, match="column"):
         r.query([{}], filter="language:en AND (")
     with pytest.raises(ValueError, match="k must be"):

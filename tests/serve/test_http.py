@@ -14,35 +14,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from silverrec.retrieval.serving_graph import ServingConfig
 from silverrec.serve import Retriever
 from silverrec.serve.batching import BatchingConfig
 from silverrec.serve.http import ServerConfig, ServingApp
-from silverrec.train.checkpoint import load_checkpoint
-from silverrec.train.export import example_users, export_serving, latest_history
-from silverrec.train.trainer import load_two_tower
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FILTERS = ["", "language:en", "NOT category:music", "category:music OR category:comedy"]
-
-
-@pytest.fixture(scope="module")
-def model_path(tiny_run, tiny_dataset, tmp_path_factory):
-    model = load_two_tower(load_checkpoint(tiny_run["checkpoint"]))
-    path = str(tmp_path_factory.mktemp("http") / "serving.pt2")
-    export_serving(model, tiny_dataset, ServingConfig(k=20, candidates_per_task=30, num_clusters=12), path, {})
-    return path
-
-
-@pytest.fixture(scope="module")
-def retriever(model_path):
-    return Retriever(model_path)
-
-
-@pytest.fixture(scope="module")
-def users(tiny_dataset):
-    rows = np.arange(16) % tiny_dataset.users.num_rows
-    return example_users(tiny_dataset, rows, latest_history(tiny_dataset, rows))
 
 
 def _client(retriever, **batching):
@@ -141,7 +118,7 @@ def test_concurrent_queries_share_a_forward(retriever, users):
     ({"users": [{}], "filter": "language:en AND ("}, "filter"),
     ({"users": [{}], "filter": "shoe_size:3"}, "filter"),
     ({"users": [{}], "exclude": ["i1"]}, '"exclude'),
-    ({"users": [{}], "exclude": [["no-such-item"]]}, "exclude[0]"),
+    ({"users": [{}], "exclude": [[{"id": 1}]]}, "exclude[0][0]"),
     ({"users": [{}], "limit": 3}, "limit"),
     ([{"users": []}], "JSON object"),
 ])
