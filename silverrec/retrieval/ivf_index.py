@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.ivf_search)
 from silverrec.retrieval.kmeans import default_num_clusters, kmeans
-from silverrec.retrieval.packed_mask import pack_mask
 from silverrec.retrieval.probe_policy import probe_plan
 from silverrec.retrieval.quantize import _check_embeddings, quantize_int8_global, quantize_int8_per_item
 from silverrec.retrieval.search_result import SearchResult
@@ -231,8 +230,5 @@ class IVFInt8Index(nn.Module):
     def _rows_from_ids(self, mask: Tensor) -> Tensor:
         """An id-order mask (bool [B, N], or a uint8 bitmap [B, ceil(N/8)] with FAISS
         IDSelectorBitmap's layout: id i passes iff ``(bitmap[i >> 3] >> (i & 7)) & 1``) packed in
-        row order: int64 [B, W]."""
-        ids = self.row_to_id
-        if mask.dtype == torch.uint8:
-            return pack_mask(((mask[:, ids >> 3] >> (ids & 7).to(torch.uint8)) & 1).bool())
-        return pack_mask(mask[:, ids])
+        row order: int64 [B, W], in one op (``pack_id_mask``: permute and pack in one pass)."""
+        return torch.ops.silverrec.pack_id_mask(mask, self.row_to_id)

@@ -165,10 +165,7 @@ def test_both_cpu_paths_match_reference(isa: "str | None") -> None:
     env = {k: v for k, v in os.environ.items() if k != "SILVERREC_CPU_ISA"}
     if isa is not None:
         env["SILVERREC_CPU_ISA"] = isa
-    repo = os.path.dirname(os.path.dirname(_HERE))
-    env["PYTHONPATH"] = os.pathsep.join([_HERE, repo, os.environ.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = run_test_module(__file__, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open("/proc/cpuinfo") as f:
         has_avx512 = "avx512_vnni" in f.read()

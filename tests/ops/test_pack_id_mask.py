@@ -7,7 +7,6 @@ The C++ kernel runs both CPU paths (``SILVERREC_CPU_ISA=avx2`` in a subprocess);
 kernel runs under ``TRITON_INTERPRET=1`` and is compiled ahead of time for sm_80 and sm_90.
 """
 import os
-import subprocess
 import sys
 from typing import Tuple
 
@@ -20,9 +19,8 @@ from torch import Tensor
 import silverrec  # noqa: F401  (registers the ops)
 from silverrec.ops import pack_id_mask
 from silverrec.ops.reference import pack_id_mask_reference
-from tests.ops.triton_interpreter import run_under_triton_interpreter
+from tests.ops.triton_interpreter import run_test_module, run_under_triton_interpreter
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # on PYTHONPATH of subprocesses
 
 
 def to_bitmap(mask: Tensor) -> Tensor:
@@ -157,9 +155,7 @@ def test_both_cpu_paths_match_reference(isa: "str | None") -> None:
     env = {k: v for k, v in os.environ.items() if k != "SILVERREC_CPU_ISA"}
     if isa is not None:
         env["SILVERREC_CPU_ISA"] = isa
-    env["PYTHONPATH"] = os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "cpu"], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = run_test_module(__file__, ["cpu"], env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open("/proc/cpuinfo") as f:
         has_avx512 = "avx512_vnni" in f.read()
@@ -168,16 +164,14 @@ def test_both_cpu_paths_match_reference(isa: "str | None") -> None:
 
 
 def test_triton_kernel_under_interpreter() -> None:
-    run_under_triton_interpreter(__file__, "triton pack_id_mask ok", pythonpath=[REPO])
+    run_under_triton_interpreter(__file__, "triton pack_id_mask ok")
 
 
 def test_triton_kernel_compiles_for_sm80_and_sm90() -> None:
     """Ahead-of-time compilation for real targets (no GPU needed), in a fresh process."""
     pytest.importorskip("triton", reason="triton is not installed")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "compile"], env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = run_test_module(__file__, ["compile"], env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "compiled pack_id_mask for sm_80 and sm_90" in proc.stdout
 
