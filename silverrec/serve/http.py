@@ -396,7 +396,9 @@ def describe_schema(retriever: Retriever, examples: int) -> Dict[str, Any]:
         "tasks": list(retriever.tasks),
         "value_formula": meta.get("value_formula"),
         "filter_syntax": "feature:value terms with AND, OR, NOT and parentheses, e.g. "
-                         "\"language:en AND NOT (category:music OR creator:7)\"; quote values with spaces",
+                         "\"language:en AND NOT (category:music OR creator:7)\"; quote values with spaces; "
+                         "values are exact, case-sensitive strings, and a value no item holds matches nothing "
+                         "(its NOT matches everything)",
         "example_request": {"users": [user], "filter": example_filter,
                             "exclude": [list(item_ids[3:4])], "k": min(10, retriever.k)},
         "example_item": {"item_id": fresh_id,

@@ -165,6 +165,7 @@ def test_unknown_and_differently_cased_values_match_nothing(client, users):
     assert ids("NOT language:EN") == ids("")
     assert all(rows for rows in ids("language:en"))
     _assert_error(client.post("/query", json={"users": reqs, "filter": "Language:en"}), 400, "unknown feature 'Language'")
+    assert "case-sensitive" in client.get("/schema").json()["filter_syntax"]
 
 
 def _free_port() -> int:
