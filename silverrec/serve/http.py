@@ -528,7 +528,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    limits = ServingLimits(args.max_body_bytes, args.max_users, args.max_history, args.max_exclude, args.max_filter_chars)
+    try:
+        limits = ServingLimits(args.max_body_bytes, args.max_users, args.max_history, args.max_exclude, args.max_filter_chars)
+    except ValueError as err:  # a bad option: one line naming it, not a traceback
+        raise SystemExit(f"silverrec-serve: {err}") from None
     config = ServerConfig(BatchingConfig(args.max_batch, args.max_wait_ms, args.max_queue), limits)
     server = ServingApp(Retriever(args.model, updates_path=args.updates, backend=args.backend), config)
     r = server.retriever

@@ -143,7 +143,8 @@ class Retriever:
         Args:
             users: per user ``{feature: value or [values], "history": [item ids]}`` (external values).
             filter: one expression for all users, one per user, or None.
-            exclude: per user, external item ids never to return (e.g. already seen).
+            exclude: per user, external item ids never to return (e.g. already seen); ids the
+                index does not know are ignored (``self.encoder.exclusions`` counts them).
             k: results per user (at most the exported K; default K).
 
         Returns:
