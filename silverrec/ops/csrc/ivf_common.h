@@ -1,6 +1,6 @@
 // Helpers shared by the steps of an IVF search: software prefetch, the per-query threading
 // (query_threads / next_query), rank keys (the tie rule as one int64 comparison) and the
-// running top-k over them (TopK).
+// running top-k over them (TopK), and with_isa, the once-per-op-call choice of CPU path.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -12,10 +12,22 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <type_traits>
 #include <vector>
+
+#include "cpu_isa.h"
 
 namespace silverrec {
 namespace {  // included by ivf_ops.cpp only: one translation unit
+
+// Calls f(std::integral_constant<Isa, path>{}) for the process's CPU path (active_isa()): the
+// only branch on the path is this one, per op call; f's body is compiled once per path, so the
+// loops inside it dispatch at compile time (f uses `decltype(isa)::value` as a template argument).
+template <typename F>
+decltype(auto) with_isa(F&& f) {
+  if (active_isa() == Isa::kAvx512Vnni) return f(std::integral_constant<Isa, Isa::kAvx512Vnni>{});
+  return f(std::integral_constant<Isa, Isa::kAvx2>{});
+}
 
 // Software prefetch of [p, p + bytes), one hint per 64-byte line (a prefetch never faults, so
 // reading past a cluster or the codes is harmless).

@@ -1,7 +1,11 @@
-// Exact int8 dot products of the IVF scan (AVX2): one query with one row (dot_i8), one query
-// with 4 consecutive rows (dot_i8_rows4, the query-major scan) and one row with 4 queries
-// (dot_i8_x4, the cluster-major scan). All are exact int32 sums, so every backend agrees bit
-// for bit with the reference.
+// Exact int8 dot products of the IVF scan, AVX2 path (the baseline; ivf_dot_i8_avx512.h has the
+// AVX-512 VNNI path with the same functions): one query with one row (dot_i8), one query with 4
+// consecutive rows (dot_i8_rows4, the query-major scan) and one row with 4 queries (dot_i8_x4,
+// the cluster-major scan). All are exact int32 sums, so every path agrees bit for bit with the
+// reference.
+//
+// Each takes the query's `qbias` = query_bias(q, D), the constant a path's products carry per
+// query (computed once per query, not per row): 0 here; the VNNI path's products are offset.
 #pragma once
 
 #include <immintrin.h>
@@ -10,12 +14,15 @@
 
 namespace silverrec {
 namespace {  // included by ivf_ops.cpp only: one translation unit
+namespace avx2 {
+
+inline int32_t query_bias(const int8_t*, int64_t) { return 0; }
 
 // Exact int8 dot product. AVX2 has no s8 x s8 multiply-add, only u8 x s8 (vpmaddubsw); we use
 // |b| (u8, <= 128) times sign(a, b) (= a * sign(b), s8 within [-127, 127] because query codes
 // are checked to exclude -128). Each int16 lane then sums two products of magnitude
 // <= 128 * 127, so it stays <= 32512 and never saturates; vpmaddwd with ones widens to int32.
-inline int32_t dot_i8(const int8_t* a, const int8_t* b, int64_t D) {
+inline int32_t dot_i8(const int8_t* a, int32_t /*qbias*/, const int8_t* b, int64_t D) {
   int64_t d = 0;
   int32_t acc = 0;
 #ifdef __AVX2__
@@ -51,7 +58,7 @@ inline void store_sums4(__m256i a0, __m256i a1, __m256i a2, __m256i a3, int32_t*
 // Exact int8 dot products of one query with the 4 consecutive rows at `rows` (row stride D), the
 // sign trick of dot_i8: the query is loaded once per 32 columns for the 4 rows, and the four
 // int32 sums are reduced together (hadd), instead of one horizontal reduction per row.
-inline void dot_i8_rows4(const int8_t* a, const int8_t* rows, int64_t D, int32_t* out) {
+inline void dot_i8_rows4(const int8_t* a, int32_t /*qbias*/, const int8_t* rows, int64_t D, int32_t* out) {
   int64_t d = 0;
   out[0] = out[1] = out[2] = out[3] = 0;
 #ifdef __AVX2__
@@ -81,7 +88,7 @@ inline void dot_i8_rows4(const int8_t* a, const int8_t* rows, int64_t D, int32_t
 
 // Exact int8 dot products of one item row with 4 queries (the sign trick of dot_i8): the row is
 // loaded and made absolute once per 32 columns and shared by the 4 queries.
-inline void dot_i8_x4(const int8_t* row, const int8_t* const* q, int64_t D, int32_t* out) {
+inline void dot_i8_x4(const int8_t* row, const int8_t* const* q, const int32_t* /*qbias*/, int64_t D, int32_t* out) {
   int64_t d = 0;
   out[0] = out[1] = out[2] = out[3] = 0;
 #ifdef __AVX2__
@@ -107,5 +114,6 @@ inline void dot_i8_x4(const int8_t* row, const int8_t* const* q, int64_t D, int3
   }
 }
 
+}  // namespace avx2
 }  // namespace
 }  // namespace silverrec

@@ -2,8 +2,10 @@
 // ivf_int8_topk, ivf_select_probes, ivf_rescore_topk and ivf_search. This file validates the
 // inputs (TORCH_CHECK) and registers the kernels; each step's per-query code is in a header:
 //   ivf_common.h        prefetch, per-query threading, rank keys (the tie rule), running top-k
-//   ivf_dot_i8.h        exact int8 dot products
-//   ivf_scan.h          the scan: QueryScan (query-major) and scan_cluster_major
+//   ivf_dot_i8.h        exact int8 dot products, AVX2 path
+//   ivf_dot_i8_avx512.h the same, AVX-512 VNNI path
+//   ivf_scan.h          the scan: QueryScan (query-major) and scan_cluster_major, whose loops
+//                       (ivf_scan_loops.inc) it compiles once per CPU path
 //   ivf_probe_select.h  probe choice
 //   ivf_rescore.h       exact re-score + final top-k
 //   ivf_quantize.h      symmetric int8 codes of a row
@@ -11,11 +13,23 @@
 // The headers are included here only, so the five ops are one translation unit (compiling one
 // against the torch headers takes about a minute on 2 cores; see setup.py).
 //
+// CPU path: each op picks the AVX2 or the AVX-512 VNNI code once per call (with_isa,
+// ivf_common.h; active_isa(), cpu_isa.h), so its loops hold no branch on the path.
+//
 // Steps: quantize_int8_rowwise (the query codes), ivf_select_probes (probe choice by centroid
 // order and passing-row coverage), ivf_int8_topk (the scan), ivf_rescore_topk (exact re-score +
 // final top-k), and ivf_search, which runs all four steps for each query on one thread (each
 // step's per-query body is one struct or function in its header, shared by the single-step op
 // and ivf_search).
+// GCC 12's AVX-512 intrinsics pass _mm512_undefined_*() (a self-initialised variable) as the
+// unused merge source of unmasked operations, which -W(maybe-)uninitialized reports wherever
+// they are inlined (https://gcc.gnu.org/bugzilla/show_bug.cgi?id=105593, fixed in GCC 13). Set
+// before any include, since the warnings point into <immintrin.h>.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -120,27 +134,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
   const float* sc = scales.data_ptr<float>();
   const uint64_t* mk = mask_in.has_value() ? reinterpret_cast<const uint64_t*>(mask_t.data_ptr<int64_t>()) : nullptr;
 
-  // Queries sharing clusters: read each probed cluster once for all its queries.
-  if (clusters_shared(prb, plen.data(), B, C, P)) {
-    std::vector<const uint64_t*> mrows;
-    for (int64_t b = 0; mk != nullptr && b < B; ++b) mrows.push_back(mk + b * mask_row_stride);
-    scan_cluster_major(q, qs, cd, sc, off, prb, plen.data(), mk == nullptr ? nullptr : mrows.data(), B, C, P, D, k, os,
-                       orw, ov);
-    return {out_scores, out_rows, out_valid};
-  }
-  std::atomic<int64_t> counter{0};
-  at::parallel_for(0, query_threads(B, 1, 1), 1, [&](int64_t, int64_t) {
-    QueryScan scan(C, k);
-    for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
-      const int64_t eligible = scan.run(q + b * D, qs[b], cd, sc, off, prb + b * P, plen[b],
-                                        mk == nullptr ? nullptr : mk + b * mask_row_stride, D);
-      const std::vector<int64_t>& best = scan.top.finish();
-      for (size_t i = 0; i < best.size(); ++i) {
-        os[b * k + i] = key_score(best[i]);
-        orw[b * k + i] = key_id(best[i]);
-      }
-      ov[b] = std::min(eligible, k);
+  with_isa([&](auto isa) {
+    constexpr Isa kIsa = decltype(isa)::value;
+    // Queries sharing clusters: read each probed cluster once for all its queries.
+    if (clusters_shared(prb, plen.data(), B, C, P)) {
+      std::vector<const uint64_t*> mrows;
+      for (int64_t b = 0; mk != nullptr && b < B; ++b) mrows.push_back(mk + b * mask_row_stride);
+      scan_cluster_major_for<kIsa>(q, qs, cd, sc, off, prb, plen.data(), mk == nullptr ? nullptr : mrows.data(), B, C,
+                                   P, D, k, os, orw, ov);
+      return;
     }
+    std::atomic<int64_t> counter{0};
+    at::parallel_for(0, query_threads(B, 1, 1), 1, [&](int64_t, int64_t) {
+      QueryScanFor<kIsa> scan(C, k);
+      for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
+        const int64_t eligible = scan.run(q + b * D, qs[b], cd, sc, off, prb + b * P, plen[b],
+                                          mk == nullptr ? nullptr : mk + b * mask_row_stride, D);
+        const std::vector<int64_t>& best = scan.top.finish();
+        for (size_t i = 0; i < best.size(); ++i) {
+          os[b * k + i] = key_score(best[i]);
+          orw[b * k + i] = key_id(best[i]);
+        }
+        ov[b] = std::min(eligible, k);
+      }
+    });
   });
   return {out_scores, out_rows, out_valid};
 }
@@ -235,13 +252,16 @@ std::tuple<at::Tensor, at::Tensor> ivf_rescore_topk_cpu(const at::Tensor& querie
   }
   at::Tensor out_scores = at::full({B, k}, -std::numeric_limits<float>::infinity(), queries.options());
   at::Tensor out_ids = at::full({B, k}, -1, rows.options());
-  if (cache.scalar_type() == at::kHalf) {
-    rescore_rows<at::Half>(queries.data_ptr<float>(), cache.data_ptr<at::Half>(), rw, ids,
-                           out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>(), B, K0, D, k);
-  } else {
-    rescore_rows<at::BFloat16>(queries.data_ptr<float>(), cache.data_ptr<at::BFloat16>(), rw, ids,
-                               out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>(), B, K0, D, k);
-  }
+  with_isa([&](auto isa) {
+    constexpr Isa kIsa = decltype(isa)::value;
+    if (cache.scalar_type() == at::kHalf) {
+      rescore_rows<at::Half, kIsa>(queries.data_ptr<float>(), cache.data_ptr<at::Half>(), rw, ids,
+                                   out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>(), B, K0, D, k);
+    } else {
+      rescore_rows<at::BFloat16, kIsa>(queries.data_ptr<float>(), cache.data_ptr<at::BFloat16>(), rw, ids,
+                                       out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>(), B, K0, D, k);
+    }
+  });
   return {out_scores, out_ids};
 }
 
@@ -347,17 +367,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_cpu(
   at::Tensor out_rows = at::full(out_shape, -1, offsets_t.options());
   if (Q == 0) return {out_scores, out_ids, out_rows};
   const uint64_t* const* mr = mask_in.has_value() ? mrows.data() : nullptr;
-  if (cache.scalar_type() == at::kHalf) {
-    search_rows<at::Half>(queries.data_ptr<float>(), centroid_scores.data_ptr<float>(), codes.data_ptr<int8_t>(),
-                          scales.data_ptr<float>(), off, cache.data_ptr<at::Half>(), row_to_id.data_ptr<int64_t>(), mr,
-                          Q, C, N, D, n_probe, min_rows, max_probe, k0, k, out_scores.data_ptr<float>(),
-                          out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>());
-  } else {
-    search_rows<at::BFloat16>(queries.data_ptr<float>(), centroid_scores.data_ptr<float>(), codes.data_ptr<int8_t>(),
-                              scales.data_ptr<float>(), off, cache.data_ptr<at::BFloat16>(),
-                              row_to_id.data_ptr<int64_t>(), mr, Q, C, N, D, n_probe, min_rows, max_probe, k0, k,
-                              out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>());
-  }
+  with_isa([&](auto isa) {
+    constexpr Isa kIsa = decltype(isa)::value;
+    if (cache.scalar_type() == at::kHalf) {
+      search_rows<at::Half, kIsa>(queries.data_ptr<float>(), centroid_scores.data_ptr<float>(),
+                                  codes.data_ptr<int8_t>(), scales.data_ptr<float>(), off, cache.data_ptr<at::Half>(),
+                                  row_to_id.data_ptr<int64_t>(), mr, Q, C, N, D, n_probe, min_rows, max_probe, k0, k,
+                                  out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>(),
+                                  out_rows.data_ptr<int64_t>());
+    } else {
+      search_rows<at::BFloat16, kIsa>(queries.data_ptr<float>(), centroid_scores.data_ptr<float>(),
+                                      codes.data_ptr<int8_t>(), scales.data_ptr<float>(), off,
+                                      cache.data_ptr<at::BFloat16>(), row_to_id.data_ptr<int64_t>(), mr, Q, C, N, D,
+                                      n_probe, min_rows, max_probe, k0, k, out_scores.data_ptr<float>(),
+                                      out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>());
+    }
+  });
   return {out_scores, out_ids, out_rows};
 }
 

@@ -26,8 +26,8 @@ namespace {  // included by ivf_ops.cpp only: one translation unit
 // row is prefetched when it enters the scan's running top-K0, so the re-score reads warm rows.
 
 // mrows[b] is query b's packed mask row (mrows == nullptr: no filter); results into os / oi /
-// orw [B, k], already padded.
-template <typename T>
+// orw [B, k], already padded. kIsa: the CPU path of the scan and the re-score.
+template <typename T, Isa kIsa>
 void search_rows(const float* qf, const float* cs, const int8_t* cd, const float* sc, const int64_t* off,
                  const T* cache, const int64_t* row_to_id, const uint64_t* const* mrows, int64_t B, int64_t C,
                  int64_t N, int64_t D, int64_t n_probe, int64_t min_rows, int64_t max_probe, int64_t k0, int64_t k,
@@ -56,7 +56,7 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
     shared_scores.assign(B * k0, -std::numeric_limits<float>::infinity());
     shared_rows.assign(B * k0, -1);
     shared_valid.assign(B, 0);
-    scan_cluster_major(q.data(), qs.data(), cd, sc, off, prb.get(), plen.data(), mrows, B, C, limit, D, k0,
+    scan_cluster_major_for<kIsa>(q.data(), qs.data(), cd, sc, off, prb.get(), plen.data(), mrows, B, C, limit, D, k0,
                        shared_scores.data(), shared_rows.data(), shared_valid.data());
   }
   // 3. per query: the scan, the fallback, the re-score
@@ -64,8 +64,8 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
   const int64_t all_off[2] = {0, N}, all_probe[1] = {0};
   std::atomic<int64_t> counter{0};
   at::parallel_for(0, query_threads(B, 1, 1), 1, [&](int64_t, int64_t) {
-    QueryScan scan(C, k0);
-    Rescore<T> rescore;
+    QueryScanFor<kIsa> scan(C, k0);
+    Rescore<T, kIsa> rescore;
     rescore.op = "ivf_search";
     std::vector<int64_t> rows(k0);
     for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
