@@ -1,0 +1,398 @@
+// CPU kernels (entry points) of the IVF-INT8 ops of torch.ops.silverrec: quantize_int8_rowwise,
+// ivf_int8_topk, ivf_select_probes, ivf_rescore_topk and ivf_search. This file validates the
+// inputs (TORCH_CHECK) and registers the kernels; each step's per-query code is in a header:
+//   ivf_common.h        prefetch, per-query threading, rank keys (the tie rule), running top-k
+//   ivf_dot_i8.h        exact int8 dot products, AVX2 path
+//   ivf_dot_i8_avx512.h the same, AVX-512 VNNI path
+//   ivf_scan.h          the scan: QueryScan (query-major) and scan_cluster_major, whose loops
+//                       (ivf_scan_loops.inc) it compiles once per CPU path
+//   ivf_probe_select.h  probe choice
+//   ivf_rescore.h       exact re-score + final top-k
+//   ivf_quantize.h      symmetric int8 codes of a row
+//   ivf_search.h        ivf_search's per-query composition of the steps
+// The headers are included here only, so the five ops are one translation unit (compiling one
+// against the torch headers takes about a minute on 2 cores; see setup.py).
+//
+// CPU path: each op picks the AVX2 or the AVX-512 VNNI code once per call (with_isa,
+// ivf_common.h; active_isa(), cpu_isa.h), so its loops hold no branch on the path.
+//
+// Steps: quantize_int8_rowwise (the query codes), ivf_select_probes (probe choice by centroid
+// order and passing-row coverage), ivf_int8_topk (the scan), ivf_rescore_topk (exact re-score +
+// final top-k), and ivf_search, which runs all four steps for each query on one thread (each
+// step's per-query body is one struct or function in its header, shared by the single-step op
+// and ivf_search).
+// GCC 12's AVX-512 intrinsics pass _mm512_undefined_*() (a self-initialised variable) as the
+// unused merge source of unmasked operations, which -W(maybe-)uninitialized reports wherever
+// they are inlined (https://gcc.gnu.org/bugzilla/show_bug.cgi?id=105593, fixed in GCC 13). Set
+// before any include, since the warnings point into <immintrin.h>.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "ivf_common.h"
+#include "ivf_probe_select.h"
+#include "ivf_quantize.h"
+#include "ivf_rescore.h"
+#include "ivf_scan.h"
+#include "ivf_search.h"
+
+namespace silverrec {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
+    const at::Tensor& q_codes_in, const at::Tensor& q_scales_in, const at::Tensor& codes_in,
+    const at::Tensor& scales_in, const at::Tensor& cluster_offsets_in, const at::Tensor& probe_in,
+    const std::optional<at::Tensor>& mask_in, int64_t k) {
+  TORCH_CHECK(q_codes_in.dim() == 2 && q_codes_in.scalar_type() == at::kChar,
+              "ivf_int8_topk: q_codes must be int8 [B, D], got ", q_codes_in.scalar_type(), " ", q_codes_in.sizes());
+  TORCH_CHECK(codes_in.dim() == 2 && codes_in.scalar_type() == at::kChar,
+              "ivf_int8_topk: codes must be int8 [N, D], got ", codes_in.scalar_type(), " ", codes_in.sizes());
+  const int64_t B = q_codes_in.size(0), D = q_codes_in.size(1), N = codes_in.size(0);
+  TORCH_CHECK(codes_in.size(1) == D, "ivf_int8_topk: codes ", codes_in.sizes(), " and q_codes ",
+              q_codes_in.sizes(), " differ in D");
+  TORCH_CHECK(q_scales_in.scalar_type() == at::kFloat && q_scales_in.dim() == 1 && q_scales_in.size(0) == B,
+              "ivf_int8_topk: q_scales must be float32 [B=", B, "], got ", q_scales_in.scalar_type(), " ", q_scales_in.sizes());
+  TORCH_CHECK(scales_in.scalar_type() == at::kFloat && scales_in.dim() == 1 && scales_in.size(0) == N,
+              "ivf_int8_topk: scales must be float32 [N=", N, "], got ", scales_in.scalar_type(), " ", scales_in.sizes());
+  TORCH_CHECK(cluster_offsets_in.scalar_type() == at::kLong && cluster_offsets_in.dim() == 1 &&
+                  cluster_offsets_in.size(0) >= 2,
+              "ivf_int8_topk: cluster_offsets must be int64 [C+1] with C >= 1, got ",
+              cluster_offsets_in.scalar_type(), " ", cluster_offsets_in.sizes());
+  TORCH_CHECK(probe_in.scalar_type() == at::kLong && probe_in.dim() == 2 && probe_in.size(0) == B,
+              "ivf_int8_topk: probe must be int64 [B=", B, ", P], got ", probe_in.scalar_type(), " ", probe_in.sizes());
+  TORCH_CHECK(k >= 1, "ivf_int8_topk: k must be >= 1, got ", k);
+  TORCH_CHECK(N <= 0xFFFFFFFFLL, "ivf_int8_topk: need N < 2**32 rows (rows rank in 32 bits), got N=", N);
+  const int64_t W = (N + 63) / 64;
+  if (mask_in.has_value()) {
+    TORCH_CHECK(mask_in->scalar_type() == at::kLong && mask_in->dim() == 2 && mask_in->size(0) == B &&
+                    mask_in->size(1) == W,
+                "ivf_int8_topk: mask must be int64 [B, ceil(N/64)]=[", B, ", ", W, "], got ",
+                mask_in->scalar_type(), " ", mask_in->sizes());
+  }
+  const at::Tensor q_codes = q_codes_in.contiguous();
+  const at::Tensor q_scales = q_scales_in.contiguous();
+  const at::Tensor codes = codes_in.contiguous();
+  const at::Tensor scales = scales_in.contiguous();
+  const at::Tensor offsets_t = cluster_offsets_in.contiguous();
+  const at::Tensor probe_t = probe_in.contiguous();
+  // rows of the mask may be strided (e.g. one filter expanded over the batch): only words must be dense
+  at::Tensor mask_t;
+  if (mask_in.has_value()) mask_t = mask_in->stride(1) == 1 ? *mask_in : mask_in->contiguous();
+  const int64_t mask_row_stride = mask_in.has_value() ? mask_t.stride(0) : 0;
+
+  const int64_t C = offsets_t.size(0) - 1, P = probe_t.size(1);
+  const int64_t* off = offsets_t.data_ptr<int64_t>();
+  TORCH_CHECK(off[0] == 0 && off[C] == N, "ivf_int8_topk: cluster_offsets must start at 0 and end at N=", N,
+              ", got ", off[0], " .. ", off[C]);
+  for (int64_t c = 0; c < C; ++c) {
+    TORCH_CHECK(off[c] <= off[c + 1], "ivf_int8_topk: cluster_offsets must be non-decreasing, got ", off[c],
+                " > ", off[c + 1], " at cluster ", c);
+  }
+  const int64_t* prb = probe_t.data_ptr<int64_t>();
+  // Each probe row's used length: up to its first -1 when only -1s follow (ivf_select_probes
+  // pads its [B, C] rows that way under a filter), else P. The loops below only see the used
+  // part, so padding costs one vectorised pass instead of several scalar ones.
+  std::vector<int64_t> plen(B, P);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t* pb = prb + b * P;
+    int64_t f = 0;
+    while (f < P && pb[f] != -1) ++f;
+    bool padding = true;
+    for (int64_t i = f; i < P; ++i) padding &= pb[i] == -1;
+    if (padding) plen[b] = f;
+    for (int64_t p = 0; p < plen[b]; ++p) {
+      TORCH_CHECK(pb[p] >= -1 && pb[p] < C, "ivf_int8_topk: probe entries must be -1 or in [0, C=", C, "), got ",
+                  pb[p], " at [", b, ", ", p, "]");
+    }
+  }
+  const int8_t* q = q_codes.data_ptr<int8_t>();
+  for (int64_t i = 0; i < B * D; ++i) {
+    TORCH_CHECK(q[i] != -128, "ivf_int8_topk: q_codes must lie in [-127, 127] (symmetric int8), got -128 at [",
+                i / D, ", ", i % D, "]");
+  }
+
+  at::Tensor out_scores = at::full({B, k}, -std::numeric_limits<float>::infinity(), q_scales.options());
+  at::Tensor out_rows = at::full({B, k}, -1, probe_t.options());
+  at::Tensor out_valid = at::zeros({B}, probe_t.options());
+  float* os = out_scores.data_ptr<float>();
+  int64_t* orw = out_rows.data_ptr<int64_t>();
+  int64_t* ov = out_valid.data_ptr<int64_t>();
+  const float* qs = q_scales.data_ptr<float>();
+  const int8_t* cd = codes.data_ptr<int8_t>();
+  const float* sc = scales.data_ptr<float>();
+  const uint64_t* mk = mask_in.has_value() ? reinterpret_cast<const uint64_t*>(mask_t.data_ptr<int64_t>()) : nullptr;
+
+  with_isa([&](auto isa) {
+    constexpr Isa kIsa = decltype(isa)::value;
+    // Queries sharing clusters: read each probed cluster once for all its queries.
+    if (clusters_shared(prb, plen.data(), B, C, P)) {
+      std::vector<const uint64_t*> mrows;
+      for (int64_t b = 0; mk != nullptr && b < B; ++b) mrows.push_back(mk + b * mask_row_stride);
+      scan_cluster_major_for<kIsa>(q, qs, cd, sc, off, prb, plen.data(), mk == nullptr ? nullptr : mrows.data(), B, C,
+                                   P, D, k, os, orw, ov);
+      return;
+    }
+    std::atomic<int64_t> counter{0};
+    at::parallel_for(0, query_threads(B, 1, 1), 1, [&](int64_t, int64_t) {
+      QueryScanFor<kIsa> scan(C, k);
+      for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
+        const int64_t eligible = scan.run(q + b * D, qs[b], cd, sc, off, prb + b * P, plen[b],
+                                          mk == nullptr ? nullptr : mk + b * mask_row_stride, D);
+        const std::vector<int64_t>& best = scan.top.finish();
+        for (size_t i = 0; i < best.size(); ++i) {
+          os[b * k + i] = key_score(best[i]);
+          orw[b * k + i] = key_id(best[i]);
+        }
+        ov[b] = std::min(eligible, k);
+      }
+    });
+  });
+  return {out_scores, out_rows, out_valid};
+}
+
+// ---------------------------------------------------------------------------------------------
+// ivf_select_probes: centroid order + passing-row coverage (spec: ivf_select_probes_reference).
+
+at::Tensor ivf_select_probes_cpu(const at::Tensor& scores_in, const at::Tensor& cluster_offsets_in,
+                                 const std::optional<at::Tensor>& mask_in, int64_t n_probe, int64_t min_rows,
+                                 int64_t max_probe) {
+  TORCH_CHECK(scores_in.dim() == 2 && scores_in.scalar_type() == at::kFloat,
+              "ivf_select_probes: centroid_scores must be float32 [B, C], got ", scores_in.scalar_type(), " ",
+              scores_in.sizes());
+  const int64_t B = scores_in.size(0), C = scores_in.size(1);
+  TORCH_CHECK(cluster_offsets_in.scalar_type() == at::kLong && cluster_offsets_in.dim() == 1 &&
+                  cluster_offsets_in.size(0) == C + 1,
+              "ivf_select_probes: cluster_offsets must be int64 [C+1]=[", C + 1, "], got ",
+              cluster_offsets_in.scalar_type(), " ", cluster_offsets_in.sizes());
+  TORCH_CHECK(C >= 1 && C <= 0xFFFFFFFFLL, "ivf_select_probes: need 1 <= C < 2**32 clusters, got C=", C);
+  TORCH_CHECK(n_probe >= 1 && min_rows >= 0 && max_probe >= 1,
+              "ivf_select_probes: need n_probe >= 1, min_rows >= 0, max_probe >= 1, got ", n_probe, ", ",
+              min_rows, ", ", max_probe);
+  const at::Tensor scores = scores_in.contiguous();
+  const at::Tensor offsets_t = cluster_offsets_in.contiguous();
+  const int64_t* off = offsets_t.data_ptr<int64_t>();
+  TORCH_CHECK(off[0] == 0, "ivf_select_probes: cluster_offsets must start at 0, got ", off[0]);
+  for (int64_t c = 0; c < C; ++c) {
+    TORCH_CHECK(off[c] <= off[c + 1], "ivf_select_probes: cluster_offsets must be non-decreasing, got ", off[c],
+                " > ", off[c + 1], " at cluster ", c);
+  }
+  const int64_t N = off[C];
+  at::Tensor mask_t;
+  int64_t mask_row_stride = 0;
+  if (mask_in.has_value()) {
+    TORCH_CHECK(mask_in->scalar_type() == at::kLong && mask_in->dim() == 2 && mask_in->size(0) == B &&
+                    mask_in->size(1) == (N + 63) / 64,
+                "ivf_select_probes: mask must be int64 [B, ceil(N/64)]=[", B, ", ", (N + 63) / 64, "] with N=",
+                N, " (cluster_offsets[-1]), got ", mask_in->scalar_type(), " ", mask_in->sizes());
+    mask_t = mask_in->stride(1) == 1 ? *mask_in : mask_in->contiguous();
+    mask_row_stride = mask_t.stride(0);
+  }
+  const uint64_t* mk = mask_in.has_value() ? reinterpret_cast<const uint64_t*>(mask_t.data_ptr<int64_t>()) : nullptr;
+  const float* sc = scores.data_ptr<float>();
+  at::Tensor out = at::empty({B, max_probe}, offsets_t.options());  // filled per query (at::full may go parallel)
+  int64_t* po = out.data_ptr<int64_t>();
+  const int64_t limit = std::min(C, max_probe);
+  // ~C key computations (and a cold read of the C scores) per query: a few queries' worth pays
+  // for waking a second thread; tiny C runs inline
+  std::atomic<int64_t> counter{0};
+  at::parallel_for(0, query_threads(B, C, int64_t(1) << 14), 1, [&](int64_t, int64_t) {
+    ProbeSelect select;
+    for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
+      const int64_t n = select.run(sc + b * C, C, off, mk == nullptr ? nullptr : mk + b * mask_row_stride,
+                                   n_probe, min_rows, limit, po + b * max_probe);
+      std::fill(po + b * max_probe + n, po + (b + 1) * max_probe, int64_t(-1));
+    }
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ivf_rescore_topk: exact re-score from the float16/bfloat16 cache + final top-k by id
+// (spec: ivf_rescore_topk_reference). Products of a 16-bit float and a float32 are exact in
+// float64, and the float64 sum is rounded once to float32, so the summation order changes the
+// result only when the exact sum lies within ~D ulp(float64) of a float32 rounding boundary.
+
+std::tuple<at::Tensor, at::Tensor> ivf_rescore_topk_cpu(const at::Tensor& queries_in, const at::Tensor& cache_in,
+                                                        const at::Tensor& rows_in, const at::Tensor& row_to_id_in,
+                                                        int64_t k) {
+  TORCH_CHECK(queries_in.dim() == 2 && queries_in.scalar_type() == at::kFloat,
+              "ivf_rescore_topk: queries must be float32 [B, D], got ", queries_in.scalar_type(), " ", queries_in.sizes());
+  const int64_t B = queries_in.size(0), D = queries_in.size(1);
+  TORCH_CHECK(cache_in.dim() == 2 && cache_in.size(1) == D &&
+                  (cache_in.scalar_type() == at::kHalf || cache_in.scalar_type() == at::kBFloat16),
+              "ivf_rescore_topk: cache must be float16 or bfloat16 [N, D=", D, "], got ", cache_in.scalar_type(), " ",
+              cache_in.sizes());
+  const int64_t N = cache_in.size(0);
+  TORCH_CHECK(rows_in.dim() == 2 && rows_in.size(0) == B && rows_in.scalar_type() == at::kLong,
+              "ivf_rescore_topk: rows must be int64 [B=", B, ", K0], got ", rows_in.scalar_type(), " ", rows_in.sizes());
+  TORCH_CHECK(row_to_id_in.dim() == 1 && row_to_id_in.size(0) == N && row_to_id_in.scalar_type() == at::kLong,
+              "ivf_rescore_topk: row_to_id must be int64 [N=", N, "], got ", row_to_id_in.scalar_type(), " ",
+              row_to_id_in.sizes());
+  TORCH_CHECK(k >= 1, "ivf_rescore_topk: k must be >= 1, got ", k);
+  const at::Tensor queries = queries_in.contiguous(), cache = cache_in.contiguous();
+  const at::Tensor rows = rows_in.contiguous(), row_to_id = row_to_id_in.contiguous();
+  const int64_t K0 = rows.size(1);
+  const int64_t* rw = rows.data_ptr<int64_t>();
+  const int64_t* ids = row_to_id.data_ptr<int64_t>();
+  for (int64_t i = 0; i < B * K0; ++i) {
+    TORCH_CHECK(rw[i] >= -1 && rw[i] < N, "ivf_rescore_topk: rows entries must be -1 or in [0, N=", N, "), got ",
+                rw[i], " at [", i / K0, ", ", i % K0, "]");
+  }
+  at::Tensor out_scores = at::full({B, k}, -std::numeric_limits<float>::infinity(), queries.options());
+  at::Tensor out_ids = at::full({B, k}, -1, rows.options());
+  with_isa([&](auto isa) {
+    constexpr Isa kIsa = decltype(isa)::value;
+    if (cache.scalar_type() == at::kHalf) {
+      rescore_rows<at::Half, kIsa>(queries.data_ptr<float>(), cache.data_ptr<at::Half>(), rw, ids,
+                                   out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>(), B, K0, D, k);
+    } else {
+      rescore_rows<at::BFloat16, kIsa>(queries.data_ptr<float>(), cache.data_ptr<at::BFloat16>(), rw, ids,
+                                       out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>(), B, K0, D, k);
+    }
+  });
+  return {out_scores, out_ids};
+}
+
+// ---------------------------------------------------------------------------------------------
+// quantize_int8_rowwise: symmetric INT8 codes of each row (spec: quantize_int8_rowwise_reference).
+// The same float32 operations as the reference (max |x|, / 127, x / s, round half to even,
+// clamp), so codes and scales are bit-identical.
+
+std::tuple<at::Tensor, at::Tensor> quantize_int8_rowwise_cpu(const at::Tensor& x_in) {
+  TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kFloat,
+              "quantize_int8_rowwise: x must be float32 [N, D], got ", x_in.scalar_type(), " ", x_in.sizes());
+  const at::Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), D = x.size(1);
+  at::Tensor codes = at::empty({N, D}, x.options().dtype(at::kChar));
+  at::Tensor scales = at::empty({N}, x.options());
+  const float* px = x.data_ptr<float>();
+  int8_t* pc = codes.data_ptr<int8_t>();
+  float* ps = scales.data_ptr<float>();
+  at::parallel_for(0, N, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, D)), [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) ps[n] = quantize_row(px + n * D, D, pc + n * D, n, "quantize_int8_rowwise: x");
+  });
+  return {codes, scales};
+}
+
+// ---------------------------------------------------------------------------------------------
+// ivf_search: a whole IVF-INT8 search in one op (spec: ivf_search_reference): query codes,
+// probe choice, the scan (with the unfiltered short-list fallback) and the exact re-score, each
+// query on one thread. Same results as the four ops in sequence, without their [B, C] probe
+// rows, their intermediate tensors and three of their four fork/joins; and a candidate's cache
+// row is prefetched when it enters the scan's running top-K0, so the re-score reads warm rows.
+
+
+// Queries are [B, D], or [B, T, D] when T queries (e.g. the task heads of one user) share the
+// mask row b: mask rows are then read in place for all T, with no [B * T, W] copy.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_cpu(
+    const at::Tensor& queries_in, const at::Tensor& centroid_scores_in, const at::Tensor& codes_in,
+    const at::Tensor& scales_in, const at::Tensor& cluster_offsets_in, const at::Tensor& cache_in,
+    const at::Tensor& row_to_id_in, const std::optional<at::Tensor>& mask_in, int64_t n_probe, int64_t min_rows,
+    int64_t max_probe, int64_t k0, int64_t k) {
+  TORCH_CHECK((queries_in.dim() == 2 || queries_in.dim() == 3) && queries_in.scalar_type() == at::kFloat,
+              "ivf_search: queries must be float32 [B, D] or [B, T, D], got ", queries_in.scalar_type(), " ",
+              queries_in.sizes());
+  const bool grouped = queries_in.dim() == 3;
+  const int64_t B = queries_in.size(0), T = grouped ? queries_in.size(1) : 1, D = queries_in.size(-1), Q = B * T;
+  TORCH_CHECK(codes_in.dim() == 2 && codes_in.scalar_type() == at::kChar && codes_in.size(1) == D,
+              "ivf_search: codes must be int8 [N, D=", D, "], got ", codes_in.scalar_type(), " ", codes_in.sizes());
+  const int64_t N = codes_in.size(0);
+  TORCH_CHECK(N <= 0xFFFFFFFFLL, "ivf_search: need N < 2**32 rows (rows rank in 32 bits), got N=", N);
+  TORCH_CHECK(scales_in.scalar_type() == at::kFloat && scales_in.dim() == 1 && scales_in.size(0) == N,
+              "ivf_search: scales must be float32 [N=", N, "], got ", scales_in.scalar_type(), " ", scales_in.sizes());
+  TORCH_CHECK(cluster_offsets_in.scalar_type() == at::kLong && cluster_offsets_in.dim() == 1 &&
+                  cluster_offsets_in.size(0) >= 2,
+              "ivf_search: cluster_offsets must be int64 [C+1] with C >= 1, got ", cluster_offsets_in.scalar_type(),
+              " ", cluster_offsets_in.sizes());
+  const int64_t C = cluster_offsets_in.size(0) - 1;
+  TORCH_CHECK(C <= 0xFFFFFFFFLL, "ivf_search: need C < 2**32 clusters, got C=", C);
+  const bool scores_ok = centroid_scores_in.scalar_type() == at::kFloat && centroid_scores_in.dim() == queries_in.dim() &&
+                         centroid_scores_in.size(0) == B && (!grouped || centroid_scores_in.size(1) == T) &&
+                         centroid_scores_in.size(-1) == C;
+  TORCH_CHECK(scores_ok, "ivf_search: centroid_scores must be float32 ", grouped ? "[B, T, C]" : "[B, C]", " with B=", B,
+              grouped ? ", T=" + std::to_string(T) : std::string(), ", C=", C, ", got ", centroid_scores_in.scalar_type(),
+              " ", centroid_scores_in.sizes());
+  TORCH_CHECK(cache_in.dim() == 2 && cache_in.size(0) == N && cache_in.size(1) == D &&
+                  (cache_in.scalar_type() == at::kHalf || cache_in.scalar_type() == at::kBFloat16),
+              "ivf_search: cache must be float16 or bfloat16 [N=", N, ", D=", D, "], got ", cache_in.scalar_type(),
+              " ", cache_in.sizes());
+  TORCH_CHECK(row_to_id_in.dim() == 1 && row_to_id_in.size(0) == N && row_to_id_in.scalar_type() == at::kLong,
+              "ivf_search: row_to_id must be int64 [N=", N, "], got ", row_to_id_in.scalar_type(), " ",
+              row_to_id_in.sizes());
+  const int64_t W = (N + 63) / 64;
+  if (mask_in.has_value()) {
+    TORCH_CHECK(mask_in->scalar_type() == at::kLong && mask_in->dim() == 2 && mask_in->size(0) == B &&
+                    mask_in->size(1) == W,
+                "ivf_search: mask must be int64 [B, ceil(N/64)]=[", B, ", ", W, "], got ", mask_in->scalar_type(), " ",
+                mask_in->sizes());
+  }
+  TORCH_CHECK(n_probe >= 1 && min_rows >= 0 && max_probe >= 1,
+              "ivf_search: need n_probe >= 1, min_rows >= 0, max_probe >= 1, got ", n_probe, ", ", min_rows, ", ",
+              max_probe);
+  TORCH_CHECK(k >= 1 && k0 >= k, "ivf_search: need 1 <= k <= k0, got k=", k, ", k0=", k0);
+  const at::Tensor queries = queries_in.contiguous(), centroid_scores = centroid_scores_in.contiguous();
+  const at::Tensor codes = codes_in.contiguous(), scales = scales_in.contiguous();
+  const at::Tensor offsets_t = cluster_offsets_in.contiguous(), cache = cache_in.contiguous();
+  const at::Tensor row_to_id = row_to_id_in.contiguous();
+  const int64_t* off = offsets_t.data_ptr<int64_t>();
+  TORCH_CHECK(off[0] == 0 && off[C] == N, "ivf_search: cluster_offsets must start at 0 and end at N=", N, ", got ",
+              off[0], " .. ", off[C]);
+  for (int64_t c = 0; c < C; ++c) {
+    TORCH_CHECK(off[c] <= off[c + 1], "ivf_search: cluster_offsets must be non-decreasing, got ", off[c], " > ",
+                off[c + 1], " at cluster ", c);
+  }
+  at::Tensor mask_t;  // rows may be strided (one filter expanded over the batch): only words must be dense
+  if (mask_in.has_value()) mask_t = mask_in->stride(1) == 1 ? *mask_in : mask_in->contiguous();
+  std::vector<const uint64_t*> mrows;  // query q reads mask row q / T
+  if (mask_in.has_value()) {
+    const uint64_t* mk = reinterpret_cast<const uint64_t*>(mask_t.data_ptr<int64_t>());
+    mrows.resize(Q);
+    for (int64_t q = 0; q < Q; ++q) mrows[q] = mk + (q / T) * mask_t.stride(0);
+  }
+  std::vector<int64_t> out_shape = grouped ? std::vector<int64_t>{B, T, k} : std::vector<int64_t>{B, k};
+  at::Tensor out_scores = at::full(out_shape, -std::numeric_limits<float>::infinity(), queries.options());
+  at::Tensor out_ids = at::full(out_shape, -1, offsets_t.options());
+  at::Tensor out_rows = at::full(out_shape, -1, offsets_t.options());
+  if (Q == 0) return {out_scores, out_ids, out_rows};
+  const uint64_t* const* mr = mask_in.has_value() ? mrows.data() : nullptr;
+  with_isa([&](auto isa) {
+    constexpr Isa kIsa = decltype(isa)::value;
+    if (cache.scalar_type() == at::kHalf) {
+      search_rows<at::Half, kIsa>(queries.data_ptr<float>(), centroid_scores.data_ptr<float>(),
+                                  codes.data_ptr<int8_t>(), scales.data_ptr<float>(), off, cache.data_ptr<at::Half>(),
+                                  row_to_id.data_ptr<int64_t>(), mr, Q, C, N, D, n_probe, min_rows, max_probe, k0, k,
+                                  out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>(),
+                                  out_rows.data_ptr<int64_t>());
+    } else {
+      search_rows<at::BFloat16, kIsa>(queries.data_ptr<float>(), centroid_scores.data_ptr<float>(),
+                                      codes.data_ptr<int8_t>(), scales.data_ptr<float>(), off,
+                                      cache.data_ptr<at::BFloat16>(), row_to_id.data_ptr<int64_t>(), mr, Q, C, N, D,
+                                      n_probe, min_rows, max_probe, k0, k, out_scores.data_ptr<float>(),
+                                      out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>());
+    }
+  });
+  return {out_scores, out_ids, out_rows};
+}
+
+}  // namespace
+}  // namespace silverrec
+
+TORCH_LIBRARY_IMPL(silverrec, CPU, m) {
+  m.impl("quantize_int8_rowwise", &silverrec::quantize_int8_rowwise_cpu);
+  m.impl("ivf_int8_topk", &silverrec::ivf_int8_topk_cpu);
+  m.impl("ivf_select_probes", &silverrec::ivf_select_probes_cpu);
+  m.impl("ivf_rescore_topk", &silverrec::ivf_rescore_topk_cpu);
+  m.impl("ivf_search", &silverrec::ivf_search_cpu);
+}
