@@ -8,8 +8,11 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # CPU by default. On a CUDA machine: `make test FBGEMM=fbgemm-gpu==1.8.0` (same torch/torchrec pins).
 FBGEMM ?= fbgemm-gpu-cpu==1.8.0
 TORCH  ?= torch==2.13.0
+# triton: the version torch 2.13.0's CUDA wheels require (their metadata on PyPI:
+# `triton==3.7.1; platform_system == "Linux"`); the +cpu wheel declares no triton at all, so without
+# this pin pip takes the newest. tests/ops/test_triton_compile.py compiles every kernel with it.
 DEPS   := tensordict torchmetrics==1.0.3 tqdm pyre-extensions iopath hydra-core omegaconf \
-          tensorboard triton pytest hypothesis ninja numpy pandas pyarrow setuptools wheel \
+          tensorboard triton==3.7.1 pytest hypothesis ninja numpy pandas pyarrow setuptools wheel \
           starlette==1.10.0 uvicorn==0.54.0 prometheus-client==0.26.0 httpx2==2.16.2
 # pytest arguments, e.g. `make test PYTEST_ARGS="-k bloom -x"`
 PYTEST_ARGS ?=

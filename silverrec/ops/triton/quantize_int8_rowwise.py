@@ -16,8 +16,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-_ROUND_MAGIC = 12582912.0  # 1.5 * 2**23
-
 
 @triton.jit
 def _quantize_int8_rowwise_kernel(x_ptr, codes_ptr, scales_ptr, D, BLOCK_D: tl.constexpr):
@@ -28,7 +26,9 @@ def _quantize_int8_rowwise_kernel(x_ptr, codes_ptr, scales_ptr, D, BLOCK_D: tl.c
     amax = tl.max(tl.abs(x), axis=0)
     s = tl.where(amax > 0.0, amax / 127.0, 1.0)
     y = x / s
-    r = (y + _ROUND_MAGIC) - _ROUND_MAGIC
+    # 12582912.0 = 1.5 * 2**23, written as a literal: the compiler refuses module-level globals
+    # inside @triton.jit (the interpreter accepts them, which hid this until the AOT compile check)
+    r = (y + 12582912.0) - 12582912.0
     r = tl.minimum(tl.maximum(r, -127.0), 127.0)
     tl.store(codes_ptr + n * D + d, r.to(tl.int8), mask=dm)
     tl.store(scales_ptr + n, s)
