@@ -65,6 +65,9 @@ class IVFInt8Index(nn.Module):
         mask (Optional[Tensor]): int64 ``[B, ceil(N / 64)]`` packed filter bits in row order.
         k (int): K, results per query.
         n_probe (int): clusters always probed, in ``[1, C]``.
+        k0 (Optional[int]): INT8 candidates re-scored (default
+            :func:`~silverrec.retrieval.probe_policy.rescore_candidates`); the rest of the probe
+            choice is :func:`~silverrec.retrieval.probe_policy.probe_plan`.
 
     Returns:
         Tuple[Tensor, Tensor, Tensor]: exact ``scores`` float32, item ``ids`` int64 and index
