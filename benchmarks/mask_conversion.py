@@ -9,7 +9,7 @@ interleaved (the machine is shared; each figure is the median of ``--reps`` roun
 - ``search packed``: ``IVFInt8Index.search`` at batch B with a packed row-order int64 mask;
 - ``pack_id_mask bool`` / ``pack_id_mask bitmap``: converting a bool ``[B, N]`` id-order mask, or
   a FAISS ``IDSelectorBitmap``-layout uint8 ``[B, ceil(N/8)]`` bitmap, with the new op;
-- ``gather + pack (old)``: today's conversion in ``IVFInt8Index._packed_mask`` (torch gathers).
+- ``gather + pack (old)``: the conversion ``IVFInt8Index._packed_mask`` made before ``pack_id_mask`` (torch gathers).
 
 Each query has its own random filter with ``--density`` of the ids passing. The last column is
 the conversion's cost relative to the packed search (the target of issue 13: at most +10%).
@@ -24,6 +24,7 @@ import torch
 import silverrec  # noqa: F401  (registers torch.ops.silverrec)
 from silverrec.ops import cpu_isa, pack_id_mask
 from silverrec.retrieval.ivf_index import IVFInt8Index
+from silverrec.retrieval.packed_mask import pack_mask
 
 
 def _time_ms(fn: Callable[[], object]) -> float:
@@ -49,7 +50,7 @@ def run(n: int, batch: int, reps: int, density: float, k: int) -> Dict[str, floa
         "search packed": lambda: index.search(queries, k, mask=packed),
         "pack_id_mask bool": lambda: pack_id_mask(bool_mask, index.row_to_id),
         "pack_id_mask bitmap": lambda: pack_id_mask(bitmap, index.row_to_id),
-        "gather + pack (old)": lambda: index._packed_mask(bool_mask, batch),
+        "gather + pack (old)": lambda: pack_mask(bool_mask[:, index.row_to_id]),
     }
     for fn in steps.values():  # warm-up
         fn()
