@@ -56,6 +56,7 @@ bench: venv
 	$(PY) benchmarks/ann.py
 	@test -f runs/demo/serving.pt2 || { echo "the serving benchmarks need the demo's model: run make demo first"; exit 1; }
 	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/serving_profile.py --recall 512
 	$(PY) benchmarks/load_test.py
 	$(PY) benchmarks/multitask_headroom.py
 
