@@ -4,7 +4,7 @@ Backends register through tables of the form ``{op_name: {dispatch_key: fn}}`` (
 ``op_registrations``): ``fake.FAKE_IMPLS`` (``"Meta"``, registered as the fake/abstract impl),
 ``triton.CUDA_IMPLS`` (``"CUDA"``, only when CUDA is available). The C++ CPU kernels register
 themselves with ``TORCH_LIBRARY_IMPL(silverrec, CPU, m)`` when ``silverrec._C`` is imported.
-The plain-torch references in ``reference.py`` are the spec and are never registered.
+The plain-torch references in ``reference/`` are the spec and are never registered.
 
 Serving ops register no autograd formula: calling one on a tensor that requires grad raises.
 """

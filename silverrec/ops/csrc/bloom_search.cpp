@@ -1,4 +1,4 @@
-// CPU kernel of torch.ops.silverrec.bloom_search (spec: silverrec/ops/reference.py,
+// CPU kernel of torch.ops.silverrec.bloom_search (spec: silverrec/ops/reference/filter.py,
 // bloom_search_reference): evaluates B postfix filter plans over the bit-sliced Bloom index,
 // restricted to the rows of each query's probed clusters, and returns packed masks [B, W].
 //
@@ -25,7 +25,7 @@
 namespace silverrec {
 namespace {
 
-// Opcodes: keep in sync with BLOOM_* in silverrec/ops/reference.py.
+// Opcodes: keep in sync with BLOOM_* in silverrec/ops/reference/filter.py.
 constexpr int64_t kNop = 0, kTerm = 1, kNotTerm = 2, kAnd = 3, kOr = 4, kFalse = 5, kTrue = 6, kNotRows = 7;
 constexpr int64_t kChunkWords = 256;  // mask words per parallel task (16384 rows)
 constexpr int64_t kBlockWords = 64;   // mask words per stack slot

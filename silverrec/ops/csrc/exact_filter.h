@@ -1,4 +1,4 @@
-// CPU kernel of torch.ops.silverrec.exact_filter (spec: silverrec/ops/reference.py,
+// CPU kernel of torch.ops.silverrec.exact_filter (spec: silverrec/ops/reference/filter.py,
 // exact_filter_reference): B postfix filter programs run exactly on M candidates each, from the
 // candidates' term ids. Included by bloom_search.cpp (one translation unit for the filter ops).
 //
@@ -17,7 +17,7 @@
 namespace silverrec {
 namespace exact_filter_impl {
 
-// Opcodes: keep in sync with BLOOM_* in silverrec/ops/reference.py.
+// Opcodes: keep in sync with BLOOM_* in silverrec/ops/reference/filter.py.
 constexpr int64_t kNop = 0, kTerm = 1, kNotTerm = 2, kAnd = 3, kOr = 4, kFalse = 5, kTrue = 6, kNotRows = 7;
 
 inline at::Tensor exact_filter_cpu(const at::Tensor& opcodes_in, const at::Tensor& terms_in, const at::Tensor& held_in) {

@@ -1,6 +1,6 @@
 // The int8 scan of ivf_int8_topk and ivf_search (held here, shared by both).
 //
-// Spec: silverrec/ops/reference.py::ivf_int8_topk_reference. For each query (threads take queries
+// Spec: silverrec/ops/reference/ivf.py::ivf_int8_topk_reference. For each query (threads take queries
 // one at a time from a shared counter), the rows of its probed clusters (deduplicated) are
 // scanned; rows whose packed mask bit is 0 are skipped word by word (64 rows per word, so a strict
 // filter costs ~N/64 word reads plus the passing rows); every passing row gets an exact int32 dot

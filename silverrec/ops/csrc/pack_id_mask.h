@@ -1,4 +1,4 @@
-// CPU kernel of torch.ops.silverrec.pack_id_mask (spec: silverrec/ops/reference.py,
+// CPU kernel of torch.ops.silverrec.pack_id_mask (spec: silverrec/ops/reference/filter.py,
 // pack_id_mask_reference): a filter mask given in the caller's id order (bool [B, N], or a uint8
 // bitmap [B, ceil(N/8)] with FAISS IDSelectorBitmap's layout) -> packed row-order int64 [B, W],
 // W = ceil(R / 64), where bit r % 64 of word r // 64 is row r, which holds id row_to_id[r].
