@@ -11,11 +11,19 @@ silverrec export, or one of another format version fails with a ``ValueError`` t
 Optionally the package also holds the serving graph compiled by AOTInductor
 (:mod:`silverrec.serve.aoti`; metadata ``"aoti"``), which :class:`~silverrec.serve.Retriever`
 prefers where it can run. :func:`load_artifact` reads the programs without loading it.
+
+Integrity: :func:`save_artifact` appends a manifest of the sha256 of every archive entry
+(:mod:`silverrec.serve.integrity`; metadata ``"integrity"``), and :func:`open_artifact` /
+:func:`load_artifact` hash the file once before reading anything from it (about 70 ms for the
+demo's 80 MiB) and refuse a difference with an :class:`~silverrec.serve.integrity.IntegrityError`
+naming the entry (a weight, an index tensor, the metadata or the AOTInductor library). An export
+written before checksums were recorded loads with a warning.
 """
 import hashlib
 import json
+import logging
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -24,6 +32,9 @@ from torch.export.pt2_archive._package import _load_exported_programs, _load_ext
 
 import silverrec  # noqa: F401  (registers torch.ops.silverrec before loading a graph)
 from silverrec.atomic_file import write_atomically
+from silverrec.serve.integrity import ALGORITHM, MANIFEST, IntegrityError, IntegrityReport, verify_manifest, write_manifest
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 _META = "silverrec.json"
@@ -64,16 +75,42 @@ def save_artifact(programs: Programs, path: str, metadata: Dict[str, Any],
         if unknown:
             raise ValueError(f"save_artifact: AOTInductor files for unknown program(s) {sorted(unknown)}")
         meta["aoti"] = {**info, "programs": sorted(files)}
-    write_atomically(path, lambda tmp: package_pt2(tmp, exported_programs=dict(programs), aoti_files=files,
-                                                   extra_files={_META: json.dumps(meta)}), ".pt2")
+    meta["integrity"] = {"algorithm": ALGORITHM, "manifest": MANIFEST}
+
+    def write(tmp: str) -> None:
+        package_pt2(tmp, exported_programs=dict(programs), aoti_files=files, extra_files={_META: json.dumps(meta)})
+        write_manifest(tmp)
+
+    write_atomically(path, write, ".pt2")
     return meta
+
+
+class LoadedArtifact(NamedTuple):
+    """An artifact read by :func:`open_artifact`: its programs, metadata and what the checksum
+    verification checked (None: an export without checksums)."""
+
+    programs: Programs
+    metadata: Dict[str, Any]
+    integrity: Optional[IntegrityReport]
 
 
 def load_artifact(path: str) -> Tuple[Programs, Dict[str, Any]]:
     """Loads a silverrec ``.pt2``: ``({"model": ..., "item_tower": ...}, metadata)``; raises
-    ``FileNotFoundError`` / ``ValueError`` naming the problem."""
+    ``FileNotFoundError`` / ``ValueError`` naming the problem (an
+    :class:`~silverrec.serve.integrity.IntegrityError` naming the entry for a checksum mismatch)."""
+    loaded = open_artifact(path)
+    return loaded.programs, loaded.metadata
+
+
+def open_artifact(path: str) -> LoadedArtifact:
+    """:func:`load_artifact`, also returning the checksum verification's report (entries, bytes,
+    seconds) for the caller's load log line."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"exported model {path!r} does not exist")
+    try:
+        integrity = verify_manifest(path)  # before torch reads a byte of it
+    except IntegrityError as err:
+        raise IntegrityError(f"refusing to load a corrupted export: {err}; re-export it or copy it again") from err
     try:  # the programs and extra files only: an AOTInductor library is loaded on demand
         with PT2ArchiveReader(path) as reader:
             names = reader.get_file_names()
@@ -93,4 +130,11 @@ def load_artifact(path: str) -> Tuple[Programs, Dict[str, Any]]:
     missing = set(PROGRAMS) - set(programs)
     if missing:
         raise ValueError(f"{path!r} lacks the program(s) {sorted(missing)}; re-export it")
-    return programs, meta
+    if integrity is None:
+        if "integrity" in meta:
+            raise IntegrityError(f"refusing to load a corrupted export: {path!r}: its metadata records a checksum "
+                                 f"manifest but the entry {MANIFEST!r} is missing; re-export it or copy it again")
+        log.warning("%s: exported without checksums, its integrity is not verified (re-export to record them)", path)
+    else:
+        log.info("%s: %s", path, integrity.describe())
+    return LoadedArtifact(programs, meta, integrity)
