@@ -1,8 +1,9 @@
 """Compaction: fold the item updates persisted by ``Retriever`` into a new export's main index.
 
 Items added, updated and deleted after publish live in the fresh index
-(:mod:`silverrec.serve.item_updates`); ``Retriever(path, updates_path)`` persists them as JSON
-(``{"artifact_version", "new_ids", "upserts": {id: attributes}, "deleted": [ids]}``). A new
+(:mod:`silverrec.serve.item_updates`); ``Retriever(path, updates_path)`` persists them as a JSON
+snapshot (``{"artifact_version", "seq", "new_ids", "upserts": {id: attributes}, "deleted": [ids]}``)
+and a write-ahead log beside it (:mod:`silverrec.serve.update_log`). A new
 export from the same checkpoint and data given ``base=`` (the artifact the updates were made
 against) and ``updates=`` (that file) publishes the updated item set as its main index:
 
@@ -45,6 +46,7 @@ from torch import Tensor
 from silverrec.schema import Schema
 from silverrec.serve.artifact import load_artifact
 from silverrec.serve.requests import RequestEncoder
+from silverrec.serve.update_log import log_path, read_log, read_snapshot, read_state
 
 Terms = Dict[str, List[str]]
 _KEYS = ("artifact_version", "new_ids", "upserts", "deleted")
@@ -70,8 +72,15 @@ class FoldedItems(NamedTuple):
     record: Dict[str, Any]
 
 
-def read_updates(path: str) -> Dict[str, Any]:
-    """Reads and checks the shape of a persisted updates file (``Retriever(updates_path=...)``).
+def read_updates(path: str, known: Optional[Callable[[str], bool]] = None,
+                 has_row: Optional[Callable[[str], bool]] = None) -> Dict[str, Any]:
+    """Reads and checks persisted updates (``Retriever(updates_path=...)``): the snapshot and
+    the log replayed over it (:mod:`silverrec.serve.update_log`).
+
+    Args:
+        path (str): the snapshot file (its log is ``path + ".log"``).
+        known, has_row (Optional[Callable[[str], bool]]): whether an id is in the base's item
+            vocabulary / has a row in its main index; needed only to replay a non-empty log.
 
     Returns:
         Dict[str, Any]: ``artifact_version`` (str), ``new_ids`` (List[str]), ``upserts``
@@ -79,47 +88,14 @@ def read_updates(path: str) -> Dict[str, Any]:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"updates file {path!r} does not exist")
-    try:
-        with open(path) as fh:
-            raw = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"updates file {path!r} is not valid JSON: {err}") from err
-    if not isinstance(raw, dict):
-        raise ValueError(f"updates file {path!r} must hold a JSON object with keys {list(_KEYS)}, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(_KEYS))
-    if unknown:
-        raise ValueError(f"updates file {path!r}: unknown key(s) {unknown}; expected {list(_KEYS)}")
-    if not isinstance(raw.get("artifact_version"), str):
-        raise ValueError(f"updates file {path!r}: \"artifact_version\" must be the version stamp (a string) of the "
-                         f"artifact the updates were made against, got {raw.get('artifact_version')!r}")
-    out: Dict[str, Any] = {"artifact_version": raw["artifact_version"]}
-    for key in ("new_ids", "deleted"):
-        ids = raw.get(key, [])
-        if not isinstance(ids, list) or not all(isinstance(x, (str, int)) for x in ids):
-            raise ValueError(f"updates file {path!r}: {key!r} must be a list of item ids, got {ids!r:.200}")
-        out[key] = [str(x) for x in ids]
-        if len(set(out[key])) != len(out[key]):
-            raise ValueError(f"updates file {path!r}: {key!r} lists an item id twice")
-    upserts = raw.get("upserts", {})
-    if not isinstance(upserts, dict):
-        raise ValueError(f"updates file {path!r}: \"upserts\" must be an object of item id -> attributes, "
-                         f"got {type(upserts).__name__}")
-    out["upserts"] = {}
-    for item, attrs in upserts.items():
-        if not isinstance(attrs, dict):
-            raise ValueError(f"updates file {path!r}: upserts[{item!r}] must be an object of feature -> values, got {attrs!r:.200}")
-        clean: Terms = {}
-        for feature, values in attrs.items():
-            values = values if isinstance(values, list) else [values]
-            if not all(isinstance(v, (str, int, float)) for v in values):
-                raise ValueError(f"updates file {path!r}: upserts[{item!r}].{feature} must be a value or a list of "
-                                 f"values, got {attrs[feature]!r:.200}")
-            clean[str(feature)] = [str(v) for v in values]
-        out["upserts"][str(item)] = clean
-    both = sorted(set(out["upserts"]) & set(out["deleted"]))
-    if both:
-        raise ValueError(f"updates file {path!r}: item(s) {both[:5]} are both upserted and deleted")
-    return out
+    snap = read_snapshot(path)
+    records, _ = read_log(log_path(path), snap["seq"], repair=False)
+    if records and (known is None or has_row is None):
+        raise ValueError(f"updates file {path!r}: its log holds {len(records)} update(s); replaying them needs the "
+                         f"base artifact's ids (fold_updates)")
+    if records:
+        snap, _ = read_state(path, known, has_row)
+    return {key: snap[key] for key in _KEYS}
 
 
 def check_base(base_path: str, metadata: Mapping[str, Any], item_tower: Mapping[str, Tensor], schema: Schema,
@@ -180,7 +156,10 @@ def fold_updates(schema: Schema, embeddings: Tensor, item_terms: Sequence[Mappin
     if updates_path is None:
         saved = {"artifact_version": base["version"], "new_ids": [], "upserts": {}, "deleted": []}
     else:
-        saved = read_updates(updates_path)
+        id_of_base = {x: i for i, x in enumerate(Schema.from_dict(base["schema"]).item_ids)}
+        rows = programs["model"].state_dict["item_to_row"]
+        saved = read_updates(updates_path, known=lambda x: x in id_of_base,
+                             has_row=lambda x: x in id_of_base and int(rows[id_of_base[x]]) >= 0)
     if saved["artifact_version"] != base["version"]:
         raise ValueError(f"updates file {updates_path!r} holds updates of artifact version {saved['artifact_version']}, "
                          f"the base {base_path!r} is version {base['version']}: give the artifact they were made against")

@@ -257,11 +257,16 @@ class ServingApp:
             await run_in_threadpool(self.retriever.upsert_items, items)
         except ValueError as err:
             raise BadRequest(str(err)) from err
+        except OSError as err:  # persisting failed (e.g. a full disk): nothing was applied
+            return _error(503, f"the update was not applied: persisting it failed: {err}", {"Retry-After": "1"})
         return JSONResponse({"upserted": len(items), "index_version": self.retriever.index_version})
 
     async def delete(self, request: Request) -> Response:
         item_id = request.path_params["item_id"]
-        deleted = await run_in_threadpool(self.retriever.delete_items, [item_id])
+        try:
+            deleted = await run_in_threadpool(self.retriever.delete_items, [item_id])
+        except OSError as err:
+            return _error(503, f"the delete was not applied: persisting it failed: {err}", {"Retry-After": "1"})
         if deleted == 0:
             return _error(404, f"item_id {item_id!r} is not in the index")
         return JSONResponse({"deleted": int(deleted), "index_version": self.retriever.index_version})
@@ -498,8 +503,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--updates", default=None,
-                   help="JSON file where item updates are persisted and replayed on start (default: in memory only); "
-                        "fold it into a new export with silverrec-export base=MODEL updates=FILE")
+                   help="JSON snapshot file where item updates are persisted, with a write-ahead log FILE.log beside it "
+                        "(each update fsynced before it is applied and answered), replayed on start (default: in memory "
+                        "only); fold them into a new export with silverrec-export base=MODEL updates=FILE")
     p.add_argument("--max-batch", type=int, default=64, help="most users per forward (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill (default 2 ms)")
     p.add_argument("--max-queue", type=int, default=1024, help="most queued requests before answering 503 (default 1024)")
@@ -535,9 +541,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     config = ServerConfig(BatchingConfig(args.max_batch, args.max_wait_ms, args.max_queue), limits)
     server = ServingApp(Retriever(args.model, updates_path=args.updates, backend=args.backend), config)
     r = server.retriever
-    log.info("silverrec-serve: model %s version %s (%s) K=%d tasks=%s on http://%s:%d (max_batch=%d max_wait_ms=%g max_queue=%d)",
-             args.model, r.version, r.backend, r.k, ",".join(r.tasks), args.host, args.port, args.max_batch,
-             args.max_wait_ms, args.max_queue)
+    checked = r.integrity.describe() if r.integrity is not None else "no checksums recorded, not verified"
+    log.info("silverrec-serve: model %s version %s (%s; %s) K=%d tasks=%s on http://%s:%d (max_batch=%d max_wait_ms=%g "
+             "max_queue=%d)", args.model, r.version, r.backend, checked, r.k, ",".join(r.tasks), args.host, args.port,
+             args.max_batch, args.max_wait_ms, args.max_queue)
     uvicorn.run(server.app, host=args.host, port=args.port, log_level="warning", access_log=args.access_log)
 
 

@@ -6,7 +6,7 @@ across restarts) and builds the :class:`~silverrec.retrieval.fresh_index.FreshIn
 graph takes as input. Its JSON form (``to_json`` / ``from_json``) is what ``Retriever`` persists,
 so updates survive a restart; embeddings are recomputed from the attributes on load.
 """
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ class ItemUpdates:
         self.quantization = quantization
         self.num_published = int(row_of_item.shape[0])
         self.new_ids: List[str] = []  # external ids of new items; id = num_published + position
+        self._new: Set[str] = set()  # the same, for O(1) membership
         self.attributes: Dict[str, Dict[str, List[str]]] = {}
         self.embeddings: Dict[str, Tensor] = {}
         self.deleted: Set[str] = set()
@@ -58,6 +59,11 @@ class ItemUpdates:
     # --- changes -----------------------------------------------------------------------------
     def upsert(self, items: Sequence[Item]) -> None:
         """Adds or replaces items (all validated and embedded before any is applied)."""
+        self.apply_upsert(self.prepare_upsert(items))
+
+    def prepare_upsert(self, items: Sequence[Item]) -> List[Tuple[Dict[str, Any], Tensor]]:
+        """Validates and embeds items without changing anything: ``[(clean item, embedding)]``
+        for :meth:`apply_upsert` (once the update is durable). Raises ``ValueError``."""
         clean = []
         for b, item in enumerate(items):
             if not isinstance(item, Mapping) or "item_id" not in item:
@@ -71,19 +77,42 @@ class ItemUpdates:
             norm = {str(k): [str(v) for v in (vals if isinstance(vals, (list, tuple)) else [vals])] for k, vals in attrs.items()}
             clean.append({"item_id": ext, "attributes": norm})
         if not clean:
-            return
+            return []
         slots = self.encoder.items(clean)  # raises on unknown features / too many values
         with torch.no_grad():
             emb = self.embed(slots).float()
         if not torch.isfinite(emb).all():
             raise ValueError("the item tower produced NaN/inf embeddings for the new items")
-        for item, e in zip(clean, emb):
+        return list(zip(clean, emb))
+
+    def apply_upsert(self, prepared: Sequence[Tuple[Dict[str, Any], Tensor]]) -> None:
+        """Applies :meth:`prepare_upsert`'s result (the same rules as
+        :class:`~silverrec.serve.update_log.UpdateState`, which replays the log)."""
+        for item, e in prepared:
             ext = item["item_id"]
-            if self._published_id(ext) is None and ext not in self.new_ids:
+            if self._published_id(ext) is None and ext not in self._new:
                 self.new_ids.append(ext)
+                self._new.add(ext)
             self.attributes[ext] = item["attributes"]
             self.embeddings[ext] = e.clone()
             self.deleted.discard(ext)
+
+    def deletable(self, item_ids: Sequence[Any]) -> int:
+        """How many of ``item_ids`` :meth:`delete` would delete (changes nothing)."""
+        n, seen = 0, set()
+        for raw in item_ids:
+            ext = str(raw)
+            if ext in seen:
+                continue
+            seen.add(ext)
+            if ext in self.attributes or (self.has_row(ext) and ext not in self.deleted):
+                n += 1
+        return n
+
+    def has_row(self, external: str) -> bool:
+        """Whether a published item has a row in the main index."""
+        pid = self._published_id(external)
+        return pid is not None and self.row_of_item[pid] >= 0
 
     def delete(self, item_ids: Sequence[Any]) -> int:
         """Deletes items (published or fresh); returns how many existed."""
@@ -128,6 +157,7 @@ class ItemUpdates:
     def load_json(self, state: Mapping[str, Any]) -> None:
         """Replays a saved state (new ids keep their ids; embeddings are recomputed)."""
         self.new_ids = [str(x) for x in state.get("new_ids", [])]
+        self._new = set(self.new_ids)
         ups = state.get("upserts", {})
         self.upsert([{"item_id": x, "attributes": a} for x, a in ups.items()])
         self.deleted = set()

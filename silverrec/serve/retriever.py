@@ -12,21 +12,19 @@ main index. Queries are thread-safe with respect to updates: each query reads on
 snapshot of the fresh index and its id maps, and an update swaps in a new snapshot, so a query
 sees an item either before or after a change, never half-changed.
 """
-import json
 import logging
-import os
 import threading
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from silverrec.atomic_file import write_atomically
 from silverrec.retrieval.fresh_index import FreshIndex
 from silverrec.schema import HISTORY, user_key
 from silverrec.serve.aoti import aoti_usable, load_aoti
-from silverrec.serve.artifact import load_artifact
+from silverrec.serve.artifact import open_artifact
 from silverrec.serve.item_updates import ItemUpdates
+from silverrec.serve.update_log import UpdateLog
 from silverrec.serve.requests import Filters, RequestEncoder
 
 log = logging.getLogger(__name__)
@@ -48,8 +46,10 @@ class Retriever:
 
     Args:
         path (str): the ``.pt2`` file.
-        updates_path (Optional[str]): a JSON file where item updates are persisted (written
-            atomically after every change, replayed on start); None keeps them in memory only.
+        updates_path (Optional[str]): where item updates are persisted: a snapshot (this JSON
+            file) and a write-ahead log beside it (``<file>.log``, one fsynced record per update,
+            before it is applied), replayed on start (:mod:`silverrec.serve.update_log`); None
+            keeps them in memory only.
         backend (str): ``"auto"`` (default): the AOTInductor-compiled graph when the artifact
             holds one that runs here (same torch, same CPU ISA), else the ``torch.export``
             program; ``"aoti"``: the compiled graph or a ``ValueError`` saying why not;
@@ -59,14 +59,18 @@ class Retriever:
         k (int): results per query the graph returns (``query`` may ask for fewer).
         tasks (List[str]): task names, the order of ``task_scores``' last dimension.
         version (str): the artifact's version stamp.
-        index_version (int): increments with every item update.
+        index_version (int): increments with every update that changes the index; with
+            ``updates_path`` it survives a restart.
         backend (str): ``"aoti"`` or ``"export"``, the one serving.
+        integrity (Optional[IntegrityReport]): the checksum verification done at load (entries,
+            bytes, seconds); None for an export written before checksums were recorded.
     """
 
     def __init__(self, path: str, updates_path: Optional[str] = None, backend: str = "auto") -> None:
         if backend not in BACKENDS:
             raise ValueError(f"Retriever backend must be one of {BACKENDS}, got {backend!r}")
-        programs, self.metadata = load_artifact(path)
+        loaded = open_artifact(path)  # verifies the checksums of every entry first
+        programs, self.metadata, self.integrity = loaded
         if self.metadata.get("kind") != "retrieval_graph":
             raise ValueError(f"{path!r} is a silverrec export of kind {self.metadata.get('kind')!r}, not a serving graph")
         self.encoder = RequestEncoder(self.metadata)
@@ -85,15 +89,17 @@ class Retriever:
                                     self.metadata.get("quantization", "per_item"))
         self._lock = threading.Lock()
         self.updates_path = updates_path
-        if updates_path and os.path.isfile(updates_path):
-            with open(updates_path) as fh:
-                saved = json.load(fh)
-            if saved.get("artifact_version") not in (None, self.version):
-                raise ValueError(f"{updates_path!r} holds updates of artifact version {saved.get('artifact_version')}, "
-                                 f"this file is {self.version}; fold them into a new export (silverrec-export ... "
-                                 f"base=<that artifact> updates={updates_path}) or remove the file")
-            self._updates.load_json(saved)
-        self._snapshot = self._make_snapshot(0)
+        self._log: Optional[UpdateLog] = None
+        version = 0
+        if updates_path:
+            self._log = UpdateLog(updates_path, self.version)
+            state, version = self._log.open(known=lambda x: self._updates._published_id(x) is not None,
+                                             has_row=self._updates.has_row)
+            try:
+                self._updates.load_json(state)
+            except ValueError as err:
+                raise ValueError(f"updates file {updates_path!r} (with its log): {err}") from err
+        self._snapshot = self._make_snapshot(version)
 
     def _serving_module(self, path: str, programs: Dict[str, Any], backend: str) -> Tuple[Callable[..., Any], str]:
         if backend != "export":
@@ -172,24 +178,48 @@ class Retriever:
     # --- item updates -------------------------------------------------------------------------
     def upsert_items(self, items: Sequence[Mapping[str, Any]]) -> None:
         """Adds or replaces items ``{"item_id": id, "attributes": {feature: [values]}}``; the next
-        query serves them (embedded by the exported item tower)."""
+        query serves them (embedded by the exported item tower). With ``updates_path`` the update
+        is durable (logged and fsynced) before it is applied: an ``OSError`` while persisting
+        leaves the served state unchanged."""
         with self._lock:
-            self._updates.upsert(items)
-            self._publish()
+            prepared = self._updates.prepare_upsert(items)  # validates and embeds; changes nothing
+            if not prepared:
+                return
+            seq = self._snapshot.index_version + 1
+            self._persist({"seq": seq, "op": "upsert", "items": [item for item, _ in prepared]})
+            self._updates.apply_upsert(prepared)
+            self._publish(seq)
 
     def delete_items(self, item_ids: Sequence[Any]) -> int:
-        """Deletes items (published or added); returns how many existed."""
+        """Deletes items (published or added); returns how many existed. Deleting none changes
+        nothing (``index_version`` stays); otherwise durable first, as :meth:`upsert_items`."""
         with self._lock:
-            n = self._updates.delete(item_ids)
-            self._publish()
+            ids = list(dict.fromkeys(str(x) for x in item_ids))
+            n = self._updates.deletable(ids)
+            if n == 0:
+                return 0
+            seq = self._snapshot.index_version + 1
+            self._persist({"seq": seq, "op": "delete", "item_ids": ids})
+            self._updates.delete(ids)
+            self._publish(seq)
         return n
 
-    def _publish(self) -> None:
-        snap = self._make_snapshot(self._snapshot.index_version + 1)
-        if self.updates_path:
-            state = {"artifact_version": self.version, **self._updates.to_json()}
-            write_atomically(self.updates_path, lambda tmp: _write_json(tmp, state), ".json")
-        self._snapshot = snap  # one reference assignment: queries see the old or the new state
+    def close(self) -> None:
+        """Closes the updates log (the state is durable already)."""
+        if self._log is not None:
+            self._log.close()
+
+    def _persist(self, record: Dict[str, Any]) -> None:
+        if self._log is not None:
+            self._log.append(record)  # raises OSError: nothing applied
+
+    def _publish(self, version: int) -> None:
+        self._snapshot = self._make_snapshot(version)  # one reference assignment: queries see the old or the new state
+        if self._log is not None and self._log.needs_compaction():
+            try:
+                self._log.compact(self._updates.to_json(), version)
+            except OSError as err:  # the update is durable in the log already; compaction is retried later
+                log.warning("%s: compacting the updates log failed (%s); it stays as it is", self.updates_path, err)
 
     def _make_snapshot(self, version: int) -> Snapshot:
         extra = self._updates.extra_ids()
@@ -213,6 +243,3 @@ class Retriever:
             raise ValueError(f"exclude must be int64 [B, E >= 1] (-1 padding), got {exclude.dtype} {tuple(exclude.shape)}")
 
 
-def _write_json(path: str, payload: Dict[str, Any]) -> None:
-    with open(path, "w") as fh:
-        json.dump(payload, fh)
