@@ -150,7 +150,8 @@ def require_file(path: Path, what: str) -> Path:
 
 
 def read_checked(path: Path, columns: Sequence[str], dtypes: Dict[str, str], *, sep: str = ",",
-                 header: bool = True, encoding: str = "utf-8", double_colon: bool = False) -> pd.DataFrame:
+                 header: bool = True, encoding: str = "utf-8", double_colon: bool = False,
+                 quote: bool = True) -> pd.DataFrame:
     """Reads a delimited text file with a typed fast path and precise errors on bad rows.
 
     Args:
@@ -163,6 +164,8 @@ def read_checked(path: Path, columns: Sequence[str], dtypes: Dict[str, str], *, 
         header (bool): the first line names the columns.
         encoding (str): text encoding.
         double_colon (bool): MovieLens ``::`` separator (rewritten to tabs for the C parser).
+        quote (bool): ``"`` quotes fields (CSV); ``False`` reads quotes as text (MovieLens
+            ``.dat`` and ml-100k files, RecBole atomic files).
 
     Returns:
         pd.DataFrame: one row per data line, index = 0-based data row.
@@ -179,12 +182,13 @@ def read_checked(path: Path, columns: Sequence[str], dtypes: Dict[str, str], *, 
         sep = "\t"
     else:
         opener = lambda: path  # noqa: E731
-    file_columns = list(pd.read_csv(path, sep=sep, nrows=0, encoding=encoding).columns) if header and \
-        not double_colon else list(columns)
+    quote = quote and not double_colon
+    file_columns = list(pd.read_csv(path, sep=sep, nrows=0, encoding=encoding, quoting=0 if quote else 3).columns) \
+        if header and not double_colon else list(columns)
     if dtypes.get(file_columns[-1], "str") == "str":  # a short row would silently end in ""
-        _check_field_counts(path, len(file_columns), sep, header, encoding, double_colon)
+        _check_field_counts(path, len(file_columns), sep, header, encoding, double_colon, quote)
     kw = dict(sep=sep, header=0 if header else None, names=None if header else list(columns),
-              keep_default_na=False, na_filter=False, encoding=encoding, quoting=3 if double_colon else 0,
+              keep_default_na=False, na_filter=False, encoding=encoding, quoting=0 if quote else 3,
               skip_blank_lines=True, engine="c")
     typed = {c: {"int": np.int64, "float": np.float64}.get(dtypes.get(c, "str"), object) for c in columns}
     try:  # fast path: the C parser with numeric dtypes; any problem -> slow path that finds the row
@@ -195,7 +199,7 @@ def read_checked(path: Path, columns: Sequence[str], dtypes: Dict[str, str], *, 
     except (ValueError, TypeError, OverflowError):  # pandas' ParserError is a ValueError
         pass
     # slow path (only for bad files): field counts first, then per-column values
-    _check_field_counts(path, len(file_columns), sep, header, encoding, double_colon)
+    _check_field_counts(path, len(file_columns), sep, header, encoding, double_colon, quote)
     try:
         df = pd.read_csv(opener(), dtype=str, **kw)
     except pd.errors.ParserError as e:
@@ -232,7 +236,8 @@ def read_checked(path: Path, columns: Sequence[str], dtypes: Dict[str, str], *, 
     return pd.DataFrame(out)
 
 
-def _check_field_counts(path: Path, n: int, sep: str, header: bool, encoding: str, double_colon: bool) -> None:
+def _check_field_counts(path: Path, n: int, sep: str, header: bool, encoding: str, double_colon: bool,
+                        quote: bool = True) -> None:
     """Raises ``ValueError`` at the first non-blank line that does not hold ``n`` fields."""
     if double_colon:
         with open(path, encoding=encoding, errors="replace") as f:
@@ -242,7 +247,7 @@ def _check_field_counts(path: Path, n: int, sep: str, header: bool, encoding: st
                     raise ValueError(f"{path}:{line}: expected {n} fields, got {text.count('::') + 1}: {text!r}")
         return
     with open(path, newline="", encoding=encoding, errors="replace") as f:
-        reader = csv.reader(f, delimiter=sep)
+        reader = csv.reader(f, delimiter=sep, quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE)
         for row in reader:
             if (header and reader.line_num == 1) or not row or not any(row):
                 continue

@@ -1,4 +1,5 @@
-"""MovieLens loader on small fixtures in the exact ml-1m (.dat) and ml-20m/25m (.csv) formats."""
+"""MovieLens loader on small fixtures in the exact ml-1m (.dat) and ml-20m/25m (.csv) formats
+(the other releases: test_movielens_releases.py)."""
 import numpy as np
 import pytest
 
@@ -134,11 +135,11 @@ def test_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere: not found; expected a MovieLens folder"):
         load_movielens(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"ratings\.dat \(ml-1m\) or ratings\.csv"):
+    with pytest.raises(FileNotFoundError, match=r"u\.data \(ml-100k\), ratings\.dat \(ml-1m, ml-10m\) or ratings\.csv"):
         load_movielens(tmp_path / "empty")
     root = write_ml1m(tmp_path / "m")
-    (root / "users.dat").unlink()
-    with pytest.raises(FileNotFoundError, match=r"users\.dat: not found; expected ml-1m users"):
+    (root / "movies.dat").unlink()
+    with pytest.raises(FileNotFoundError, match=r"movies\.dat: not found; expected ml-1m / ml-10m movies"):
         load_movielens(root)
     root = write_ml20m(tmp_path / "c")
     (root / "movies.csv").unlink()
