@@ -359,7 +359,12 @@ def ivf_search(
         cluster_offsets (Tensor): int64 ``[C + 1]``.
         cache (Tensor): float16 or bfloat16 ``[N, D]`` item embeddings in row order.
         row_to_id (Tensor): int64 ``[N]`` distinct external id of each row (``< 2**32``).
-        mask (Optional[Tensor]): int64 ``[B, ceil(N / 64)]`` packed filter bits in row order, or ``None``.
+        mask (Optional[Tensor]): the filter, or ``None``: int64 ``[B, ceil(N / 64)]`` packed bits
+            in row order (what :func:`bloom_search` makes), or in the caller's id order (ids in
+            ``[0, N)``): bool ``[B, N]`` or a uint8 bitmap ``[B, ceil(N / 8)]`` with FAISS
+            ``IDSelectorBitmap``'s layout. On CPU an id-order row is packed only over the clusters
+            the probe choice walks (a few thousand ids, not N); rows may be strided (stride 0:
+            one filter expanded over the batch, packed once).
         n_probe (int): clusters always probed.
         min_rows (int): passing rows the probes must cover (more clusters are taken until they do).
         max_probe (int): most clusters probed; below C, a query left with fewer than K eligible

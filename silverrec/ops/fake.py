@@ -196,8 +196,9 @@ def ivf_search_fake(
                  lambda: f"ivf_search: cache must be float16/bfloat16 [N, D], got {cache.dtype} {tuple(cache.shape)}")
     torch._check(1 <= k <= k0, lambda: f"ivf_search: need 1 <= k <= k0, got k={k}, k0={k0}")
     if mask is not None:
-        torch._check(mask.dim() == 2 and mask.shape[0] == lead[0],
-                     lambda: f"ivf_search: mask must be int64 [B={lead[0]}, W], got {tuple(mask.shape)}")
+        torch._check(mask.dim() == 2 and mask.shape[0] == lead[0] and mask.dtype in (torch.int64, torch.bool, torch.uint8),
+                     lambda: f"ivf_search: mask must be int64 [B={lead[0]}, W] (packed), bool [B, N] or uint8 "
+                             f"[B, ceil(N/8)] (id order), got {mask.dtype} {tuple(mask.shape)}")
     out = lead + (k,)
     return queries.new_empty(out), queries.new_empty(out, dtype=torch.int64), queries.new_empty(out, dtype=torch.int64)
 

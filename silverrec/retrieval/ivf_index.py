@@ -62,7 +62,9 @@ class IVFInt8Index(nn.Module):
     Call Args:
         queries (Tensor): float32 ``[B, D]``, or ``[B, T, D]`` (T queries per mask row, e.g. the
             task heads of one user).
-        mask (Optional[Tensor]): int64 ``[B, ceil(N / 64)]`` packed filter bits in row order.
+        mask (Optional[Tensor]): int64 ``[B, ceil(N / 64)]`` packed filter bits in row order (what
+            the serving graph's Bloom stage makes), or an id-order bool ``[B, N]`` / uint8 bitmap
+            ``[B, ceil(N / 8)]`` (see :meth:`search`), or None.
         k (int): K, results per query.
         n_probe (int): clusters always probed, in ``[1, C]``.
         k0 (Optional[int]): INT8 candidates re-scored (default
@@ -176,8 +178,10 @@ class IVFInt8Index(nn.Module):
                 ``[B, ceil(N / 8)]`` in id order with FAISS ``IDSelectorBitmap``'s layout (id ``i``
                 passes iff ``(bitmap[b, i >> 3] >> (i & 7)) & 1``); or packed int64
                 ``[B, ceil(N / 64)]`` in this index's row order (as ``bloom_search`` produces;
-                row ``n`` is item ``row_to_id[n]``; the fastest). Rows expanded from one row
-                (stride 0) are converted once.
+                row ``n`` is item ``row_to_id[n]``). Id-order rows are packed to row order
+                inside the search, only over the clusters each query's probes walk, so the
+                three layouts cost about the same; rows expanded from one row (stride 0) are
+                packed once.
             k0 (Optional[int]): K0 >= K, INT8 candidates re-scored exactly; default
                 :func:`~silverrec.retrieval.probe_policy.rescore_candidates`.
 
@@ -192,46 +196,31 @@ class IVFInt8Index(nn.Module):
         n_probe = self.default_n_probe() if n_probe is None else n_probe
         probe_plan(k, n_probe, self.num_items, self.num_clusters, mask is not None, k0)  # the argument checks
         q = queries.to(self.codes.device).float()
-        packed = self._packed_mask(mask, q.shape[0])
+        mask = self._checked_mask(mask, q.shape[0])
         if q.device.type != "cpu":  # the CUDA kernels do not check (no host sync)
             _check_embeddings(q, "queries")
         try:
-            scores, ids, _ = self(q, packed, k, n_probe, k0)
+            scores, ids, _ = self(q, mask, k, n_probe, k0)
         except RuntimeError:
             _check_embeddings(q, "queries")  # NaN/inf: the ValueError naming the first bad value
             raise
         return SearchResult(scores, ids)
 
-    def _packed_mask(self, mask: Optional[Tensor], B: int) -> Optional[Tensor]:
-        """Validates ``mask`` and returns it packed in row order (int64 [B, W]) or None.
-
-        A mask whose rows are one row expanded over the batch (stride 0, e.g.
-        ``row[None].expand(B, -1)``: one filter for every query, as FAISS takes one selector
-        per search call) is converted once and expanded again."""
+    def _checked_mask(self, mask: Optional[Tensor], B: int) -> Optional[Tensor]:
+        """Validates ``mask`` (one of :meth:`search`'s three layouts) and returns it on the index's
+        device. Id-order masks go to ``ivf_search`` as they are: its CPU kernel packs only the
+        clusters a query's probes walk, once per distinct mask row (a row expanded over the batch
+        with stride 0, as FAISS takes one selector per search call, is packed once)."""
         if mask is None:
             return None
         N, W = self.num_items, (self.num_items + 63) // 64
-        mask = mask.to(self.codes.device)
-        if mask.dtype == torch.int64:
-            if mask.shape != (B, W):
-                raise ValueError(f"packed mask must be int64 [B, ceil(N/64)] = [{B}, {W}], got {tuple(mask.shape)}")
-            return mask  # the kernel accepts strided rows (e.g. one filter expanded over B)
-        if mask.dtype == torch.bool:
-            if mask.shape != (B, N):
-                raise ValueError(f"bool mask must be [B, N] = [{B}, {N}], got {tuple(mask.shape)}")
-        elif mask.dtype == torch.uint8:
-            if mask.shape != (B, (N + 7) // 8):
-                raise ValueError(f"uint8 bitmap mask must be [B, ceil(N/8)] = [{B}, {(N + 7) // 8}], got "
-                                 f"{tuple(mask.shape)}")
-        else:
+        expected = {torch.int64: ((B, W), "packed mask must be int64 [B, ceil(N/64)]"),
+                    torch.bool: ((B, N), "bool mask must be [B, N]"),
+                    torch.uint8: ((B, (N + 7) // 8), "uint8 bitmap mask must be [B, ceil(N/8)]")}
+        if mask.dtype not in expected:
             raise ValueError(f"mask must be bool [B, N], a uint8 id-order bitmap [B, ceil(N/8)] or packed int64 "
                              f"[B, W], got dtype {mask.dtype}")
-        if B > 1 and mask.stride(0) == 0:
-            return self._rows_from_ids(mask[:1]).expand(B, -1)
-        return self._rows_from_ids(mask)
-
-    def _rows_from_ids(self, mask: Tensor) -> Tensor:
-        """An id-order mask (bool [B, N], or a uint8 bitmap [B, ceil(N/8)] with FAISS
-        IDSelectorBitmap's layout: id i passes iff ``(bitmap[i >> 3] >> (i & 7)) & 1``) packed in
-        row order: int64 [B, W], in one op (``pack_id_mask``: permute and pack in one pass)."""
-        return torch.ops.silverrec.pack_id_mask(mask, self.row_to_id)
+        shape, what = expected[mask.dtype]
+        if tuple(mask.shape) != shape:
+            raise ValueError(f"{what} = {list(shape)}, got {tuple(mask.shape)}")
+        return mask.to(self.codes.device)

@@ -143,6 +143,91 @@ def test_strided_mask_rows() -> None:
     assert_same(got, ivf_search(*case))
 
 
+def id_order(case: Case, layout: str, seed: int = 0) -> Tuple[Case, Case]:
+    """The case with ids ``row_to_id`` a permutation of [0, N) and its packed mask given in id
+    order (``layout`` bool [B, N] or uint8 bitmap [B, ceil(N/8)]); and the same case with the
+    mask packed (what the id-order mask means), for comparison."""
+    c = list(case)
+    N = c[2].shape[0]
+    c[6] = torch.randperm(N, generator=torch.Generator().manual_seed(seed))
+    packed = c[7]
+    rows = ((packed.unsqueeze(2) >> torch.arange(64)) & 1).flatten(1)[:, :N].bool()  # [B, N] row order
+    ids = torch.zeros_like(rows)
+    ids[:, c[6]] = rows  # id row_to_id[r] passes iff row r does
+    if layout == "bitmap":
+        padded = torch.zeros(ids.shape[0], (N + 7) // 8 * 8, dtype=torch.bool)
+        padded[:, :N] = ids
+        ids = (padded.view(ids.shape[0], -1, 8).to(torch.uint8) << torch.arange(8, dtype=torch.uint8)).sum(
+            2, dtype=torch.uint8)
+    c[7] = ids
+    return tuple(c), tuple(c[:7] + [packed] + c[8:])
+
+
+@settings(deadline=None, max_examples=80, derandomize=True)
+@given(case=cases(), layout=st.sampled_from(["bool", "bitmap"]))
+def test_id_order_mask_equals_its_packed_mask(case: Case, layout: str) -> None:
+    """An id-order mask (packed by the kernel only over the clusters a query walks, the capped-list
+    fallback's included) gives the results of the packed mask it stands for, and the reference's."""
+    if case[7] is None:
+        return
+    by_id, packed = id_order(case, layout)
+    got = ivf_search(*by_id)
+    assert_same(got, ivf_search(*packed))
+    assert_same(got, ivf_search_reference(*by_id))
+
+
+@pytest.mark.parametrize("layout", ["bool", "bitmap"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_id_order_mask_shared_rows_and_threads(layout: str, threads: int) -> None:
+    """One id-order row expanded over a large batch (stride 0; packed once, by whichever thread
+    reaches a cluster first), grouped queries sharing their row, and the cluster-major scan."""
+    base = random_case(21, B=1, N=20_000, D=40, C=40, k=50, extra_k0=25, n_probe=3, min_rows=450, max_probe=40,
+                       density=0.1, integer=False)
+    by_id, packed = id_order(base, layout, seed=3)
+    g = torch.Generator().manual_seed(4)
+    queries, scores = torch.randn(64, 40, generator=g), torch.randn(64, 40, generator=g)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for q, cs, rows in ((queries, scores, 64), (queries.view(16, 4, 40), scores.view(16, 4, 40), 16)):
+            a, b = list(by_id), list(packed)
+            a[0] = b[0] = q
+            a[1] = b[1] = cs
+            a[7], b[7] = by_id[7].expand(rows, -1), packed[7].expand(rows, -1)
+            got = ivf_search(*a)
+            assert_same(got, ivf_search(*b))
+            a[7] = a[7].contiguous()  # distinct (equal) rows: each packed on its own
+            assert_same(ivf_search(*a), got)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("layout", ["bool", "bitmap"])
+@pytest.mark.parametrize("n_probe, min_rows", [(1, 20), (30, 3000)])
+def test_id_order_mask_distinct_rows(layout: str, n_probe: int, min_rows: int) -> None:
+    """A filter per query, with short walks (each row's clusters packed as its probes reach them)
+    and long ones (the whole mask packed first, as pack_id_mask does): the packed mask's results."""
+    case = random_case(31, B=12, N=20_000, D=24, C=200, k=10, extra_k0=5, n_probe=n_probe, min_rows=min_rows,
+                       max_probe=200, density=0.3, integer=False)
+    by_id, packed = id_order(case, layout, seed=5)
+    assert_same(ivf_search(*by_id), ivf_search(*packed))
+
+
+def test_id_order_mask_bad_ids_raise() -> None:
+    """A row whose id lies outside the id-order mask is named (ids must be in [0, N))."""
+    case, _ = id_order(random_case(2, B=2, N=300, D=8, C=3, k=5, extra_k0=2, n_probe=3, min_rows=0, max_probe=3,
+                                   density=0.5, integer=False), "bool")
+    c = list(case)
+    c[6] = c[6].clone()
+    c[6][17] = 300
+    for rows in (c[7], c[7][:1].expand(2, -1)):  # the whole mask packed first, or cluster by cluster
+        c[7] = rows
+        with pytest.raises(ValueError, match=r"row_to_id\[17\] = 300 is outside the (id-order )?mask's ids \[0, 300\)"):
+            ivf_search(*c)
+    with pytest.raises(ValueError, match=r"row_to_id\[17\] = 300 is outside the mask's ids \[0, 300\)"):
+        ivf_search_reference(*c)
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [
@@ -153,6 +238,8 @@ def test_strided_mask_rows() -> None:
         (6, torch.arange(3), r"row_to_id must be int64 \[N=4\]"),
         (6, torch.full((4,), 2**33), r"ivf_search: row_to_id entries must lie in \[0, 2\*\*32\)"),
         (7, torch.zeros(1, 2, dtype=torch.int64), r"mask must be int64 \[B, ceil\(N/64\)\]"),
+        (7, torch.zeros(1, 3, dtype=torch.bool), r"bool \[B, N\]=\[1, 4\] or uint8 \[B, ceil\(N/8\)\]=\[1, 1\]"),
+        (7, torch.zeros(1, 1, dtype=torch.int32), r"\(id order\), got Int"),
         (4, torch.tensor([0, 3, 2]), "cluster_offsets must start at 0 and end at N=4"),
         (8, 0, "need n_probe >= 1"),
         (11, 1, r"need 1 <= k <= k0, got k=2, k0=1"),
@@ -172,6 +259,8 @@ def test_opcheck() -> None:
         case = random_case(3, B=3, N=100, D=16, C=5, k=10, extra_k0=5, n_probe=2, min_rows=20, max_probe=3,
                            density=density, integer=True, bf16=bf16)
         torch.library.opcheck(torch.ops.silverrec.ivf_search, case)
+    for layout in ("bool", "bitmap"):
+        torch.library.opcheck(torch.ops.silverrec.ivf_search, id_order(case, layout)[0])
 
 
 def test_meta_shapes() -> None:
@@ -231,6 +320,9 @@ def _triton_interpret_main() -> None:
                            max_probe=n_probe + i % 3, density=(None, 0.1, 0.6)[i % 3], integer=i % 2 == 0,
                            bf16=i % 4 == 1)
         assert_same(ivf_search_cuda(*case), ivf_search_reference(*case))
+        if case[7] is not None:  # the same filter in id order: packed by the pack_id_mask kernel first
+            by_id = id_order(case, ("bool", "bitmap")[i % 2])[0]
+            assert_same(ivf_search_cuda(*by_id), ivf_search_reference(*by_id))
     print("triton ivf_search ok")
 
 

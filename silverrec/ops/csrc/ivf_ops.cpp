@@ -7,6 +7,7 @@
 //   ivf_scan.h          the scan: QueryScan (query-major) and scan_cluster_major, whose loops
 //                       (ivf_scan_loops.inc) it compiles once per CPU path
 //   ivf_probe_select.h  probe choice
+//   ivf_id_mask.h       an id-order mask (bool / bitmap) packed to row order cluster by cluster
 //   ivf_rescore.h       exact re-score + final top-k
 //   ivf_quantize.h      symmetric int8 codes of a row
 //   ivf_search.h        ivf_search's per-query composition of the steps
@@ -47,6 +48,7 @@
 #include "ivf_rescore.h"
 #include "ivf_scan.h"
 #include "ivf_search.h"
+#include "pack_id_mask.h"
 
 namespace silverrec {
 namespace {
@@ -295,7 +297,10 @@ std::tuple<at::Tensor, at::Tensor> quantize_int8_rowwise_cpu(const at::Tensor& x
 
 
 // Queries are [B, D], or [B, T, D] when T queries (e.g. the task heads of one user) share the
-// mask row b: mask rows are then read in place for all T, with no [B * T, W] copy.
+// mask row b: mask rows are then read in place for all T, with no [B * T, W] copy. The mask is
+// packed row-order words (int64 [B, W]), or in the caller's id order (bool [B, N] or a uint8
+// bitmap [B, ceil(N/8)], ids in [0, N)), whose words are made only for the clusters the probe
+// choice walks (ivf_id_mask.h) instead of a pack_id_mask pass over all N ids.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_cpu(
     const at::Tensor& queries_in, const at::Tensor& centroid_scores_in, const at::Tensor& codes_in,
     const at::Tensor& scales_in, const at::Tensor& cluster_offsets_in, const at::Tensor& cache_in,
@@ -332,11 +337,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_cpu(
               "ivf_search: row_to_id must be int64 [N=", N, "], got ", row_to_id_in.scalar_type(), " ",
               row_to_id_in.sizes());
   const int64_t W = (N + 63) / 64;
+  // the mask's layout, by dtype: packed row-order words, or id order (bool ids / bitmap bytes)
+  bool id_order = mask_in.has_value() && mask_in->scalar_type() != at::kLong;
   if (mask_in.has_value()) {
-    TORCH_CHECK(mask_in->scalar_type() == at::kLong && mask_in->dim() == 2 && mask_in->size(0) == B &&
-                    mask_in->size(1) == W,
-                "ivf_search: mask must be int64 [B, ceil(N/64)]=[", B, ", ", W, "], got ", mask_in->scalar_type(), " ",
-                mask_in->sizes());
+    const auto dtype = mask_in->scalar_type();
+    const int64_t width = dtype == at::kLong ? W : (dtype == at::kBool ? N : (N + 7) / 8);
+    TORCH_CHECK((dtype == at::kLong || dtype == at::kBool || dtype == at::kByte) && mask_in->dim() == 2 &&
+                    mask_in->size(0) == B && mask_in->size(1) == width,
+                "ivf_search: mask must be int64 [B, ceil(N/64)]=[", B, ", ", W, "] (packed, row order), bool [B, N]=[",
+                B, ", ", N, "] or uint8 [B, ceil(N/8)]=[", B, ", ", (N + 7) / 8, "] (id order), got ",
+                mask_in->scalar_type(), " ", mask_in->sizes());
   }
   TORCH_CHECK(n_probe >= 1 && min_rows >= 0 && max_probe >= 1,
               "ivf_search: need n_probe >= 1, min_rows >= 0, max_probe >= 1, got ", n_probe, ", ", min_rows, ", ",
@@ -355,8 +365,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_cpu(
   }
   at::Tensor mask_t;  // rows may be strided (one filter expanded over the batch): only words must be dense
   if (mask_in.has_value()) mask_t = mask_in->stride(1) == 1 ? *mask_in : mask_in->contiguous();
+  if (id_order && pack_whole_mask(mask_t, Q, N, C, n_probe, min_rows)) {  // distinct rows, long walks
+    mask_t = pack_id_mask_impl::pack_id_mask_cpu(mask_t, row_to_id);
+    id_order = false;
+  }
   std::vector<const uint64_t*> mrows;  // query q reads mask row q / T
-  if (mask_in.has_value()) {
+  std::unique_ptr<IdOrderMask> lazy;   // id order: words packed per cluster as probes reach it
+  if (id_order) {
+    lazy = std::make_unique<IdOrderMask>(mask_t, row_to_id.data_ptr<int64_t>(), off, N, C, Q, T);
+    mrows.assign(lazy->rows(), lazy->rows() + Q);
+  } else if (mask_in.has_value()) {
     const uint64_t* mk = reinterpret_cast<const uint64_t*>(mask_t.data_ptr<int64_t>());
     mrows.resize(Q);
     for (int64_t q = 0; q < Q; ++q) mrows[q] = mk + (q / T) * mask_t.stride(0);
@@ -374,15 +392,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_cpu(
                                   codes.data_ptr<int8_t>(), scales.data_ptr<float>(), off, cache.data_ptr<at::Half>(),
                                   row_to_id.data_ptr<int64_t>(), mr, Q, C, N, D, n_probe, min_rows, max_probe, k0, k,
                                   out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>(),
-                                  out_rows.data_ptr<int64_t>());
+                                  out_rows.data_ptr<int64_t>(), lazy.get());
     } else {
       search_rows<at::BFloat16, kIsa>(queries.data_ptr<float>(), centroid_scores.data_ptr<float>(),
                                       codes.data_ptr<int8_t>(), scales.data_ptr<float>(), off,
                                       cache.data_ptr<at::BFloat16>(), row_to_id.data_ptr<int64_t>(), mr, Q, C, N, D,
                                       n_probe, min_rows, max_probe, k0, k, out_scores.data_ptr<float>(),
-                                      out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>());
+                                      out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>(), lazy.get());
     }
   });
+  if (lazy != nullptr && lazy->bad_id()) {  // named after the loops: the first row outside the mask
+    const int64_t* ids = row_to_id.data_ptr<int64_t>();
+    for (int64_t r = 0; r < N; ++r) {
+      TORCH_CHECK_VALUE(ids[r] >= 0 && ids[r] < lazy->bound(), "ivf_search: row_to_id[", r, "] = ", ids[r],
+                        " is outside the id-order mask's ids [0, ", lazy->bound(), ")");
+    }
+  }
   return {out_scores, out_ids, out_rows};
 }
 

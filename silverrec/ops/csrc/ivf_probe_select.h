@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "ivf_common.h"
+#include "ivf_id_mask.h"
 
 namespace silverrec {
 namespace {  // included by ivf_ops.cpp only: one translation unit
@@ -117,10 +118,11 @@ void best_keys(const float* scores, int64_t C, int64_t m, std::vector<float>& bl
 
 // The probe choice of one query (ivf_select_probes_reference; a thread's scratch, reused across
 // its queries): clusters in centroid order while j < n_probe or fewer than min_rows passing rows
-// are covered, j < limit. Writes the cluster ids to out and returns how many.
+// are covered, j < limit. Writes the cluster ids to out and returns how many. With an id-order
+// mask (`lazy`, query q), each cluster's words are packed as the walk reaches it.
 struct ProbeSelect {
   int64_t run(const float* sb, int64_t C, const int64_t* off, const uint64_t* mb, int64_t n_probe, int64_t min_rows,
-              int64_t limit, int64_t* out) {
+              int64_t limit, int64_t* out, IdOrderMask* lazy = nullptr, int64_t q = 0) {
     best_keys(sb, C, std::min(limit, std::max<int64_t>(n_probe, 32)), block_max, buf, order);
     int64_t covered = 0, j = 0;
     while (j < limit) {
@@ -130,6 +132,7 @@ struct ProbeSelect {
       }
       const int64_t c = key_id(order[j]);
       out[j] = c;
+      if (lazy != nullptr) lazy->ensure(q, c);
       covered += mb == nullptr ? off[c + 1] - off[c] : count_bits(mb, off[c], off[c + 1]);
       ++j;
     }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "ivf_common.h"
+#include "ivf_id_mask.h"
 #include "ivf_probe_select.h"
 #include "ivf_quantize.h"
 #include "ivf_rescore.h"
@@ -25,13 +26,15 @@ namespace {  // included by ivf_ops.cpp only: one translation unit
 // rows, their intermediate tensors and three of their four fork/joins; and a candidate's cache
 // row is prefetched when it enters the scan's running top-K0, so the re-score reads warm rows.
 
-// mrows[b] is query b's packed mask row (mrows == nullptr: no filter); results into os / oi /
-// orw [B, k], already padded. kIsa: the CPU path of the scan and the re-score.
+// mrows[b] is query b's packed mask row (mrows == nullptr: no filter); with an id-order mask,
+// `lazy` packs its words cluster by cluster as the probe choice reaches them (mrows ==
+// lazy->rows()). Results into os / oi / orw [B, k], already padded. kIsa: the CPU path of the
+// scan and the re-score.
 template <typename T, Isa kIsa>
 void search_rows(const float* qf, const float* cs, const int8_t* cd, const float* sc, const int64_t* off,
                  const T* cache, const int64_t* row_to_id, const uint64_t* const* mrows, int64_t B, int64_t C,
                  int64_t N, int64_t D, int64_t n_probe, int64_t min_rows, int64_t max_probe, int64_t k0, int64_t k,
-                 float* os, int64_t* oi, int64_t* orw) {
+                 float* os, int64_t* oi, int64_t* orw, IdOrderMask* lazy) {
   const int64_t limit = std::min(C, max_probe);
   // The query codes start on a 64-byte boundary (like a torch tensor's data): with D = 128 every
   // 64-byte load of a query row is then aligned, where malloc's 16-byte alignment made every
@@ -49,7 +52,7 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
       for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
         qs[b] = quantize_row(qf + b * D, D, q + b * D, b, "ivf_search: queries");
         plen[b] = select.run(cs + b * C, C, off, mrows == nullptr ? nullptr : mrows[b], n_probe, min_rows, limit,
-                             prb.get() + b * limit);
+                             prb.get() + b * limit, lazy, b);
       }
     });
   }
@@ -91,6 +94,7 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
       }
       // a capped probe list that held fewer than k eligible rows: scan every row instead
       if (limit < C && eligible < k) {
+        if (lazy != nullptr) lazy->ensure_all(b);
         scan.run(qb, qs[b], cd, sc, all_off, all_probe, 1, mb, D, pf, D * sizeof(T));
         take_rows();
       }

@@ -6,6 +6,8 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
+from silverrec.ops.reference.filter import pack_id_mask_reference
+
 # --- ivf_int8_topk ---
 
 
@@ -283,7 +285,11 @@ def ivf_search_reference(
         codes, scales, cluster_offsets: the INT8 index (see :func:`ivf_int8_topk_reference`).
         cache (Tensor): float16 or bfloat16 ``[N, D]`` item embeddings in row order.
         row_to_id (Tensor): int64 ``[N]`` distinct external id of each row (``< 2**32``).
-        mask (Optional[Tensor]): int64 ``[B, ceil(N / 64)]`` packed filter bits, or ``None``.
+        mask (Optional[Tensor]): the filter, or ``None``: int64 ``[B, ceil(N / 64)]`` packed
+            bits in row order, or in the caller's id order (ids in ``[0, N)``): bool ``[B, N]``
+            or a uint8 bitmap ``[B, ceil(N / 8)]`` with FAISS ``IDSelectorBitmap``'s layout,
+            which is the packed mask ``pack_id_mask(mask, row_to_id)`` (the CPU kernel packs
+            only the clusters its probes walk; same results).
         n_probe, min_rows, max_probe: the probe choice (see :func:`ivf_select_probes_reference`).
         k0 (int): K0 >= K, INT8 candidates re-scored.
         k (int): K, results per query.
@@ -303,10 +309,25 @@ def ivf_search_reference(
         >>> s.tolist(), i.tolist(), r.tolist()
         ([[1.5, 1.0]], [[12, 10]], [[2, 0]])
     """
+    mask = row_order_mask(mask, row_to_id, pack_id_mask_reference)
     return ivf_search_in_steps(
         (quantize_int8_rowwise_reference, ivf_select_probes_reference, ivf_int8_topk_reference, ivf_rescore_topk_reference),
         queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, mask, n_probe, min_rows, max_probe,
         k0, k)
+
+
+def row_order_mask(mask: Optional[Tensor], row_to_id: Tensor, pack: Callable[[Tensor, Tensor], Tensor]) -> Optional[Tensor]:
+    """``ivf_search``'s ``mask`` as packed row-order words: an id-order mask (bool ``[B, N]`` or a
+    uint8 bitmap ``[B, ceil(N / 8)]``, N = ``row_to_id``'s length) is checked and packed with
+    ``pack`` (``pack_id_mask``'s reference or op); a packed int64 mask or ``None`` is returned as is."""
+    if mask is None or mask.dtype == torch.int64:
+        return mask
+    N = row_to_id.shape[0]
+    width = {torch.bool: N, torch.uint8: (N + 7) // 8}.get(mask.dtype)
+    if width is None or mask.dim() != 2 or mask.shape[1] != width:
+        raise ValueError(f"ivf_search: mask must be int64 [B, ceil(N/64)] (packed, row order), bool [B, N={N}] or "
+                         f"uint8 [B, ceil(N/8)={(N + 7) // 8}] (id order), got {mask.dtype} {tuple(mask.shape)}")
+    return pack(mask, row_to_id)
 
 
 def ivf_search_in_steps(steps: Tuple[Callable, ...], queries: Tensor, centroid_scores: Tensor, codes: Tensor,
