@@ -56,7 +56,8 @@ def save_dataset(ds: RecDataset, path: Union[str, Path]) -> None:
     user_names = [f.name for f in ds.schema.user_features]
     item_names = [f.name for f in ds.schema.item_features]
     label_names = list(ds.interactions.labels)
-    meta = {"format": FORMAT_VERSION, "schema": ds.schema.to_dict(), "labels": label_names}
+    meta = {"format": FORMAT_VERSION, "schema": ds.schema.to_dict(), "labels": label_names,
+            "value_formula": ds.value_formula}
     arrays: Dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
     arrays.update(_table_arrays("users", ds.users, user_names))
     arrays.update(_table_arrays("items", ds.items, item_names))
@@ -95,7 +96,7 @@ def load_dataset(path: Union[str, Path]) -> RecDataset:
     labels = {name: z[f"inter.label.{i}"] for i, name in enumerate(meta["labels"])}
     inter = Interactions(z["inter.user"], z["inter.item"], z["inter.timestamp"], labels)
     split = Split(train=z["split.train"], valid=z["split.valid"], test=z["split.test"])
-    return RecDataset(schema, users, items, inter, split)
+    return RecDataset(schema, users, items, inter, split, value_formula=meta.get("value_formula"))
 
 
 def cached(cache_dir: Union[str, Path], key: str, build: Callable[[], RecDataset]) -> RecDataset:

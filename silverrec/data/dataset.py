@@ -7,7 +7,7 @@ user and item tables turn into TorchRec ``KeyedJaggedTensor`` batches without sp
 Shapes: R rows (users U or items N), L total values of a column, M interactions.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -182,6 +182,9 @@ class RecDataset:
             the identity column).
         interactions (Interactions): M interactions sorted by (user, timestamp).
         split (Split): train/valid/test indices.
+        value_formula (Optional[str]): the source's own Value Model formula (the synthetic world's
+            ``0.6*like + 0.3*share + 0.1*watch``); None: the rule of
+            :func:`~silverrec.models.value_formula.default_value_formula`.
     """
 
     schema: Schema
@@ -189,6 +192,14 @@ class RecDataset:
     items: FeatureTable
     interactions: Interactions
     split: Split
+    value_formula: Optional[str] = None
+
+    def default_value_formula(self) -> str:
+        """The formula a model config without one uses: :attr:`value_formula`, else ``like``
+        when there is a like task, else the first task."""
+        from silverrec.models.value_formula import default_value_formula
+
+        return self.value_formula or default_value_formula(self.schema.task_names)
 
     def validate(self) -> None:
         """Raises ``ValueError`` naming the field on any inconsistency."""

@@ -62,6 +62,9 @@ from silverrec.schema import Feature, Schema, Task, TaskKind
 
 GENERATOR_VERSION = 1  # bump when the generative story changes (invalidates caches)
 
+VALUE_FORMULA = "0.6*like + 0.3*share + 0.1*watch"
+"""The synthetic world's default Value Model formula (its four tasks weighted; see RecDataset.value_formula)."""
+
 
 @dataclass(frozen=True)
 class SyntheticConfig:
@@ -328,7 +331,8 @@ def generate_with_world(config: SyntheticConfig, progress: bool = False) -> Tupl
         "tags": JaggedColumn(*world.item_tags),
         "year": JaggedColumn.from_ids(lat.item_year)})
     split = time_fraction_split(user, timestamp, config.valid_fraction, config.test_fraction)
-    ds = RecDataset(schema, users, items, Interactions(user, item, timestamp, labels), split)
+    ds = RecDataset(schema, users, items, Interactions(user, item, timestamp, labels), split,
+                    value_formula=VALUE_FORMULA)
     return ds, world
 
 
@@ -389,5 +393,7 @@ def synthetic_dataset(size: str = "default", seed: int = 0, num_users: Optional[
         return generate(config, progress)
     from silverrec.data.cache import cached
 
-    return cached(Path(cache_dir), f"synthetic-{size}-{config.digest()}", lambda: generate(config, progress))
+    ds = cached(Path(cache_dir), f"synthetic-{size}-{config.digest()}", lambda: generate(config, progress))
+    ds.value_formula = VALUE_FORMULA  # entries cached before the field existed lack it
+    return ds
 

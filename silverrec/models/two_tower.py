@@ -30,6 +30,7 @@ from silverrec.models.candidate_scorer import CandidateScorer, candidate_values,
 from silverrec.models.over_arch import OverArch, OverArchConfig
 from silverrec.models.similarity import Similarity
 from silverrec.models.towers import ItemTower, UserTower
+from silverrec.models.value_formula import default_value_formula
 from silverrec.models.value_model import ValueModel
 from silverrec.schema import HISTORY, ITEM_ID, Schema, item_key, user_key
 
@@ -153,8 +154,11 @@ class TwoTowerConfig:
         over_arch (Optional[OverArchConfig]): the OverArch re-scorer (a dict is converted;
             None: no OverArch, candidates are scored by the dot product only). Its ``num_tasks``
             is set from the schema.
-        value_formula (str): the Value Model's formula over the schema's task names, e.g.
-            ``"0.6*like + 0.3*share + 0.1*watch"`` (see :mod:`silverrec.models.value_formula`).
+        value_formula (Optional[str]): the Value Model's formula over the schema's task names,
+            e.g. ``"0.6*like + 0.3*share + 0.1*watch"`` (see :mod:`silverrec.models.value_formula`);
+            None: the data's default (``silverrec-train`` asks the data set,
+            :meth:`RecDataset.default_value_formula`; :func:`build_two_tower` applies
+            :func:`~silverrec.models.value_formula.default_value_formula` to the schema's tasks).
     """
 
     embedding_dim: int = 64
@@ -163,7 +167,7 @@ class TwoTowerConfig:
     temperature: float = 0.05
     learn_temperature: bool = True
     over_arch: Optional[Union[OverArchConfig, Dict[str, Any]]] = field(default_factory=OverArchConfig)
-    value_formula: str = "click"
+    value_formula: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.user_layers, self.item_layers = list(self.user_layers), list(self.item_layers)
@@ -210,7 +214,8 @@ def build_two_tower(schema: Schema, config: TwoTowerConfig, device: torch.device
         )
     e = config.embedding_dim
     tasks = list(schema.task_names)
-    value_model = ValueModel(config.value_formula, tasks)  # formula errors surface here, at build/load time
+    formula = config.value_formula if config.value_formula is not None else default_value_formula(tasks)
+    value_model = ValueModel(formula, tasks)  # formula errors surface here, at build/load time
     ebc = EmbeddingBagCollection(tables=embedding_tables(schema, e), device=device)
     user_keys, item_keys = schema.user_keys, schema.item_keys
     over_arch = None

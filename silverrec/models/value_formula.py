@@ -394,6 +394,26 @@ def _check_pow(x: Optional[float], y: Optional[float], fail: Callable[[str], For
             raise fail("negative number raised to a fractional power")
 
 
+def default_value_formula(task_names: Sequence[str]) -> str:
+    """The Value Model formula used when none is configured: ``like`` when the data has a like
+    task (the engagement most data sets label), else the first task.
+
+    Args:
+        task_names (Sequence[str]): the schema's task names, in task order.
+
+    Returns:
+        str: a formula naming only those tasks.
+
+    Example::
+
+        >>> default_value_formula(["click", "like"]), default_value_formula(["click", "purchase"])
+        ('like', 'click')
+    """
+    if not task_names:
+        raise ValueError("default_value_formula: the data set declares no tasks")
+    return "like" if "like" in task_names else str(task_names[0])
+
+
 def parse_formula(text: str, task_names: Sequence[str]) -> Node:
     """Parses a formula and folds its constant sub-expressions.
 

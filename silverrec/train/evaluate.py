@@ -1,7 +1,10 @@
-"""``silverrec-eval``: full-corpus recall@K / NDCG@K of a checkpoint, next to most-popular.
+"""``silverrec-eval``: full-corpus ranking metrics of a checkpoint, next to most-popular.
 
     silverrec-eval ckpt_path=runs/demo/checkpoints/step_00002000.pt
     silverrec-eval ckpt_path=... data=movielens data.path=/data/ml-1m   # other data than trained on
+    silverrec-eval ckpt_path=... protocol=leave_last_out               # HR@K / NDCG@K / MRR
+
+The protocol (:mod:`silverrec.train.protocol`) and cut-offs default to the checkpoint's.
 
 Writes a JSON report (``report_path``) and, unless ``~logger`` is given, TensorBoard scalars.
 """
@@ -20,6 +23,7 @@ from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.distributed import DistContext, init_distributed, shutdown_distributed
 from silverrec.train.evaluator import Evaluator
 from silverrec.train.multitask_eval import MultiTaskEvaluator, log_multitask
+from silverrec.train.protocol import EvalConfig
 from silverrec.train.tb_logging import TensorBoardLogger, make_logger
 from silverrec.train.trainer import load_two_tower
 
@@ -32,6 +36,7 @@ def evaluate_model(
     splits: Sequence[str] = ("valid", "test"),
     multitask_split: Optional[str] = "test",
     multitask_users: int = 2000,
+    protocol: str = "temporal",
 ) -> Dict[str, Any]:
     """Exact-retrieval metrics and the most-popular baseline on each split, and the multi-task
     comparison (dot product vs OverArch + Value Model, :mod:`silverrec.train.multitask_eval`).
@@ -39,15 +44,17 @@ def evaluate_model(
     Args:
         multitask_split (Optional[str]): split of the multi-task comparison (None: skip it).
         multitask_users (int): users in it (fixed random subset; 0 = all).
+        protocol (str): ``temporal`` or ``leave_last_out`` (``dataset`` must carry its split).
 
     Returns:
         Dict[str, Any]: per split ``{"recall@K": .., "ndcg@K": .., "popularity_recall@K": ..,
-        "popularity_ndcg@K": .., "num_users": ..}``, and ``"multitask"`` (see
+        "popularity_ndcg@K": .., "num_users": ..}`` (leave_last_out: ``hr@K``, ``ndcg@K``,
+        ``mrr`` and their ``popularity_`` twins), ``"protocol"``, and ``"multitask"`` (see
         :meth:`MultiTaskEvaluator.evaluate`) with its ``"split"``.
     """
-    out: Dict[str, Any] = {}
+    out: Dict[str, Any] = {"protocol": protocol}
     for split in splits:
-        ev = Evaluator(dataset, split, ks)
+        ev = Evaluator(dataset, split, ks, protocol=protocol)
         metrics = ev.evaluate(model, ctx)
         metrics.update({f"popularity_{k}": v for k, v in ev.popularity_baseline().items()})
         metrics["num_users"] = int(ev.users.users.size)
@@ -77,7 +84,7 @@ def log_metrics(logger: Optional[TensorBoardLogger], report: Dict[str, Any], ste
         if split == "multitask":
             log_multitask(logger, metrics, step, prefix=f"{metrics['split']}/")
         else:
-            logger.scalars({k: v for k, v in metrics.items() if "@" in k}, step, prefix=f"{split}/")
+            logger.scalars({k: v for k, v in metrics.items() if "@" in k or k.endswith("mrr")}, step, prefix=f"{split}/")
     logger.flush()
 
 
@@ -91,10 +98,16 @@ def run_evaluation(cfg: DictConfig) -> Dict[str, Any]:
             f"the data set's schema differs from the one checkpoint {cfg.ckpt_path!r} was trained on "
             "(features or vocabularies changed); evaluate on the data it was trained with"
         )
+    trained = payload.get("eval_config") or {"protocol": "temporal", "ks": [10, 50, 100]}
+    protocol = cfg.get("protocol") or trained["protocol"]
+    ks = cfg.get("ks") or (trained["ks"] if protocol == trained["protocol"] else None)
+    eval_config = EvalConfig(protocol, None if ks is None else list(ks))
+    dataset = eval_config.apply(dataset)
     ctx = init_distributed("cpu")
     try:
         model = load_two_tower(payload)
-        report: Dict[str, Any] = evaluate_model(model, dataset, ctx, ks=list(cfg.ks), splits=list(cfg.splits))
+        report: Dict[str, Any] = evaluate_model(model, dataset, ctx, ks=eval_config.cutoffs([10, 50, 100]),
+                                                splits=list(cfg.splits), protocol=protocol)
         report["checkpoint"] = {"path": os.path.abspath(cfg.ckpt_path), "step": int(payload["step"])}
         if ctx.is_main:
             logger = make_logger(cfg.logger.log_dir if cfg.get("logger") else None, True)

@@ -2,9 +2,12 @@
 
 For a split (valid or test) the evaluated users are those with at least one held-out
 interaction. Each user's query is built from their history up to the split (train items for
-valid, train + valid items for test); those same items are excluded from the ranking, so a
-model is never credited for retrieving what the user already consumed. The most-popular
-baseline ranks items by training frequency with the same exclusions.
+valid, train + valid items for test). Under the ``temporal`` protocol those same items are
+excluded from the ranking, so a model is never credited for retrieving what the user already
+consumed, and recall@K / NDCG@K are reported; under ``leave_last_out`` (one held-out item per
+user) every other item the user interacted with is excluded and HR@K, NDCG@K and MRR are
+reported (:mod:`silverrec.train.protocol`). The most-popular baseline ranks items by training
+frequency with the same exclusions.
 """
 from dataclasses import dataclass
 from typing import Dict, Sequence, Tuple
@@ -15,9 +18,10 @@ from torch import nn
 
 from silverrec.data.batching import FeatureBatcher, HistoryIndex
 from silverrec.data.dataset import JaggedColumn, RecDataset
-from silverrec.train.ground_truth import exact_topk
+from silverrec.train.ground_truth import exact_ranks, exact_topk
 from silverrec.train.distributed import DistContext, all_gather_rows
-from silverrec.train.metrics import recall_ndcg
+from silverrec.train.metrics import hit_rate_ndcg_mrr, recall_ndcg
+from silverrec.train.protocol import PROTOCOLS
 
 
 @dataclass
@@ -27,7 +31,8 @@ class EvalUsers:
     Args:
         users (np.ndarray): int64 [U] user rows.
         history (JaggedColumn): U rows, the query history (latest ``history_length`` items).
-        seen (JaggedColumn): U rows, every item seen before the split (excluded from rankings).
+        seen (JaggedColumn): U rows, the items excluded from the rankings (``temporal``: every
+            item seen before the split; ``leave_last_out``: every other item of the user).
         heldout (JaggedColumn): U rows, the held-out item rows.
     """
 
@@ -37,12 +42,16 @@ class EvalUsers:
     heldout: JaggedColumn
 
 
-def eval_users(dataset: RecDataset, split: str, max_users: int = 0, seed: int = 0) -> EvalUsers:
+def eval_users(dataset: RecDataset, split: str, max_users: int = 0, seed: int = 0,
+               protocol: str = "temporal") -> EvalUsers:
     """Collects the users, histories, exclusions and held-out sets of ``split`` (valid or test).
 
     Args:
         max_users (int): evaluate a fixed random subset of this many users (0 = all).
+        protocol (str): ``temporal`` or ``leave_last_out`` (which items are excluded).
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if split not in ("valid", "test"):
         raise ValueError(f"evaluation split must be 'valid' or 'test', got {split!r}")
     sp, it = dataset.split, dataset.interactions
@@ -56,12 +65,25 @@ def eval_users(dataset: RecDataset, split: str, max_users: int = 0, seed: int = 
     users = np.unique(it.user[held_idx])
     if max_users and users.size > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-    return EvalUsers(
-        users=users,
-        history=seen_index.latest(users, dataset.schema.history_length),
-        seen=seen_index.all_items(users),
-        heldout=held_index.all_items(users),
-    )
+    heldout = held_index.all_items(users)
+    seen = seen_index.all_items(users)
+    if protocol == "leave_last_out":
+        if np.any(heldout.lengths != 1):
+            raise ValueError(f"leave_last_out: the {split!r} split must hold one interaction per user, "
+                             f"found up to {int(heldout.lengths.max())}; apply EvalConfig('leave_last_out') first")
+        every = HistoryIndex(it, np.arange(len(it)), num_users).all_items(users)
+        seen = _without_targets(every, heldout.values)
+    return EvalUsers(users=users, history=seen_index.latest(users, dataset.schema.history_length), seen=seen,
+                     heldout=heldout)
+
+
+def _without_targets(items: JaggedColumn, targets: np.ndarray) -> JaggedColumn:
+    """Each row of ``items`` without the row's target item (every occurrence of it)."""
+    keep = items.values != np.repeat(targets, items.lengths)
+    row_of = np.repeat(np.arange(items.num_rows), items.lengths)
+    offsets = np.zeros(items.num_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row_of[keep], minlength=items.num_rows), out=offsets[1:])
+    return JaggedColumn(items.values[keep], offsets)
 
 
 @torch.no_grad()
@@ -112,15 +134,20 @@ class Evaluator:
     Args:
         dataset (RecDataset): the data.
         split (str): ``valid`` or ``test``.
-        ks (Sequence[int]): cut-offs, e.g. (10, 50, 100).
+        ks (Sequence[int]): cut-offs, e.g. (10, 50, 100); cut-offs beyond the corpus size N
+            count every item.
         max_users (int): evaluate at most this many users (fixed random subset; 0 = all).
+        protocol (str): ``temporal`` (recall@K, NDCG@K) or ``leave_last_out`` (HR@K, NDCG@K,
+            MRR; the data set must carry the leave-last-out split).
     """
 
-    def __init__(self, dataset: RecDataset, split: str, ks: Sequence[int] = (10, 50, 100), max_users: int = 0) -> None:
+    def __init__(self, dataset: RecDataset, split: str, ks: Sequence[int] = (10, 50, 100), max_users: int = 0,
+                 protocol: str = "temporal") -> None:
         self.dataset = dataset
         self.split = split
         self.ks = tuple(sorted(ks))
-        self.users = eval_users(dataset, split, max_users)
+        self.protocol = protocol
+        self.users = eval_users(dataset, split, max_users, protocol=protocol)
         self.batcher = FeatureBatcher(dataset.schema, dataset.users, dataset.items)
         train_items = dataset.interactions.item[dataset.split.train]
         counts = np.bincount(train_items, minlength=dataset.items.num_rows)
@@ -142,16 +169,25 @@ class Evaluator:
         return self.metrics_of(u, v)
 
     def metrics_of(self, user_embeddings: torch.Tensor, item_embeddings: torch.Tensor) -> Dict[str, float]:
-        """recall@K and ndcg@K of the first task's (``click``) embeddings ``user_embeddings``
-        [U, T, D] (or [U, D]) against every held-out interaction."""
+        """The protocol's metrics of the first task's (``click``) embeddings ``user_embeddings``
+        [U, T, D] (or [U, D]) against the held-out interactions: ``recall@K``, ``ndcg@K``
+        (temporal) or ``hr@K``, ``ndcg@K``, ``mrr`` (leave_last_out)."""
         if user_embeddings.dim() == 3:
             user_embeddings = user_embeddings[:, 0]
-        _, rows = exact_topk(user_embeddings, item_embeddings, max(self.ks), exclude=self.users.seen)
-        return recall_ndcg(rows, self.users.heldout, self.ks)
+        return self._rank(user_embeddings, item_embeddings, None)
 
     def popularity_baseline(self) -> Dict[str, float]:
         """The most-popular ranking (training frequency) with the same exclusions."""
         u = self.users.users.size
-        ones = torch.ones(u, 1)
-        _, rows = exact_topk(ones, torch.zeros(self.popularity.numel(), 1), max(self.ks), exclude=self.users.seen, item_bias=self.popularity)
+        return self._rank(torch.ones(u, 1), torch.zeros(self.popularity.numel(), 1), self.popularity)
+
+    def _rank(self, queries: torch.Tensor, items: torch.Tensor, bias) -> Dict[str, float]:
+        if self.protocol == "leave_last_out":
+            ranks = exact_ranks(queries, items, torch.from_numpy(self.users.heldout.values), exclude=self.users.seen,
+                                item_bias=bias)
+            return hit_rate_ndcg_mrr(ranks, self.ks)
+        n, kmax = items.shape[0], max(self.ks)
+        _, rows = exact_topk(queries, items, min(kmax, n), exclude=self.users.seen, item_bias=bias)
+        if kmax > n:  # cut-offs beyond the corpus: nothing more to retrieve
+            rows = torch.cat([rows, rows.new_full((rows.shape[0], kmax - n), -1)], dim=1)
         return recall_ndcg(rows, self.users.heldout, self.ks)

@@ -66,3 +66,39 @@ def recall_ndcg(topk_rows: torch.Tensor, heldout: JaggedColumn, ks: Sequence[int
         out[f"recall@{k}"] = float(recall[valid].mean())
         out[f"ndcg@{k}"] = float((dcg / ideal)[valid].mean())
     return out
+
+
+def hit_rate_ndcg_mrr(ranks: torch.Tensor, ks: Sequence[int]) -> Dict[str, float]:
+    """Mean HR@K, NDCG@K and MRR over users with one held-out item each (leave-last-out).
+
+    HR@K = 1 if rank <= K; NDCG@K = 1 / log2(rank + 1) if rank <= K, else 0 (one relevant
+    item, so the ideal DCG is 1); MRR = 1 / rank over the full ranking (not cut off).
+
+    Args:
+        ranks (Tensor): int64 [U] 1-based rank of each user's held-out item.
+        ks (Sequence[int]): cut-offs (any K >= 1; K beyond the corpus counts every item).
+
+    Returns:
+        Dict[str, float]: ``{"hr@K": .., "ndcg@K": .., "mrr": ..}``.
+
+    Example::
+
+        >>> m = hit_rate_ndcg_mrr(torch.tensor([1, 3]), [1, 10])
+        >>> m["hr@1"], m["hr@10"], round(m["ndcg@10"], 4), round(m["mrr"], 4)
+        (0.5, 1.0, 0.75, 0.6667)
+    """
+    if ranks.dim() != 1 or ranks.numel() == 0:
+        raise ValueError(f"hit_rate_ndcg_mrr: ranks must be a non-empty [U] tensor, got shape {tuple(ranks.shape)}")
+    if int(ranks.min()) < 1:
+        raise ValueError("hit_rate_ndcg_mrr: ranks are 1-based")
+    if any(k < 1 for k in ks):
+        raise ValueError(f"hit_rate_ndcg_mrr: cut-offs {list(ks)} must be >= 1")
+    r = ranks.double()
+    gain = 1.0 / torch.log2(r + 1.0)
+    out: Dict[str, float] = {}
+    for k in sorted(ks):
+        inside = r <= k
+        out[f"hr@{k}"] = float(inside.double().mean())
+        out[f"ndcg@{k}"] = float(torch.where(inside, gain, torch.zeros_like(gain)).mean())
+    out["mrr"] = float((1.0 / r).mean())
+    return out

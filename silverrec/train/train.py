@@ -2,11 +2,13 @@
 
     silverrec-train                                   # default synthetic world
     silverrec-train data=movielens data.path=/data/ml-1m
+    silverrec-train data=recbole data.path=/data/ml-1m eval.protocol=leave_last_out
     torchrun --standalone --nproc_per_node=2 -m silverrec.train.train trainer.num_threads=1
 
 Trains with TorchRec DistributedModelParallel, validates periodically, then evaluates the
-final model on valid and test (exact full-corpus retrieval next to most-popular), logs to
-TensorBoard and writes ``report.json`` in the run folder.
+final model on valid and test under ``eval.protocol`` (exact full-corpus retrieval next to
+most-popular), logs to TensorBoard and writes ``report.json`` in the run folder. A model config
+without a ``value_formula`` takes the data set's default (:meth:`RecDataset.default_value_formula`).
 """
 import dataclasses
 import json
@@ -20,11 +22,32 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from silverrec.data.dataset import RecDataset
+from silverrec.models.two_tower import TwoTowerConfig
+from silverrec.models.value_formula import FormulaError, parse_formula
 from silverrec.train.distributed import broadcast_object, init_distributed, shutdown_distributed
 from silverrec.train.evaluate import evaluate_model, log_metrics, write_json_atomic
 from silverrec.train.multitask_eval import multitask_table
+from silverrec.train.protocol import EvalConfig
 from silverrec.train.tb_logging import flatten, make_logger
 from silverrec.train.trainer import Trainer, TrainerConfig
+
+
+def model_config_for(cfg: DictConfig, dataset: RecDataset) -> TwoTowerConfig:
+    """``cfg.model`` with its value formula resolved against the data: None takes the data set's
+    default; a formula naming a task the data lacks raises naming the tasks it has.
+
+    Raises:
+        FormulaError: ``model.value_formula`` does not parse against the data's tasks.
+    """
+    config: TwoTowerConfig = instantiate(cfg.model)
+    if config.value_formula is None:
+        return dataclasses.replace(config, value_formula=dataset.default_value_formula())
+    try:
+        parse_formula(config.value_formula, dataset.schema.task_names)
+    except FormulaError as e:
+        raise FormulaError(f"model.value_formula: {e.args[0]}; this data set's tasks are "
+                           f"{', '.join(dataset.schema.task_names)}", e.column, e.formula) from None
+    return config
 
 
 def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[str, Any]:
@@ -43,21 +66,28 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
         if dataset is None:
             dataset = instantiate(cfg.data)
         dataset.validate()
+        eval_config: EvalConfig = instantiate(cfg.eval) if cfg.get("eval") is not None else EvalConfig()
+        dataset = eval_config.apply(dataset)
+        ks = eval_config.cutoffs(trainer_cfg.ks)
+        model_config = model_config_for(cfg, dataset)
         logger = make_logger(log_dir, ctx.is_main)
         trainer = Trainer(trainer_cfg, ctx, paths["checkpoint_dir"], logger)
         t0 = time.perf_counter()
         result = trainer.fit(
             dataset,
-            instantiate(cfg.model),
+            model_config,
             instantiate(cfg.optim.sparse),
             instantiate(cfg.optim.dense),
             seed=cfg.seed,
             ckpt_path=cfg.ckpt_path,
-            extra={"data_config": OmegaConf.to_container(cfg.data, resolve=True)},
+            extra={"data_config": OmegaConf.to_container(cfg.data, resolve=True),
+                   "eval_config": {"protocol": eval_config.protocol, "ks": ks}},
             loss_config=instantiate(cfg.loss),
+            eval_config=eval_config,
         )
         train_seconds = time.perf_counter() - t0
-        report: Dict[str, Any] = evaluate_model(result.model.module.two_tower, dataset, ctx, ks=trainer_cfg.ks)
+        report: Dict[str, Any] = evaluate_model(result.model.module.two_tower, dataset, ctx, ks=ks,
+                                                protocol=eval_config.protocol)
         report["train"] = {
             "steps": result.step,
             "start_step": result.start_step,
@@ -69,10 +99,10 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
         if ctx.is_main:
             log_metrics(logger, {s: report[s] for s in ("valid", "test", "multitask")}, result.step)
             if logger:
-                hp = flatten({"model": dataclasses.asdict(instantiate(cfg.model)), "loss": dataclasses.asdict(instantiate(cfg.loss)),
-                              "trainer": dataclasses.asdict(trainer_cfg)})
+                hp = flatten({"model": dataclasses.asdict(model_config), "loss": dataclasses.asdict(instantiate(cfg.loss)),
+                              "trainer": dataclasses.asdict(trainer_cfg), "eval": dataclasses.asdict(eval_config)})
                 hp.update({"seed": cfg.seed, "world_size": ctx.world_size})
-                final = {f"test/{k}": v for k, v in report["test"].items() if k.startswith("recall@")}
+                final = {f"test/{k}": v for k, v in report["test"].items() if k.startswith(("recall@", "hr@"))}
                 value = report["multitask"].get("value_recall@100", {})
                 final.update({f"test/value_recall@100/{kind}": v for kind, v in value.items() if v is not None})
                 logger.hparams(hp, final)

@@ -27,6 +27,7 @@ from silverrec.train import checkpoint as ckpt
 from silverrec.train.distributed import DistContext, broadcast_object
 from silverrec.train.evaluator import Evaluator, embed_items
 from silverrec.train.optim import SparseOptimizerConfig, apply_sparse_optimizer, combined_optimizer
+from silverrec.train.protocol import EvalConfig
 from silverrec.train.tb_logging import TensorBoardLogger
 
 
@@ -167,6 +168,7 @@ class Trainer:
         ckpt_path: Optional[str] = None,
         extra: Optional[Dict[str, Any]] = None,
         loss_config: Optional[LossConfig] = None,
+        eval_config: Optional[EvalConfig] = None,
     ) -> TrainResult:
         """Trains to ``config.max_steps``, resuming from ``ckpt_path`` or the latest checkpoint.
 
@@ -174,6 +176,8 @@ class Trainer:
             extra (Optional[Dict[str, Any]]): JSON-able metadata stored in every checkpoint
                 (e.g. the data config, so evaluation and export can rebuild the data).
             loss_config (Optional[LossConfig]): task weights and negatives (None: defaults).
+            eval_config (Optional[EvalConfig]): protocol and cut-offs of the periodic validation
+                (None: temporal, ``config.ks``); ``dataset`` must already carry its split.
         """
         cfg, ctx = self.config, self.ctx
         loss_config = loss_config or LossConfig()
@@ -181,7 +185,9 @@ class Trainer:
         model, opt = self.build(dataset, model_config, sparse, dense, loss_config)
         tasks = list(dataset.schema.task_names)
         batches = TrainBatches(dataset, cfg.batch_size, seed=seed, rank=ctx.rank, world_size=ctx.world_size)
-        validator = Evaluator(dataset, "valid", cfg.ks, max_users=cfg.eval_max_users) if cfg.eval_every else None
+        eval_config = eval_config or EvalConfig()
+        validator = Evaluator(dataset, "valid", eval_config.cutoffs(cfg.ks), max_users=cfg.eval_max_users,
+                              protocol=eval_config.protocol) if cfg.eval_every else None
         meta = {"schema": dataset.schema.to_dict(), "model_config": dataclasses.asdict(model_config), **(extra or {})}
 
         start = 0

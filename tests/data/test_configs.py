@@ -14,7 +14,7 @@ from tests.data.test_movielens import write_ml1m
 CONF = Path(__file__).resolve().parents[2] / "silverrec" / "conf" / "data"
 
 
-@pytest.mark.parametrize("name", ["synthetic", "movielens", "parquet"])
+@pytest.mark.parametrize("name", ["synthetic", "movielens", "parquet", "recbole"])
 def test_keys_are_builder_arguments(name):
     cfg = OmegaConf.load(CONF / f"{name}.yaml")
     params = inspect.signature(get_method(cfg._target_)).parameters
