@@ -9,6 +9,7 @@ import torch
 
 from silverrec.retrieval.serving_graph import ServingConfig
 from silverrec.serve import Retriever, load_artifact
+from silverrec.serve.update_log import read_state
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.export import example_users, export_serving, latest_history
 from silverrec.train.trainer import load_two_tower
@@ -124,7 +125,8 @@ def test_live_updates_on_a_compacted_export(compacted, tmp_path):
 
 def test_bad_updates_files_are_named(compacted, model, tiny_run, tiny_dataset, tmp_path):
     c, ds = compacted, tiny_dataset
-    saved = json.load(open(c["updates"]))
+    known = set(ds.schema.item_ids)  # the base is the first export: every published item has a row
+    saved, _ = read_state(c["updates"], known=known.__contains__, has_row=known.__contains__)  # snapshot + log
 
     def export(updates, m=model, base=c["a"]):
         path = tmp_path / "u.json"

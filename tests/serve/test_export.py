@@ -1,7 +1,9 @@
 """Export -> load in a fresh process -> the same results as the eager serving graph (parity)."""
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from silverrec.retrieval.publish import publish
 from silverrec.retrieval.serving_graph import ServingConfig
 from silverrec.serve import Retriever, load_artifact
 from silverrec.serve.aoti import aoti_usable, available_cores, vector_isa
+from silverrec.serve.integrity import IntegrityError
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.export import example_users, export_serving, latest_history, publish_item_embeddings
 from silverrec.train.trainer import load_two_tower
@@ -152,6 +155,18 @@ def test_export_cli_writes_one_file_with_the_aoti_graph(tiny_run, tiny_dataset, 
         torch.testing.assert_close(got[2], want[2], rtol=1e-4, atol=1e-6)
     got, want = compiled.query(_requests(ds, 2), k=3), plain.query(_requests(ds, 2), k=3)
     assert [[item for item, _, _ in rows] for rows in got] == [[item for item, _, _ in rows] for rows in want]
+    # a corrupted AOTInductor library is refused at load, naming its entry (issue 16, part 3)
+    with zipfile.ZipFile(out) as z:
+        lib = next(i for i in z.infolist() if i.filename.endswith(".so"))
+    bad = tmp_path / "bad_so.pt2"
+    shutil.copy(out, bad)
+    with open(bad, "r+b") as fh:
+        fh.seek(lib.header_offset + 26)
+        name_len, extra_len = (int.from_bytes(fh.read(2), "little") for _ in range(2))
+        fh.seek(lib.header_offset + 30 + name_len + extra_len + lib.file_size // 2)
+        fh.write(os.urandom(64))
+    with pytest.raises(IntegrityError, match=f"entry '{lib.filename.partition('/')[2]}' is corrupted"):
+        Retriever(str(bad))
 
 
 def test_aoti_is_used_only_where_it_runs(exported):
