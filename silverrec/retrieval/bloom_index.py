@@ -15,6 +15,11 @@ Rows are in index order: ``publish`` passes the IVF cluster order as
 ``item_order`` and the user-facing methods (:meth:`search`, :meth:`matches`) answer in the
 user's item order.
 
+For a served index, ``fresh_terms`` term ids past the dictionary's (with empty posting lists) and
+``fresh_bit_rows`` bit rows after the exact rows (all zero) are reserved for filter values first
+seen after publish (:mod:`silverrec.retrieval.fresh_terms`): no row of this index holds such a
+value, so its ``TERM`` is exactly empty here and its ``NOT_TERM`` exactly full.
+
 A filter value never seen in the item table is a term that matches nothing (``NOT`` of it
 matches everything); an unknown feature raises :class:`~silverrec.retrieval.filter_expr.FilterError`.
 
@@ -45,17 +50,21 @@ class BloomBits(NamedTuple):
     """The bit rows of a :class:`BloomIndex` (E = number of frequent terms with an exact row).
 
     Args:
-        bits (Tensor): int64 ``[M + E, W]``: M bit-sliced signature rows, then E exact rows.
+        bits (Tensor): int64 ``[M + E + Z, W]``: M bit-sliced signature rows, then E exact rows,
+            then Z all-zero rows reserved for fresh values.
         term_hashes (Tensor): int64 ``[T, H]`` rows of ``bits`` tested for each term (its H
             signature positions, or H times its exact row).
         num_bits (int): M, the signature width.
         dense (np.ndarray): bool ``[T]``, the terms with an exact row.
+        fresh_rows (int): Z, the last rows of ``bits``, zero here, where fresh values get their
+            Bloom positions in a fresh index.
     """
 
     bits: Tensor
     term_hashes: Tensor
     num_bits: int
     dense: np.ndarray
+    fresh_rows: int = 0
 
 
 class BloomIndex(nn.Module):
@@ -85,6 +94,10 @@ class BloomIndex(nn.Module):
         self.num_items = table.num_items
         self.num_bits = signatures.num_bits
         self.dense_terms = signatures.dense
+        self.fresh_bit_rows = signatures.fresh_rows  # Z reserved rows (the last ones), zero here
+        self.fresh_terms = table.num_terms - len(dictionary)  # S reserved term ids T .. T + S - 1
+        if self.fresh_terms < 0:
+            raise ValueError(f"the attribute table has {table.num_terms} terms, fewer than the dictionary's {len(dictionary)}")
         self.register_buffer("bits", bits)
         self.register_buffer("term_hashes", term_hashes)
         self._term_hashes_np = term_hashes.numpy()
@@ -104,7 +117,8 @@ class BloomIndex(nn.Module):
     @classmethod
     def build(cls, item_terms: ItemTerms, num_hashes: int = 4, bits_multiplier: float = 12.0,
               item_order: Optional[Sequence[int]] = None, features: Optional[Sequence[str]] = None,
-              dense_fraction: float = 1 / 16, row_width: Optional[int] = None) -> "BloomIndex":
+              dense_fraction: float = 1 / 16, row_width: Optional[int] = None, fresh_terms: int = 0,
+              fresh_bit_rows: int = 0) -> "BloomIndex":
         """Builds the index from the item attribute table (publish time).
 
         Args:
@@ -122,6 +136,9 @@ class BloomIndex(nn.Module):
             row_width (Optional[int]): width of the exact table's per-item term rows (None: the
                 most terms of an item; the serving graph uses the schema's upper bound, so that
                 items added later fit).
+            fresh_terms (int): S, term ids reserved after the dictionary's for values first seen
+                after publish (empty posting lists here).
+            fresh_bit_rows (int): Z, all-zero bit rows reserved for their Bloom positions.
 
         Returns:
             BloomIndex: the index (N rows, M = ``num_bits``, H = ``num_hashes``).
@@ -133,20 +150,22 @@ class BloomIndex(nn.Module):
                 raise ValueError(f"item_order must be a permutation of 0..{len(item_terms) - 1}")
             item_terms = [item_terms[i] for i in order.tolist()]
         dictionary, offsets, term_ids = TermDictionary.from_item_terms(item_terms, features)
-        return cls.from_term_sets(dictionary, offsets, term_ids, num_hashes, bits_multiplier, order, dense_fraction, row_width)
+        return cls.from_term_sets(dictionary, offsets, term_ids, num_hashes, bits_multiplier, order, dense_fraction, row_width,
+                                  fresh_terms, fresh_bit_rows)
 
     @classmethod
     def from_term_sets(cls, dictionary: TermDictionary, offsets: np.ndarray, term_ids: np.ndarray, num_hashes: int = 4,
                        bits_multiplier: float = 12.0, item_order: Optional[Tensor] = None,
-                       dense_fraction: float = 1 / 16, row_width: Optional[int] = None) -> "BloomIndex":
+                       dense_fraction: float = 1 / 16, row_width: Optional[int] = None, fresh_terms: int = 0,
+                       fresh_bit_rows: int = 0) -> "BloomIndex":
         """Builds the index from encoded term sets whose rows are already in index order.
 
         Args:
             dictionary (TermDictionary): the T terms.
             offsets (np.ndarray): int64 ``[N+1]`` and term_ids (np.ndarray): int64 ``[nnz]``: CSR
                 term sets of the rows (as returned by ``TermDictionary.from_item_terms``).
-            num_hashes (int), bits_multiplier (float), dense_fraction (float), row_width (Optional[int]):
-                as in :meth:`build`.
+            num_hashes (int), bits_multiplier (float), dense_fraction (float), row_width (Optional[int]),
+            fresh_terms (int), fresh_bit_rows (int): as in :meth:`build`.
             item_order (Optional[Tensor]): int64 ``[N]`` user item of each row (None: identity).
 
         Returns:
@@ -158,6 +177,9 @@ class BloomIndex(nn.Module):
             raise ValueError(f"bits_multiplier must be > 0, got {bits_multiplier}")
         if not dense_fraction >= 0:
             raise ValueError(f"dense_fraction must be >= 0, got {dense_fraction}")
+        if fresh_terms < 0 or fresh_bit_rows < 0 or (fresh_terms > 0 and fresh_bit_rows < 1):
+            raise ValueError(f"fresh_terms={fresh_terms} and fresh_bit_rows={fresh_bit_rows} must be >= 0, and "
+                             "reserved terms need at least one reserved bit row")
         n = offsets.size - 1
         rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
         dense = np.bincount(term_ids, minlength=len(dictionary)) >= dense_fraction * n  # [T]
@@ -167,13 +189,14 @@ class BloomIndex(nn.Module):
         term_hashes = dictionary.hash_positions(num_hashes, num_bits)  # [T, H]
         term_hashes[dense] = (num_bits + np.arange(int(dense.sum())))[:, None]  # exact rows after the M
         words = (n + 63) // 64
-        unpacked = np.zeros((num_bits + int(dense.sum()), 64 * words), dtype=bool)  # [M + E, 64 W]
+        unpacked = np.zeros((num_bits + int(dense.sum()) + fresh_bit_rows, 64 * words), dtype=bool)  # [M + E + Z, 64 W]
         unpacked[term_hashes[term_ids[in_bloom]].reshape(-1), np.repeat(rows[in_bloom], num_hashes)] = True
         unpacked[term_hashes[term_ids[~in_bloom], 0], rows[~in_bloom]] = True
         bits = np.packbits(unpacked, axis=1, bitorder="little").view("<i8")  # [M + E, W]
         signatures = BloomBits(torch.from_numpy(np.ascontiguousarray(bits)), torch.from_numpy(term_hashes), num_bits,
-                               dense)
-        return cls(dictionary, signatures, AttributeTable(offsets, term_ids, len(dictionary), row_width), item_order)
+                               dense, fresh_bit_rows)
+        table = AttributeTable(offsets, term_ids, len(dictionary) + fresh_terms, row_width)
+        return cls(dictionary, signatures, table, item_order)
 
     def plan(self, expressions: Sequence[str], length: Optional[int] = None) -> FilterPlan:
         """Parses B filter expressions into plan tensors (``opcodes/terms [B, L]``, ``hashes [B, L, H]``).
@@ -278,7 +301,8 @@ class BloomIndex(nn.Module):
         words = self.bits.shape[1]
         return {
             "bloom": self.num_bits * words * 8,
-            "exact_rows": (self.bits.shape[0] - self.num_bits) * words * 8,
+            "exact_rows": (self.bits.shape[0] - self.num_bits - self.fresh_bit_rows) * words * 8,
+            "fresh_rows": self.fresh_bit_rows * words * 8,
             "postings": (t.posting_rows.numel() + t.posting_offsets.numel()) * 8,
             "check_rows": t.row_terms.numel() * 8,
         }

@@ -20,6 +20,13 @@ Values are matched exactly, as strings: a value that differs from a published on
 it compiles to ``FALSE`` (its ``NOT`` to ``TRUE``), not to an error. An unknown *feature* is an
 error.
 
+Values first seen after publish (*fresh values*, :mod:`silverrec.retrieval.fresh_terms`) compile
+when a :class:`~silverrec.retrieval.fresh_terms.FreshTermsView` is given: to ``TERM`` (their H
+positions in the bit rows the export reserves, zero in the main index) and ``NOT_TERM`` (their
+posting list: empty in the main index, exact in the fresh index) on their slot id, so they are
+exact like any other value. Every value a live item holds is a dictionary term or a fresh value,
+so one that is neither is held by no item, and ``FALSE`` / ``TRUE`` is its exact meaning.
+
 A parsed filter of t terms compiles to exactly ``2 t - 1`` instructions (t terms and t - 1 binary
 ``AND``/``OR``; ``NOT`` is folded into the terms), so a program limit of ``length`` instructions is
 a limit of ``(length + 1) // 2`` terms, which the parser checks while lexing: a filter far over
@@ -34,7 +41,7 @@ Example::
     >>> plan.opcodes.tolist(), plan.terms.tolist()
     ([[1, 2, 3], [5, 0, 0]], [[0, 1, -1], [-1, -1, -1]])
 """
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -53,6 +60,7 @@ from silverrec.ops.reference import (
 from silverrec.retrieval.filter_expr import (
     And, FilterError, FilterLimitError, MatchAll, Node, Not, Or, Term, excerpt, parse, to_nnf,
 )
+from silverrec.retrieval.fresh_terms import FreshTermsView, Pair
 from silverrec.retrieval.term_dictionary import TermDictionary
 
 
@@ -70,30 +78,53 @@ class FilterPlan(NamedTuple):
     hashes: Tensor
 
 
-def _emit(node: Node, d: TermDictionary, text: str, dense: Optional[np.ndarray], out: List[Tuple[int, int]]) -> None:
+class _Terms(NamedTuple):
+    """How ``_emit`` resolves terms: the dictionary, its exact-row terms, the fresh values, and where
+    to record the values that resolve to nothing."""
+
+    dictionary: TermDictionary
+    dense: Optional[np.ndarray]
+    fresh: Optional[FreshTermsView]
+    unknown: Optional[Set[Pair]]
+
+    def term_id(self, term: Term, text: str) -> int:
+        d = self.dictionary
+        try:
+            tid = d.term_id(term.feature, term.value)
+        except FilterError as err:
+            raise FilterError(f"{err} (at column {term.column} in filter {excerpt(text, term.column)})") from None
+        if tid < 0:
+            pair = (d.feature_name(term.feature), str(term.value))
+            tid = -1 if self.fresh is None else self.fresh.term_id(*pair)
+            if tid < 0 and self.unknown is not None:
+                self.unknown.add(pair)
+        return tid
+
+    def has_row(self, tid: int) -> bool:
+        return self.dense is not None and tid < len(self.dense) and bool(self.dense[tid])
+
+
+def _emit(node: Node, d: _Terms, text: str, out: List[Tuple[int, int]]) -> None:
     """Appends the postfix program of an NNF node to ``out`` as ``(opcode, term id)`` pairs."""
     if isinstance(node, MatchAll):
         out.append((BLOOM_TRUE, -1))
     elif isinstance(node, (Term, Not)):
         term = node if isinstance(node, Term) else node.child
         assert isinstance(term, Term)
-        try:
-            tid = d.term_id(term.feature, term.value)
-        except FilterError as err:
-            raise FilterError(f"{err} (at column {term.column} in filter {excerpt(text, term.column)})") from None
+        tid = d.term_id(term, text)
         if isinstance(node, Term):
             out.append((BLOOM_TERM, tid) if tid >= 0 else (BLOOM_FALSE, -1))
         elif tid < 0:
             out.append((BLOOM_TRUE, -1))
         else:
-            out.append((BLOOM_NOT_ROWS if dense is not None and dense[tid] else BLOOM_NOT_TERM, tid))
+            out.append((BLOOM_NOT_ROWS if d.has_row(tid) else BLOOM_NOT_TERM, tid))
     else:
         assert isinstance(node, (And, Or))
         op = BLOOM_AND if isinstance(node, And) else BLOOM_OR
         if not node.children:  # empty AND is TRUE, empty OR is FALSE
             out.append((BLOOM_TRUE if op == BLOOM_AND else BLOOM_FALSE, -1))
         for i, child in enumerate(node.children):
-            _emit(child, d, text, dense, out)
+            _emit(child, d, text, out)
             if i > 0:
                 out.append((op, -1))
 
@@ -104,7 +135,8 @@ def max_terms_for(length: int) -> int:
 
 
 def compile_program(expression: str, dictionary: TermDictionary, dense: Optional[np.ndarray] = None,
-                    length: Optional[int] = None, max_chars: Optional[int] = None) -> List[Tuple[int, int]]:
+                    length: Optional[int] = None, max_chars: Optional[int] = None,
+                    fresh: Optional[FreshTermsView] = None, unknown: Optional[Set[Pair]] = None) -> List[Tuple[int, int]]:
     """Parses one expression and returns its postfix program as ``(opcode, term id)`` pairs.
 
     Args:
@@ -115,6 +147,10 @@ def compile_program(expression: str, dictionary: TermDictionary, dense: Optional
         length (Optional[int]): most instructions; checked while lexing, as a term count
             (:func:`max_terms_for`). None: no limit.
         max_chars (Optional[int]): most characters, checked before lexing. None: no limit.
+        fresh (Optional[FreshTermsView]): the values first seen after publish and their slot ids
+            (None: none).
+        unknown (Optional[Set[Tuple[str, str]]]): if given, receives the ``(feature, value)``
+            terms that resolved to nothing (compiled to ``FALSE`` / ``TRUE``).
 
     Returns:
         List[Tuple[int, int]]: the program, ``2 t - 1`` pairs for a filter of t terms (one
@@ -129,13 +165,14 @@ def compile_program(expression: str, dictionary: TermDictionary, dense: Optional
     limit = f" for programs of at most {length} instructions (filter_length; t terms compile to 2t - 1 instructions)"
     out: List[Tuple[int, int]] = []
     _emit(to_nnf(parse(expression, max_terms=max_terms, max_chars=max_chars, limit_name=limit)),
-          dictionary, expression, dense, out)
+          _Terms(dictionary, dense, fresh, unknown), expression, out)
     return out
 
 
 def compile_plans(expressions: Sequence[str], dictionary: TermDictionary, term_hashes: np.ndarray,
                   dense: Optional[np.ndarray] = None, length: Optional[int] = None,
-                  max_chars: Optional[int] = None) -> FilterPlan:
+                  max_chars: Optional[int] = None, fresh: Optional[FreshTermsView] = None,
+                  unknown: Optional[Set[Pair]] = None) -> FilterPlan:
     """Compiles a batch of B filter expressions (one per query) into padded plan tensors.
 
     Args:
@@ -148,6 +185,10 @@ def compile_plans(expressions: Sequence[str], dictionary: TermDictionary, term_h
             module was traced with), and refuse longer ones while lexing; None: the longest
             program of the batch.
         max_chars (Optional[int]): most characters of one filter (None: no limit).
+        fresh (Optional[FreshTermsView]): values first seen after publish, with their slot ids
+            (``>= T``) and bit rows (None: none).
+        unknown (Optional[Set[Tuple[str, str]]]): if given, receives the terms of the batch that
+            resolved to nothing (see :meth:`~silverrec.retrieval.fresh_terms.FreshTermsView.knows_any`).
 
     Returns:
         FilterPlan: ``opcodes [B, L]``, ``terms [B, L]``, ``hashes [B, L, H]``.
@@ -163,7 +204,7 @@ def compile_plans(expressions: Sequence[str], dictionary: TermDictionary, term_h
     programs = []
     for e in expressions:
         if e not in cache:
-            cache[e] = compile_program(e, dictionary, dense, length, max_chars)
+            cache[e] = compile_program(e, dictionary, dense, length, max_chars, fresh, unknown)
         programs.append(cache[e])
     B, H = len(programs), term_hashes.shape[1]
     longest = max([len(p) for p in programs] + [1])
@@ -179,5 +220,12 @@ def compile_plans(expressions: Sequence[str], dictionary: TermDictionary, term_h
             opcodes[b, : len(prog)], terms[b, : len(prog)] = zip(*prog)
     hashes = np.zeros((B, L, H), dtype=np.int64)
     is_term = (opcodes == BLOOM_TERM) | (opcodes == BLOOM_NOT_ROWS)
-    hashes[is_term] = term_hashes[terms[is_term]]
+    ids = terms[is_term]
+    known = ids < term_hashes.shape[0]
+    rows = np.zeros((ids.size, H), dtype=np.int64)
+    rows[known] = term_hashes[ids[known]]
+    if not known.all():  # fresh values (slot ids >= T): their rows among the reserved ones
+        assert fresh is not None
+        rows[~known] = fresh.hash_rows(ids[~known])
+    hashes[is_term] = rows
     return FilterPlan(torch.from_numpy(opcodes), torch.from_numpy(terms), torch.from_numpy(hashes))

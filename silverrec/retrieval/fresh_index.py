@@ -9,8 +9,12 @@ cluster) and merges its candidates with the main ones before the OverArch.
 
 Shapes are padded so that an export traced once accepts any fresh size: ``F`` rows, a multiple of
 64 (at least 128, two words, so that no size is 1, which torch.export would specialise; rows
-past the live ones are dead: live bit 0, item id -1), and at least two posting entries. Filter values never seen at publish time are not in the term
-dictionary: such a term matches no item (fresh or not) until the next publish.
+past the live ones are dead: live bit 0, item id -1), and at least two posting entries.
+
+Filter values never seen at publish time (*fresh values*) take the term slots the export reserves
+(:mod:`silverrec.retrieval.fresh_terms`): ids ``T ..`` with posting lists here (empty in the main
+index) and Bloom positions in the reserved bit rows (zero in the main index), so a filter on one
+is exact over main and fresh rows alike.
 
 Example::
 
@@ -23,7 +27,7 @@ Example::
     (torch.Size([128, 4]), [7, 9, -1], [3, 0])
 """
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -44,16 +48,26 @@ class FilterLayout:
         dense (np.ndarray): bool ``[T]``, terms with an exact row (their H entries name it).
         num_bit_rows (int): R, rows of the bit matrix (signature rows + exact rows).
         row_width (int): columns of the exact table's per-item term rows.
+        fresh_terms (int): S, term ids reserved after the T dictionary terms for fresh values.
+        fresh_bit_rows (int): Z, the last bit rows, reserved for their Bloom positions.
     """
 
     term_hashes: np.ndarray
     dense: np.ndarray
     num_bit_rows: int
     row_width: int
+    fresh_terms: int = 0
+    fresh_bit_rows: int = 0
 
     @property
     def num_terms(self) -> int:
+        """T, the dictionary terms."""
         return int(self.term_hashes.shape[0])
+
+    @property
+    def num_term_ids(self) -> int:
+        """T + S: the posting lists of an index (dictionary terms and reserved slots)."""
+        return self.num_terms + self.fresh_terms
 
 
 class FreshIndex(NamedTuple):
@@ -97,18 +111,22 @@ def build_fresh_index(
     layout: FilterLayout,
     num_main_rows: int,
     quantization: str = "per_item",
+    fresh_hashes: Optional[np.ndarray] = None,
 ) -> FreshIndex:
     """Builds the fresh index inputs.
 
     Args:
         embeddings (Tensor): float32 ``[F0, D]`` item-tower embeddings of the fresh items.
         offsets (np.ndarray): int64 ``[F0 + 1]`` and term_ids (np.ndarray): int64 ``[nnz]``: each
-            fresh item's term ids (CSR, ascending and unique per item; terms of the dictionary).
+            fresh item's term ids (CSR, ascending and unique per item; dictionary terms ``< T``
+            or fresh values' slot ids ``T + j``).
         item_ids (np.ndarray): int64 ``[F0]`` item ids (new items: ids past the published ones).
         deleted_rows (np.ndarray): int64 main-index rows to hide (deleted or updated items).
         layout (FilterLayout): the main index's term -> bit-row mapping.
         num_main_rows (int): N of the main index.
         quantization (str): ``per_item`` or ``global`` (as the main index).
+        fresh_hashes (Optional[np.ndarray]): int64 ``[n, H]`` bit rows of slot ids ``T .. T + n - 1``
+            (``FreshTermsView.hashes``); None: no fresh values.
 
     Returns:
         FreshIndex: padded to F = max(128, 64 * ceil(F0 / 64)) rows.
@@ -132,15 +150,28 @@ def build_fresh_index(
     all_scales[:f0] = scales
     ids = np.full(f, -1, dtype=np.int64)
     ids[:f0] = item_ids
-    # Bloom rows: the term's H signature rows, or its one exact row for a dense term
+    # Bloom rows: the term's H signature rows, or its one exact row for a dense term; a fresh
+    # value's H rows lie among the reserved ones
     rows = np.repeat(np.arange(f0, dtype=np.int64), np.diff(offsets))
     h = layout.term_hashes.shape[1]
+    t = layout.num_term_ids
+    known = term_ids < layout.num_terms
+    num_fresh = 0 if fresh_hashes is None else fresh_hashes.shape[0]
+    if term_ids.size and (term_ids.min() < 0 or term_ids.max() >= layout.num_terms + num_fresh):
+        raise ValueError(f"fresh index: term ids must lie in [0, {layout.num_terms} + {num_fresh} fresh values), got "
+                         f"[{term_ids.min()}, {term_ids.max()}]")
+    if num_fresh > layout.fresh_terms:
+        raise ValueError(f"fresh index: {num_fresh} fresh values, the layout reserves {layout.fresh_terms}")
+    term_rows = np.zeros((term_ids.size, h), dtype=np.int64)
+    term_rows[known] = layout.term_hashes[term_ids[known]]
+    if num_fresh:
+        term_rows[~known] = fresh_hashes[term_ids[~known] - layout.num_terms]
     unpacked = np.zeros((layout.num_bit_rows, f), dtype=bool)
-    dense = layout.dense[term_ids]
-    unpacked[layout.term_hashes[term_ids[~dense]].reshape(-1), np.repeat(rows[~dense], h)] = True
-    unpacked[layout.term_hashes[term_ids[dense], 0], rows[dense]] = True
+    dense = np.zeros(term_ids.size, dtype=bool)
+    dense[known] = layout.dense[term_ids[known]]
+    unpacked[term_rows[~dense].reshape(-1), np.repeat(rows[~dense], h)] = True
+    unpacked[term_rows[dense, 0], rows[dense]] = True
     bits = np.packbits(unpacked, axis=1, bitorder="little").view("<i8").reshape(layout.num_bit_rows, words)
-    t = layout.num_terms
     order = np.argsort(term_ids, kind="stable")
     posting_offsets = np.concatenate([[0], np.cumsum(np.bincount(term_ids, minlength=t))]).astype(np.int64)
     row_terms = np.full((f, layout.row_width), -1, dtype=np.int64)

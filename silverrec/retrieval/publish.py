@@ -45,7 +45,8 @@ def publish(
     # exact-table rows as wide as the schema allows, so that items added later fit
     width = sum(f.max_length for f in schema.filterable_features)
     bloom = BloomIndex.build(item_terms, num_hashes=config.bloom_hashes, bits_multiplier=config.bloom_bits_multiplier,
-                             item_order=index.row_to_id.tolist(), features=features, row_width=width)
+                             item_order=index.row_to_id.tolist(), features=features, row_width=width,
+                             fresh_terms=config.fresh_terms, fresh_bit_rows=config.fresh_bit_rows)
     if item_ids is not None:  # rows name item ids, not embedding rows
         index.row_to_id = item_ids.to(torch.int64)[index.row_to_id]
     scorer = model.candidate_scorer()
@@ -89,5 +90,9 @@ def serving_metadata(graph: RetrievalGraph, schema: Schema, config: ServingConfi
             "term_hashes": bloom.term_hashes.tolist(),
             "dense": [bool(x) for x in bloom.dense_terms],
             "length": config.filter_length,
+            # reserved for values first seen after publish: term ids T .. T + fresh_terms - 1 and
+            # the last fresh_bit_rows of the bit rows (silverrec.retrieval.fresh_terms)
+            "fresh_terms": bloom.fresh_terms,
+            "fresh_bit_rows": bloom.fresh_bit_rows,
         },
     }

@@ -58,6 +58,11 @@ class ServingConfig:
         bloom_hashes (int): Bloom hash positions per term.
         bloom_bits_multiplier (float): Bloom signature bits per term of the fullest item.
         use_over_arch (bool): re-score with the OverArch (False: dot product only).
+        fresh_terms (int): filter values first seen after publish (in item updates) that the
+            served index can hold until the next compaction: term ids reserved after the
+            dictionary's (:mod:`silverrec.retrieval.fresh_terms`; 8 bytes each in the graph).
+        fresh_bit_rows (int): all-zero Bloom bit rows reserved for those values' positions (N / 8
+            bytes each); more rows, fewer false positives among fresh items.
     """
 
     k: int = 100
@@ -69,11 +74,16 @@ class ServingConfig:
     bloom_hashes: int = 4
     bloom_bits_multiplier: float = 12.0
     use_over_arch: bool = True
+    fresh_terms: int = 16384
+    fresh_bit_rows: int = 64
 
     def __post_init__(self) -> None:
         for name in ("k", "candidates_per_task", "filter_length", "bloom_hashes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"serving.{name} must be >= 1, got {getattr(self, name)}")
+        if self.fresh_terms < 0 or self.fresh_bit_rows < 0 or (self.fresh_terms > 0 and self.fresh_bit_rows < 1):
+            raise ValueError(f"serving.fresh_terms ({self.fresh_terms}) and serving.fresh_bit_rows "
+                             f"({self.fresh_bit_rows}) must be >= 0, and fresh_terms > 0 needs fresh_bit_rows >= 1")
         if self.n_probe is not None and self.n_probe < 1:
             raise ValueError(f"serving.n_probe must be >= 1 or null, got {self.n_probe}")
 

@@ -117,13 +117,20 @@ class TermDictionary:
         processes and Python versions. (Double hashing ``h1 + i h2`` was measured to give up to 3x
         the theoretical false-positive rate at these small widths: few distinct position sets.)
         """
-        if num_hashes < 1 or num_bits < 1:
-            raise ValueError(f"num_hashes and num_bits must be >= 1, got {num_hashes} and {num_bits}")
-        n_digests = (num_hashes + 7) // 8
-        data = b"".join(
-            hashlib.blake2b(f"{f}\x1f{v}".encode(), digest_size=64, person=j.to_bytes(16, "little")).digest()
-            for f, v in self.terms
-            for j in range(n_digests)
-        )
-        words = np.frombuffer(data, dtype="<u8").reshape(len(self.terms), 8 * n_digests)[:, :num_hashes]
-        return (words % np.uint64(num_bits)).astype(np.int64)
+        return term_hash_positions(self.terms, num_hashes, num_bits)
+
+
+def term_hash_positions(terms: Sequence[Tuple[str, str]], num_hashes: int, num_bits: int) -> np.ndarray:
+    """Bloom bit positions of ``(feature, value)`` terms: int64 ``[len(terms), num_hashes]`` in
+    ``[0, num_bits)`` (see :meth:`TermDictionary.hash_positions`; also used for the fresh values of
+    :mod:`silverrec.retrieval.fresh_terms`)."""
+    if num_hashes < 1 or num_bits < 1:
+        raise ValueError(f"num_hashes and num_bits must be >= 1, got {num_hashes} and {num_bits}")
+    n_digests = (num_hashes + 7) // 8
+    data = b"".join(
+        hashlib.blake2b(f"{f}\x1f{v}".encode(), digest_size=64, person=j.to_bytes(16, "little")).digest()
+        for f, v in terms
+        for j in range(n_digests)
+    )
+    words = np.frombuffer(data, dtype="<u8").reshape(len(terms), 8 * n_digests)[:, :num_hashes]
+    return (words % np.uint64(num_bits)).astype(np.int64)

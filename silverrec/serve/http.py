@@ -13,7 +13,9 @@ Endpoints:
   "ignored_exclusions": [n per user]}`` (excluded ids the index does not know are ignored and
   counted, not an error);
 * ``GET /schema``: user features (vocabulary sizes, example values), item attributes, tasks, the
-  value formula, a valid ``example_request`` and ``example_item``;
+  value formula, a valid ``example_request`` and ``example_item``, and ``fresh_values``: the
+  filter values first seen in ``POST /items`` (or the updates file) that items hold now,
+  filterable at once until a compaction folds them into the main index;
 * ``POST /items`` (one ``{"item_id", "attributes": {feature: [values]}}`` or a list of them: add
   or update), ``DELETE /items/{item_id}``;
 * ``GET /healthz``; ``GET /metrics`` (Prometheus text format).
@@ -36,7 +38,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
@@ -48,6 +50,7 @@ from starlette.routing import Route
 from torch import Tensor
 
 from silverrec.retrieval.filter_expr import excerpt
+from silverrec.retrieval.fresh_terms import Pair
 from silverrec.schema import HISTORY
 from silverrec.serve.batching import BatchingConfig, BatchStats, EncodedQuery, MicroBatcher, Outputs, QueueFull
 from silverrec.serve.limits import ServingLimits
@@ -235,20 +238,28 @@ class ServingApp:
     async def query(self, request: Request) -> Response:
         body = await _json_body(request, self.config.limits.max_body_bytes)
         users, filters, exclude, k = self._validate_query(body)
-        query, ignored = self._encode(users, filters, exclude)
-        try:
-            future = self.batcher.submit(query)
-        except QueueFull:
-            raise
-        except RuntimeError as err:  # the worker is not running (shutting down)
-            return _error(503, str(err))
-        outputs = await asyncio.wrap_future(future)
+        while True:
+            unknown: Set[Pair] = set()
+            query, ignored = self._encode(users, filters, exclude, unknown)
+            try:
+                future = self.batcher.submit(query)
+            except QueueFull:
+                raise
+            except RuntimeError as err:  # the worker is not running (shutting down)
+                return _error(503, str(err))
+            outputs = await asyncio.wrap_future(future)
+            # The filter was compiled against the snapshot of its encoding, the forward ran on a
+            # later one: if a value the filter named was unknown then and is a fresh value now (an
+            # item holding it was added in between), the plan's FALSE / TRUE for it is stale (a NOT
+            # would let that item through). Compile again; slots are append-only, so this ends.
+            if not (unknown and outputs[4].fresh_terms.knows_any(unknown)):
+                break
         self.metrics.observe_queries(query.batch)
         return JSONResponse({"results": self._decode(outputs, k), "version": self.retriever.version,
                              "ignored_exclusions": ignored})
 
     async def schema(self, request: Request) -> Response:
-        return JSONResponse(self._schema)
+        return JSONResponse({**self._schema, "fresh_values": self.retriever.fresh_values()})
 
     async def upsert(self, request: Request) -> Response:
         body = await _json_body(request, self.config.limits.max_body_bytes, array=True)
@@ -332,16 +343,17 @@ class ServingApp:
 
     def _search(self, *inputs: Tensor) -> Outputs:
         """One forward over a micro-batch against one snapshot of the item updates; returns the
-        graph outputs and that snapshot's id -> external id map (to decode the ids)."""
+        graph outputs and that snapshot (its id -> external id map decodes the ids)."""
         snap = self.retriever.snapshot  # one consistent view of the item updates for the whole batch
-        return (*self.retriever.search(*inputs, fresh=snap.fresh), snap.external)
+        return (*self.retriever.search(*inputs, fresh=snap.fresh), snap)
 
-    def _encode(self, users: List[Dict[str, Any]], filters: Any, exclude: Optional[List[Any]]
-                ) -> Tuple[EncodedQuery, List[int]]:
+    def _encode(self, users: List[Dict[str, Any]], filters: Any, exclude: Optional[List[Any]],
+                unknown: Optional[Set[Pair]] = None) -> Tuple[EncodedQuery, List[int]]:
         """The graph inputs of a validated query, and per user the count of ignored (unknown)
-        excluded ids."""
+        excluded ids; ``unknown`` receives the filter values that matched no term (see ``query``)."""
         enc, b = self.retriever.encoder, len(users)
-        extra_ids = self.retriever.snapshot.extra_ids  # ids of items added after publish (append-only)
+        snap = self.retriever.snapshot
+        extra_ids = snap.extra_ids  # ids of items added after publish (append-only)
         max_chars = self.config.limits.max_filter_chars
         parts: List[Tensor] = []
         ignored: List[int] = []
@@ -351,7 +363,7 @@ class ServingApp:
             ignored.extend(counts)
             return (ids,)
 
-        for name, fn in (("users", lambda: (enc.users(users),)), ("filter", lambda: enc.filters(filters, b, max_chars)),
+        for name, fn in (("users", lambda: (enc.users(users),)), ("filter", lambda: enc.filters(filters, b, max_chars, snap.fresh_terms, unknown)),
                          ("exclude", exclusions)):
             try:
                 parts.extend(fn())
@@ -362,7 +374,7 @@ class ServingApp:
 
     def _decode(self, outputs: Outputs, k: int) -> List[List[Dict[str, Any]]]:
         ids, value, scores, num_valid = (t.tolist() for t in outputs[:4])
-        vocab, tasks = outputs[4], self.retriever.tasks
+        vocab, tasks = outputs[4].external, self.retriever.tasks
         return [
             [{"item_id": vocab[ids[b][j]], "value": value[b][j], "tasks": dict(zip(tasks, scores[b][j]))}
              for j in range(min(k, num_valid[b]))]
@@ -402,7 +414,8 @@ def describe_schema(retriever: Retriever, examples: int) -> Dict[str, Any]:
         "value_formula": meta.get("value_formula"),
         "filter_syntax": "feature:value terms with AND, OR, NOT and parentheses, e.g. "
                          "\"language:en AND NOT (category:music OR creator:7)\"; quote values with spaces; "
-                         "values are exact, case-sensitive strings, and a value no item holds matches nothing "
+                         "values are exact, case-sensitive strings; values first seen in POST /items are "
+                         "filterable at once (fresh_values); a value no item holds matches nothing "
                          "(its NOT matches everything)",
         "example_request": {"users": [user], "filter": example_filter,
                             "exclude": [list(item_ids[3:4])], "k": min(10, retriever.k)},

@@ -5,6 +5,12 @@ embedding (or that it was deleted), assigns ids to new items (past the published
 across restarts) and builds the :class:`~silverrec.retrieval.fresh_index.FreshIndex` the serving
 graph takes as input. Its JSON form (``to_json`` / ``from_json``) is what ``Retriever`` persists,
 so updates survive a restart; embeddings are recomputed from the attributes on load.
+
+Filter values the published dictionary does not know get term slots the export reserves
+(:class:`~silverrec.retrieval.fresh_terms.FreshTerms`, owned here): an upsert that would need more
+than the export's ``serving.fresh_terms`` is refused before anything changes, so every value a
+live item holds stays filterable, exactly (also under ``NOT``). They come back on a restart with
+the replayed updates.
 """
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -13,6 +19,7 @@ import torch
 from torch import Tensor
 
 from silverrec.retrieval.fresh_index import FreshIndex, build_fresh_index
+from silverrec.retrieval.fresh_terms import FreshTermsView, Pair, filterable_pairs
 from silverrec.serve.requests import RequestEncoder
 
 Item = Mapping[str, Any]  # {"item_id": external id, "attributes": {feature: [values]}}
@@ -46,6 +53,8 @@ class ItemUpdates:
         self.attributes: Dict[str, Dict[str, List[str]]] = {}
         self.embeddings: Dict[str, Tensor] = {}
         self.deleted: Set[str] = set()
+        self.fresh_terms = encoder.new_fresh_terms()  # values first seen after publish -> reserved slots
+        self._filterable = set(encoder.dictionary.features)
 
     # --- ids ---------------------------------------------------------------------------------
     def extra_ids(self) -> Dict[str, int]:
@@ -79,6 +88,7 @@ class ItemUpdates:
         if not clean:
             return []
         slots = self.encoder.items(clean)  # raises on unknown features / too many values
+        self.fresh_terms.check_room(self._new_values(clean), "items")  # raises if the reserved slots run out
         with torch.no_grad():
             emb = self.embed(slots).float()
         if not torch.isfinite(emb).all():
@@ -88,6 +98,7 @@ class ItemUpdates:
     def apply_upsert(self, prepared: Sequence[Tuple[Dict[str, Any], Tensor]]) -> None:
         """Applies :meth:`prepare_upsert`'s result (the same rules as
         :class:`~silverrec.serve.update_log.UpdateState`, which replays the log)."""
+        self.fresh_terms.add(self._new_values([item for item, _ in prepared]))
         for item, e in prepared:
             ext = item["item_id"]
             if self._published_id(ext) is None and ext not in self._new:
@@ -96,6 +107,11 @@ class ItemUpdates:
             self.attributes[ext] = item["attributes"]
             self.embeddings[ext] = e.clone()
             self.deleted.discard(ext)
+
+    def _new_values(self, items: Sequence[Mapping[str, Any]]) -> List[Pair]:
+        """The filter values of ``items`` that the published dictionary does not know."""
+        d = self.encoder.dictionary
+        return [p for item in items for p in filterable_pairs(item["attributes"], self._filterable) if d.term_id(*p) < 0]
 
     def deletable(self, item_ids: Sequence[Any]) -> int:
         """How many of ``item_ids`` :meth:`delete` would delete (changes nothing)."""
@@ -131,8 +147,12 @@ class ItemUpdates:
         return n
 
     # --- the graph input ---------------------------------------------------------------------
-    def fresh_index(self) -> FreshIndex:
-        """Tombstones for published items that were updated or deleted, fresh rows for the rest."""
+    def fresh_index(self, fresh_terms: Optional[FreshTermsView] = None) -> FreshIndex:
+        """Tombstones for published items that were updated or deleted, fresh rows for the rest.
+
+        ``fresh_terms``: the view of the fresh values the plans run against it will be compiled
+        with (default: the current one); it must hold every value of the fresh items."""
+        view = self.fresh_terms.view() if fresh_terms is None else fresh_terms
         hidden = [self._published_id(x) for x in list(self.attributes) + sorted(self.deleted)]
         rows = [int(self.row_of_item[i]) for i in hidden if i is not None]
         deleted_rows = np.array([r for r in rows if r >= 0], dtype=np.int64)
@@ -142,12 +162,19 @@ class ItemUpdates:
         offsets, term_ids = [0], []
         d = self.encoder.dictionary
         for x in names:
-            t = sorted({d.term_id(f, v) for f, vals in self.attributes[x].items() for v in vals if f in d.features} - {-1})
-            term_ids.extend(t)
+            t = set()
+            for f, v in filterable_pairs(self.attributes[x], self._filterable):
+                tid = d.term_id(f, v)
+                tid = view.term_id(f, v) if tid < 0 else tid
+                if tid < 0:  # prepare_upsert gave every value a slot: this is a bug, not bad input
+                    raise RuntimeError(f"item {x!r}: filter value {f}:{v!r} has no term id")
+                t.add(tid)
+            term_ids.extend(sorted(t))
             offsets.append(len(term_ids))
         emb = torch.stack([self.embeddings[x] for x in names]) if names else torch.zeros(0, self.dim)
         return build_fresh_index(emb, np.array(offsets, dtype=np.int64), np.array(term_ids, dtype=np.int64), ids,
-                                 deleted_rows, self.layout, int(self.row_of_item.max(initial=-1)) + 1, self.quantization)
+                                 deleted_rows, self.layout, int(self.row_of_item.max(initial=-1)) + 1, self.quantization,
+                                 view.hashes)
 
     # --- persistence -------------------------------------------------------------------------
     def to_json(self) -> Dict[str, Any]:

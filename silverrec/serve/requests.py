@@ -13,7 +13,7 @@ towers have no embedding row for them: they are dropped from a user's history sl
 ``history_length`` trained items are kept) and leave an item's id slot empty, as for an item added
 live.
 """
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from torch import Tensor
 
 from silverrec.retrieval.filter_plan import compile_plans
 from silverrec.retrieval.fresh_index import FilterLayout
+from silverrec.retrieval.fresh_terms import FreshTerms, FreshTermsView, Pair
 from silverrec.retrieval.term_dictionary import TermDictionary
 from silverrec.schema import HISTORY, Schema, item_key, user_key
 
@@ -51,8 +52,10 @@ class RequestEncoder:
         self.term_hashes = np.asarray(f["term_hashes"], dtype=np.int64).reshape(len(self.dictionary), -1)
         self.dense = np.asarray(f["dense"], dtype=bool)
         self.filter_length = int(f["length"])
-        # the main index's term -> Bloom bit-row layout, which fresh items must share
-        self.filter_layout = FilterLayout(self.term_hashes, self.dense, int(f["bit_rows"]), int(f["row_width"]))
+        # the main index's term -> Bloom bit-row layout, which fresh items must share; an export
+        # made before fresh values existed reserves no slots for them
+        self.filter_layout = FilterLayout(self.term_hashes, self.dense, int(f["bit_rows"]), int(f["row_width"]),
+                                          int(f.get("fresh_terms", 0)), int(f.get("fresh_bit_rows", 0)))
         self._features = {user_key(x.name): x for x in self.schema.user_features}
         self._item_feature = self.schema.item_features[0]
         self.item_slots: List[Tuple[str, int]] = [(k, int(n)) for k, n in metadata["item_slots"]]
@@ -90,19 +93,31 @@ class RequestEncoder:
                 start += n
         return torch.from_numpy(out)
 
-    def filters(self, filters: Filters, batch: int, max_chars: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    def new_fresh_terms(self) -> FreshTerms:
+        """An empty :class:`~silverrec.retrieval.fresh_terms.FreshTerms` over this export's reserved
+        term slots and bit rows (the item updates own it)."""
+        lay = self.filter_layout
+        return FreshTerms(lay.num_terms, lay.fresh_terms, lay.num_bit_rows - lay.fresh_bit_rows, lay.fresh_bit_rows,
+                          int(self.term_hashes.shape[1]))
+
+    def filters(self, filters: Filters, batch: int, max_chars: Optional[int] = None,
+                fresh: Optional[FreshTermsView] = None, unknown: Optional[Set[Pair]] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """Plan tensors (``opcodes, terms [B, L]``, ``hashes [B, L, H]``) of one filter per user,
         one filter for all (a str) or none (None / "").
 
         A filter over the artifact's program length (``filter.length`` instructions) is refused
         while it is lexed, one over ``max_chars`` characters before (``FilterLimitError``, a
-        ``ValueError``, naming the limit)."""
+        ``ValueError``, naming the limit).
+
+        ``fresh``: the values first seen after publish, as the snapshot the plan will run against
+        knows them (``Snapshot.fresh_terms``); without it such values match nothing. ``unknown``
+        receives the ``(feature, value)`` terms that resolved to nothing."""
         if filters is None or isinstance(filters, str):
             filters = [filters or ""] * batch
         if len(filters) != batch:
             raise ValueError(f"{len(filters)} filters for {batch} users: give one per user or one for all")
         plan = compile_plans([f or "" for f in filters], self.dictionary, self.term_hashes, self.dense, self.filter_length,
-                             max_chars)
+                             max_chars, fresh, unknown)
         return plan.opcodes, plan.terms, plan.hashes
 
     def exclude(self, exclude: Optional[Sequence[Optional[Sequence[Any]]]], batch: int,

@@ -11,6 +11,11 @@ into a fresh index (:mod:`silverrec.retrieval.fresh_index`) that the graph searc
 main index. Queries are thread-safe with respect to updates: each query reads one immutable
 snapshot of the fresh index and its id maps, and an update swaps in a new snapshot, so a query
 sees an item either before or after a change, never half-changed.
+
+Filter values first seen in an update (*fresh values*) are filterable at once and exactly, ``NOT``
+included: they take term slots the export reserved (:mod:`silverrec.retrieval.fresh_terms`), and
+each snapshot carries the view of them that its fresh index was built with, so a filter is
+compiled against the same snapshot it runs on. :meth:`Retriever.fresh_values` lists them.
 """
 import logging
 import threading
@@ -20,6 +25,7 @@ import torch
 from torch import Tensor
 
 from silverrec.retrieval.fresh_index import FreshIndex
+from silverrec.retrieval.fresh_terms import FreshTermsView
 from silverrec.schema import HISTORY, user_key
 from silverrec.serve.aoti import aoti_usable, load_aoti
 from silverrec.serve.artifact import open_artifact
@@ -39,6 +45,7 @@ class Snapshot(NamedTuple):
     extra_ids: Dict[str, int]  # external id -> id, items added after publish
     external: Tuple[str, ...]  # id -> external id, published then added
     index_version: int
+    fresh_terms: FreshTermsView  # the values first seen after publish that ``fresh`` was built with
 
 
 class Retriever:
@@ -163,7 +170,7 @@ class Retriever:
         snap = self._snapshot  # one consistent view for the whole query
         user_ids = self.encoder.users(users)
         b = user_ids.shape[0]
-        opcodes, terms, hashes = self.encoder.filters(filter, b)
+        opcodes, terms, hashes = self.encoder.filters(filter, b, fresh=snap.fresh_terms)
         excl = self.encoder.exclude(exclude, b, snap.extra_ids)
         ids, value, scores, num_valid = self.search(user_ids, opcodes, terms, hashes, excl, snap.fresh)
         out: List[List[Result]] = []
@@ -174,6 +181,20 @@ class Retriever:
                 for j in range(min(k, counts[i]))
             ])
         return out
+
+    def fresh_values(self) -> Dict[str, Any]:
+        """The filter values first seen after publish that items of the current snapshot hold:
+        ``{"values": {feature: [values]}, "count": n, "capacity": S}`` (S: the slots the export
+        reserves, ``serving.fresh_terms``; ``count`` includes values whose items were deleted
+        since, which keep their slot until a restart or compaction)."""
+        snap = self._snapshot
+        view = snap.fresh_terms
+        held = (snap.fresh.posting_offsets[1:] - snap.fresh.posting_offsets[:-1])[view.first_id : view.first_id + len(view)]
+        values: Dict[str, List[str]] = {}
+        for (feature, value), n in zip(view.terms, held.tolist()):
+            if n > 0:
+                values.setdefault(feature, []).append(value)
+        return {"values": values, "count": len(view), "capacity": view.capacity}
 
     # --- item updates -------------------------------------------------------------------------
     def upsert_items(self, items: Sequence[Mapping[str, Any]]) -> None:
@@ -224,7 +245,8 @@ class Retriever:
     def _make_snapshot(self, version: int) -> Snapshot:
         extra = self._updates.extra_ids()
         external = tuple(self.schema.item_ids) + tuple(self._updates.new_ids)
-        return Snapshot(self._updates.fresh_index(), extra, external, version)
+        view = self._updates.fresh_terms.view()
+        return Snapshot(self._updates.fresh_index(view), extra, external, version, view)
 
     def _embed_items(self, slots: Tensor) -> Tensor:
         with torch.no_grad():
