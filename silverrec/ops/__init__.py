@@ -342,8 +342,7 @@ def ivf_search(
     """A whole IVF-INT8 search in one op: query codes, probe choice, scan, exact re-score.
 
     Calls ``torch.ops.silverrec.ivf_search``. On CPU one C++ kernel runs each query's steps on
-    one thread, with no ``[B, C]`` probe rows or other intermediate tensors, and prefetches a
-    candidate's cache row when it enters the running top-K0. On CUDA it runs the four Triton
+    one thread, with no ``[B, C]`` probe rows or other intermediate tensors. On CUDA it runs the four Triton
     kernels in sequence (:func:`quantize_int8_rowwise`, :func:`ivf_select_probes`,
     :func:`ivf_int8_topk`, :func:`ivf_rescore_topk`). The spec is
     ``silverrec.ops.reference.ivf_search_reference``; results equal the four ops in sequence.

@@ -292,8 +292,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_int8_rowwise_cpu(const at::Tensor& x
 // ivf_search: a whole IVF-INT8 search in one op (spec: ivf_search_reference): query codes,
 // probe choice, the scan (with the unfiltered short-list fallback) and the exact re-score, each
 // query on one thread. Same results as the four ops in sequence, without their [B, C] probe
-// rows, their intermediate tensors and three of their four fork/joins; and a candidate's cache
-// row is prefetched when it enters the scan's running top-K0, so the re-score reads warm rows.
+// rows, their intermediate tensors and three of their four fork/joins.
 
 
 // Queries are [B, D], or [B, T, D] when T queries (e.g. the task heads of one user) share the

@@ -23,8 +23,7 @@ namespace {  // included by ivf_ops.cpp only: one translation unit
 
 // probe choice, the scan (with the unfiltered short-list fallback) and the exact re-score, each
 // query on one thread. Same results as the four ops in sequence, without their [B, C] probe
-// rows, their intermediate tensors and three of their four fork/joins; and a candidate's cache
-// row is prefetched when it enters the scan's running top-K0, so the re-score reads warm rows.
+// rows, their intermediate tensors and three of their four fork/joins.
 
 // mrows[b] is query b's packed mask row (mrows == nullptr: no filter); with an id-order mask,
 // `lazy` packs its words cluster by cluster as the probe choice reaches them (mrows ==
@@ -78,7 +77,6 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
     for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
       const int8_t* qb = q + b * D;
       const uint64_t* mb = mrows == nullptr ? nullptr : mrows[b];
-      const char* pf = reinterpret_cast<const char*>(cache);
       int64_t eligible;
       auto take_rows = [&] {  // the re-score orders them: no sort here
         const std::vector<int64_t>& best = scan.top.kept();
@@ -89,13 +87,13 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
         std::copy(shared_rows.begin() + b * k0, shared_rows.begin() + (b + 1) * k0, rows.begin());
         eligible = shared_valid[b];
       } else {
-        eligible = scan.run(qb, qs[b], cd, sc, off, prb.get() + b * limit, plen[b], mb, D, pf, D * sizeof(T));
+        eligible = scan.run(qb, qs[b], cd, sc, off, prb.get() + b * limit, plen[b], mb, D);
         take_rows();
       }
       // a capped probe list that held fewer than k eligible rows: scan every row instead
       if (limit < C && eligible < k) {
         if (lazy != nullptr) lazy->ensure_all(b);
-        scan.run(qb, qs[b], cd, sc, all_off, all_probe, 1, mb, D, pf, D * sizeof(T));
+        scan.run(qb, qs[b], cd, sc, all_off, all_probe, 1, mb, D);
         take_rows();
       }
       rescore.run(qf + b * D, cache, rows.data(), k0, row_to_id, D, k, os + b * k, oi + b * k, orw + b * k);
