@@ -188,6 +188,9 @@ class ServingApp:
         ]
         # routing's own 404 and 405 answer in the same JSON shape as every other error
         self.app = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={HTTPException: self._no_route})
+        # no 307 from "/query/" to "/query" (an empty plain answer, its Location built from the
+        # Host header): a path that is not an endpoint is a JSON 404 listing the endpoints
+        self.app.router.redirect_slashes = False
         self.app.state.server = self
 
     @contextlib.asynccontextmanager
