@@ -143,10 +143,31 @@ def jagged_from_cells(cells: Sequence[object], sep: str) -> Tuple[JaggedColumn, 
 
 
 def require_file(path: Path, what: str) -> Path:
-    """``path`` if it is a file, else ``FileNotFoundError`` naming it and what it should hold."""
+    """``path`` if it is a file, else ``IsADirectoryError`` (a directory) or ``FileNotFoundError``
+    naming it and what it should hold."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a file; expected {what}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; expected {what}")
     return path
+
+
+def read_header(path: Path, sep: str = ",", encoding: str = "utf-8", quote: bool = True) -> List[str]:
+    """The column names on the first line of a delimited text file; errors name the file."""
+    try:
+        return list(pd.read_csv(path, sep=sep, nrows=0, encoding=encoding, quoting=0 if quote else 3).columns)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the file is empty; expected a header line naming the columns") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the header line: {_reason(err)}") from None
+
+
+def _reason(err: Exception) -> str:
+    """A parser error in words, with the likely cause of the opaque ones."""
+    text = str(err)
+    if "EOF inside string" in text or "field larger than field limit" in text:
+        text += ' (an unterminated quote: a field opens with " and never closes, so the rest of the file is one field)'
+    return text
 
 
 def read_checked(path: Path, columns: Sequence[str], dtypes: Dict[str, str], *, sep: str = ",",
@@ -172,8 +193,25 @@ def read_checked(path: Path, columns: Sequence[str], dtypes: Dict[str, str], *, 
 
     Raises:
         ValueError: ``"<path>:<line>: ..."`` with the offending row for wrong field counts,
-            unparseable numbers or missing values.
+            unparseable numbers or missing values; ``"<path>: ..."`` for an empty file, an
+            unterminated quote or text that is not ``encoding``.
+        IsADirectoryError: ``path`` is a directory.
     """
+    require_file(path, "a delimited text file")
+    if path.stat().st_size == 0:  # with header=False pandas would read it as a table of no rows
+        raise ValueError(f"{path}: the file is empty (0 bytes)" + ("; expected a header line naming the columns" if header
+                                                                    else f"; expected lines of {len(columns)} fields"))
+    try:
+        return _read_checked(path, columns, dtypes, sep, header, encoding, double_colon, quote)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the file is empty" + ("; expected a header line naming the columns" if header
+                                                           else f"; expected lines of {len(columns)} fields")) from None
+    except (pd.errors.ParserError, csv.Error, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot parse: {_reason(err)}") from None
+
+
+def _read_checked(path: Path, columns: Sequence[str], dtypes: Dict[str, str], sep: str, header: bool,
+                  encoding: str, double_colon: bool, quote: bool) -> pd.DataFrame:
     if double_colon:
         import io
 
@@ -183,8 +221,7 @@ def read_checked(path: Path, columns: Sequence[str], dtypes: Dict[str, str], *, 
     else:
         opener = lambda: path  # noqa: E731
     quote = quote and not double_colon
-    file_columns = list(pd.read_csv(path, sep=sep, nrows=0, encoding=encoding, quoting=0 if quote else 3).columns) \
-        if header and not double_colon else list(columns)
+    file_columns = read_header(path, sep, encoding, quote) if header and not double_colon else list(columns)
     if dtypes.get(file_columns[-1], "str") == "str":  # a short row would silently end in ""
         _check_field_counts(path, len(file_columns), sep, header, encoding, double_colon, quote)
     kw = dict(sep=sep, header=0 if header else None, names=None if header else list(columns),
@@ -248,7 +285,16 @@ def _check_field_counts(path: Path, n: int, sep: str, header: bool, encoding: st
         return
     with open(path, newline="", encoding=encoding, errors="replace") as f:
         reader = csv.reader(f, delimiter=sep, quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE)
-        for row in reader:
+        rows = iter(reader)
+        while True:
+            start = reader.line_num + 1  # the line this row starts on
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            except csv.Error as err:  # "field larger than field limit": an unterminated quote
+                raise ValueError(f"{path}:{start}: cannot parse the row starting on this line: {_reason(err)}: "
+                                 f"{_raw_line(path, start, encoding)[:200]!r}") from None
             if (header and reader.line_num == 1) or not row or not any(row):
                 continue
             if len(row) != n:

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from silverrec.data._loading import (check_required_splits, drop_unknown, jagged_from_cells, read_checked,
+from silverrec.data._loading import (check_required_splits, drop_unknown, jagged_from_cells, read_checked, read_header,
                                      require_file, sort_interactions, time_fraction_split)
 from silverrec.data.dataset import FeatureTable, Interactions, JaggedColumn, RecDataset
 from silverrec.schema import ITEM_ID, Feature, Schema, Task, TaskKind
@@ -67,7 +67,7 @@ def _read(path: Path, what: str, required: Sequence[str], ints: Sequence[str] = 
     if suffix not in (".csv", ".tsv"):
         raise ValueError(f"{path}: unsupported extension {suffix!r}; expected .parquet, .pq, .csv or .tsv")
     sep = "\t" if suffix == ".tsv" else ","
-    header = list(pd.read_csv(path, sep=sep, nrows=0).columns)
+    header = read_header(path, sep)
     missing = [c for c in required if c not in header]
     if missing:
         raise ValueError(f"{path}: header {header} lacks required column(s) {missing}")

@@ -53,6 +53,50 @@ def apply_sparse_optimizer(tables: Iterable[nn.Parameter], config: SparseOptimiz
     apply_optimizer_in_backward(SPARSE_OPTIMIZERS[config.name], tables, kwargs)
 
 
+# words in torch.optim's "Invalid ..." messages -> the argument (YAML key) they are about
+_TORCH_ARGUMENTS = (("learning rate", "lr"), ("beta", "betas"), ("epsilon", "eps"), ("weight_decay", "weight_decay"),
+                    ("momentum", "momentum"), ("lr_decay", "lr_decay"), ("rho", "rho"), ("nesterov", "nesterov"),
+                    ("dampening", "dampening"))
+
+
+def check_dense_optimizer(dense: Callable[..., torch.optim.Optimizer], key: str = "optim.dense"
+                          ) -> Callable[..., torch.optim.Optimizer]:
+    """``dense`` if it builds an optimizer, else a ``ValueError`` naming the config key and value.
+
+    torch checks its arguments only when the optimizer is built (deep inside the trainer) and
+    names neither the key nor where it came from ("Invalid learning rate: -0.01"); this builds
+    it once on a throwaway parameter, before any data is read.
+
+    Args:
+        dense (Callable): a partial ``torch.optim`` class (YAML ``optim.dense``).
+        key (str): the config key of ``dense``, for the message.
+
+    Returns:
+        Callable: ``dense``, unchanged.
+
+    Example::
+
+        >>> import functools
+        >>> check_dense_optimizer(functools.partial(torch.optim.Adam, lr=-0.01))
+        Traceback (most recent call last):
+        ...
+        ValueError: optim.dense.lr=-0.01 is invalid: torch.optim.Adam says "Invalid learning rate: -0.01"
+    """
+    try:
+        dense([nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as err:
+        target = getattr(dense, "func", dense)
+        short = getattr(target, "__name__", "")
+        name = f"torch.optim.{short}" if getattr(torch.optim, short, None) is target else \
+            f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', target)}"
+        kwargs = getattr(dense, "keywords", {}) or {}
+        text = str(err)
+        arg = next((a for words, a in _TORCH_ARGUMENTS if words in text.lower() and a in kwargs), None)
+        where = f"{key}.{arg}={kwargs[arg]!r}" if arg else key
+        raise ValueError(f'{where} is invalid: {name} says "{text}"') from None
+    return dense
+
+
 def combined_optimizer(model: nn.Module, dense: Callable[..., torch.optim.Optimizer]) -> CombinedOptimizer:
     """The model's fused optimizer (from DMP) combined with ``dense`` over every other parameter.
 

@@ -27,6 +27,7 @@ from silverrec.models.value_formula import FormulaError, parse_formula
 from silverrec.train.distributed import broadcast_object, init_distributed, shutdown_distributed
 from silverrec.train.evaluate import evaluate_model, log_metrics, write_json_atomic
 from silverrec.train.multitask_eval import multitask_table
+from silverrec.train.optim import check_dense_optimizer
 from silverrec.train.protocol import EvalConfig
 from silverrec.train.tb_logging import flatten, make_logger
 from silverrec.train.trainer import Trainer, TrainerConfig
@@ -56,6 +57,7 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
     ``dataset`` is the already instantiated ``cfg.data`` when the caller needs it too (the demo).
     """
     trainer_cfg: TrainerConfig = instantiate(cfg.trainer)
+    dense_optimizer = check_dense_optimizer(instantiate(cfg.optim.dense), "optim.dense")  # before any data is read
     if trainer_cfg.num_threads:
         torch.set_num_threads(trainer_cfg.num_threads)
     ctx = init_distributed(trainer_cfg.device)
@@ -77,7 +79,7 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
             dataset,
             model_config,
             instantiate(cfg.optim.sparse),
-            instantiate(cfg.optim.dense),
+            dense_optimizer,
             seed=cfg.seed,
             ckpt_path=cfg.ckpt_path,
             extra={"data_config": OmegaConf.to_container(cfg.data, resolve=True),

@@ -134,3 +134,43 @@ def test_missing_files_and_empty_split(tmp_path):
     with pytest.raises(ValueError, match="split 'train' is empty|split 'valid' is empty"):
         load_tables(short, it)
     assert load_tables(short, it, required_splits=()).split.valid.size == 0
+
+
+def test_unreadable_files_are_named(tmp_path):
+    """A zero-byte file, an unterminated quote (in the header's block or far below it, where the
+    csv module reports "field larger than field limit") and a directory: each error names the file."""
+    ev, it = _write(EVENTS, tmp_path / "ev.csv"), _write(ITEMS, tmp_path / "it.csv")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.csv: the file is empty; expected a header line"):
+        load_tables(ev, tmp_path / "empty.csv")
+    with pytest.raises(ValueError, match=r"empty\.csv: the file is empty"):
+        load_tables(tmp_path / "empty.csv", it)
+    near = tmp_path / "near.csv"
+    near.write_text('item_id,genre,tags\n40,"drama,a\n10,comedy,b\n')
+    with pytest.raises(ValueError, match=r"near\.csv: .*EOF inside string.*unterminated quote"):
+        load_tables(ev, near)
+    rows = "".join(f"{i},g,t\n" for i in range(60_000))  # past the header's parse block
+    far = tmp_path / "far.csv"
+    far.write_text("item_id,genre,tags\n" + rows + '7,"open\n' + "x" * 200_000 + "\n")
+    with pytest.raises(ValueError, match=r"far\.csv:60002: cannot parse the row starting on this line: "
+                                         r"field larger than field limit .*unterminated quote.*'7,\"open'"):
+        load_tables(ev, far)
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"dir\.csv: is a directory, not a file; expected an item table"):
+        load_tables(ev, tmp_path / "dir.csv")
+    with pytest.raises(IsADirectoryError, match=r"dir\.csv: is a directory, not a file; expected an interactions"):
+        load_tables(tmp_path / "dir.csv", it)
+
+
+def test_read_checked_names_the_file_without_a_header(tmp_path):
+    from silverrec.data._loading import read_checked
+
+    (tmp_path / "ratings.dat").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"ratings\.dat: the file is empty \(0 bytes\); expected lines of 2 fields"):
+        read_checked(tmp_path / "ratings.dat", ["a", "b"], {"a": "int"}, header=False)
+    (tmp_path / "q.csv").write_text('1,2\n3,"4\n' + "y" * 200_000 + "\n")
+    with pytest.raises(ValueError, match=r"q\.csv:2: cannot parse the row .*unterminated quote"):
+        read_checked(tmp_path / "q.csv", ["a", "b"], {}, header=False)
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"d: is a directory, not a file"):
+        read_checked(tmp_path / "d", ["a"], {})

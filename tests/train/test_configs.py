@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 
 from silverrec.models.two_tower import TwoTowerConfig
-from silverrec.train.optim import SparseOptimizerConfig
+from silverrec.train.optim import SparseOptimizerConfig, check_dense_optimizer
 from silverrec.train.trainer import TrainerConfig
 from tests.conftest import compose_config
 
@@ -22,6 +22,18 @@ def test_every_optim_option_instantiates(optim):
     cfg = compose_config("train", [f"optim={optim}"])
     assert isinstance(instantiate(cfg.optim.sparse), SparseOptimizerConfig)
     assert callable(instantiate(cfg.optim.dense))
+    assert check_dense_optimizer(instantiate(cfg.optim.dense)) is not None
+
+
+@pytest.mark.parametrize("override, named", [
+    ("optim.dense.lr=-0.01", "optim.dense.lr=-0.01"),
+    ("+optim.dense.eps=-1", "optim.dense.eps=-1"),
+    ("+optim.dense.momentum=0.9", "optim.dense.momentum=0.9 is invalid: .*unexpected keyword argument 'momentum'"),
+])
+def test_bad_dense_optimizer_values_name_the_key(override, named):
+    cfg = compose_config("train", ["optim=adam", override])
+    with pytest.raises(ValueError, match=named):
+        check_dense_optimizer(instantiate(cfg.optim.dense), "optim.dense")
 
 
 @pytest.mark.parametrize("overrides", [[], ["debug=cpu_tiny"], ["experiment=two_tower_small"]])

@@ -144,3 +144,6 @@ def test_bad_values_are_named(tmp_path):
         run_training(_cfg(tmp_path, 2, ["optim.sparse.name=lamb"]))
     with pytest.raises(bad, match="trainer.device"):
         run_training(_cfg(tmp_path, 2, ["trainer.device=tpu"]))
+    # torch alone says "Invalid learning rate: -0.01", naming neither the key nor the optimizer
+    with pytest.raises(bad, match=r'optim\.dense\.lr=-0\.01 is invalid: torch\.optim\.Adam says "Invalid learning rate: -0\.01"'):
+        run_training(_cfg(tmp_path, 2, ["optim.dense.lr=-0.01"]))
