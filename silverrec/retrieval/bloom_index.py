@@ -231,7 +231,7 @@ class BloomIndex(nn.Module):
         if probe is None:
             if cluster_offsets is not None:
                 raise ValueError("cluster_offsets given without probe")
-            probe = torch.zeros(plan.opcodes.shape[0], 1, dtype=torch.int64)
+            probe = plan.opcodes.new_zeros((plan.opcodes.shape[0], 1))  # int64, on the plan's device
             cluster_offsets = self._all_items
         elif cluster_offsets is None:
             raise ValueError("probe given without cluster_offsets")

@@ -8,7 +8,10 @@ the C++ kernels of ``silverrec._C`` run inside it unchanged.
 
 The library is compiled for the CPU it was built on (its vector ISA, e.g. ``avx2`` or
 ``avx512``): the artifact records that ISA, and a machine that picks another one serves the
-plain program instead (:func:`aoti_usable`). Its fused loops run on a thread count fixed at
+plain program instead (:func:`aoti_usable`). A program exported on CUDA compiles to CUDA
+kernels for the exporting GPU's architecture (recorded as ``"arch"``, e.g. ``sm_90``); a
+library serves only on the device type it was compiled for, so a CPU library never runs on
+CUDA and the other way round (the ``torch.export`` program, which can be moved, serves instead). Its fused loops run on a thread count fixed at
 compile time (Inductor writes ``omp parallel num_threads(T)``), by default the cores available
 to the exporting process, not ``torch.get_num_threads()`` of the caller: a training script that
 set one thread would otherwise bake in one (measured: 1.5x slower at batch 16 on 2 cores).
@@ -34,17 +37,27 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def compile_aoti(program: torch.export.ExportedProgram, threads: Optional[int] = None) -> Tuple[List[Any], Dict[str, Any]]:
-    """Compiles ``program`` with AOTInductor for this machine's CPU (about a minute for the
-    demo's serving graph on 2 cores).
+def cuda_arch(device: torch.device) -> str:
+    """The architecture of a CUDA device, as AOTInductor compiles for it (``sm_90``)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+def compile_aoti(program: torch.export.ExportedProgram, threads: Optional[int] = None,
+                 device: torch.device = torch.device("cpu")) -> Tuple[List[Any], Dict[str, Any]]:
+    """Compiles ``program`` with AOTInductor for this machine's CPU, or for its GPU when
+    ``device`` is CUDA (the program must have been exported with CUDA tensors; about a minute
+    for the demo's serving graph on 2 cores).
 
     Args:
         program: an exported program with ``example_inputs`` (as ``torch.export.export`` leaves it).
         threads: OpenMP threads of the compiled loops (default: :func:`available_cores`).
+        device: the device the program's tensors are on.
 
     Returns:
         (files, info): the files to package (``package_pt2(aoti_files={name: files})``) and
-        ``{"isa": .., "torch": .., "threads": ..}``, the conditions under which they load and run.
+        ``{"isa": .., "torch": .., "threads": .., "device": ..}`` (plus ``"arch"`` on CUDA), the
+        conditions under which they load and run.
     """
     if program.example_inputs is None:
         raise ValueError("compile_aoti needs an exported program with example_inputs")
@@ -54,25 +67,39 @@ def compile_aoti(program: torch.export.ExportedProgram, threads: Optional[int] =
     args, kwargs = program.example_inputs
     files = torch._inductor.aot_compile(program.module(check_guards=False), args, kwargs,
                                         options={"aot_inductor.package": True, "cpp.threads": threads})
-    return list(files), {"isa": vector_isa(), "torch": torch.__version__, "threads": threads}
+    info = {"isa": vector_isa(), "torch": torch.__version__, "threads": threads, "device": device.type}
+    if device.type == "cuda":
+        info["arch"] = cuda_arch(device)
+    return list(files), info
 
 
-def aoti_usable(info: Optional[Dict[str, Any]]) -> Tuple[bool, str]:
+def aoti_usable(info: Optional[Dict[str, Any]], device: torch.device = torch.device("cpu")) -> Tuple[bool, str]:
     """Whether an AOTInductor library described by ``info`` (from :func:`compile_aoti`) can run
-    here: ``(ok, reason)``."""
+    here on ``device``: ``(ok, reason)``. Libraries without a recorded device are CPU ones."""
     if not info:
         return False, "the artifact holds no AOTInductor library (export with aoti=true)"
     if info.get("torch") != torch.__version__:
         return False, f"compiled with torch {info.get('torch')}, this is torch {torch.__version__}"
+    built_for = info.get("device", "cpu")
+    if built_for != device.type:
+        return False, (f"compiled for {built_for}, serving on {device.type} (an AOTInductor library is device-specific; "
+                       f"re-export with device={device.type} to compile one for it)")
+    if device.type == "cuda":
+        here = cuda_arch(device)
+        if info.get("arch") != here:
+            return False, f"compiled for the GPU architecture {info.get('arch')!r}, this GPU's is {here!r}"
+        return True, ""
     here = vector_isa()
     if info.get("isa") != here:
         return False, f"compiled for the CPU ISA {info.get('isa')!r}, this machine's is {here!r}"
     return True, ""
 
 
-def load_aoti(path: str, name: str) -> Callable[..., Any]:
+def load_aoti(path: str, name: str, device: torch.device = torch.device("cpu")) -> Callable[..., Any]:
     """The compiled program ``name`` of the package ``path``: called like the exported module,
-    with the flat graph inputs, returning the flat outputs."""
+    with the flat graph inputs, returning the flat outputs (on ``device``, the one it was
+    compiled for)."""
     from torch._inductor.package import load_package
 
-    return load_package(os.fspath(path), model_name=name)
+    index = -1 if device.type != "cuda" else (torch.cuda.current_device() if device.index is None else device.index)
+    return load_package(os.fspath(path), model_name=name, device_index=index)

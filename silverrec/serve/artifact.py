@@ -94,6 +94,19 @@ class LoadedArtifact(NamedTuple):
     integrity: Optional[IntegrityReport]
 
 
+def _missing_device(path: str, raw_meta: Optional[str]) -> Optional[str]:
+    """Why this machine cannot read the export's weights, or None: a CUDA export's weights are
+    CUDA tensors, so it needs CUDA to be read (said here, not as a torch error)."""
+    try:
+        device = json.loads(raw_meta).get("device", "cpu") if raw_meta else "cpu"
+    except (ValueError, AttributeError):
+        return None  # not silverrec metadata: reported by the caller
+    if device == "cuda" and not torch.cuda.is_available():
+        return (f"{path!r} was exported with CUDA tensors (silverrec-export device=cuda) and this machine has no CUDA; "
+                "re-export it with device=cpu to serve it here")
+    return None
+
+
 def load_artifact(path: str) -> Tuple[Programs, Dict[str, Any]]:
     """Loads a silverrec ``.pt2``: ``({"model": ..., "item_tower": ...}, metadata)``; raises
     ``FileNotFoundError`` / ``ValueError`` naming the problem (an
@@ -114,10 +127,13 @@ def open_artifact(path: str) -> LoadedArtifact:
     try:  # the programs and extra files only: an AOTInductor library is loaded on demand
         with PT2ArchiveReader(path) as reader:
             names = reader.get_file_names()
-            exported_programs = _load_exported_programs(reader, names, None)
             extra_files = _load_extra_files(reader, names)
+            no_device = _missing_device(path, extra_files.get(_META))
+            exported_programs = {} if no_device else _load_exported_programs(reader, names, None)
     except Exception as err:
         raise ValueError(f"{path!r} is not a readable torch.export file (truncated or corrupted?): {type(err).__name__}: {err}") from err
+    if no_device:
+        raise ValueError(no_device)
     raw = extra_files.get(_META)
     if not raw:
         raise ValueError(f"{path!r} is a torch.export file but not a silverrec export (no {_META})")

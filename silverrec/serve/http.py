@@ -53,6 +53,7 @@ from silverrec.retrieval.filter_expr import excerpt
 from silverrec.retrieval.fresh_terms import Pair
 from silverrec.schema import HISTORY
 from silverrec.serve.batching import BatchingConfig, BatchStats, EncodedQuery, MicroBatcher, Outputs, QueueFull
+from silverrec.serve.device import resolve_device
 from silverrec.serve.limits import ServingLimits
 from silverrec.serve.retriever import Retriever
 
@@ -538,6 +539,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--backend", choices=("auto", "aoti", "export"), default="auto",
                    help="auto (default): the AOTInductor graph when the file holds one that runs here, else the torch.export program")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default) or cuda: where the graph runs (an export from another device is moved there)")
     p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs throughput)")
     return p.parse_args(argv)
 
@@ -555,11 +558,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except ValueError as err:  # a bad option: one line naming it, not a traceback
         raise SystemExit(f"silverrec-serve: {err}") from None
     config = ServerConfig(BatchingConfig(args.max_batch, args.max_wait_ms, args.max_queue), limits)
-    server = ServingApp(Retriever(args.model, updates_path=args.updates, backend=args.backend), config)
+    try:
+        resolve_device(args.device, "--device")
+    except ValueError as err:  # e.g. "--device='cuda': CUDA is not available on this machine ..."
+        raise SystemExit(f"silverrec-serve: {err}") from None
+    server = ServingApp(Retriever(args.model, updates_path=args.updates, backend=args.backend, device=args.device), config)
     r = server.retriever
     checked = r.integrity.describe() if r.integrity is not None else "no checksums recorded, not verified"
-    log.info("silverrec-serve: model %s version %s (%s; %s) K=%d tasks=%s on http://%s:%d (max_batch=%d max_wait_ms=%g "
-             "max_queue=%d)", args.model, r.version, r.backend, checked, r.k, ",".join(r.tasks), args.host, args.port,
+    log.info("silverrec-serve: model %s version %s (%s on %s; %s) K=%d tasks=%s on http://%s:%d (max_batch=%d max_wait_ms=%g "
+             "max_queue=%d)", args.model, r.version, r.backend, r.device, checked, r.k, ",".join(r.tasks), args.host, args.port,
              args.max_batch, args.max_wait_ms, args.max_queue)
     uvicorn.run(server.app, host=args.host, port=args.port, log_level="warning", access_log=args.access_log)
 

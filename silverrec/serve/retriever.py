@@ -16,6 +16,12 @@ Filter values first seen in an update (*fresh values*) are filterable at once an
 included: they take term slots the export reserved (:mod:`silverrec.retrieval.fresh_terms`), and
 each snapshot carries the view of them that its fresh index was built with, so a filter is
 compiled against the same snapshot it runs on. :meth:`Retriever.fresh_values` lists them.
+
+Device: ``Retriever(path, device="cuda")`` serves on a GPU. Requests are encoded on the CPU and
+copied over; each snapshot keeps a copy of its fresh index on the device; results come back to
+the CPU. An export made on another device is moved (``torch.export.passes.move_to_device_pass``
+rewrites its weights and the devices in its graph); its AOTInductor library, compiled for one
+device type, is then not used, and a log line says so.
 """
 import logging
 import threading
@@ -23,12 +29,14 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 
 import torch
 from torch import Tensor
+from torch.export.passes import move_to_device_pass
 
 from silverrec.retrieval.fresh_index import FreshIndex
 from silverrec.retrieval.fresh_terms import FreshTermsView
 from silverrec.schema import HISTORY, user_key
 from silverrec.serve.aoti import aoti_usable, load_aoti
 from silverrec.serve.artifact import open_artifact
+from silverrec.serve.device import device_name, resolve_device
 from silverrec.serve.item_updates import ItemUpdates
 from silverrec.serve.update_log import UpdateLog
 from silverrec.serve.requests import Filters, RequestEncoder
@@ -46,6 +54,7 @@ class Snapshot(NamedTuple):
     external: Tuple[str, ...]  # id -> external id, published then added
     index_version: int
     fresh_terms: FreshTermsView  # the values first seen after publish that ``fresh`` was built with
+    fresh_on_device: Optional[FreshIndex] = None  # ``fresh`` on the serving device (None: the same tensors)
 
 
 class Retriever:
@@ -61,6 +70,9 @@ class Retriever:
             holds one that runs here (same torch, same CPU ISA), else the ``torch.export``
             program; ``"aoti"``: the compiled graph or a ``ValueError`` saying why not;
             ``"export"``: the ``torch.export`` program. Both give the same results.
+        device (str): where the graph runs: ``"cpu"`` (default) or ``"cuda"`` (``"cuda:1"``); a
+            ``ValueError`` naming it where this machine cannot run it. An export made on
+            another device is moved to this one (its AOTInductor library is not used then).
 
     Attributes:
         k (int): results per query the graph returns (``query`` may ask for fewer).
@@ -69,13 +81,15 @@ class Retriever:
         index_version (int): increments with every update that changes the index; with
             ``updates_path`` it survives a restart.
         backend (str): ``"aoti"`` or ``"export"``, the one serving.
+        device (torch.device): the device the graph runs on.
         integrity (Optional[IntegrityReport]): the checksum verification done at load (entries,
             bytes, seconds); None for an export written before checksums were recorded.
     """
 
-    def __init__(self, path: str, updates_path: Optional[str] = None, backend: str = "auto") -> None:
+    def __init__(self, path: str, updates_path: Optional[str] = None, backend: str = "auto", device: str = "cpu") -> None:
         if backend not in BACKENDS:
             raise ValueError(f"Retriever backend must be one of {BACKENDS}, got {backend!r}")
+        self.device = resolve_device(device, "device")
         loaded = open_artifact(path)  # verifies the checksums of every entry first
         programs, self.metadata, self.integrity = loaded
         if self.metadata.get("kind") != "retrieval_graph":
@@ -85,13 +99,18 @@ class Retriever:
         self.k = int(self.metadata["k"])
         self.tasks: List[str] = list(self.metadata["tasks"])
         self.version = str(self.metadata["version"])
+        exported_on = self.metadata.get("device", "cpu")
+        if exported_on != device_name(self.device):
+            log.info("%s: exported on %s, moving it to %s", path, exported_on, self.device)
+        if exported_on != "cpu" or self.device.type != "cpu":  # on CUDA also pins the GPU index (cuda:1 -> cuda:0)
+            programs = {name: move_to_device_pass(p, self.device) for name, p in programs.items()}
         self._module, self.backend = self._serving_module(path, programs, backend)
         self._item_tower = programs["item_tower"].module()
         features = {user_key(f.name): f.num_embeddings for f in self.schema.user_features}
         features[user_key(HISTORY)] = self.encoder.trained_items
         self._slot_vocab = torch.tensor([features[key] for key, n in self.encoder.slots for _ in range(n)], dtype=torch.int64)
         self._slot_names = [key for key, n in self.encoder.slots for _ in range(n)]
-        row_of_item = programs["model"].state_dict["item_to_row"].numpy()
+        row_of_item = programs["model"].state_dict["item_to_row"].cpu().numpy()
         self._updates = ItemUpdates(self.encoder, row_of_item, self._embed_items, int(self.metadata["dim"]),
                                     self.metadata.get("quantization", "per_item"))
         self._lock = threading.Lock()
@@ -110,9 +129,9 @@ class Retriever:
 
     def _serving_module(self, path: str, programs: Dict[str, Any], backend: str) -> Tuple[Callable[..., Any], str]:
         if backend != "export":
-            ok, why = aoti_usable(self.metadata.get("aoti"))
+            ok, why = aoti_usable(self.metadata.get("aoti"), self.device)
             if ok:
-                return load_aoti(path, "model"), "aoti"
+                return load_aoti(path, "model", self.device), "aoti"
             if backend == "aoti":
                 raise ValueError(f"{path!r}: cannot serve the AOTInductor graph: {why}")
             if "aoti" in self.metadata:
@@ -138,11 +157,15 @@ class Retriever:
     def search(self, user_ids: Tensor, opcodes: Tensor, terms: Tensor, hashes: Tensor, exclude: Tensor,
                fresh: Optional[FreshIndex] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """The graph on encoded inputs (checked): ``ids [B, K]``, ``value [B, K]``,
-        ``task_scores [B, K, T]``, ``num_valid [B]``. ``fresh`` defaults to the current updates."""
-        self._check(user_ids, exclude)
-        fresh = self._snapshot.fresh if fresh is None else fresh
+        ``task_scores [B, K, T]``, ``num_valid [B]``, on the CPU (the inputs are copied to the
+        serving device). ``fresh`` defaults to the current updates."""
+        self._check(user_ids.cpu(), exclude)
+        snap = self._snapshot
+        if fresh is None or fresh is snap.fresh:
+            fresh = snap.fresh if snap.fresh_on_device is None else snap.fresh_on_device
+        inputs = [t.to(self.device) for t in (user_ids, opcodes, terms, hashes, exclude, *fresh)]
         with torch.no_grad():
-            return tuple(self._module(user_ids, opcodes, terms, hashes, exclude, *fresh))
+            return tuple(t.cpu() for t in self._module(*inputs))
 
     def query(
         self,
@@ -246,11 +269,13 @@ class Retriever:
         extra = self._updates.extra_ids()
         external = tuple(self.schema.item_ids) + tuple(self._updates.new_ids)
         view = self._updates.fresh_terms.view()
-        return Snapshot(self._updates.fresh_index(view), extra, external, version, view)
+        fresh = self._updates.fresh_index(view)
+        on_device = None if self.device.type == "cpu" else FreshIndex(*(t.to(self.device) for t in fresh))
+        return Snapshot(fresh, extra, external, version, view, on_device)
 
     def _embed_items(self, slots: Tensor) -> Tensor:
         with torch.no_grad():
-            return self._item_tower(slots)
+            return self._item_tower(slots.to(self.device)).cpu()
 
     def _check(self, user_ids: Tensor, exclude: Tensor) -> None:
         s = self._slot_vocab.numel()

@@ -10,7 +10,13 @@ exact filter check -> top-K) and exports it. Load it with ``silverrec.serve.Retr
 Compaction: with ``base=A.pt2 updates=updates.json`` (the artifact a ``Retriever`` served and the
 item updates it persisted) the new export's main index holds the updated item set instead of
 the training data's (:mod:`silverrec.serve.compaction`); serve it without the updates file.
+
+Device: ``device=cuda`` exports the serving graph and the item tower with CUDA tensors (and,
+with ``aoti=true``, compiles them with AOTInductor for this machine's GPU); the index is built
+on the CPU either way. The metadata records the device (``"device"``); a ``Retriever`` serves
+an export on the device it is asked for (:mod:`silverrec.serve.retriever`).
 """
+import copy
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -32,6 +38,7 @@ from silverrec.schema import HISTORY
 from silverrec.serve.aoti import compile_aoti
 from silverrec.serve.artifact import save_artifact
 from silverrec.serve.compaction import fold_updates
+from silverrec.serve.device import device_name, resolve_device
 from silverrec.serve.item_updates import ItemUpdates
 from silverrec.serve.requests import RequestEncoder
 from silverrec.train.checkpoint import load_checkpoint
@@ -126,12 +133,19 @@ def _tracing_updates(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset
     return updates.fresh_index()
 
 
+def _on_device(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` with its parameters and buffers on ``device`` (a copy: the caller's stays on the CPU)."""
+    return module if device.type == "cpu" else copy.deepcopy(module).to(device)
+
+
 def export_graph(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset: RecDataset, metadata: Dict[str, Any],
-                 path: str, aoti: bool = False, aoti_threads: Optional[int] = None) -> Dict[str, Any]:
+                 path: str, aoti: bool = False, aoti_threads: Optional[int] = None,
+                 device: torch.device = torch.device("cpu")) -> Dict[str, Any]:
     """Exports ``graph`` (dynamic batch, exclusion width and fresh-index sizes) and the item tower
-    (dynamic batch) into one package written atomically at ``path``; with ``aoti``, the package
-    also holds the serving graph compiled by AOTInductor for this machine's CPU, its loops on
-    ``aoti_threads`` OpenMP threads (default: the cores available here)."""
+    (dynamic batch) into one package written atomically at ``path``, their tensors on ``device``
+    (recorded as ``metadata["device"]``); with ``aoti``, the package also holds the serving graph
+    compiled by AOTInductor for this machine's CPU, its loops on ``aoti_threads`` OpenMP threads
+    (default: the cores available here), or for its GPU when ``device`` is CUDA."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     width = torch.export.Dim("exclude", min=1, max=2**20)
     words = torch.export.Dim("fresh_words", min=2, max=2**20)
@@ -141,17 +155,21 @@ def export_graph(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset: Re
                "fresh_cache": {0: rows}, "fresh_item_ids": {0: rows}, "fresh_bits": {1: words}, "fresh_live": {0: words},
                "fresh_posting_offsets": None, "fresh_posting_rows": {0: torch.export.Dim("fresh_postings", min=2)},
                "fresh_row_terms": {0: rows}}
-    fresh = _tracing_updates(graph, item_encoder, dataset, metadata)
+    fresh = _tracing_updates(graph, item_encoder, dataset, metadata)  # built on the CPU
     slots = RequestEncoder(metadata).items([{"item_id": i, "attributes": t} for i, t in
                                             zip(dataset.schema.item_ids[:3], dataset.item_terms()[:3])])
+    inputs = tuple(t.to(device) for t in example_inputs(dataset, metadata, fresh=fresh))
+    metadata = {**metadata, "device": device_name(device)}
     with torch.no_grad():
-        program = torch.export.export(graph, example_inputs(dataset, metadata, fresh=fresh), dynamic_shapes=dynamic, strict=False)
-        tower = torch.export.export(item_encoder, (slots,), dynamic_shapes={"ids": {0: batch}}, strict=False)
+        program = torch.export.export(_on_device(graph, device), inputs, dynamic_shapes=dynamic, strict=False)
+        tower = torch.export.export(_on_device(item_encoder, device), (slots.to(device),),
+                                    dynamic_shapes={"ids": {0: batch}}, strict=False)
     compiled = None
     if aoti:
-        print("compiling the serving graph with AOTInductor (about a minute; aoti=false skips it) ...", flush=True)
+        print(f"compiling the serving graph with AOTInductor for {device.type} (about a minute; aoti=false skips it) ...",
+              flush=True)
         try:
-            files, info = compile_aoti(program, aoti_threads)
+            files, info = compile_aoti(program, aoti_threads, device)
         except Exception as err:
             raise RuntimeError(f"AOTInductor compilation of the serving graph failed ({type(err).__name__}: {err}); "
                                "export with aoti=false for the plain torch.export program only") from err
@@ -161,19 +179,24 @@ def export_graph(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset: Re
 
 def export_serving(model: TwoTower, dataset: RecDataset, config: ServingConfig, path: str, extra: Dict[str, Any],
                    aoti: bool = False, base: Optional[str] = None, updates: Optional[str] = None,
-                   aoti_threads: Optional[int] = None) -> Dict[str, Any]:
+                   aoti_threads: Optional[int] = None, device: str = "cpu") -> Dict[str, Any]:
     """Builds the serving graph, exports it with the item tower and writes ``path`` atomically.
 
-    ``base`` and ``updates``: a compaction (see :func:`build_serving_graph`).
+    ``base`` and ``updates``: a compaction (see :func:`build_serving_graph`). ``device``: the
+    device of the exported tensors (``"cpu"`` or ``"cuda"``), checked before any work.
 
     Returns:
         Dict[str, Any]: the artifact metadata (schema, filter dictionary, K, tasks, version stamp, ...).
     """
+    dev = resolve_device(device, "device")
     graph, item_encoder, meta = build_serving_graph(model, dataset, config, base=base, updates=updates)
-    return export_graph(graph, item_encoder, dataset, {**meta, **extra}, path, aoti=aoti, aoti_threads=aoti_threads)
+    return export_graph(graph, item_encoder, dataset, {**meta, **extra}, path, aoti=aoti, aoti_threads=aoti_threads,
+                        device=dev)
 
 
 def run_export(cfg: DictConfig) -> Dict[str, Any]:
+    device = str(cfg.get("device", "cpu"))
+    resolve_device(device, "device")  # before the checkpoint and the data are read
     payload = load_checkpoint(cfg.ckpt_path)
     data_cfg = cfg.data if cfg.get("data") is not None else OmegaConf.create(payload["data_config"])
     dataset: RecDataset = instantiate(data_cfg)
@@ -181,20 +204,28 @@ def run_export(cfg: DictConfig) -> Dict[str, Any]:
     serving: ServingConfig = instantiate(cfg.serving)
     meta = export_serving(model, dataset, serving, cfg.output, {"checkpoint": os.path.abspath(cfg.ckpt_path), "step": int(payload["step"])},
                           aoti=bool(cfg.get("aoti", False)), base=cfg.get("base"), updates=cfg.get("updates"),
-                          aoti_threads=cfg.get("aoti_threads"))
+                          aoti_threads=cfg.get("aoti_threads"), device=device)
     if "compaction" in meta:
         c = meta["compaction"]
         print(f"compaction: folded {c['updated']} updated, {c['added']} added and {c['deleted']} deleted items "
               f"({c['updates'] or 'no updates file'}, made against version {c['base_version']}) into the main index "
               f"({meta['num_items']} items)")
     size_mb = os.path.getsize(cfg.output) / 2**20
-    compiled = f", AOTInductor for {meta['aoti']['isa']} on {meta['aoti']['threads']} threads" if "aoti" in meta else ""
-    print(f"exported {cfg.output} ({size_mb:.1f} MiB, k={serving.k}, version {meta['version']}{compiled})")
+    compiled = ""
+    if "aoti" in meta:
+        a = meta["aoti"]
+        compiled = (f", AOTInductor for {a['arch']}" if a.get("device") == "cuda"
+                    else f", AOTInductor for {a['isa']} on {a['threads']} threads")
+    print(f"exported {cfg.output} ({size_mb:.1f} MiB, k={serving.k}, {meta['device']}, version {meta['version']}{compiled})")
     return {"path": os.path.abspath(cfg.output), "size_mb": size_mb, **meta}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
+    try:  # a device this machine lacks: one line naming the option, not a traceback
+        resolve_device(str(cfg.get("device", "cpu")), "device")
+    except ValueError as err:
+        raise SystemExit(f"silverrec-export: {err}") from None
     run_export(cfg)
 
 

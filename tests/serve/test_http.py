@@ -258,5 +258,5 @@ def test_cli_serves_on_loopback(model_path, users):
     finally:
         proc.terminate()
         log = proc.communicate(timeout=30)[0]
-    assert re.search(rf"model {re.escape(model_path)} version \w+ \(\w+; sha256 of \d+ entries \([\d.]+ MiB\) "
+    assert re.search(rf"model {re.escape(model_path)} version \w+ \(\w+ on cpu; sha256 of \d+ entries \([\d.]+ MiB\) "
                      rf"verified in \d+ ms\) K=20 tasks=\S+ on http://127\.0\.0\.1:{port}", log), log
