@@ -40,57 +40,16 @@ from torch import Tensor
 from silverrec.data.dataset import RecDataset
 from silverrec.models.padded_encoder import padded_user_encoder_from_two_tower
 from silverrec.retrieval.bloom_index import BloomIndex
-from silverrec.retrieval.filter_expr import And, MatchAll, Node, Not, Or, Term, parse
-from silverrec.schema import HISTORY, user_key
+from silverrec.retrieval.attribute_filter import AttributeFilter
 from silverrec.serve import Retriever
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.export import example_users, latest_history, publish_item_embeddings
+from silverrec.train.served_eval import history_slots, recall, reference_top
 from silverrec.train.trainer import load_two_tower
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILTERS = ["", "language:en", "NOT category:music", "language:en AND NOT category:music"]
 K = 100  # results per query: the K of the artifact (100 for the demo's)
-
-
-class AttributeFilter:
-    """The pipeline's filter: expressions evaluated with NumPy over per-term item columns."""
-
-    def __init__(self, item_terms: Sequence[Dict[str, List[str]]]) -> None:
-        self.num_items = len(item_terms)
-        self.columns: Dict[Tuple[str, str], np.ndarray] = {}
-        for row, terms in enumerate(item_terms):
-            for feature, values in terms.items():
-                for v in values:
-                    col = self.columns.get((feature, str(v)))
-                    if col is None:
-                        col = self.columns[(feature, str(v))] = np.zeros(self.num_items, dtype=bool)
-                    col[row] = True
-        self.features = {f for f, _ in self.columns}
-        self._parsed: Dict[str, Node] = {}
-
-    def __call__(self, expression: str, rows: np.ndarray) -> np.ndarray:
-        """bool [len(rows)]: which item rows satisfy ``expression``."""
-        node = self._parsed.get(expression)
-        if node is None:
-            node = self._parsed[expression] = parse(expression)
-        return self._eval(node, rows)
-
-    def _eval(self, node: Node, rows: np.ndarray) -> np.ndarray:
-        if isinstance(node, MatchAll):
-            return np.ones(len(rows), dtype=bool)
-        if isinstance(node, Term):
-            if node.feature not in self.features:
-                raise ValueError(f"unknown filter feature {node.feature!r}")
-            col = self.columns.get((node.feature, node.value))
-            return np.zeros(len(rows), dtype=bool) if col is None else col[rows]
-        if isinstance(node, Not):
-            return ~self._eval(node.child, rows)
-        parts = [self._eval(c, rows) for c in node.children]
-        if isinstance(node, And):
-            return np.logical_and.reduce(parts) if parts else np.ones(len(rows), dtype=bool)
-        if isinstance(node, Or):
-            return np.logical_or.reduce(parts) if parts else np.zeros(len(rows), dtype=bool)
-        raise TypeError(f"unexpected filter node {node!r}")
 
 
 class Pipeline:
@@ -124,32 +83,6 @@ class Pipeline:
         top_value, top = torch.topk(value, min(K, width), dim=1)
         ids = padded.gather(1, top)
         return [ids[b][torch.isfinite(top_value[b])].numpy() for b in range(B)]
-
-
-def history_slots(user_encoder) -> slice:
-    """The history slots of the user encoder's ``user_ids`` (read by an OverArch with side features)."""
-    start = 0
-    for key, n in zip(user_encoder.keys, user_encoder.slots):
-        if key == user_key(HISTORY):
-            return slice(start, start + n)
-        start += n
-    return slice(0, 0)
-
-
-def reference_top(model, u: Tensor, items: Tensor, passing: np.ndarray, history: Tensor) -> np.ndarray:
-    """Exact top-K rows: all passing items scored by the OverArch + Value Model (``history``: the
-    query's history slots, for an OverArch with side features)."""
-    rows = torch.from_numpy(np.flatnonzero(passing))
-    with torch.no_grad():
-        logits = model.task_logits(u[None], items[rows][None], history=history[None], items=rows[None])
-        valid = torch.ones(1, rows.numel(), dtype=torch.bool)
-        values = model.value(model.task_scores(logits, valid), valid)[0]
-    order = torch.argsort(values, descending=True, stable=True)[:K]
-    return rows[order].numpy()
-
-
-def recall(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> float:
-    return float(np.mean([len(set(g.tolist()) & set(w.tolist())) / max(1, len(w)) for g, w in zip(got, want)]))
 
 
 def timed(fn: Callable[[slice], List[np.ndarray]], n: int, batch: int) -> Tuple[List[np.ndarray], List[float]]:
@@ -237,7 +170,7 @@ def main() -> None:
     for b in range(args.queries):
         ok = passing[b].copy()
         ok[exclude_rows[b]] = False
-        reference.append(reference_top(model, u_all[b], items, ok, user_ids[b, history_slots(user_encoder)]))
+        reference.append(reference_top(model, u_all[b], items, ok, user_ids[b, history_slots(user_encoder)], K))
     pass_rate = {f: float(passing[filters.index(f)].mean()) for f in FILTERS}
     print(f"exact reference for {args.queries} queries in {time.perf_counter() - t0:.0f} s; filters (pass rate): "
           + ", ".join(f"{f or '<none>'!r} ({r:.0%})" for f, r in pass_rate.items()))

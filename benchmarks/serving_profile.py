@@ -229,7 +229,9 @@ def served_recall(ds: RecDataset, model: torch.nn.Module, graph: torch.nn.Module
                   num_users: int) -> None:
     """Prints each artifact's served recall@K against the exact value ranking, per filter."""
     # benchmarks/serving.py (a module beside this script, sys.path[0]; it imports faiss)
-    from serving import FILTERS, history_slots, recall, reference_top
+    from serving import FILTERS
+
+    from silverrec.train.served_eval import history_slots, recall, reference_top
 
     from silverrec.train.export import publish_item_embeddings
 
@@ -252,7 +254,7 @@ def served_recall(ds: RecDataset, model: torch.nn.Module, graph: torch.nn.Module
     for b in range(num_users):
         ok = passing[b].copy()
         ok[[row_of[x] for x in exclude_ids[b]]] = False
-        want.append(reference_top(model, u[b], items, ok, user_ids[b, hs]))
+        want.append(reference_top(model, u[b], items, ok, user_ids[b, hs], graph.k))
     print(f"\nserved recall@{graph.k} against the exact value ranking, {num_users} users:")
     for name, r in served.items():
         got = []

@@ -3,6 +3,7 @@
     silverrec-eval ckpt_path=runs/demo/checkpoints/step_00002000.pt
     silverrec-eval ckpt_path=... data=movielens data.path=/data/ml-1m   # other data than trained on
     silverrec-eval ckpt_path=... protocol=leave_last_out               # HR@K / NDCG@K / MRR
+    silverrec-eval model=runs/demo/serving.pt2 [users=512] [filters='[...]']  # the served artifact
 
 The protocol (:mod:`silverrec.train.protocol`) and cut-offs default to the checkpoint's.
 
@@ -10,6 +11,7 @@ Writes a JSON report (``report_path``) and, unless ``~logger`` is given, TensorB
 """
 import json
 import os
+import sys
 from typing import Any, Dict, Optional, Sequence
 
 import hydra
@@ -23,7 +25,9 @@ from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.distributed import DistContext, init_distributed, shutdown_distributed
 from silverrec.train.evaluator import Evaluator
 from silverrec.train.multitask_eval import MultiTaskEvaluator, log_multitask
+from silverrec.serve import Retriever
 from silverrec.train.protocol import EvalConfig
+from silverrec.train.served_eval import evaluate_served, served_table
 from silverrec.train.tb_logging import TensorBoardLogger, make_logger
 from silverrec.train.trainer import load_two_tower
 
@@ -88,7 +92,42 @@ def log_metrics(logger: Optional[TensorBoardLogger], report: Dict[str, Any], ste
     logger.flush()
 
 
+def run_served_evaluation(cfg: DictConfig) -> Dict[str, Any]:
+    """``artifact=PATH``: the served graph against held-out items and the exact model
+    (:mod:`silverrec.train.served_eval`); writes ``{"served": ..}`` to ``report_path``."""
+    retriever = Retriever(cfg.artifact)
+    ckpt = cfg.get("ckpt_path") or retriever.metadata.get("checkpoint")
+    if not ckpt or not os.path.isfile(ckpt):
+        raise ValueError(f"artifact {cfg.artifact!r} records checkpoint {ckpt!r}, which is not a file: "
+                         "give ckpt_path= (the checkpoint it was exported from)")
+    payload = load_checkpoint(ckpt)
+    data_cfg = cfg.data if cfg.get("data") is not None else OmegaConf.create(payload["data_config"])
+    dataset: RecDataset = instantiate(data_cfg)
+    model = load_two_tower(payload)
+    filters = None if cfg.get("filters") is None else list(cfg.filters)
+    section = evaluate_served(retriever, model, dataset, filters=filters, max_users=int(cfg.users),
+                              batches=[int(b) for b in cfg.batches])
+    section["artifact"] = os.path.abspath(cfg.artifact)
+    report: Dict[str, Any] = {"served": section,
+                              "checkpoint": {"path": os.path.abspath(ckpt), "step": int(payload["step"])}}
+    logger = make_logger(cfg.logger.log_dir if cfg.get("logger") else None, True)
+    if logger:
+        for expr, row in section["filters"].items():
+            logger.scalars({k: v for k, v in row.items() if "@" in k and v is not None}, int(payload["step"]),
+                           prefix=f"served/{expr}/")
+        logger.scalars({f"batch_{b}": ms for b, ms in section["latency_ms"].items()}, int(payload["step"]),
+                       prefix="served/latency_ms/")
+        logger.close()
+    write_json_atomic(cfg.report_path, report)
+    print(served_table(section))
+    return report
+
+
 def run_evaluation(cfg: DictConfig) -> Dict[str, Any]:
+    if cfg.get("artifact"):
+        return run_served_evaluation(cfg)
+    if not cfg.get("ckpt_path"):
+        raise ValueError("silverrec-eval needs ckpt_path=CHECKPOINT or model=ARTIFACT.pt2")
     payload = load_checkpoint(cfg.ckpt_path)
     data_cfg = cfg.data if cfg.get("data") is not None else OmegaConf.create(payload["data_config"])
     dataset: RecDataset = instantiate(data_cfg)
@@ -122,8 +161,15 @@ def run_evaluation(cfg: DictConfig) -> Dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     run_evaluation(cfg)
+
+
+def main() -> None:
+    """The ``silverrec-eval`` entry point: ``model=PATH`` becomes ``artifact=PATH`` (Hydra would
+    read ``model=`` as a choice of the ``model`` config group) and Hydra takes over."""
+    sys.argv = [f"artifact={a[len('model='):]}" if a.startswith("model=") else a for a in sys.argv]
+    _hydra_main()
 
 
 if __name__ == "__main__":
