@@ -13,7 +13,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from silverrec.data.dataset import JaggedColumn, Split
+from silverrec.data.dataset import FeatureTable, Interactions, JaggedColumn, RecDataset, Split
+from silverrec.schema import Schema
 
 SPLIT_NAMES = ("train", "valid", "test")
 
@@ -96,6 +97,24 @@ def check_required_splits(split: Split, required: Sequence[str], source: str) ->
 def sort_interactions(user: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
     """Permutation sorting interactions by (user, timestamp), ties in input order."""
     return np.lexsort((np.arange(user.size), timestamp, user))
+
+
+def assemble_dataset(schema: Schema, users: FeatureTable, items: FeatureTable, user: np.ndarray, item: np.ndarray,
+                     timestamp: np.ndarray, labels: Dict[str, np.ndarray], known: np.ndarray, valid_fraction: float,
+                     test_fraction: float, required_splits: Sequence[str], source: str) -> RecDataset:
+    """The shared tail of the file loaders: keeps the interactions whose user and item are known
+    (``known``, bool ``[M]``, over ``user``/``item``/``timestamp``/``labels`` ``[M]``), sorts them
+    by (user, timestamp), splits them by time fraction, checks ``required_splits`` (errors name
+    ``source``) and returns the validated ``RecDataset``."""
+    user, item, timestamp = user[known], item[known], timestamp[known]
+    order = sort_interactions(user, timestamp)
+    user, item, timestamp = user[order], item[order], timestamp[order]
+    labels = {name: values[known][order] for name, values in labels.items()}
+    split = time_fraction_split(user, timestamp, valid_fraction, test_fraction)
+    check_required_splits(split, required_splits, source)
+    ds = RecDataset(schema, users, items, Interactions(user, item, timestamp, labels), split)
+    ds.validate()
+    return ds
 
 
 def vocab_of(values: np.ndarray) -> Tuple[Tuple[str, ...], np.ndarray]:

@@ -43,9 +43,9 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from silverrec.data._loading import (check_required_splits, drop_unknown, jagged_from_cells, read_checked,
-                                     require_file, sort_interactions, time_fraction_split, vocab_of)
-from silverrec.data.dataset import FeatureTable, Interactions, JaggedColumn, RecDataset
+from silverrec.data._loading import (assemble_dataset, drop_unknown, jagged_from_cells, read_checked, require_file,
+                                     vocab_of)
+from silverrec.data.dataset import FeatureTable, JaggedColumn, RecDataset
 from silverrec.schema import Feature, Schema, Task
 
 _YEAR = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*\d{0,4})?\)\s*$")
@@ -235,18 +235,13 @@ def load_movielens(path: Union[str, Path], min_rating_for_like: float = 4.0, val
         user_ids, row = np.unique(r_user, return_inverse=True)
         row = row.reshape(-1)
         user_features, user_table = (), FeatureTable(user_ids.size, {})
-    rating = ratings["rating"].to_numpy()[known]
-    user, item, ts = row[known].astype(np.int64), item[known].astype(np.int64), ratings["timestamp"].to_numpy()[known]
-    order = sort_interactions(user, ts)
-    user, item, ts, rating = user[order], item[order], ts[order], rating[order]
-    labels = {"click": np.ones(user.size, np.float32), "like": (rating >= min_rating_for_like).astype(np.float32)}
-    split = time_fraction_split(user, ts, valid_fraction, test_fraction)
-    check_required_splits(split, required_splits, source)
+    rating = ratings["rating"].to_numpy()
+    labels = {"click": np.ones(rating.size, np.float32), "like": (rating >= min_rating_for_like).astype(np.float32)}
     schema = Schema(user_features=user_features, item_features=item_features,
                     tasks=(Task("click"), Task("like")), history_length=history_length)
-    ds = RecDataset(schema, user_table, items, Interactions(user, item, ts, labels), split)
-    ds.validate()
-    return ds
+    return assemble_dataset(schema, user_table, items, row.astype(np.int64), item.astype(np.int64),
+                            ratings["timestamp"].to_numpy(), labels, known, valid_fraction, test_fraction,
+                            required_splits, source)
 
 
 def _users(users: "object", path: Path) -> Tuple[Tuple[Feature, ...], FeatureTable, np.ndarray]:

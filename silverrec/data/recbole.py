@@ -46,9 +46,9 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from silverrec.data._loading import (check_required_splits, drop_unknown, jagged_from_cells, line_of_row,
-                                     read_checked, require_file, sort_interactions, time_fraction_split)
-from silverrec.data.dataset import FeatureTable, Interactions, JaggedColumn, RecDataset
+from silverrec.data._loading import (assemble_dataset, drop_unknown, jagged_from_cells, line_of_row, read_checked,
+                                     require_file)
+from silverrec.data.dataset import FeatureTable, JaggedColumn, RecDataset
 from silverrec.schema import ITEM_ID, Feature, Schema, Task
 
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
@@ -283,17 +283,9 @@ def load_recbole(path: Union[str, Path], name: Optional[str] = None, min_rating_
             raise ValueError(f"{inter_path}:{line_of_row(inter_path, int(missing[0]), True)}: field {RATING!r} is empty")
         labels["like"] = (rating >= float(min_rating_for_like)).astype(np.float32)
         tasks.append(Task("like"))
-    user, item, ts = user[known], item[known], ts[known]
-    labels = {k: v[known] for k, v in labels.items()}
-    order = sort_interactions(user, ts)
-    user, item, ts = user[order], item[order], ts[order]
-    labels = {k: v[order] for k, v in labels.items()}
-    split = time_fraction_split(user, ts, valid_fraction, test_fraction)
-    check_required_splits(split, required_splits, str(inter_path))
     schema = Schema(user_features=tuple(user_feats), tasks=tuple(tasks), history_length=history_length,
                     item_features=(Feature(ITEM_ID, tuple(str(v) for v in item_ids.tolist())), *item_feats))
     item_cols[ITEM_ID] = JaggedColumn.from_ids(np.arange(item_ids.size))
-    ds = RecDataset(schema, FeatureTable(user_ids.size, user_cols), FeatureTable(item_ids.size, item_cols),
-                    Interactions(user, item, ts, labels), split)
-    ds.validate()
-    return ds
+    return assemble_dataset(schema, FeatureTable(user_ids.size, user_cols), FeatureTable(item_ids.size, item_cols),
+                            user, item, ts, labels, known, valid_fraction, test_fraction, required_splits,
+                            str(inter_path))

@@ -31,9 +31,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from silverrec.data._loading import (check_required_splits, drop_unknown, jagged_from_cells, read_checked, read_header,
-                                     require_file, sort_interactions, time_fraction_split)
-from silverrec.data.dataset import FeatureTable, Interactions, JaggedColumn, RecDataset
+from silverrec.data._loading import (assemble_dataset, drop_unknown, jagged_from_cells, read_checked, read_header,
+                                     require_file)
+from silverrec.data.dataset import FeatureTable, JaggedColumn, RecDataset
 from silverrec.schema import ITEM_ID, Feature, Schema, Task, TaskKind
 
 PathLike = Union[str, Path]
@@ -231,17 +231,10 @@ def load_tables(interactions: PathLike, items: PathLike, users: Optional[PathLik
         user, user_feats, user_table = full, [], FeatureTable(user_ids.size, {})
     tasks, labels = _tasks(inter, label_cols, ipath, first, unit)
     ts = inter["timestamp"].to_numpy().astype(np.int64)
-    user, item, ts = user[known], item[known], ts[known]
-    labels = {k: v[known] for k, v in labels.items()}
-    order = sort_interactions(user, ts)
-    user, item, ts = user[order], item[order], ts[order]
-    labels = {k: v[order] for k, v in labels.items()}
-    split = time_fraction_split(user, ts, valid_fraction, test_fraction)
-    check_required_splits(split, required_splits, str(ipath))
     schema = Schema(user_features=tuple(user_feats), history_length=history_length, tasks=tasks,
                     item_features=(Feature(ITEM_ID, tuple(str(v) for v in item_ids.tolist())), *item_feats))
     item_cols[ITEM_ID] = JaggedColumn.from_ids(np.arange(item_ids.size))
-    ds = RecDataset(schema, user_table, FeatureTable(item_ids.size, item_cols), Interactions(user, item, ts, labels), split)
-    ds.validate()
+    ds = assemble_dataset(schema, user_table, FeatureTable(item_ids.size, item_cols), user, item, ts, labels, known,
+                          valid_fraction, test_fraction, required_splits, str(ipath))
     return ds
 
