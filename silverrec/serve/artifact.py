@@ -12,6 +12,12 @@ Optionally the package also holds the serving graph compiled by AOTInductor
 (:mod:`silverrec.serve.aoti`; metadata ``"aoti"``), which :class:`~silverrec.serve.Retriever`
 prefers where it can run. :func:`load_artifact` reads the programs without loading it.
 
+Memory: :func:`open_artifact` maps the large tensor records of the file (the index, the embedding
+tables) into memory read-only (copy-on-write) instead of reading them onto the heap, so loading
+costs no copy, only the pages a query touches become resident, and several server processes on
+one machine share one copy of those pages in the page cache (``benchmarks/scale.py`` measures
+the RSS of a second process). ``mmap=False`` reads them as ``torch.export.load`` does.
+
 Integrity: :func:`save_artifact` appends a manifest of the sha256 of every archive entry
 (:mod:`silverrec.serve.integrity`; metadata ``"integrity"``), and :func:`open_artifact` /
 :func:`load_artifact` hash the file once before reading anything from it (about 70 ms for the
@@ -25,6 +31,7 @@ import logging
 import os
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.export.pt2_archive import PT2ArchiveReader
@@ -107,6 +114,33 @@ def _missing_device(path: str, raw_meta: Optional[str]) -> Optional[str]:
     return None
 
 
+# records at least this large are memory-mapped (smaller ones are read: a map costs a page at least)
+MMAP_MIN_BYTES = 1 << 20
+
+
+class _MappedRecords:
+    """A ``PyTorchFileReader`` whose large tensor records come back as read-only (copy-on-write)
+    memory maps of the archive file rather than heap copies (PT2 archives store tensor records
+    uncompressed and 64-byte aligned, so a record is a plain byte range of the file)."""
+
+    def __init__(self, reader: Any, path: str) -> None:
+        self._reader = reader
+        self._path = path
+        self.mapped_bytes = 0
+
+    def get_storage_from_record(self, name: str, numel: int, dtype: torch.dtype) -> Tensor:
+        nbytes = numel * torch._utils._element_size(dtype)
+        if nbytes < MMAP_MIN_BYTES:
+            return self._reader.get_storage_from_record(name, numel, dtype)
+        offset = self._reader.get_record_offset(name)
+        raw = np.memmap(self._path, dtype=np.uint8, mode="c", offset=offset, shape=(nbytes,))
+        self.mapped_bytes += nbytes
+        return torch.from_numpy(raw).view(dtype)  # the tensor keeps the map alive
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+
 def load_artifact(path: str) -> Tuple[Programs, Dict[str, Any]]:
     """Loads a silverrec ``.pt2``: ``({"model": ..., "item_tower": ...}, metadata)``; raises
     ``FileNotFoundError`` / ``ValueError`` naming the problem (an
@@ -115,9 +149,10 @@ def load_artifact(path: str) -> Tuple[Programs, Dict[str, Any]]:
     return loaded.programs, loaded.metadata
 
 
-def open_artifact(path: str) -> LoadedArtifact:
+def open_artifact(path: str, mmap: bool = True) -> LoadedArtifact:
     """:func:`load_artifact`, also returning the checksum verification's report (entries, bytes,
-    seconds) for the caller's load log line."""
+    seconds) for the caller's load log line. ``mmap``: map the tensor records of at least
+    :data:`MMAP_MIN_BYTES` read-only from the file (default) instead of reading them."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"exported model {path!r} does not exist")
     try:
@@ -126,6 +161,8 @@ def open_artifact(path: str) -> LoadedArtifact:
         raise IntegrityError(f"refusing to load a corrupted export: {err}; re-export it or copy it again") from err
     try:  # the programs and extra files only: an AOTInductor library is loaded on demand
         with PT2ArchiveReader(path) as reader:
+            if mmap:
+                reader.archive_file = _MappedRecords(reader.archive_file, path)
             names = reader.get_file_names()
             extra_files = _load_extra_files(reader, names)
             no_device = _missing_device(path, extra_files.get(_META))

@@ -146,6 +146,20 @@ def export_graph(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset: Re
     (recorded as ``metadata["device"]``); with ``aoti``, the package also holds the serving graph
     compiled by AOTInductor for this machine's CPU, its loops on ``aoti_threads`` OpenMP threads
     (default: the cores available here), or for its GPU when ``device`` is CUDA."""
+    fresh = _tracing_updates(graph, item_encoder, dataset, metadata)  # built on the CPU
+    slots = RequestEncoder(metadata).items([{"item_id": i, "attributes": t} for i, t in
+                                            zip(dataset.schema.item_ids[:3], dataset.item_terms()[:3])])
+    inputs = example_inputs(dataset, metadata, fresh=fresh)
+    return export_traced(graph, item_encoder, metadata, path, inputs, slots, aoti=aoti, aoti_threads=aoti_threads,
+                         device=device)
+
+
+def export_traced(graph: RetrievalGraph, item_encoder: PaddedEncoder, metadata: Dict[str, Any], path: str,
+                  inputs: Tuple[Tensor, ...], slots: Tensor, aoti: bool = False, aoti_threads: Optional[int] = None,
+                  device: torch.device = torch.device("cpu")) -> Dict[str, Any]:
+    """:func:`export_graph` on given example inputs: ``inputs``, the serving graph's (CPU tensors,
+    as :func:`example_inputs` builds them) and ``slots``, the item tower's ``[B, S]`` item slots
+    (``benchmarks/scale.py`` calls it without a :class:`RecDataset`)."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     width = torch.export.Dim("exclude", min=1, max=2**20)
     words = torch.export.Dim("fresh_words", min=2, max=2**20)
@@ -155,10 +169,7 @@ def export_graph(graph: RetrievalGraph, item_encoder: PaddedEncoder, dataset: Re
                "fresh_cache": {0: rows}, "fresh_item_ids": {0: rows}, "fresh_bits": {1: words}, "fresh_live": {0: words},
                "fresh_posting_offsets": None, "fresh_posting_rows": {0: torch.export.Dim("fresh_postings", min=2)},
                "fresh_row_terms": {0: rows}}
-    fresh = _tracing_updates(graph, item_encoder, dataset, metadata)  # built on the CPU
-    slots = RequestEncoder(metadata).items([{"item_id": i, "attributes": t} for i, t in
-                                            zip(dataset.schema.item_ids[:3], dataset.item_terms()[:3])])
-    inputs = tuple(t.to(device) for t in example_inputs(dataset, metadata, fresh=fresh))
+    inputs = tuple(t.to(device) for t in inputs)
     metadata = {**metadata, "device": device_name(device)}
     with torch.no_grad():
         program = torch.export.export(_on_device(graph, device), inputs, dynamic_shapes=dynamic, strict=False)
