@@ -387,3 +387,58 @@ def ivf_search(
     """
     return torch.ops.silverrec.ivf_search(queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id,
                                           mask, n_probe, min_rows, max_probe, k0, k)
+
+
+# --- ivf_search_bloom ---
+
+
+def ivf_search_bloom(
+    queries: torch.Tensor,
+    centroid_scores: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    cluster_offsets: torch.Tensor,
+    cache: torch.Tensor,
+    row_to_id: torch.Tensor,
+    bits: torch.Tensor,
+    opcodes: torch.Tensor,
+    terms: torch.Tensor,
+    hashes: torch.Tensor,
+    posting_offsets: torch.Tensor,
+    posting_rows: torch.Tensor,
+    deny: "torch.Tensor | None",
+    exclude_rows: "torch.Tensor | None",
+    n_probe: int,
+    min_rows: int,
+    max_probe: int,
+    k0: int,
+    k: int,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Probe, then filter: :func:`ivf_search` under a Bloom filter plan per mask row.
+
+    Calls ``torch.ops.silverrec.ivf_search_bloom``. The mask of row ``b`` is
+    :func:`bloom_search` of plan ``b`` over all rows, minus the rows set in ``deny`` and those
+    listed in ``exclude_rows[b]``. On CPU the plan runs only over the clusters each query's probe
+    choice walks, as the walk reaches them (the choice counts each walked cluster's passing rows
+    exactly, so it never needs the rest): the Bloom work grows with the rows probed, not with N.
+    A row whose walk is expected (from the plan run over a sample of words) to cover more than a
+    quarter of the index gets one streaming pass over all its words instead. On CUDA:
+    ``bloom_search`` over all rows, then ``ivf_search``. Spec:
+    ``silverrec.ops.reference.ivf_search_bloom_reference``; results equal it bit for bit.
+
+    Args:
+        queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id: as in
+            :func:`ivf_search` (``[B, T, D]`` queries: the T queries of row ``b`` share its plan).
+        bits, opcodes, terms, hashes, posting_offsets, posting_rows: as in :func:`bloom_search`,
+            ``bits`` ``[M, ceil(N/64)]`` in index row order, one plan per row ``b``.
+        deny (Optional[Tensor]): int64 ``[ceil(N/64)]`` packed rows that never pass (tombstones).
+        exclude_rows (Optional[Tensor]): int64 ``[B, E]`` index rows never returned to row ``b``
+            (-1 padding).
+        n_probe, min_rows, max_probe, k0, k: as in :func:`ivf_search`.
+
+    Returns:
+        Tuple[Tensor, Tensor, Tensor]: ``scores``, ``ids``, ``rows`` as :func:`ivf_search`.
+    """
+    return torch.ops.silverrec.ivf_search_bloom(queries, centroid_scores, codes, scales, cluster_offsets, cache,
+                                                row_to_id, bits, opcodes, terms, hashes, posting_offsets, posting_rows,
+                                                deny, exclude_rows, n_probe, min_rows, max_probe, k0, k)

@@ -43,6 +43,13 @@ SCHEMAS: Dict[str, str] = {
         "Tensor cache, Tensor row_to_id, Tensor? mask, int n_probe, int min_rows, int max_probe, int k0, int k) "
         "-> (Tensor, Tensor, Tensor)"
     ),
+    # --- ivf_search_bloom (probe, then filter: the Bloom plan evaluated over the walked clusters) ---
+    "ivf_search_bloom": (
+        "ivf_search_bloom(Tensor queries, Tensor centroid_scores, Tensor codes, Tensor scales, "
+        "Tensor cluster_offsets, Tensor cache, Tensor row_to_id, Tensor bits, Tensor opcodes, Tensor terms, "
+        "Tensor hashes, Tensor posting_offsets, Tensor posting_rows, Tensor? deny, Tensor? exclude_rows, "
+        "int n_probe, int min_rows, int max_probe, int k0, int k) -> (Tensor, Tensor, Tensor)"
+    ),
 }
 
 _ALLOWED_KEYS = ("CPU", "CUDA", "Meta")

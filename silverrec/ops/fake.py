@@ -205,6 +205,39 @@ def ivf_search_fake(
 
 FAKE_IMPLS["ivf_search"] = {"Meta": ivf_search_fake}
 
+
+def ivf_search_bloom_fake(
+    queries: Tensor,
+    centroid_scores: Tensor,
+    codes: Tensor,
+    scales: Tensor,
+    cluster_offsets: Tensor,
+    cache: Tensor,
+    row_to_id: Tensor,
+    bits: Tensor,
+    opcodes: Tensor,
+    terms: Tensor,
+    hashes: Tensor,
+    posting_offsets: Tensor,
+    posting_rows: Tensor,
+    deny: Optional[Tensor],
+    exclude_rows: Optional[Tensor],
+    n_probe: int,
+    min_rows: int,
+    max_probe: int,
+    k0: int,
+    k: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Shapes of ``ivf_search_bloom``: those of ``ivf_search`` (one plan per mask row)."""
+    torch._check(opcodes.dim() == 2 and opcodes.shape[0] == queries.shape[0],
+                 lambda: f"ivf_search_bloom: opcodes must be [B={queries.shape[0]}, L], got {tuple(opcodes.shape)}")
+    torch._check(bits.dim() == 2, lambda: f"ivf_search_bloom: bits must be [M, W], got {tuple(bits.shape)}")
+    return ivf_search_fake(queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, None, n_probe,
+                           min_rows, max_probe, k0, k)
+
+
+FAKE_IMPLS["ivf_search_bloom"] = {"Meta": ivf_search_bloom_fake}
+
 # --- pack_id_mask ---
 
 

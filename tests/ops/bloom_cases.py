@@ -34,13 +34,11 @@ def _program(rng: random.Random, depth: int, num_bits: int, num_terms: int, H: i
     ]
 
 
-def random_case(seed: int, max_rows: int = 300, max_batch: int = 4) -> Args:
-    """Random bits, postings, clusters, probes and plans (NOP padding, -1 probes, repeats)."""
-    rng = random.Random(seed)
-    gen = torch.Generator().manual_seed(seed)
-    n = rng.randint(1, max_rows)
+def random_plans(rng: random.Random, gen: torch.Generator, n: int, B: int) -> Tuple[Tensor, ...]:
+    """Random bits over n rows, posting lists and B plans (NOP padding): ``bits, opcodes, terms,
+    hashes, posting_offsets, posting_rows``."""
     W = (n + 63) // 64
-    M, H, T, B = rng.randint(1, 24), rng.randint(1, 4), rng.randint(0, 12), rng.randint(1, max_batch)
+    M, H, T = rng.randint(1, 24), rng.randint(1, 4), rng.randint(0, 12)
     density = rng.choice([0.05, 0.5, 0.95])
     words = torch.randint(-(2**63), 2**63 - 1, (M, W), generator=gen, dtype=torch.int64)
     keep = (torch.rand(M, W * 64, generator=gen) < density).reshape(M, W, 64)
@@ -60,10 +58,20 @@ def random_case(seed: int, max_rows: int = 300, max_batch: int = 4) -> Args:
         slots = sorted(rng.sample(range(L), len(prog)))  # NOPs may sit anywhere
         for s, (op, t, h) in zip(slots, prog):
             opcodes[b, s], terms[b, s], hashes[b, s] = op, t, torch.tensor(h)
+    return (bits, opcodes, terms, hashes, torch.tensor(offsets, dtype=torch.int64),
+            torch.tensor(posting_rows, dtype=torch.int64))
+
+
+def random_case(seed: int, max_rows: int = 300, max_batch: int = 4) -> Args:
+    """Random bits, postings, clusters, probes and plans (NOP padding, -1 probes, repeats)."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    n = rng.randint(1, max_rows)
+    B = rng.randint(1, max_batch)
+    bits, opcodes, terms, hashes, offsets, posting_rows = random_plans(rng, gen, n, B)
     C = rng.randint(1, 6)
     cuts = sorted(rng.randint(0, n) for _ in range(C - 1))
     cluster_offsets = torch.tensor([0] + cuts + [n], dtype=torch.int64)
     P = rng.randint(1, 4)
     probe = torch.tensor([[rng.randint(-1, C - 1) for _ in range(P)] for _ in range(B)], dtype=torch.int64)
-    return (bits, opcodes, terms, hashes, torch.tensor(offsets, dtype=torch.int64),
-            torch.tensor(posting_rows, dtype=torch.int64), probe, cluster_offsets)
+    return (bits, opcodes, terms, hashes, offsets, posting_rows, probe, cluster_offsets)

@@ -59,26 +59,21 @@ inline bool pack_whole_mask(const at::Tensor& mask, int64_t queries, int64_t N, 
   return 16.0 * per_row > static_cast<double>(N);
 }
 
-class IdOrderMask {
+// Row-order mask words made cluster by cluster, as ivf_search's probe choice reaches them: the
+// words of each distinct mask row ("source"; query q reads source q / per_row, or source 0 when
+// one row is shared by all), a ready flag per (source, cluster), and pack() in the subclass, which
+// makes the words covering a row range. IdOrderMask packs an id-order mask; BloomMask
+// (ivf_bloom_mask.h) runs a filter program over the Bloom index.
+class LazyRowMask {
  public:
-  // mask: bool [S, cols] (nonzero passes) or uint8 [S, cols] bitmap (id i: bit i & 7 of byte
-  // i >> 3), rows contiguous, S distinct rows (row stride 0: S = 1); query q reads row
-  // q / per_row (or row 0 when shared). row_to_id [N], off [C + 1] as in ivf_search.
-  IdOrderMask(const at::Tensor& mask, const int64_t* row_to_id, const int64_t* off, int64_t N, int64_t C,
-              int64_t queries, int64_t per_row)
-      : row_to_id_(row_to_id), off_(off), N_(N), C_(C), W_((N + 63) / 64), per_row_(per_row) {
-    is_bool_ = mask.scalar_type() == at::kBool;
-    const int64_t cols = mask.size(1);
-    bound_ = is_bool_ ? cols : 8 * cols;
-    shared_ = mask.size(0) > 1 && mask.stride(0) == 0;
-    S_ = shared_ ? 1 : mask.size(0);
-    base_ = reinterpret_cast<const uint8_t*>(mask.data_ptr());
-    stride_ = mask.stride(0);
+  LazyRowMask(const int64_t* off, int64_t N, int64_t C, int64_t queries, int64_t per_row, int64_t sources, bool shared)
+      : off_(off), N_(N), C_(C), W_((N + 63) / 64), per_row_(per_row), S_(shared ? 1 : sources), shared_(shared) {
     words_.reset(new uint64_t[S_ * W_]);  // not zeroed: only words of ensured clusters are read
     ready_.reset(new std::atomic<uint8_t>[S_ * C_]());
     rows_.resize(queries);
     for (int64_t q = 0; q < queries; ++q) rows_[q] = words_.get() + source(q) * W_;
   }
+  virtual ~LazyRowMask() = default;
 
   // The row-order words of each query (valid over the clusters ensured for it).
   const uint64_t* const* rows() const { return rows_.data(); }
@@ -97,19 +92,52 @@ class IdOrderMask {
     for (int64_t c = 0; c < C_; ++c) ensure(q, c);
   }
 
+ protected:
+  int64_t source(int64_t q) const { return shared_ ? 0 : q / per_row_; }
+  uint64_t* words(int64_t s) { return words_.get() + s * W_; }
+  // Marks every cluster of source s ready (its words were all made before the walk).
+  void mark_ready(int64_t s) {
+    for (int64_t c = 0; c < C_; ++c) ready_[s * C_ + c].store(1, std::memory_order_release);
+  }
+  // Makes the words covering rows [lo, hi) of source s (whole words: rows of a neighbouring
+  // cluster in a shared word get their own, same, bits), stored with relaxed atomic stores.
+  virtual void pack(int64_t s, int64_t lo, int64_t hi) = 0;
+
+  const int64_t* off_;
+  int64_t N_, C_, W_, per_row_, S_;
+  bool shared_;
+
+ private:
+  std::unique_ptr<uint64_t[]> words_;
+  std::unique_ptr<std::atomic<uint8_t>[]> ready_;
+  std::vector<const uint64_t*> rows_;
+};
+
+class IdOrderMask : public LazyRowMask {
+ public:
+  // mask: bool [S, cols] (nonzero passes) or uint8 [S, cols] bitmap (id i: bit i & 7 of byte
+  // i >> 3), rows contiguous, S distinct rows (row stride 0: S = 1); query q reads row
+  // q / per_row (or row 0 when shared). row_to_id [N], off [C + 1] as in ivf_search.
+  IdOrderMask(const at::Tensor& mask, const int64_t* row_to_id, const int64_t* off, int64_t N, int64_t C,
+              int64_t queries, int64_t per_row)
+      : LazyRowMask(off, N, C, queries, per_row, mask.size(0), mask.size(0) > 1 && mask.stride(0) == 0),
+        row_to_id_(row_to_id) {
+    is_bool_ = mask.scalar_type() == at::kBool;
+    const int64_t cols = mask.size(1);
+    bound_ = is_bool_ ? cols : 8 * cols;
+    base_ = reinterpret_cast<const uint8_t*>(mask.data_ptr());
+    stride_ = mask.stride(0);
+  }
+
   // Whether a row read so far held an id outside the mask's [0, bound) (its bit read as 0).
   bool bad_id() const { return bad_.load(std::memory_order_relaxed); }
   int64_t bound() const { return bound_; }
 
- private:
-  int64_t source(int64_t q) const { return shared_ ? 0 : q / per_row_; }
-
-  // Packs the words covering rows [lo, hi) of source row s (whole words: rows of a neighbouring
-  // cluster in a shared word get their own, same, bits).
-  void pack(int64_t s, int64_t lo, int64_t hi) {
+ protected:
+  void pack(int64_t s, int64_t lo, int64_t hi) override {
     if (lo >= hi) return;
     const uint8_t* src = base_ + s * stride_;
-    uint64_t* out = words_.get() + s * W_;
+    uint64_t* out = words(s);
     const auto limit = static_cast<uint64_t>(bound_);
     bool bad = false;
     for (int64_t w = lo >> 6; w <= (hi - 1) >> 6; ++w) {
@@ -135,14 +163,11 @@ class IdOrderMask {
     if (bad) bad_.store(true, std::memory_order_relaxed);
   }
 
+ private:
   const int64_t* row_to_id_;
-  const int64_t* off_;
-  int64_t N_, C_, W_, per_row_, S_ = 1, bound_ = 0, stride_ = 0;
-  bool is_bool_ = true, shared_ = false;
+  int64_t bound_ = 0, stride_ = 0;
+  bool is_bool_ = true;
   const uint8_t* base_ = nullptr;
-  std::unique_ptr<uint64_t[]> words_;
-  std::unique_ptr<std::atomic<uint8_t>[]> ready_;
-  std::vector<const uint64_t*> rows_;
   std::atomic<bool> bad_{false};
 };
 

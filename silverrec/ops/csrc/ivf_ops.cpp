@@ -1,5 +1,5 @@
 // CPU kernels (entry points) of the IVF-INT8 ops of torch.ops.silverrec: quantize_int8_rowwise,
-// ivf_int8_topk, ivf_select_probes, ivf_rescore_topk and ivf_search. This file validates the
+// ivf_int8_topk, ivf_select_probes, ivf_rescore_topk, ivf_search and ivf_search_bloom. This file validates the
 // inputs (TORCH_CHECK) and registers the kernels; each step's per-query code is in a header:
 //   ivf_common.h        prefetch, per-query threading, rank keys (the tie rule), running top-k
 //   ivf_dot_i8.h        exact int8 dot products, AVX2 path
@@ -7,11 +7,14 @@
 //   ivf_scan.h          the scan: QueryScan (query-major) and scan_cluster_major, whose loops
 //                       (ivf_scan_loops.inc) it compiles once per CPU path
 //   ivf_probe_select.h  probe choice
-//   ivf_id_mask.h       an id-order mask (bool / bitmap) packed to row order cluster by cluster
+//   ivf_id_mask.h       mask words made cluster by cluster (LazyRowMask); an id-order mask (bool /
+//                       bitmap) packed to row order that way
+//   ivf_bloom_mask.h    a Bloom filter plan run that way (probe, then filter: ivf_search_bloom)
+//   bloom_program.h     the filter plan's stack machine (shared with bloom_search.cpp)
 //   ivf_rescore.h       exact re-score + final top-k
 //   ivf_quantize.h      symmetric int8 codes of a row
 //   ivf_search.h        ivf_search's per-query composition of the steps
-// The headers are included here only, so the five ops are one translation unit (compiling one
+// The headers are included here only, so the six ops are one translation unit (compiling one
 // against the torch headers takes about a minute on 2 cores; see setup.py).
 //
 // CPU path: each op picks the AVX2 or the AVX-512 VNNI code once per call (with_isa,
@@ -42,6 +45,8 @@
 #include <string>
 #include <vector>
 
+#include "bloom_program.h"
+#include "ivf_bloom_mask.h"
 #include "ivf_common.h"
 #include "ivf_probe_select.h"
 #include "ivf_quantize.h"
@@ -295,47 +300,111 @@ std::tuple<at::Tensor, at::Tensor> quantize_int8_rowwise_cpu(const at::Tensor& x
 // rows, their intermediate tensors and three of their four fork/joins.
 
 
-// Queries are [B, D], or [B, T, D] when T queries (e.g. the task heads of one user) share the
-// mask row b: mask rows are then read in place for all T, with no [B * T, W] copy. The mask is
-// packed row-order words (int64 [B, W]), or in the caller's id order (bool [B, N] or a uint8
-// bitmap [B, ceil(N/8)], ids in [0, N)), whose words are made only for the clusters the probe
-// choice walks (ivf_id_mask.h) instead of a pack_id_mask pass over all N ids.
+// The validated, contiguous IVF arguments of ivf_search and ivf_search_bloom (their errors name
+// the op). Queries are [B, D], or [B, T, D] when T queries (e.g. the task heads of one user)
+// share the mask row b (Q = B * T queries).
+struct IvfArgs {
+  at::Tensor queries, centroid_scores, codes, scales, offsets, cache, row_to_id;
+  int64_t B = 0, T = 1, D = 0, Q = 0, N = 0, C = 0, W = 0;
+  bool grouped = false;
+  const int64_t* off = nullptr;
+};
+
+IvfArgs check_ivf_args(const char* op, const at::Tensor& queries_in, const at::Tensor& centroid_scores_in,
+                       const at::Tensor& codes_in, const at::Tensor& scales_in, const at::Tensor& cluster_offsets_in,
+                       const at::Tensor& cache_in, const at::Tensor& row_to_id_in, int64_t n_probe, int64_t min_rows,
+                       int64_t max_probe, int64_t k0, int64_t k) {
+  IvfArgs a;
+  TORCH_CHECK((queries_in.dim() == 2 || queries_in.dim() == 3) && queries_in.scalar_type() == at::kFloat,
+              op, ": queries must be float32 [B, D] or [B, T, D], got ", queries_in.scalar_type(), " ",
+              queries_in.sizes());
+  a.grouped = queries_in.dim() == 3;
+  a.B = queries_in.size(0), a.T = a.grouped ? queries_in.size(1) : 1, a.D = queries_in.size(-1), a.Q = a.B * a.T;
+  const int64_t B = a.B, T = a.T, D = a.D;
+  TORCH_CHECK(codes_in.dim() == 2 && codes_in.scalar_type() == at::kChar && codes_in.size(1) == D,
+              op, ": codes must be int8 [N, D=", D, "], got ", codes_in.scalar_type(), " ", codes_in.sizes());
+  const int64_t N = a.N = codes_in.size(0);
+  TORCH_CHECK(N <= 0xFFFFFFFFLL, op, ": need N < 2**32 rows (rows rank in 32 bits), got N=", N);
+  TORCH_CHECK(scales_in.scalar_type() == at::kFloat && scales_in.dim() == 1 && scales_in.size(0) == N,
+              op, ": scales must be float32 [N=", N, "], got ", scales_in.scalar_type(), " ", scales_in.sizes());
+  TORCH_CHECK(cluster_offsets_in.scalar_type() == at::kLong && cluster_offsets_in.dim() == 1 &&
+                  cluster_offsets_in.size(0) >= 2,
+              op, ": cluster_offsets must be int64 [C+1] with C >= 1, got ", cluster_offsets_in.scalar_type(),
+              " ", cluster_offsets_in.sizes());
+  const int64_t C = a.C = cluster_offsets_in.size(0) - 1;
+  TORCH_CHECK(C <= 0xFFFFFFFFLL, op, ": need C < 2**32 clusters, got C=", C);
+  const bool scores_ok = centroid_scores_in.scalar_type() == at::kFloat && centroid_scores_in.dim() == queries_in.dim() &&
+                         centroid_scores_in.size(0) == B && (!a.grouped || centroid_scores_in.size(1) == T) &&
+                         centroid_scores_in.size(-1) == C;
+  TORCH_CHECK(scores_ok, op, ": centroid_scores must be float32 ", a.grouped ? "[B, T, C]" : "[B, C]", " with B=", B,
+              a.grouped ? ", T=" + std::to_string(T) : std::string(), ", C=", C, ", got ",
+              centroid_scores_in.scalar_type(), " ", centroid_scores_in.sizes());
+  TORCH_CHECK(cache_in.dim() == 2 && cache_in.size(0) == N && cache_in.size(1) == D &&
+                  (cache_in.scalar_type() == at::kHalf || cache_in.scalar_type() == at::kBFloat16),
+              op, ": cache must be float16 or bfloat16 [N=", N, ", D=", D, "], got ", cache_in.scalar_type(),
+              " ", cache_in.sizes());
+  TORCH_CHECK(row_to_id_in.dim() == 1 && row_to_id_in.size(0) == N && row_to_id_in.scalar_type() == at::kLong,
+              op, ": row_to_id must be int64 [N=", N, "], got ", row_to_id_in.scalar_type(), " ",
+              row_to_id_in.sizes());
+  a.W = (N + 63) / 64;
+  TORCH_CHECK(n_probe >= 1 && min_rows >= 0 && max_probe >= 1,
+              op, ": need n_probe >= 1, min_rows >= 0, max_probe >= 1, got ", n_probe, ", ", min_rows, ", ",
+              max_probe);
+  TORCH_CHECK(k >= 1 && k0 >= k, op, ": need 1 <= k <= k0, got k=", k, ", k0=", k0);
+  a.queries = queries_in.contiguous(), a.centroid_scores = centroid_scores_in.contiguous();
+  a.codes = codes_in.contiguous(), a.scales = scales_in.contiguous();
+  a.offsets = cluster_offsets_in.contiguous(), a.cache = cache_in.contiguous();
+  a.row_to_id = row_to_id_in.contiguous();
+  const int64_t* off = a.off = a.offsets.data_ptr<int64_t>();
+  TORCH_CHECK(off[0] == 0 && off[C] == N, op, ": cluster_offsets must start at 0 and end at N=", N, ", got ",
+              off[0], " .. ", off[C]);
+  for (int64_t c = 0; c < C; ++c) {
+    TORCH_CHECK(off[c] <= off[c + 1], op, ": cluster_offsets must be non-decreasing, got ", off[c], " > ",
+                off[c + 1], " at cluster ", c);
+  }
+  return a;
+}
+
+// Runs the search of validated arguments: mrows[q] is query q's packed mask row (nullptr: no
+// filter), made cluster by cluster by `lazy` when given. Returns scores, ids, rows.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_ivf_search(const IvfArgs& a, const uint64_t* const* mr,
+                                                              LazyRowMask* lazy, int64_t n_probe, int64_t min_rows,
+                                                              int64_t max_probe, int64_t k0, int64_t k) {
+  std::vector<int64_t> out_shape = a.grouped ? std::vector<int64_t>{a.B, a.T, k} : std::vector<int64_t>{a.B, k};
+  at::Tensor out_scores = at::full(out_shape, -std::numeric_limits<float>::infinity(), a.queries.options());
+  at::Tensor out_ids = at::full(out_shape, -1, a.offsets.options());
+  at::Tensor out_rows = at::full(out_shape, -1, a.offsets.options());
+  if (a.Q == 0) return {out_scores, out_ids, out_rows};
+  with_isa([&](auto isa) {
+    constexpr Isa kIsa = decltype(isa)::value;
+    if (a.cache.scalar_type() == at::kHalf) {
+      search_rows<at::Half, kIsa>(a.queries.data_ptr<float>(), a.centroid_scores.data_ptr<float>(),
+                                  a.codes.data_ptr<int8_t>(), a.scales.data_ptr<float>(), a.off,
+                                  a.cache.data_ptr<at::Half>(), a.row_to_id.data_ptr<int64_t>(), mr, a.Q, a.C, a.N,
+                                  a.D, n_probe, min_rows, max_probe, k0, k, out_scores.data_ptr<float>(),
+                                  out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>(), lazy);
+    } else {
+      search_rows<at::BFloat16, kIsa>(a.queries.data_ptr<float>(), a.centroid_scores.data_ptr<float>(),
+                                      a.codes.data_ptr<int8_t>(), a.scales.data_ptr<float>(), a.off,
+                                      a.cache.data_ptr<at::BFloat16>(), a.row_to_id.data_ptr<int64_t>(), mr, a.Q, a.C,
+                                      a.N, a.D, n_probe, min_rows, max_probe, k0, k, out_scores.data_ptr<float>(),
+                                      out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>(), lazy);
+    }
+  });
+  return {out_scores, out_ids, out_rows};
+}
+
+// The mask is packed row-order words (int64 [B, W]), or in the caller's id order (bool [B, N]
+// or a uint8 bitmap [B, ceil(N/8)], ids in [0, N)), whose words are made only for the clusters
+// the probe choice walks (ivf_id_mask.h) instead of a pack_id_mask pass over all N ids.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_cpu(
     const at::Tensor& queries_in, const at::Tensor& centroid_scores_in, const at::Tensor& codes_in,
     const at::Tensor& scales_in, const at::Tensor& cluster_offsets_in, const at::Tensor& cache_in,
     const at::Tensor& row_to_id_in, const std::optional<at::Tensor>& mask_in, int64_t n_probe, int64_t min_rows,
     int64_t max_probe, int64_t k0, int64_t k) {
-  TORCH_CHECK((queries_in.dim() == 2 || queries_in.dim() == 3) && queries_in.scalar_type() == at::kFloat,
-              "ivf_search: queries must be float32 [B, D] or [B, T, D], got ", queries_in.scalar_type(), " ",
-              queries_in.sizes());
-  const bool grouped = queries_in.dim() == 3;
-  const int64_t B = queries_in.size(0), T = grouped ? queries_in.size(1) : 1, D = queries_in.size(-1), Q = B * T;
-  TORCH_CHECK(codes_in.dim() == 2 && codes_in.scalar_type() == at::kChar && codes_in.size(1) == D,
-              "ivf_search: codes must be int8 [N, D=", D, "], got ", codes_in.scalar_type(), " ", codes_in.sizes());
-  const int64_t N = codes_in.size(0);
-  TORCH_CHECK(N <= 0xFFFFFFFFLL, "ivf_search: need N < 2**32 rows (rows rank in 32 bits), got N=", N);
-  TORCH_CHECK(scales_in.scalar_type() == at::kFloat && scales_in.dim() == 1 && scales_in.size(0) == N,
-              "ivf_search: scales must be float32 [N=", N, "], got ", scales_in.scalar_type(), " ", scales_in.sizes());
-  TORCH_CHECK(cluster_offsets_in.scalar_type() == at::kLong && cluster_offsets_in.dim() == 1 &&
-                  cluster_offsets_in.size(0) >= 2,
-              "ivf_search: cluster_offsets must be int64 [C+1] with C >= 1, got ", cluster_offsets_in.scalar_type(),
-              " ", cluster_offsets_in.sizes());
-  const int64_t C = cluster_offsets_in.size(0) - 1;
-  TORCH_CHECK(C <= 0xFFFFFFFFLL, "ivf_search: need C < 2**32 clusters, got C=", C);
-  const bool scores_ok = centroid_scores_in.scalar_type() == at::kFloat && centroid_scores_in.dim() == queries_in.dim() &&
-                         centroid_scores_in.size(0) == B && (!grouped || centroid_scores_in.size(1) == T) &&
-                         centroid_scores_in.size(-1) == C;
-  TORCH_CHECK(scores_ok, "ivf_search: centroid_scores must be float32 ", grouped ? "[B, T, C]" : "[B, C]", " with B=", B,
-              grouped ? ", T=" + std::to_string(T) : std::string(), ", C=", C, ", got ", centroid_scores_in.scalar_type(),
-              " ", centroid_scores_in.sizes());
-  TORCH_CHECK(cache_in.dim() == 2 && cache_in.size(0) == N && cache_in.size(1) == D &&
-                  (cache_in.scalar_type() == at::kHalf || cache_in.scalar_type() == at::kBFloat16),
-              "ivf_search: cache must be float16 or bfloat16 [N=", N, ", D=", D, "], got ", cache_in.scalar_type(),
-              " ", cache_in.sizes());
-  TORCH_CHECK(row_to_id_in.dim() == 1 && row_to_id_in.size(0) == N && row_to_id_in.scalar_type() == at::kLong,
-              "ivf_search: row_to_id must be int64 [N=", N, "], got ", row_to_id_in.scalar_type(), " ",
-              row_to_id_in.sizes());
-  const int64_t W = (N + 63) / 64;
+  const IvfArgs a = check_ivf_args("ivf_search", queries_in, centroid_scores_in, codes_in, scales_in,
+                                   cluster_offsets_in, cache_in, row_to_id_in, n_probe, min_rows, max_probe, k0, k);
+  const int64_t B = a.B, N = a.N, W = a.W, C = a.C, Q = a.Q, T = a.T;
   // the mask's layout, by dtype: packed row-order words, or id order (bool ids / bitmap bytes)
   bool id_order = mask_in.has_value() && mask_in->scalar_type() != at::kLong;
   if (mask_in.has_value()) {
@@ -347,67 +416,112 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_cpu(
                 B, ", ", N, "] or uint8 [B, ceil(N/8)]=[", B, ", ", (N + 7) / 8, "] (id order), got ",
                 mask_in->scalar_type(), " ", mask_in->sizes());
   }
-  TORCH_CHECK(n_probe >= 1 && min_rows >= 0 && max_probe >= 1,
-              "ivf_search: need n_probe >= 1, min_rows >= 0, max_probe >= 1, got ", n_probe, ", ", min_rows, ", ",
-              max_probe);
-  TORCH_CHECK(k >= 1 && k0 >= k, "ivf_search: need 1 <= k <= k0, got k=", k, ", k0=", k0);
-  const at::Tensor queries = queries_in.contiguous(), centroid_scores = centroid_scores_in.contiguous();
-  const at::Tensor codes = codes_in.contiguous(), scales = scales_in.contiguous();
-  const at::Tensor offsets_t = cluster_offsets_in.contiguous(), cache = cache_in.contiguous();
-  const at::Tensor row_to_id = row_to_id_in.contiguous();
-  const int64_t* off = offsets_t.data_ptr<int64_t>();
-  TORCH_CHECK(off[0] == 0 && off[C] == N, "ivf_search: cluster_offsets must start at 0 and end at N=", N, ", got ",
-              off[0], " .. ", off[C]);
-  for (int64_t c = 0; c < C; ++c) {
-    TORCH_CHECK(off[c] <= off[c + 1], "ivf_search: cluster_offsets must be non-decreasing, got ", off[c], " > ",
-                off[c + 1], " at cluster ", c);
-  }
   at::Tensor mask_t;  // rows may be strided (one filter expanded over the batch): only words must be dense
   if (mask_in.has_value()) mask_t = mask_in->stride(1) == 1 ? *mask_in : mask_in->contiguous();
   if (id_order && pack_whole_mask(mask_t, Q, N, C, n_probe, min_rows)) {  // distinct rows, long walks
-    mask_t = pack_id_mask_impl::pack_id_mask_cpu(mask_t, row_to_id);
+    mask_t = pack_id_mask_impl::pack_id_mask_cpu(mask_t, a.row_to_id);
     id_order = false;
   }
   std::vector<const uint64_t*> mrows;  // query q reads mask row q / T
   std::unique_ptr<IdOrderMask> lazy;   // id order: words packed per cluster as probes reach it
   if (id_order) {
-    lazy = std::make_unique<IdOrderMask>(mask_t, row_to_id.data_ptr<int64_t>(), off, N, C, Q, T);
+    lazy = std::make_unique<IdOrderMask>(mask_t, a.row_to_id.data_ptr<int64_t>(), a.off, N, C, Q, T);
     mrows.assign(lazy->rows(), lazy->rows() + Q);
   } else if (mask_in.has_value()) {
     const uint64_t* mk = reinterpret_cast<const uint64_t*>(mask_t.data_ptr<int64_t>());
     mrows.resize(Q);
     for (int64_t q = 0; q < Q; ++q) mrows[q] = mk + (q / T) * mask_t.stride(0);
   }
-  std::vector<int64_t> out_shape = grouped ? std::vector<int64_t>{B, T, k} : std::vector<int64_t>{B, k};
-  at::Tensor out_scores = at::full(out_shape, -std::numeric_limits<float>::infinity(), queries.options());
-  at::Tensor out_ids = at::full(out_shape, -1, offsets_t.options());
-  at::Tensor out_rows = at::full(out_shape, -1, offsets_t.options());
-  if (Q == 0) return {out_scores, out_ids, out_rows};
-  const uint64_t* const* mr = mask_in.has_value() ? mrows.data() : nullptr;
-  with_isa([&](auto isa) {
-    constexpr Isa kIsa = decltype(isa)::value;
-    if (cache.scalar_type() == at::kHalf) {
-      search_rows<at::Half, kIsa>(queries.data_ptr<float>(), centroid_scores.data_ptr<float>(),
-                                  codes.data_ptr<int8_t>(), scales.data_ptr<float>(), off, cache.data_ptr<at::Half>(),
-                                  row_to_id.data_ptr<int64_t>(), mr, Q, C, N, D, n_probe, min_rows, max_probe, k0, k,
-                                  out_scores.data_ptr<float>(), out_ids.data_ptr<int64_t>(),
-                                  out_rows.data_ptr<int64_t>(), lazy.get());
-    } else {
-      search_rows<at::BFloat16, kIsa>(queries.data_ptr<float>(), centroid_scores.data_ptr<float>(),
-                                      codes.data_ptr<int8_t>(), scales.data_ptr<float>(), off,
-                                      cache.data_ptr<at::BFloat16>(), row_to_id.data_ptr<int64_t>(), mr, Q, C, N, D,
-                                      n_probe, min_rows, max_probe, k0, k, out_scores.data_ptr<float>(),
-                                      out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>(), lazy.get());
-    }
-  });
+  auto out = run_ivf_search(a, mask_in.has_value() ? mrows.data() : nullptr, lazy.get(), n_probe, min_rows,
+                            max_probe, k0, k);
   if (lazy != nullptr && lazy->bad_id()) {  // named after the loops: the first row outside the mask
-    const int64_t* ids = row_to_id.data_ptr<int64_t>();
+    const int64_t* ids = a.row_to_id.data_ptr<int64_t>();
     for (int64_t r = 0; r < N; ++r) {
       TORCH_CHECK_VALUE(ids[r] >= 0 && ids[r] < lazy->bound(), "ivf_search: row_to_id[", r, "] = ", ids[r],
                         " is outside the id-order mask's ids [0, ", lazy->bound(), ")");
     }
   }
-  return {out_scores, out_ids, out_rows};
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ivf_search_bloom: ivf_search whose mask is a Bloom filter plan per mask row (bloom_search's
+// arguments), minus denied rows (deny [W] words, e.g. tombstones) and each row's excluded rows
+// (exclude_rows [B, E], -1 padding), evaluated over the clusters the probe choice walks
+// (ivf_bloom_mask.h; spec: ivf_search_bloom_reference). A row whose walk is expected to cover
+// more than a quarter of the index gets one streaming pass over all its words first.
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_bloom_cpu(
+    const at::Tensor& queries_in, const at::Tensor& centroid_scores_in, const at::Tensor& codes_in,
+    const at::Tensor& scales_in, const at::Tensor& cluster_offsets_in, const at::Tensor& cache_in,
+    const at::Tensor& row_to_id_in, const at::Tensor& bits_in, const at::Tensor& opcodes_in,
+    const at::Tensor& terms_in, const at::Tensor& hashes_in, const at::Tensor& posting_offsets_in,
+    const at::Tensor& posting_rows_in, const std::optional<at::Tensor>& deny_in,
+    const std::optional<at::Tensor>& exclude_in, int64_t n_probe, int64_t min_rows, int64_t max_probe, int64_t k0,
+    int64_t k) {
+  constexpr const char* op = "ivf_search_bloom";
+  const IvfArgs a = check_ivf_args(op, queries_in, centroid_scores_in, codes_in, scales_in, cluster_offsets_in,
+                                   cache_in, row_to_id_in, n_probe, min_rows, max_probe, k0, k);
+  const int64_t B = a.B, W = a.W, N = a.N;
+  const std::pair<const char*, const at::Tensor*> plan_args[] = {
+      {"bits", &bits_in}, {"opcodes", &opcodes_in}, {"terms", &terms_in}, {"hashes", &hashes_in},
+      {"posting_offsets", &posting_offsets_in}, {"posting_rows", &posting_rows_in}};
+  for (const auto& p : plan_args) {
+    TORCH_CHECK_VALUE(p.second->scalar_type() == at::kLong && p.second->device().is_cpu(), op, ": ", p.first,
+                      " must be an int64 CPU tensor, got ", p.second->scalar_type(), " on ", p.second->device());
+  }
+  TORCH_CHECK_VALUE(bits_in.dim() == 2 && bits_in.size(1) == W, op, ": bits must be [M, ceil(N/64)=", W, "], got ",
+                    bits_in.sizes());
+  TORCH_CHECK_VALUE(opcodes_in.dim() == 2 && opcodes_in.size(0) == B && terms_in.sizes() == opcodes_in.sizes(), op,
+                    ": opcodes and terms must be [B=", B, ", L], got ", opcodes_in.sizes(), " and ", terms_in.sizes());
+  TORCH_CHECK_VALUE(hashes_in.dim() == 3 && hashes_in.size(0) == B && hashes_in.size(1) == opcodes_in.size(1), op,
+                    ": hashes must be [B, L, H] with [B, L] = ", opcodes_in.sizes(), ", got ", hashes_in.sizes());
+  TORCH_CHECK_VALUE(posting_offsets_in.dim() == 1 && posting_offsets_in.size(0) >= 1 && posting_rows_in.dim() == 1,
+                    op, ": posting_offsets must be [T+1] and posting_rows [nnz], got ", posting_offsets_in.sizes(),
+                    " and ", posting_rows_in.sizes());
+  at::Tensor deny;
+  if (deny_in.has_value()) {
+    TORCH_CHECK_VALUE(deny_in->scalar_type() == at::kLong && deny_in->dim() == 1 && deny_in->size(0) == W, op,
+                      ": deny must be int64 [ceil(N/64)=", W, "], got ", deny_in->scalar_type(), " ", deny_in->sizes());
+    deny = deny_in->contiguous();
+  }
+  at::Tensor exclude;
+  if (exclude_in.has_value()) {
+    TORCH_CHECK_VALUE(exclude_in->scalar_type() == at::kLong && exclude_in->dim() == 2 && exclude_in->size(0) == B, op,
+                      ": exclude_rows must be int64 [B=", B, ", E], got ", exclude_in->scalar_type(), " ",
+                      exclude_in->sizes());
+    exclude = exclude_in->contiguous();
+  }
+  const at::Tensor bits = bits_in.contiguous(), ops = opcodes_in.contiguous(), terms = terms_in.contiguous();
+  const at::Tensor hashes = hashes_in.contiguous(), post_off = posting_offsets_in.contiguous();
+  const at::Tensor post_rows = posting_rows_in.contiguous();
+  const auto* bits_p = reinterpret_cast<const uint64_t*>(bits.data_ptr<int64_t>());
+  std::vector<Program> programs;
+  std::vector<std::vector<int64_t>> excluded(B);
+  programs.reserve(B);
+  for (int64_t b = 0; b < B; ++b) {
+    programs.push_back(decode(b, ops.data_ptr<int64_t>(), terms.data_ptr<int64_t>(), hashes.data_ptr<int64_t>(),
+                              ops.size(1), hashes.size(2), bits_p, bits.size(0), W, post_off.data_ptr<int64_t>(),
+                              post_rows.data_ptr<int64_t>(), post_off.size(0) - 1, post_rows.size(0)));
+    if (!exclude.defined()) continue;
+    const int64_t E = exclude.size(1);
+    const int64_t* ex = exclude.data_ptr<int64_t>() + b * E;
+    for (int64_t e = 0; e < E; ++e) {
+      TORCH_CHECK_VALUE(ex[e] >= -1 && ex[e] < N, op, ": exclude_rows[", b, "] holds ", ex[e], ", outside [-1, N=",
+                        N, ")");
+      if (ex[e] >= 0) excluded[b].push_back(ex[e]);
+    }
+    std::sort(excluded[b].begin(), excluded[b].end());
+  }
+  const auto* deny_p = deny.defined() ? reinterpret_cast<const uint64_t*>(deny.data_ptr<int64_t>()) : nullptr;
+  BloomMask mask(std::move(programs), deny_p, std::move(excluded), a.off, N, a.C, a.Q, a.T,
+                 active_isa() == Isa::kAvx512Vnni);
+  std::vector<int64_t> whole;  // rows whose walks cover much of the index: one pass over all words
+  for (int64_t b = 0; b < B; ++b) {
+    if (4 * mask.expected_walk(b, n_probe, min_rows) > static_cast<double>(N)) whole.push_back(b);
+  }
+  mask.make_whole(whole);
+  return run_ivf_search(a, mask.rows(), &mask, n_probe, min_rows, max_probe, k0, k);
 }
 
 }  // namespace
@@ -419,4 +533,5 @@ TORCH_LIBRARY_IMPL(silverrec, CPU, m) {
   m.impl("ivf_select_probes", &silverrec::ivf_select_probes_cpu);
   m.impl("ivf_rescore_topk", &silverrec::ivf_rescore_topk_cpu);
   m.impl("ivf_search", &silverrec::ivf_search_cpu);
+  m.impl("ivf_search_bloom", &silverrec::ivf_search_bloom_cpu);
 }

@@ -122,7 +122,7 @@ void best_keys(const float* scores, int64_t C, int64_t m, std::vector<float>& bl
 // mask (`lazy`, query q), each cluster's words are packed as the walk reaches it.
 struct ProbeSelect {
   int64_t run(const float* sb, int64_t C, const int64_t* off, const uint64_t* mb, int64_t n_probe, int64_t min_rows,
-              int64_t limit, int64_t* out, IdOrderMask* lazy = nullptr, int64_t q = 0) {
+              int64_t limit, int64_t* out, LazyRowMask* lazy = nullptr, int64_t q = 0) {
     best_keys(sb, C, std::min(limit, std::max<int64_t>(n_probe, 32)), block_max, buf, order);
     int64_t covered = 0, j = 0;
     while (j < limit) {

@@ -33,7 +33,7 @@ template <typename T, Isa kIsa>
 void search_rows(const float* qf, const float* cs, const int8_t* cd, const float* sc, const int64_t* off,
                  const T* cache, const int64_t* row_to_id, const uint64_t* const* mrows, int64_t B, int64_t C,
                  int64_t N, int64_t D, int64_t n_probe, int64_t min_rows, int64_t max_probe, int64_t k0, int64_t k,
-                 float* os, int64_t* oi, int64_t* orw, IdOrderMask* lazy) {
+                 float* os, int64_t* oi, int64_t* orw, LazyRowMask* lazy) {
   const int64_t limit = std::min(C, max_probe);
   // The query codes start on a 64-byte boundary (like a torch tensor's data): with D = 128 every
   // 64-byte load of a query row is then aligned, where malloc's 16-byte alignment made every

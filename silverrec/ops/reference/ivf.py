@@ -6,7 +6,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
-from silverrec.ops.reference.filter import pack_id_mask_reference
+from silverrec.ops.reference.filter import bloom_search_reference, pack_id_mask_reference
 
 # --- ivf_int8_topk ---
 
@@ -364,3 +364,63 @@ def ivf_search_in_steps(steps: Tuple[Callable, ...], queries: Tensor, centroid_s
     match = (ids.unsqueeze(2) == cand_ids.unsqueeze(1)) & (ids >= 0).unsqueeze(2)  # [B, K, K0]
     out_rows = torch.where(match.any(2), rows.gather(1, match.int().argmax(2)), -1)
     return scores, ids, out_rows
+
+
+def ivf_search_bloom_reference(
+    queries: Tensor,
+    centroid_scores: Tensor,
+    codes: Tensor,
+    scales: Tensor,
+    cluster_offsets: Tensor,
+    cache: Tensor,
+    row_to_id: Tensor,
+    bits: Tensor,
+    opcodes: Tensor,
+    terms: Tensor,
+    hashes: Tensor,
+    posting_offsets: Tensor,
+    posting_rows: Tensor,
+    deny: Optional[Tensor],
+    exclude_rows: Optional[Tensor],
+    n_probe: int,
+    min_rows: int,
+    max_probe: int,
+    k0: int,
+    k: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Spec of ``torch.ops.silverrec.ivf_search_bloom``: ``ivf_search`` under a Bloom filter plan.
+
+    The mask of query row ``b`` is the Bloom evaluation of plan ``b`` over all N rows
+    (``bloom_search`` with ``probe = [[0]] * B`` and ``cluster_offsets = [0, N]``), minus the
+    rows set in ``deny`` and the rows listed in ``exclude_rows[b]``; then ``ivf_search`` with that
+    packed mask. The CPU kernel evaluates the plan only over the clusters each probe choice walks
+    (probe, then filter); the results are the same.
+
+    Args:
+        queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id: as in
+            :func:`ivf_search_reference` (``[B, T, D]`` queries share mask row ``b``).
+        bits, opcodes, terms, hashes, posting_offsets, posting_rows: as in
+            :func:`~silverrec.ops.reference.filter.bloom_search_reference` (``bits`` ``[M, ceil(N/64)]``,
+            rows in index order; one plan per mask row ``b``).
+        deny (Optional[Tensor]): int64 ``[ceil(N/64)]`` packed rows that never pass (e.g. tombstones).
+        exclude_rows (Optional[Tensor]): int64 ``[B, E]`` index rows that never pass for query row
+            ``b`` (-1 padding).
+        n_probe, min_rows, max_probe, k0, k: as in :func:`ivf_search_reference`.
+
+    Returns:
+        Tuple[Tensor, Tensor, Tensor]: ``scores``, ``ids``, ``rows`` as :func:`ivf_search_reference`.
+    """
+    B, N = opcodes.shape[0], codes.shape[0]
+    everything = torch.zeros((B, 1), dtype=torch.int64, device=codes.device)
+    mask = bloom_search_reference(bits, opcodes, terms, hashes, posting_offsets, posting_rows, everything,
+                                  torch.tensor([0, N], device=codes.device))
+    if deny is not None:
+        mask = mask & ~deny.unsqueeze(0)
+    if exclude_rows is not None and exclude_rows.numel() > 0:
+        if bool(((exclude_rows < -1) | (exclude_rows >= N)).any()):
+            raise ValueError(f"ivf_search_bloom: exclude_rows must be -1 or in [0, N={N})")
+        hit = torch.zeros((B, N + 1), dtype=torch.bool, device=codes.device)
+        hit.scatter_(1, torch.where(exclude_rows >= 0, exclude_rows, N), True)
+        mask = mask & ~pack_id_mask_reference(hit[:, :N], torch.arange(N, device=codes.device))
+    return ivf_search_reference(queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, mask,
+                                n_probe, min_rows, max_probe, k0, k)
