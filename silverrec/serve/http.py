@@ -3,7 +3,7 @@
     silverrec-serve --model runs/demo/serving.pt2 [--host 127.0.0.1] [--port 8000]
                     [--max-batch 64] [--max-wait-ms 2] [--max-queue 1024]
                     [--max-body-bytes N] [--max-users N] [--max-history N] [--max-exclude N]
-                    [--max-filter-chars N]
+                    [--max-filter-chars N] [--bulk-users N] [--workers N]
 
 Endpoints:
 
@@ -20,9 +20,12 @@ Endpoints:
   or update), ``DELETE /items/{item_id}``;
 * ``GET /healthz``; ``GET /metrics`` (Prometheus text format).
 
-Concurrent ``/query`` requests are encoded in the request handlers (a bad one gets a 400 naming
-the field), then micro-batched into one forward (:mod:`silverrec.serve.batching`); a full queue
-answers 503. Every error, 404 and 405 included, is ``{"error": message, "status": code}``. The
+The event loop only reads bodies and writes answers: parsing, validation and encoding of a
+``/query`` (a bad one gets a 400 naming the field), decoding its results and rendering the JSON
+run in a small pool of worker threads (``--workers``), the forward in the batching thread, where
+concurrent requests are micro-batched into one forward and a large request is split into chunks
+served beside the others (:mod:`silverrec.serve.batching`); a full queue answers 503. So
+``/healthz`` answers at once while the largest request the limits allow is parsed or served. Every error, 404 and 405 included, is ``{"error": message, "status": code}``. The
 per-request limits (:class:`~silverrec.serve.limits.ServingLimits`) are checked before the work
 they bound: a body over ``max_body_bytes`` gets a 413 before it is read in full; too many users,
 history or exclusion ids, or too long a filter, a 400 naming the limit. The server binds to
@@ -35,14 +38,15 @@ import contextlib
 import json
 import logging
 import re
+import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -82,11 +86,18 @@ class ServerConfig:
         batching (BatchingConfig): micro-batching (max batch, max wait, queue bound).
         limits (ServingLimits): per-request limits (body size, users, history, exclusions, filter).
         examples (int): example values listed per feature by ``/schema``.
+        workers (int): threads that parse, validate and encode requests and render answers, off
+            the event loop.
     """
 
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     limits: ServingLimits = field(default_factory=ServingLimits)
     examples: int = 5
+    workers: int = 4
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"ServerConfig.workers must be >= 1, got {self.workers}")
 
 
 class ServingMetrics:
@@ -193,14 +204,23 @@ class ServingApp:
         # Host header): a path that is not an endpoint is a JSON 404 listing the endpoints
         self.app.router.redirect_slashes = False
         self.app.state.server = self
+        self._pool: Optional[ThreadPoolExecutor] = None
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette):
+        self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="silverrec-http")
         self.batcher.start()
         try:
             yield
         finally:
             self.batcher.stop()
+            self._pool.shutdown(wait=False)
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a worker thread (the event loop stays free for other requests)."""
+        if self._pool is None:  # an app used without its lifespan (its batcher is not running either)
+            self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="silverrec-http")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def _wrap(self, name: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         """Maps errors to status codes and records count and latency under the route's name."""
@@ -240,36 +260,52 @@ class ServingApp:
     # -- endpoints -------------------------------------------------------------------------
 
     async def query(self, request: Request) -> Response:
-        body = await _json_body(request, self.config.limits.max_body_bytes)
-        users, filters, exclude, k = self._validate_query(body)
+        raw = await _read_body(request, self.config.limits.max_body_bytes)
+        users, filters, exclude, k, query, ignored, unknown = await self._off_loop(self._prepare_query, raw)
         while True:
-            unknown: Set[Pair] = set()
-            query, ignored = self._encode(users, filters, exclude, unknown)
             try:
                 future = self.batcher.submit(query)
             except QueueFull:
                 raise
             except RuntimeError as err:  # the worker is not running (shutting down)
                 return _error(503, str(err))
-            outputs = await asyncio.wrap_future(future)
+            outputs = await asyncio.wrap_future(future)  # one per chunk of the request
             # The filter was compiled against the snapshot of its encoding, the forward ran on a
             # later one: if a value the filter named was unknown then and is a fresh value now (an
             # item holding it was added in between), the plan's FALSE / TRUE for it is stale (a NOT
             # would let that item through). Compile again; slots are append-only, so this ends.
-            if not (unknown and outputs[4].fresh_terms.knows_any(unknown)):
+            if not (unknown and any(o[4].fresh_terms.knows_any(unknown) for o in outputs)):
                 break
+            unknown = set()
+            query, ignored = await self._off_loop(self._encode, users, filters, exclude, unknown)
         self.metrics.observe_queries(query.batch)
-        return JSONResponse({"results": self._decode(outputs, k), "version": self.retriever.version,
-                             "ignored_exclusions": ignored})
+        body = await self._off_loop(self._render, outputs, k, ignored)
+        return Response(body, media_type="application/json")
+
+    def _prepare_query(self, raw: bytes) -> Tuple[List[Dict[str, Any]], Any, Optional[List[Any]], int, EncodedQuery,
+                                                  List[int], Set[Pair]]:
+        """Parse, validate and encode a ``/query`` body (in a worker thread)."""
+        users, filters, exclude, k = self._validate_query(_parse_json(raw))
+        unknown: Set[Pair] = set()
+        query, ignored = self._encode(users, filters, exclude, unknown)
+        return users, filters, exclude, k, query, ignored, unknown
+
+    def _render(self, outputs: List[Outputs], k: int, ignored: List[int]) -> bytes:
+        """The ``/query`` answer as JSON bytes (in a worker thread). Rendered user by user: one
+        ``json.dumps`` of a 1,024-user answer would hold the GIL, and so the event loop, for a
+        long stretch at once."""
+        users = [_dumps(rows) for chunk in outputs for rows in self._decode(chunk, k)]
+        return ('{"results":[' + ",".join(users) + '],"version":' + _dumps(self.retriever.version)
+                + ',"ignored_exclusions":' + _dumps(ignored) + "}").encode("utf-8")
 
     async def schema(self, request: Request) -> Response:
         return JSONResponse({**self._schema, "fresh_values": self.retriever.fresh_values()})
 
     async def upsert(self, request: Request) -> Response:
-        body = await _json_body(request, self.config.limits.max_body_bytes, array=True)
-        items = _validate_items(body)
+        raw = await _read_body(request, self.config.limits.max_body_bytes)
+        items = await self._off_loop(lambda: _validate_items(_parse_json(raw, array=True)))
         try:
-            await run_in_threadpool(self.retriever.upsert_items, items)
+            await self._off_loop(self.retriever.upsert_items, items)
         except ValueError as err:
             raise BadRequest(str(err)) from err
         except OSError as err:  # persisting failed (e.g. a full disk): nothing was applied
@@ -279,7 +315,7 @@ class ServingApp:
     async def delete(self, request: Request) -> Response:
         item_id = request.path_params["item_id"]
         try:
-            deleted = await run_in_threadpool(self.retriever.delete_items, [item_id])
+            deleted = await self._off_loop(self.retriever.delete_items, [item_id])
         except OSError as err:
             return _error(503, f"the delete was not applied: persisting it failed: {err}", {"Retry-After": "1"})
         if deleted == 0:
@@ -487,8 +523,7 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _json_body(request: Request, max_bytes: int, array: bool = False) -> Any:
-    raw = await _read_body(request, max_bytes)
+def _parse_json(raw: bytes, array: bool = False) -> Any:
     if not raw:
         raise BadRequest("the request body is empty: send a JSON " + ("object or list" if array else "object"))
     try:
@@ -497,6 +532,11 @@ async def _json_body(request: Request, max_bytes: int, array: bool = False) -> A
         raise BadRequest(f"the request body is not valid JSON: {err}") from err
     except RecursionError as err:  # json recurses per nested array/object: "[" * 5000 is no reason for a 500
         raise BadRequest("the request body nests JSON arrays or objects too deeply to be read") from err
+
+
+def _dumps(x: Any) -> str:
+    """JSON text as Starlette's ``JSONResponse`` writes it."""
+    return json.dumps(x, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
 
 
 def _kind(x: Any) -> str:
@@ -518,7 +558,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="silverrec-serve", description="Serve an exported silverrec graph over HTTP (JSON).")
     p.add_argument("--model", required=True, help="the .pt2 file written by silverrec-export")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to bind (default 8000; 0: a free one, named in the log)")
     p.add_argument("--updates", default=None,
                    help="JSON snapshot file where item updates are persisted, with a write-ahead log FILE.log beside it "
                         "(each update fsynced before it is applied and answered), replayed on start (default: in memory "
@@ -526,6 +566,11 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=64, help="most users per forward (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill (default 2 ms)")
     p.add_argument("--max-queue", type=int, default=1024, help="most queued requests before answering 503 (default 1024)")
+    p.add_argument("--bulk-users", type=int, default=0,
+                   help="a /query of more users is split into chunks of this many, one per forward beside the other "
+                        "requests (default: max-batch / 2)")
+    p.add_argument("--workers", type=int, default=4,
+                   help="threads that parse, encode and render requests off the event loop (default 4)")
     d = ServingLimits()
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
                    help=f"largest request body; more is a 413 (default {d.max_body_bytes})")
@@ -557,18 +602,28 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         limits = ServingLimits(args.max_body_bytes, args.max_users, args.max_history, args.max_exclude, args.max_filter_chars)
     except ValueError as err:  # a bad option: one line naming it, not a traceback
         raise SystemExit(f"silverrec-serve: {err}") from None
-    config = ServerConfig(BatchingConfig(args.max_batch, args.max_wait_ms, args.max_queue), limits)
     try:
+        config = ServerConfig(BatchingConfig(args.max_batch, args.max_wait_ms, args.max_queue, args.bulk_users), limits,
+                              workers=args.workers)
         resolve_device(args.device, "--device")
     except ValueError as err:  # e.g. "--device='cuda': CUDA is not available on this machine ..."
         raise SystemExit(f"silverrec-serve: {err}") from None
     server = ServingApp(Retriever(args.model, updates_path=args.updates, backend=args.backend, device=args.device), config)
     r = server.retriever
     checked = r.integrity.describe() if r.integrity is not None else "no checksums recorded, not verified"
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))  # bound here, so that --port 0 can name the port it got
+    except OSError as err:
+        raise SystemExit(f"silverrec-serve: cannot bind {args.host}:{args.port}: {err}") from None
+    args.port = sock.getsockname()[1]
     log.info("silverrec-serve: model %s version %s (%s on %s; %s) K=%d tasks=%s on http://%s:%d (max_batch=%d max_wait_ms=%g "
              "max_queue=%d)", args.model, r.version, r.backend, r.device, checked, r.k, ",".join(r.tasks), args.host, args.port,
              args.max_batch, args.max_wait_ms, args.max_queue)
-    uvicorn.run(server.app, host=args.host, port=args.port, log_level="warning", access_log=args.access_log)
+    uv = uvicorn.Server(uvicorn.Config(server.app, host=args.host, port=args.port, log_level="warning",
+                                       access_log=args.access_log))
+    uv.run(sockets=[sock])
 
 
 if __name__ == "__main__":
