@@ -27,8 +27,9 @@ from silverrec.train.evaluator import Evaluator
 from silverrec.train.multitask_eval import MultiTaskEvaluator, log_multitask
 from silverrec.serve import Retriever
 from silverrec.train.protocol import EvalConfig
-from silverrec.train.served_eval import evaluate_served, served_table
+from silverrec.train.served_eval import evaluate_served_details, served_table
 from silverrec.train.tb_logging import TensorBoardLogger, make_logger
+from silverrec.train.tensorboard_served import log_served
 from silverrec.train.trainer import load_two_tower
 
 
@@ -92,6 +93,14 @@ def log_metrics(logger: Optional[TensorBoardLogger], report: Dict[str, Any], ste
     logger.flush()
 
 
+def served_hparams(retriever: Retriever, section: Dict[str, Any]) -> Dict[str, object]:
+    """The hparams of a served evaluation: the artifact's serving settings, backend and users."""
+    hp: Dict[str, object] = {f"serving.{k}": ("null" if v is None else v)
+                             for k, v in retriever.metadata.get("serving_config", {}).items()}
+    hp.update({"backend": section["backend"], "users": section["num_users"], "version": str(retriever.version)})
+    return hp
+
+
 def run_served_evaluation(cfg: DictConfig) -> Dict[str, Any]:
     """``artifact=PATH``: the served graph against held-out items and the exact model
     (:mod:`silverrec.train.served_eval`); writes ``{"served": ..}`` to ``report_path``."""
@@ -105,18 +114,14 @@ def run_served_evaluation(cfg: DictConfig) -> Dict[str, Any]:
     dataset: RecDataset = instantiate(data_cfg)
     model = load_two_tower(payload)
     filters = None if cfg.get("filters") is None else list(cfg.filters)
-    section = evaluate_served(retriever, model, dataset, filters=filters, max_users=int(cfg.users),
-                              batches=[int(b) for b in cfg.batches])
+    section, details = evaluate_served_details(retriever, model, dataset, filters=filters, max_users=int(cfg.users),
+                                               batches=[int(b) for b in cfg.batches])
     section["artifact"] = os.path.abspath(cfg.artifact)
     report: Dict[str, Any] = {"served": section,
                               "checkpoint": {"path": os.path.abspath(ckpt), "step": int(payload["step"])}}
     logger = make_logger(cfg.logger.log_dir if cfg.get("logger") else None, True)
     if logger:
-        for expr, row in section["filters"].items():
-            logger.scalars({k: v for k, v in row.items() if "@" in k and v is not None}, int(payload["step"]),
-                           prefix=f"served/{expr}/")
-        logger.scalars({f"batch_{b}": ms for b, ms in section["latency_ms"].items()}, int(payload["step"]),
-                       prefix="served/latency_ms/")
+        log_served(logger, section, details, int(payload["step"]), served_hparams(retriever, section))
         logger.close()
     write_json_atomic(cfg.report_path, report)
     print(served_table(section))

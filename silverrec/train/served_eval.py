@@ -13,11 +13,15 @@ reports (U users, K the artifact's results per query):
   every item that passes the filter (minus the exclusions) scored eagerly by the towers, OverArch
   and Value Model of the checkpoint the artifact records;
 
-and the served graph's latency per batch size.
+and the served graph's latency per batch size. Without a filter it also gives recall@K against K
+(1 to 500) of the served top-K, the exact model's ranking and most-popular (``curves``), and how
+concentrated each one's top-K lists are (``exposure``: catalogue coverage and Gini index,
+:mod:`silverrec.train.exposure`); the per-user arrays behind them come back in
+:class:`ServedDetails` for TensorBoard's histograms (:mod:`silverrec.train.tensorboard_served`).
 """
 import math
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,10 +35,32 @@ from silverrec.schema import HISTORY, user_key
 from silverrec.serve import Retriever
 from silverrec.train.evaluator import eval_users
 from silverrec.train.export import example_users, publish_item_embeddings
-from silverrec.train.metrics import recall_ndcg
+from silverrec.train.exposure import exposure_counts, exposure_summary
+from silverrec.train.metrics import hits_matrix, recall_ndcg
 from silverrec.train.multitask_eval import _heldout_pairs
 
 WARN_BELOW = 0.95  # served-vs-exact recall@100 under which the report warns
+CURVE_KS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500)  # recall@K against K
+# What to raise at export when a filter class's index loss is large (benchmarks/served_recall_grid.py,
+# benchmarks/RESULTS.md): a filtered query's probe already widens with the filter, so K0 is the lever there.
+ADVICE = {None: "serving.candidates_per_task first, then serving.n_probe",
+          "strict": "serving.candidates_per_task (a filtered query's probe already widens ~1/pass-rate)"}
+
+
+class ServedDetails(NamedTuple):
+    """Per-user and per-item arrays behind the ``served`` section (no filter; for histograms).
+
+    Args:
+        per_user_recall (Dict[str, np.ndarray]): ``{"served" | "exact" | "most_popular": float [U]}``
+            recall@K (the artifact's K) of each user against their held-out items.
+        exposure (Dict[str, np.ndarray]): the same keys, int64 [N] lists each item appears in.
+        result_popularity (Dict[str, np.ndarray]): the same keys, float [U * K] ``log1p`` of the
+            training interaction count of each returned item.
+    """
+
+    per_user_recall: Dict[str, np.ndarray]
+    exposure: Dict[str, np.ndarray]
+    result_popularity: Dict[str, np.ndarray]
 _SIMPLE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
@@ -120,6 +146,31 @@ def filter_suite(item_terms: Sequence[Dict[str, List[str]]], targets: Sequence[f
     return out
 
 
+def popular_top(counts: np.ndarray, seen: JaggedColumn, k: int) -> np.ndarray:
+    """int64 ``[U, k]``: each user's ``k`` most frequent items (ties to the lower row) minus the
+    items of their row of ``seen``; -1 padding when fewer remain."""
+    order = np.argsort(-counts, kind="stable")
+    out = np.full((seen.num_rows, k), -1, dtype=np.int64)
+    for u in range(seen.num_rows):
+        head = order[: k + seen.lengths[u]]
+        head = head[~np.isin(head, seen.row(u))][:k]
+        out[u, : head.size] = head
+    return out
+
+
+def _per_user_recall(top: np.ndarray, heldout: JaggedColumn, k: int) -> np.ndarray:
+    """float [U]: recall@k of each list ``top`` [U, >= k] (0 for an empty held-out set)."""
+    hits = hits_matrix(torch.from_numpy(top[:, :k]), heldout).sum(1).numpy()
+    return hits / np.maximum(heldout.lengths, 1)
+
+
+def _padded(lists: Sequence[np.ndarray], k: int) -> np.ndarray:
+    out = np.full((len(lists), k), -1, dtype=np.int64)
+    for i, r in enumerate(lists):
+        out[i, : min(k, r.size)] = r[:k]
+    return out
+
+
 def served_rows(retriever: Retriever, user_ids: Tensor, plans: Tuple[Tensor, Tensor, Tensor], exclude: Tensor,
                 batch: int = 64) -> Tensor:
     """int64 ``[U, K]`` the served item rows (-1 padding) of U encoded queries."""
@@ -184,10 +235,33 @@ def _labelled(top: Tensor, keys: np.ndarray, labels: Dict[str, np.ndarray], valu
     return out
 
 
+def filter_class(fraction: float) -> str:
+    """The suite class of a pass fraction: ``none`` (1.0) or the nearest of ``~50%``, ``~10%``,
+    ``~1%`` in log ratio.
+
+    Example::
+
+        >>> filter_class(1.0), filter_class(0.08), filter_class(0.004)
+        ('none', '~10%', '~1%')
+    """
+    if fraction >= 1.0:
+        return "none"
+    return min(((abs(math.log(max(fraction, 1e-12) / t)), f"~{t:.0%}") for t in (0.5, 0.1, 0.01)))[1]
+
+
 def evaluate_served(retriever: Retriever, model: TwoTower, dataset: RecDataset,
                     filters: Optional[Sequence[str]] = None, ks: Sequence[int] = (10, 50, 100),
                     max_users: int = 512, batches: Sequence[int] = (1, 16, 64), seed: int = 0) -> Dict[str, Any]:
-    """The ``served`` section of the report (see the module docstring).
+    """The ``served`` section of the report (see the module docstring); :func:`evaluate_served_details`
+    without the per-user arrays."""
+    return evaluate_served_details(retriever, model, dataset, filters, ks, max_users, batches, seed)[0]
+
+
+def evaluate_served_details(retriever: Retriever, model: TwoTower, dataset: RecDataset,
+                            filters: Optional[Sequence[str]] = None, ks: Sequence[int] = (10, 50, 100),
+                            max_users: int = 512, batches: Sequence[int] = (1, 16, 64),
+                            seed: int = 0) -> Tuple[Dict[str, Any], ServedDetails]:
+    """The ``served`` section of the report and the arrays behind its histograms.
 
     Args:
         retriever (Retriever): the loaded artifact, published from ``model`` on ``dataset``.
@@ -198,9 +272,12 @@ def evaluate_served(retriever: Retriever, model: TwoTower, dataset: RecDataset,
         max_users (int): test users evaluated (fixed random subset; 0 = all).
 
     Returns:
-        Dict[str, Any]: ``{"backend", "k", "num_users", "filters": {expr or "none": {"pass_fraction", "heldout_users",
-        "recall@K", "ndcg@K", "value_recall@K", "recall_vs_exact@K", "tasks": {task: {"recall@K"}}}},
-        "latency_ms": {"<batch>": ms}, "warnings": [..]}``.
+        Tuple[Dict[str, Any], ServedDetails]: ``{"backend", "k", "num_users", "filters": {expr or
+        "none": {"pass_fraction", "class", "heldout_users", "recall@K", "ndcg@K", "value_recall@K",
+        "recall_vs_exact@K", "tasks": {task: {"recall@K"}}}}, "curves": {"k": [..], "served" | "exact"
+        | "most_popular": [recall@k ..]}, "exposure": {"served" | "exact" | "most_popular":
+        {"coverage", "gini", "distinct_items"}}, "latency_ms": {"<batch>": ms}, "warnings": [..]}``
+        and the :class:`ServedDetails` (no filter).
     """
     n_items = dataset.items.num_rows
     if int(retriever.metadata["num_items"]) != n_items:
@@ -227,20 +304,24 @@ def evaluate_served(retriever: Retriever, model: TwoTower, dataset: RecDataset,
     tasks = list(retriever.tasks)
     pair_values = model.value_model(torch.from_numpy(np.stack([labels[t] for t in tasks], 1))[None])[0]
     pair_values = pair_values.clamp_min(0).detach().float().numpy()
+    counts = np.bincount(dataset.interactions.item[dataset.split.train], minlength=n_items)
 
     out: Dict[str, Any] = {"backend": retriever.backend, "k": k_art, "num_users": int(users.users.size),
                            "filters": {}, "warnings": []}
+    details = ServedDetails({}, {}, {})
     for expr, fraction in [("", 1.0)] + list(suite):
         passing = attr(expr, np.arange(n_items))
         plans = enc.filters(expr, users.users.size)
         top = served_rows(retriever, user_ids, plans, exclude)[:, : max(ks)]
+        depth = max(ks) if expr else max(max(ks), min(max(CURVE_KS), n_items))  # no filter: the curves' depth
         want = []
         for b in range(users.users.size):
             ok = passing.copy()
             ok[users.seen.row(b)] = False
-            want.append(exact_top(values[b], ok, max(ks)))
+            want.append(exact_top(values[b], ok, depth))
         held = _passing_rows(users.heldout, passing)
-        row: Dict[str, Any] = {"pass_fraction": float(passing.mean()), "heldout_users": int((held.lengths > 0).sum())}
+        row: Dict[str, Any] = {"pass_fraction": float(passing.mean()), "class": filter_class(float(passing.mean())),
+                               "heldout_users": int((held.lengths > 0).sum())}
         if row["heldout_users"]:
             row.update(recall_ndcg(top, held, ks))
         else:  # no held-out item passes: the same keys, no value
@@ -249,25 +330,68 @@ def evaluate_served(retriever: Retriever, model: TwoTower, dataset: RecDataset,
         for k in ks:
             row[f"recall_vs_exact@{k}"] = recall([t[t >= 0][:k] for t in top.numpy()], [w[:k] for w in want])
         out["filters"][expr or "none"] = row
+        if not expr:
+            _unfiltered(out, details, top.numpy(), _padded(want, depth), popular_top(counts, users.seen, depth),
+                        users.heldout, counts, k_art)
         loss = row[f"recall_vs_exact@{max(ks)}"]
         if loss < WARN_BELOW:
+            advice = ADVICE["strict" if row["class"] in ("~10%", "~1%") else None]
             out["warnings"].append(f"served-vs-exact recall@{max(ks)} {loss:.3f} < {WARN_BELOW} under filter "
-                                   f"{expr or 'none'!r}: raise candidates_per_task (and n_probe) at export")
+                                   f"{expr or 'none'!r} ({row['class']} pass): raise {advice} at export")
     out["latency_ms"] = latency_ms(retriever, user_ids, exclude, batches)
-    return out
+    return out, details
 
 
-def served_table(section: Dict[str, Any]) -> str:
-    """The ``served`` section as a Markdown table (one row per filter; ``users``: those
-    with a held-out item that passes) and a latency line."""
+def _unfiltered(out: Dict[str, Any], details: ServedDetails, served: np.ndarray, exact: np.ndarray,
+                popular: np.ndarray, heldout: JaggedColumn, counts: np.ndarray, k: int) -> None:
+    """Fills ``curves`` and ``exposure`` of ``out`` and ``details`` from the unfiltered top lists
+    (``served`` [U, K], ``exact`` and ``popular`` [U, >= K])."""
+    n_items = counts.size
+    curve_ks = [c for c in CURVE_KS if c <= exact.shape[1]]
+    curves: Dict[str, Any] = {"k": curve_ks}
+    for name, top in (("served", served), ("exact", exact), ("most_popular", popular)):
+        cut = [c for c in curve_ks if c <= top.shape[1]]
+        curves[name] = [v for c, v in zip(cut, _recall_at(top, heldout, cut))]
+        lists = top[:, :k]
+        details.per_user_recall[name] = _per_user_recall(lists, heldout, k)
+        details.exposure[name] = exposure_counts(lists, n_items)
+        details.result_popularity[name] = np.log1p(counts[lists[lists >= 0]]).astype(np.float64)
+    out["curves"] = curves
+    out["exposure"] = {name: exposure_summary(top[:, :k], n_items)
+                       for name, top in (("served", served), ("exact", exact), ("most_popular", popular))}
+
+
+def _recall_at(top: np.ndarray, heldout: JaggedColumn, ks: Sequence[int]) -> List[float]:
+    """Mean recall@k over users with held-out items, for each k of ``ks`` (each <= top's width)."""
+    hits = hits_matrix(torch.from_numpy(top), heldout).numpy()
+    n = heldout.lengths
+    ok = n > 0
+    return [float((hits[:, :k].sum(1)[ok] / n[ok]).mean()) for k in ks]
+
+
+def served_table(section: Dict[str, Any], classes: Optional[Sequence[str]] = None) -> str:
+    """The ``served`` section as a Markdown table (one row per filter; ``users``: those with a
+    held-out item that passes), the index loss per filter class, the coverage line and the
+    latency line. ``classes`` (e.g. ``["none", "~10%", "~1%"]``) keeps only those filter rows."""
+    rows = {e: r for e, r in section["filters"].items() if classes is None or r.get("class") in classes}
     first = next(iter(section["filters"].values()))
     cols = [c for c in first if "@" in c]
     lines = [f"served ({section['backend']}, K={section['k']}, {section['num_users']} test users; recall / ndcg / "
              "value_recall against held-out items that pass the filter, recall_vs_exact against the exact model)",
-             "| filter | pass | users | " + " | ".join(cols) + " |", "|---|---:|---:|" + "---:|" * len(cols)]
-    for expr, row in section["filters"].items():
+             "| filter | class | pass | users | " + " | ".join(cols) + " |", "|---|---|---:|---:|" + "---:|" * len(cols)]
+    for expr, row in rows.items():
         cells = " | ".join("-" if row.get(c) is None else f"{row[c]:.4f}" for c in cols)
-        lines.append(f"| {expr} | {row['pass_fraction']:.4f} | {row['heldout_users']} | {cells} |")
+        lines.append(f"| {expr} | {row.get('class', '-')} | {row['pass_fraction']:.4f} | {row['heldout_users']} | {cells} |")
+    k = section["k"]
+    by_class: Dict[str, List[float]] = {}
+    for row in rows.values():
+        by_class.setdefault(row.get("class", "-"), []).append(row[f"recall_vs_exact@{k}"])
+    lines.append(f"index loss: served-vs-exact recall@{k} (mean per class) " + ", ".join(
+        f"{c} {np.mean(v):.4f}" for c, v in by_class.items()) + f" (target >= {WARN_BELOW})")
+    if "exposure" in section:
+        lines.append(f"coverage of the catalogue by the top-{k} lists (no filter; Gini of item exposure): " + ", ".join(
+            f"{name} {e['coverage']:.2%} ({e['distinct_items']} items, Gini {e['gini']:.3f})"
+            for name, e in section["exposure"].items()))
     lines.append("latency ms per call: " + ", ".join(f"batch {b}: {ms:.2f}" for b, ms in section["latency_ms"].items()))
     lines += [f"WARNING: {w}" for w in section["warnings"]]
     return "\n".join(lines)

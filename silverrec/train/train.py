@@ -30,6 +30,7 @@ from silverrec.train.multitask_eval import multitask_table
 from silverrec.train.optim import check_dense_optimizer
 from silverrec.train.protocol import EvalConfig
 from silverrec.train.tb_logging import flatten, make_logger
+from silverrec.train.tensorboard_training import log_training_end, recall_curves
 from silverrec.train.trainer import Trainer, TrainerConfig
 
 
@@ -90,6 +91,9 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
         train_seconds = time.perf_counter() - t0
         report: Dict[str, Any] = evaluate_model(result.model.module.two_tower, dataset, ctx, ks=ks,
                                                 protocol=eval_config.protocol)
+        # recall@K against K (1..500) and the projector's embeddings: every rank (the towers gather)
+        curves = recall_curves(result.model.module.two_tower, dataset, ctx, protocol=eval_config.protocol)
+        report["curves"] = curves.report
         report["train"] = {
             "steps": result.step,
             "start_step": result.start_step,
@@ -101,6 +105,7 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
         if ctx.is_main:
             log_metrics(logger, {s: report[s] for s in ("valid", "test", "multitask")}, result.step)
             if logger:
+                log_training_end(logger, dataset, curves, report.get("multitask"), result.step)
                 hp = flatten({"model": dataclasses.asdict(model_config), "loss": dataclasses.asdict(instantiate(cfg.loss)),
                               "trainer": dataclasses.asdict(trainer_cfg), "eval": dataclasses.asdict(eval_config)})
                 hp.update({"seed": cfg.seed, "world_size": ctx.world_size})

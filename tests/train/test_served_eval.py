@@ -3,6 +3,7 @@ every cluster and keeps every item as a candidate: what it serves then differs f
 ranking only by INT8 rounding, and under a filter that passes at most K items it serves exactly
 the passing items (less the user's seen ones), so recall against exact is 1."""
 import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ from silverrec.retrieval.serving_graph import ServingConfig
 from silverrec.serve import Retriever
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.export import export_serving
-from silverrec.train.served_eval import evaluate_served, filter_suite
+from silverrec.retrieval.bloom_index import BloomIndex
+from silverrec.train.served_eval import evaluate_served, evaluate_served_details, filter_suite, served_table
 from silverrec.train.trainer import load_two_tower
 
 
@@ -47,11 +49,17 @@ def test_served_against_exact_when_every_item_is_probed(full_probe, tiny_dataset
     expr = rare[1]
     section = evaluate_served(Retriever(path), model, tiny_dataset, filters=[expr], ks=(10, 20, 50), max_users=32,
                               batches=(1, 4))
-    assert set(section) == {"backend", "k", "num_users", "filters", "latency_ms", "warnings"}
+    assert set(section) == {"backend", "k", "num_users", "filters", "curves", "exposure", "latency_ms", "warnings"}
     assert section["k"] == 20 and section["num_users"] == 32
     assert list(section["filters"]) == ["none", expr]
     assert section["filters"][expr]["pass_fraction"] == rare[0] / tiny_dataset.items.num_rows
-    assert section["filters"]["none"]["pass_fraction"] == 1.0
+    assert section["filters"]["none"]["pass_fraction"] == 1.0 and section["filters"]["none"]["class"] == "none"
+    # every item a candidate and every cluster probed: the served curve follows the exact one
+    curves = section["curves"]
+    assert curves["k"][-1] == min(500, tiny_dataset.items.num_rows) and len(curves["served"]) == curves["k"].index(20) + 1
+    for s, e in zip(curves["served"], curves["exact"]):
+        assert abs(s - e) <= 0.05
+    assert section["exposure"]["served"]["distinct_items"] >= 20
     for row in section["filters"].values():
         assert {"recall@10", "ndcg@20", "value_recall@20", "recall_vs_exact@10", "recall_vs_exact@20", "tasks"} <= set(row)
         assert "recall@50" not in row  # above the artifact's K
@@ -72,3 +80,44 @@ def test_cli_model_writes_served_report(full_probe, tmp_path) -> None:
     served = json.loads(report.read_text())["served"]
     assert list(served["filters"]) == ["none"] and served["filters"]["none"]["recall_vs_exact@20"] >= 0.98
     assert "| none | 1.0000 | " in out.stdout
+
+
+def test_filter_suite_on_the_data_matches_the_index(tiny_dataset) -> None:
+    """The suite's pass fractions are the exact fractions of the served filter's exact check."""
+    terms = tiny_dataset.item_terms()
+    suite = filter_suite(terms)
+    assert suite
+    bloom = BloomIndex.build(terms, features=[f.name for f in tiny_dataset.schema.filterable_features])
+    matches = bloom.matches([e for e, _ in suite]).numpy()
+    for (expr, fraction), row in zip(suite, matches):
+        assert fraction == row.mean(), expr
+
+
+def test_served_tensorboard_events(full_probe, tiny_dataset, tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from silverrec.train.tb_logging import TensorBoardLogger
+    from silverrec.train.tensorboard_served import log_served, served_scalars
+
+    path, model = full_probe
+    section, details = evaluate_served_details(Retriever(path), model, tiny_dataset, filters=None,
+                                               ks=(10, 20), max_users=16, batches=(1, 2))
+    logger = TensorBoardLogger(str(tmp_path / "tb"))
+    log_served(logger, section, details, 7, {"serving.k": 20})
+    logger.close()
+    ea = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "histograms": 0, "scalars": 0, "tensors": 0})
+    ea.Reload()
+    assert {"served/recall_at_k", "served/recall_vs_exact_per_filter", "served/latency"} <= set(ea.Tags()["images"])
+    assert {"served/per_user_recall@20/served", "served/per_user_recall@20/exact", "served/item_exposure/most_popular",
+            "served/result_popularity/served"} <= set(ea.Tags()["histograms"])
+    scalars = set(ea.Tags()["scalars"])
+    assert set(served_scalars(section)) <= scalars
+    # every number of the printed table is a scalar
+    none = section["filters"]["none"]
+    for key in ("pass_fraction", "heldout_users", "recall@20", "ndcg@10", "value_recall@20", "recall_vs_exact@20"):
+        assert f"served/none/{key}" in scalars
+    assert ea.Scalars("served/none/recall_vs_exact@20")[-1].value == pytest.approx(none["recall_vs_exact@20"])
+    assert {"served/exposure/served/coverage", "served/exposure/exact/gini", "served/latency_ms/batch_2"} <= scalars
+    assert os.path.isdir(tmp_path / "tb" / "served")  # the hparams session
+    table = served_table(section, classes=["none", "~10%", "~1%"])
+    assert "index loss" in table and "coverage of the catalogue" in table
