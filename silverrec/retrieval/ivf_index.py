@@ -13,8 +13,9 @@ rows by INT8 score (``ivf_int8_topk``), re-scores those K0 exactly from the floa
 keeps the best K (``ivf_rescore_topk``). On CPU one thread runs all of a query's steps, so the
 search makes no ``[B, C]`` probe tensor and no intermediate tensors. :meth:`IVFInt8Index.search`
 is the FAISS-style face of the same forward (validation, masks in the caller's id order,
-``SearchResult``); the serving graph calls the forward with the task queries of each user
-sharing the user's mask row. How many clusters are probed and how many candidates re-scored is
+``SearchResult``). The serving graph calls :meth:`IVFInt8Index.forward_bloom`, the same search
+with the Bloom filter plan evaluated inside the op over the clusters the probes walk
+(``ivf_search_bloom``: probe, then filter), the task queries of each user sharing the user's plan. How many clusters are probed and how many candidates re-scored is
 :func:`silverrec.retrieval.probe_policy.probe_plan`, for both.
 """
 from typing import NamedTuple, Optional, Tuple
@@ -163,6 +164,36 @@ class IVFInt8Index(nn.Module):
         return torch.ops.silverrec.ivf_search(queries, centroid_scores, self.codes, self.scales, self.cluster_offsets,
                                               self.cache, self.row_to_id, mask, plan.n_probe, plan.min_rows,
                                               plan.max_probe, plan.k0, k)
+
+    def forward_bloom(self, queries: Tensor, bloom: Tuple[Tensor, Tensor, Tensor], plan: Tuple[Tensor, Tensor, Tensor],
+                      deny: Optional[Tensor], exclude_rows: Optional[Tensor], k: int, n_probe: int,
+                      k0: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+        """The forward under a Bloom filter plan per mask row, evaluated over the clusters each
+        probe choice walks (``ivf_search_bloom``: probe, then filter) instead of a mask over all N
+        rows: same results as :meth:`forward` with ``bloom_search``'s mask minus ``deny`` and
+        ``exclude_rows``, with Bloom work that grows with the rows probed, not with N.
+
+        Args:
+            queries (Tensor): float32 ``[B, D]`` or ``[B, T, D]`` (the T queries of a user share its plan).
+            bloom (Tuple[Tensor, Tensor, Tensor]): the Bloom index over this index's rows: ``bits``
+                ``[M, ceil(N/64)]``, ``posting_offsets`` ``[T+1]``, ``posting_rows`` ``[nnz]``.
+            plan (Tuple[Tensor, Tensor, Tensor]): ``opcodes`` ``[B, L]``, ``terms`` ``[B, L]``,
+                ``hashes`` ``[B, L, H]`` (a :class:`~silverrec.retrieval.filter_plan.FilterPlan`).
+            deny (Optional[Tensor]): int64 ``[ceil(N/64)]`` rows that never pass (tombstones).
+            exclude_rows (Optional[Tensor]): int64 ``[B, E]`` rows never returned to user b (-1 padding).
+            k, n_probe, k0: as in :meth:`forward` (the filtered probe plan).
+
+        Returns:
+            Tuple[Tensor, Tensor, Tensor]: ``scores``, ``ids``, ``rows`` ``[B, K]`` or ``[B, T, K]``.
+        """
+        probes = probe_plan(k, n_probe, self.num_items, self.num_clusters, True, k0)
+        centroid_scores = torch.matmul(queries, self.centroids_t)  # [B, C] or [B, T, C]
+        bits, posting_offsets, posting_rows = bloom
+        opcodes, terms, hashes = plan
+        return torch.ops.silverrec.ivf_search_bloom(queries, centroid_scores, self.codes, self.scales,
+                                                    self.cluster_offsets, self.cache, self.row_to_id, bits, opcodes,
+                                                    terms, hashes, posting_offsets, posting_rows, deny, exclude_rows,
+                                                    probes.n_probe, probes.min_rows, probes.max_probe, probes.k0, k)
 
     def search(self, queries: Tensor, k: int, n_probe: Optional[int] = None, mask: Optional[Tensor] = None,
                k0: Optional[int] = None) -> SearchResult:

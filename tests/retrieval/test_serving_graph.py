@@ -187,24 +187,32 @@ def test_approximate_graph_keeps_its_promises(served, tiny_dataset):
 
 
 def test_ann_stage_is_the_index_search(served, tiny_dataset):
-    """One retrieval path: the graph's ANN stage (its IVFInt8Index layer, called with the users'
-    masks and the T task queries of each user) returns what IVFInt8Index.search returns for the
-    same queries and masks, task by task."""
+    """One retrieval path: the graph's ANN stage (its IVFInt8Index layer under the users' filter
+    plans, exclusions and tombstones, the T task queries of each user sharing them, the Bloom
+    filter run over the walked clusters only) returns what IVFInt8Index.search returns for the
+    same queries under the full Bloom mask minus the exclusions, task by task."""
     graph, enc = _graph(served, tiny_dataset, n_probe=2, candidates_per_task=12)
     reqs = served["requests"]
     filters = (FILTERS * 2)[: len(reqs)]
     seen = {}
-    hook = graph.index.register_forward_hook(lambda mod, args, out: seen.update(args=args, out=out))
+    stage = graph._main_candidates
+
+    def spy(*args):
+        seen.update(args=args, out=stage(*args))
+        return seen["out"]
+    graph._main_candidates = spy
     try:
         with torch.no_grad():
             graph(*_inputs(enc, reqs, filters, [r["history"][:2] for r in reqs]))
     finally:
-        hook.remove()
-    queries, mask, k0, n_probe = seen["args"]
+        del graph._main_candidates
+    queries, opcodes, terms, hashes, exclude, deleted = seen["args"]
+    mask = graph._filter_mask(opcodes, terms, hashes, exclude, deleted)
+    assert bool((mask != graph._filter_mask(opcodes, terms, hashes, torch.full_like(exclude, -1), deleted)).any())
     scores, ids, rows = seen["out"]
-    assert queries.shape[:2] == ids.shape[:2] == (len(reqs), graph.num_tasks) and (k0, n_probe) == (12, 2)
+    assert queries.shape[:2] == ids.shape[:2] == (len(reqs), graph.num_tasks) and (graph.k0, graph.n_probe) == (12, 2)
     for t in range(graph.num_tasks):
-        want = graph.index.search(queries[:, t], k0, n_probe=n_probe, mask=mask)
+        want = graph.index.search(queries[:, t], graph.k0, n_probe=graph.n_probe, mask=mask)
         assert torch.equal(want.ids, ids[:, t]) and torch.equal(want.scores, scores[:, t])
     assert torch.equal(graph.index.row_to_id[rows.clamp(min=0)].masked_fill(rows < 0, -1), ids)
 
