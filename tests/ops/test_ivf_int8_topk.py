@@ -217,6 +217,21 @@ def _triton_interpret_main() -> None:
         args = random_case(i, B, N, D, C, P, k, density=(0.0, 0.1, 0.6, 1.0)[i % 4],
                            code_range=(1, 127)[i % 2], with_mask=i % 3 != 0)
         assert_same(ivf_int8_topk_cuda(*args), ivf_int8_topk_reference(*args))
+        if i % 2 == 0:
+            assert_same(ivf_int8_topk_cuda(*args, kernel="grouped"), ivf_int8_topk_reference(*args))
+    # the cluster-major tl.dot scan: many queries per cluster (tiles of 16 and a partial one),
+    # -1 and repeated probes, masks from empty to full, ties (narrow codes), K above and below a
+    # block, D above one BLOCK_D chunk, and a probe column P = 1
+    grouped = [dict(B=34, N=150, D=20, C=3, P=3, k=9), dict(B=19, N=90, D=7, C=2, P=2, k=33),
+               dict(B=6, N=260, D=140, C=5, P=4, k=5), dict(B=17, N=40, D=3, C=1, P=1, k=1)]
+    for i, shape in enumerate(grouped):
+        for with_mask in (False, True):
+            args = random_case(100 + i, **shape, density=(0.0, 0.3, 1.0, 0.05)[i], code_range=(1, 127)[i % 2],
+                               with_mask=with_mask)
+            want = ivf_int8_topk_reference(*args)
+            assert_same(ivf_int8_topk_cuda(*args), want)  # auto: the grouped scan (B >= 2)
+            if shape["B"] <= 6:  # the per-query kernel is slow to interpret at large B
+                assert_same(ivf_int8_topk_cuda(*args, kernel="per_query"), want)
     print("triton ivf_int8_topk ok")
 
 

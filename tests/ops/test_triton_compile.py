@@ -82,3 +82,15 @@ def test_kernel_compiles_for_sm80_and_sm90(name: str, compile_records: Dict[str,
     assert {r["arch"] for r in records} == {80, 90}, f"{name}: no compile records for both architectures: {records}"
     failed = [f"{r['case']} (sm_{r['arch']}):\n{r['error']}" for r in records if not r["ok"]]
     assert not failed, f"{name} does not compile:\n" + "\n".join(failed)
+
+
+# kernels whose inner product is a tl.dot: their PTX must use the tensor cores (mma) for every case
+TENSOR_CORE_KERNELS = ("ivf_int8_topk_grouped._ivf_int8_topk_grouped_kernel",)
+
+
+@pytest.mark.parametrize("name", TENSOR_CORE_KERNELS)
+def test_tl_dot_kernels_use_tensor_cores(name: str, compile_records: Dict[str, List[dict]]) -> None:
+    records = compile_records[name]
+    assert records and all(r["ok"] for r in records), f"{name} does not compile (see the test above)"
+    missing = [f"{r['case']} (sm_{r['arch']})" for r in records if not r["tensor_cores"]]
+    assert not missing, f"{name}: no mma instruction in the PTX of {missing}: the int8 tl.dot is not on the tensor cores"

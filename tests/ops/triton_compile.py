@@ -46,15 +46,18 @@ class KernelCheck:
     Args:
         module (str): file stem in ``silverrec/ops/triton/`` (``"exact_filter"``).
         kernel (str): the ``@triton.jit`` function's name in that file.
-        launcher (str): the function in that file that launches it.
+        launcher (str): the function that launches it, in ``launcher_module``.
         cases (Callable[[], Dict[str, Call]]): label -> launcher arguments, built when compiling
             (CPU tensors; only dtypes, shapes and integer arguments matter).
+        launcher_module (Optional[str]): file stem of the launcher when it is not ``module``
+            (a launcher that picks one of several kernels).
     """
 
     module: str
     kernel: str
     launcher: str
     cases: Callable[[], Dict[str, Call]]
+    launcher_module: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -105,10 +108,28 @@ def _int8_topk_cases() -> Dict[str, Call]:
         mask = _i64(B, (N + 63) // 64) if masked else None
         return (_i8(B, D), _f32(B), _i8(N, D), _f32(N), _offsets(C, per), _i64(B, P), mask, k), {}
 
+    # batch 1: the launcher's per-query kernel (from batch 2 on it takes the grouped tl.dot scan)
     return {
-        "serving D=64, P=40, K0=150, filtered": call(8, 64, 40, 25, 40, True, 150),
-        "fallback scan P=C=4000, K0=150, unfiltered": call(2, 64, 4000, 2, 4000, False, 150),
+        "serving D=64, P=40, K0=150, filtered": call(1, 64, 40, 25, 40, True, 150),
+        "fallback scan P=C=4000, K0=150, unfiltered": call(1, 64, 4000, 2, 4000, False, 150),
         "D=1, P=1, K=1, one mask word": call(1, 1, 1, 1, 1, True, 1),
+    }
+
+
+def _int8_topk_grouped_cases() -> Dict[str, Call]:
+    def call(B: int, D: int, C: int, per: int, P: int, masked: bool, k: int) -> Call:
+        N = C * per
+        mask = _i64(B, (N + 63) // 64) if masked else None
+        return (_i8(B, D), _f32(B), _i8(N, D), _f32(N), _offsets(C, per), _i64(B, P), mask, k), {}
+
+    # what ivf_int8_topk_cuda launches from batch 2 on: K_PAD 256 (8 warps) and 16 (4 warps),
+    # BLOCK_D 64, 128 (D = 200 in two chunks) and 32 (D = 1: the smallest tl.dot K)
+    return {
+        "serving batch 16, D=64, P=40, K0=150, filtered": call(16, 64, 40, 25, 40, True, 150),
+        # also the constexprs of an unfiltered serving batch (batch 256, P = 80 of 4000 clusters)
+        "fallback scan P=C=4000, K0=150, batch 2, unfiltered": call(2, 64, 4000, 2, 4000, False, 150),
+        "D=200, K=10, filtered": call(4, 200, 8, 10, 3, True, 10),
+        "D=1, P=1, K=1, batch 2": call(2, 1, 1, 1, 1, True, 1),
     }
 
 
@@ -162,6 +183,8 @@ KERNELS: Tuple[KernelCheck, ...] = (
     KernelCheck("bloom_search", "_bloom_search_kernel", "bloom_search_cuda", _bloom_cases),
     KernelCheck("exact_filter", "_exact_filter_kernel", "exact_filter_cuda", _exact_filter_cases),
     KernelCheck("ivf_int8_topk", "_ivf_int8_topk_kernel", "ivf_int8_topk_cuda", _int8_topk_cases),
+    KernelCheck("ivf_int8_topk_grouped", "_ivf_int8_topk_grouped_kernel", "ivf_int8_topk_cuda",
+                _int8_topk_grouped_cases, launcher_module="ivf_int8_topk"),
     KernelCheck("ivf_rescore_topk", "_ivf_rescore_topk_kernel", "ivf_rescore_topk_cuda", _rescore_cases),
     KernelCheck("ivf_select_probes", "_ivf_select_probes_kernel", "ivf_select_probes_cuda", _select_probes_cases),
     KernelCheck("pack_id_mask", "_pack_id_mask_kernel", "pack_id_mask_cuda", _pack_id_mask_cases),
@@ -187,7 +210,12 @@ class _Recorder:
 
 
 def recorded_launches(check: KernelCheck, call: Call) -> List[Call]:
-    """The kernel launches the launcher makes for ``call`` (the kernel is not run).
+    """The launches of ``check.kernel`` that the launcher makes for ``call`` (no kernel is run).
+
+    Every ``@triton.jit`` function of every ``silverrec/ops/triton`` module is swapped for a
+    recorder while the launcher runs (a launcher may pick a kernel of another file); only the
+    launches of ``check.kernel`` are returned, so a case in which the launcher picks another
+    kernel records none.
 
     Args:
         check (KernelCheck): the kernel and its launcher.
@@ -196,15 +224,26 @@ def recorded_launches(check: KernelCheck, call: Call) -> List[Call]:
     Returns:
         List[Call]: the ``(args, kwargs)`` of each launch.
     """
-    module = importlib.import_module(f"silverrec.ops.triton.{check.module}")
-    real = getattr(module, check.kernel)
-    recorder = _Recorder()
-    setattr(module, check.kernel, recorder)
+    from triton.runtime.jit import JITFunction
+
+    import silverrec.ops.triton as package
+
+    swapped: List[Tuple[Any, str, Any]] = []
+    recorders: Dict[Tuple[str, str], _Recorder] = {}
+    for name in list(package._OPS) + [check.module, check.launcher_module or check.module]:
+        module = importlib.import_module(f"silverrec.ops.triton.{name}")
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, JITFunction) and value.__module__ == module.__name__:
+                recorders[(name, attr)] = _Recorder()
+                swapped.append((module, attr, value))
+                setattr(module, attr, recorders[(name, attr)])
+    launcher_module = importlib.import_module(f"silverrec.ops.triton.{check.launcher_module or check.module}")
     try:
-        getattr(module, check.launcher)(*call[0], **call[1])
+        getattr(launcher_module, check.launcher)(*call[0], **call[1])
     finally:
-        setattr(module, check.kernel, real)
-    return recorder.calls
+        for module, attr, value in reversed(swapped):
+            setattr(module, attr, value)
+    return recorders[(check.module, check.kernel)].calls
 
 
 def compile_launch(kernel: Any, launch: Call, arch: int) -> Any:
@@ -247,7 +286,8 @@ def run_checks(names: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
 
     Returns:
         List[Dict[str, Any]]: one record per (kernel, case, arch): ``kernel``, ``case``, ``arch``,
-        ``ok``, ``error`` (traceback tail) and ``seconds``.
+        ``ok``, ``error`` (traceback tail), ``tensor_cores`` (the PTX has ``mma`` instructions)
+        and ``seconds``.
     """
     checks = [c for c in KERNELS if names is None or c.name in names]
     unknown = set(names or ()) - {c.name for c in checks}
@@ -258,17 +298,19 @@ def run_checks(names: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         kernel = getattr(importlib.import_module(f"silverrec.ops.triton.{check.module}"), check.kernel)
         for label, call in check.cases().items():
             for arch in ARCHS:
-                start, error = time.perf_counter(), None
+                start, error, mma = time.perf_counter(), None, True
                 try:
                     launches = recorded_launches(check, call)
                     if not launches:
-                        raise RuntimeError(f"{check.launcher} launched no kernel for this case")
+                        raise RuntimeError(f"{check.launcher} launched no {check.kernel} for this case")
                     for launch in launches:
-                        compile_launch(kernel, launch, arch)
+                        ptx = compile_launch(kernel, launch, arch).asm["ptx"]
+                        mma = mma and ("mma.sync" in ptx or "wgmma" in ptx)
                 except Exception:  # noqa: BLE001 - reported per case, the other cases still run
                     error = "".join(traceback.format_exc().splitlines(keepends=True)[-12:])
+                # tensor_cores: the PTX has mma instructions (checked for kernels built on tl.dot)
                 records.append(dict(kernel=check.name, case=label, arch=arch, ok=error is None, error=error,
-                                    seconds=round(time.perf_counter() - start, 2)))
+                                    tensor_cores=error is None and mma, seconds=round(time.perf_counter() - start, 2)))
                 print(json.dumps(records[-1]), flush=True)
     return records
 

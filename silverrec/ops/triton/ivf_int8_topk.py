@@ -9,9 +9,13 @@ scores rank the lower row higher). The running top-k is a descending-sorted regi
 ``K_PAD`` keys: a block sorted ascending is merged by an elementwise max (the top half of a
 bitonic merge) and re-sorted. No ``[B, N]`` buffer is written.
 
-TODO (performance): one program per query re-reads the codes of clusters shared by several
-queries; a per-cluster ``tl.dot`` over the queries probing it would amortise that, as would
-splitting a query's probes over several programs with a final merge for small batches.
+When several queries of a batch probe the same cluster, the launcher runs the cluster-major
+scan of :mod:`.ivf_int8_topk_grouped` instead (one ``tl.dot`` per block of rows for up to 16
+queries, on the tensor cores; its docstring has the roofline); this per-query kernel is kept for
+batch 1, where nothing is shared and it needs no grouping or merge (see :func:`scan_kernel`).
+
+TODO (performance): at batch 1 one program scans every probed cluster; splitting a query's
+probes over several programs with a final merge would use more of the GPU.
 """
 import triton
 import triton.language as tl
@@ -19,6 +23,10 @@ import torch
 from torch import Tensor
 from typing import Optional, Tuple
 
+from silverrec.ops.triton.ivf_int8_topk_grouped import _MAX_PARTIAL_KEYS, ivf_int8_topk_grouped_cuda
+
+GROUPED_MIN_BATCH = 2  # below this the per-query kernel: at batch 1 no cluster is shared
+SCAN_KERNELS = ("auto", "per_query", "grouped")
 _MIN_KEY = -(2**63)  # below every real key: marks an empty slot
 
 
@@ -86,8 +94,12 @@ def ivf_int8_topk_cuda(
     probe: Tensor,
     mask: Optional[Tensor],
     k: int,
+    *,
+    kernel: str = "auto",
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Launches ``_ivf_int8_topk_kernel`` (one program per query); same contract as the reference.
+    """Launches the scan: ``_ivf_int8_topk_kernel`` (one program per query) or the cluster-major
+    ``tl.dot`` scan of :mod:`.ivf_int8_topk_grouped`, as :func:`scan_kernel` picks; same
+    contract as the reference (both give identical results).
 
     Checks dtypes, shapes and devices without reading tensor values (no host sync); the value
     preconditions (probe entries in ``[-1, C)``, valid ``cluster_offsets``) are the caller's.
@@ -101,6 +113,8 @@ def ivf_int8_topk_cuda(
         probe (Tensor): int64 ``[B, P]``.
         mask (Optional[Tensor]): int64 ``[B, ceil(N / 64)]`` or ``None``.
         k (int): K.
+        kernel (str): ``"auto"`` (the op's choice), ``"per_query"`` or ``"grouped"`` (for
+            benchmarks and tests; the registered op always takes ``"auto"``).
 
     Returns:
         Tuple[Tensor, Tensor, Tensor]: ``scores [B, K]`` float32, ``rows [B, K]`` int64,
@@ -125,7 +139,11 @@ def ivf_int8_topk_cuda(
             raise ValueError(f"ivf_int8_topk: {name} must be {dtype} {shape}, got {t.dtype} {tuple(t.shape)}")
     if k < 1:
         raise ValueError(f"ivf_int8_topk: k must be >= 1, got {k}")
+    if kernel not in SCAN_KERNELS:
+        raise ValueError(f"ivf_int8_topk: kernel must be one of {SCAN_KERNELS}, got {kernel!r}")
     P = probe.shape[1]
+    if (scan_kernel(B, P, k) if kernel == "auto" else kernel) == "grouped":
+        return ivf_int8_topk_grouped_cuda(q_codes, q_scales, codes, scales, cluster_offsets, probe, mask, k)
     out_s = torch.empty((B, k), dtype=torch.float32, device=q_codes.device)
     out_r = torch.empty((B, k), dtype=torch.int64, device=q_codes.device)
     out_v = torch.empty((B,), dtype=torch.int64, device=q_codes.device)
@@ -142,3 +160,22 @@ def ivf_int8_topk_cuda(
         K_PAD=triton.next_power_of_2(max(k, 16)),
     )
     return out_s, out_r, out_v
+
+
+def scan_kernel(B: int, P: int, k: int) -> str:
+    """The scan ``ivf_int8_topk_cuda`` runs for a batch of ``B`` queries probing ``P`` clusters each.
+
+    ``"grouped"`` (the ``tl.dot`` scan) from batch ``GROUPED_MIN_BATCH`` on, when its ``[B, P, k]``
+    partial buffer stays under ``_MAX_PARTIAL_KEYS`` keys (256 MiB; e.g. not for the all-cluster
+    fallback scan of a large batch over thousands of clusters); else ``"per_query"``. Decided
+    from shapes only, so it costs no host sync and a traced graph takes one path per shape.
+
+    Args:
+        B (int): queries.
+        P (int): probe columns.
+        k (int): K.
+
+    Returns:
+        str: ``"grouped"`` or ``"per_query"``.
+    """
+    return "grouped" if B >= GROUPED_MIN_BATCH and P > 0 and B * P * k <= _MAX_PARTIAL_KEYS else "per_query"
