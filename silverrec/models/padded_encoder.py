@@ -97,11 +97,26 @@ def _padded(model: TwoTower, slots: List[Tuple[str, int]], tower: nn.Module) -> 
     return PaddedEncoder(keys, sizes, tables, mean, copy.deepcopy(tower))
 
 
-def padded_user_encoder_from_two_tower(model: TwoTower, schema: Schema) -> PaddedEncoder:
-    """A :class:`PaddedEncoder` of user slots holding copies of ``model``'s user-side weights ([B, T, D])."""
+def padded_user_encoder_from_two_tower(model: TwoTower, schema: Schema) -> nn.Module:
+    """A :class:`PaddedEncoder` of user slots holding copies of ``model``'s user-side weights ([B, T, D]);
+    for a sequence model, a :class:`~silverrec.models.padded_sequence_encoder.SequenceUserEncoder`."""
+    from silverrec.models.sequence_two_tower import SequenceTwoTower
+
+    if isinstance(model, SequenceTwoTower):
+        from silverrec.models.padded_sequence_encoder import sequence_user_encoder
+
+        keys, sizes = zip(*user_slots(schema))
+        return sequence_user_encoder(model, keys, sizes)
     return _padded(model, user_slots(schema), model.user_tower)
 
 
-def padded_item_encoder_from_two_tower(model: TwoTower, schema: Schema) -> PaddedEncoder:
-    """A :class:`PaddedEncoder` of item slots holding copies of ``model``'s item-side weights ([B, D])."""
+def padded_item_encoder_from_two_tower(model: TwoTower, schema: Schema) -> nn.Module:
+    """A :class:`PaddedEncoder` of item slots holding copies of ``model``'s item-side weights ([B, D]);
+    for a sequence model, an :class:`~silverrec.models.padded_sequence_encoder.IdItemEncoder`."""
+    from silverrec.models.sequence_two_tower import SequenceTwoTower
+
+    if isinstance(model, SequenceTwoTower):
+        from silverrec.models.padded_sequence_encoder import sequence_item_encoder
+
+        return sequence_item_encoder(model)
     return _padded(model, item_slots(schema), model.item_tower)

@@ -80,6 +80,11 @@ class LossConfig:
             candidates, as served; see the module docstring).
         pool_size (int): P, the candidate pool of a row in ``"pool"`` mode.
         over_arch_detach (bool): the OverArch loss does not train the towers (stop-gradient).
+        in_batch_negatives (int): R, targets of the batch drawn as shared negatives of the sequence
+            tower's next-item softmax (:mod:`silverrec.models.sequence_train_task`; the pooled
+            tower uses the whole batch).
+        uniform_negatives (int): S, items drawn uniformly per batch as further shared negatives of
+            that softmax (both log-Q corrected).
     """
 
     task_weights: Dict[str, float] = field(default_factory=dict)
@@ -91,6 +96,8 @@ class LossConfig:
     over_arch_negatives: str = "in_batch"
     pool_size: int = 500
     over_arch_detach: bool = False
+    in_batch_negatives: int = 1024
+    uniform_negatives: int = 512
 
     def __post_init__(self) -> None:
         self.task_weights = dict(self.task_weights)
@@ -99,7 +106,8 @@ class LossConfig:
                 raise ValueError(f"loss.task_weights.{name} must be >= 0, got {w}")
         if not self.over_arch_weight >= 0:
             raise ValueError(f"loss.over_arch_weight must be >= 0, got {self.over_arch_weight}")
-        for name in ("over_arch_rows", "sampled_negatives", "hard_negatives"):
+        for name in ("over_arch_rows", "sampled_negatives", "hard_negatives", "in_batch_negatives",
+                     "uniform_negatives"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if self.hard_negative_refresh < 1:

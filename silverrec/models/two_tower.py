@@ -28,11 +28,14 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from silverrec.models.candidate_scorer import CandidateScorer, candidate_values, task_logits, task_scores
 from silverrec.models.over_arch import OverArch, OverArchConfig
+from silverrec.models.sequence_tower import SequenceConfig
 from silverrec.models.similarity import Similarity
 from silverrec.models.towers import ItemTower, UserTower
 from silverrec.models.value_formula import default_value_formula
 from silverrec.models.value_model import ValueModel
 from silverrec.schema import HISTORY, ITEM_ID, Schema, item_key, user_key
+
+USER_TOWERS = ("pooled", "sequence")
 
 
 class TwoTower(nn.Module):
@@ -92,10 +95,14 @@ class TwoTower(nn.Module):
         self.ebc = embedding_bag_collection
         self.user_tower = user_tower
         self.item_tower = item_tower
+        self._set_scorers(similarity, over_arch, value_model)
+
+    def _set_scorers(self, similarity: Similarity, over_arch: Optional[OverArch], value_model: ValueModel) -> None:
+        """The re-scoring layers and the ``task_rates`` buffer (shared with the sequence model)."""
         self.similarity = similarity
         self.over_arch = over_arch
         self.value_model = value_model
-        self.register_buffer("task_rates", torch.ones(num_tasks))
+        self.register_buffer("task_rates", torch.ones(len(value_model.task_names)))
 
     @property
     def task_names(self) -> List[str]:
@@ -154,6 +161,12 @@ class TwoTowerConfig:
         over_arch (Optional[OverArchConfig]): the OverArch re-scorer (a dict is converted;
             None: no OverArch, candidates are scored by the dot product only). Its ``num_tasks``
             is set from the schema.
+        user_tower (str): ``"pooled"`` (user features + mean-pooled history -> MLP, the default)
+            or ``"sequence"`` (causal self-attention over the history,
+            :class:`~silverrec.models.sequence_two_tower.SequenceTwoTower`: E = D =
+            ``embedding_dim``, the item embedding is the L2-normalised item-id row; ``user_layers``
+            and ``item_layers`` are not used).
+        sequence (Optional[SequenceConfig]): blocks, heads and dropout of the sequence tower.
         value_formula (Optional[str]): the Value Model's formula over the schema's task names,
             e.g. ``"0.6*like + 0.3*share + 0.1*watch"`` (see :mod:`silverrec.models.value_formula`);
             None: the data's default (``silverrec-train`` asks the data set,
@@ -168,11 +181,19 @@ class TwoTowerConfig:
     learn_temperature: bool = True
     over_arch: Optional[Union[OverArchConfig, Dict[str, Any]]] = field(default_factory=OverArchConfig)
     value_formula: Optional[str] = None
+    user_tower: str = "pooled"
+    sequence: Optional[Union[SequenceConfig, Dict[str, Any]]] = field(default_factory=SequenceConfig)
 
     def __post_init__(self) -> None:
         self.user_layers, self.item_layers = list(self.user_layers), list(self.item_layers)
         if self.over_arch is not None and not isinstance(self.over_arch, OverArchConfig):
             self.over_arch = OverArchConfig(**dict(self.over_arch))
+        if self.user_tower not in USER_TOWERS:
+            raise ValueError(f"model.user_tower must be one of {', '.join(USER_TOWERS)}, got {self.user_tower!r}")
+        if self.sequence is None:
+            self.sequence = SequenceConfig()
+        elif not isinstance(self.sequence, SequenceConfig):
+            self.sequence = SequenceConfig(**dict(self.sequence))
 
 
 def embedding_tables(schema: Schema, embedding_dim: int) -> List[EmbeddingBagConfig]:
@@ -205,8 +226,13 @@ def build_two_tower(schema: Schema, config: TwoTowerConfig, device: torch.device
     """Builds a :class:`TwoTower` sized by ``schema`` and ``config``.
 
     With ``device=torch.device("meta")`` the embedding tables are not allocated (for
-    DistributedModelParallel, which materialises the shards itself).
+    DistributedModelParallel, which materialises the shards itself). ``config.user_tower ==
+    "sequence"`` builds a :class:`~silverrec.models.sequence_two_tower.SequenceTwoTower`.
     """
+    if config.user_tower == "sequence":
+        from silverrec.models.sequence_two_tower import build_sequence_two_tower
+
+        return build_sequence_two_tower(schema, config, device)
     if config.user_layers[-1] != config.item_layers[-1]:
         raise ValueError(
             f"model.user_layers ends with {config.user_layers[-1]}, model.item_layers with "

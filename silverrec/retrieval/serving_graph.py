@@ -102,7 +102,8 @@ class RetrievalGraph(nn.Module):
     Build it with :func:`silverrec.retrieval.publish.publish`.
 
     Args:
-        user_encoder (PaddedEncoder): the user tower (T heads).
+        user_encoder (PaddedEncoder): the user tower (T heads; a ``SequenceUserEncoder`` for the
+            sequence model, same slots).
         scorer (CandidateScorer): similarity, OverArch and Value Model.
         index (IVFInt8Index): the item index (its rows are the graph's rows).
         bloom (BloomIndex): the filter index over the same rows (built with

@@ -3,6 +3,7 @@
     silverrec-train                                   # default synthetic world
     silverrec-train data=movielens data.path=/data/ml-1m
     silverrec-train data=recbole data.path=/data/ml-1m eval.protocol=leave_last_out
+    silverrec-train data=recbole data.path=/data/ml-1m eval.protocol=leave_last_out model.user_tower=sequence
     torchrun --standalone --nproc_per_node=2 -m silverrec.train.train trainer.num_threads=1
 
 Trains with TorchRec DistributedModelParallel, validates periodically, then evaluates the
@@ -31,6 +32,7 @@ from silverrec.train.optim import check_dense_optimizer
 from silverrec.train.protocol import EvalConfig
 from silverrec.train.tb_logging import flatten, make_logger
 from silverrec.train.tensorboard_training import log_training_end, recall_curves
+from silverrec.train.sequence_trainer import SequenceTrainer
 from silverrec.train.trainer import Trainer, TrainerConfig
 
 
@@ -74,7 +76,8 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
         ks = eval_config.cutoffs(trainer_cfg.ks)
         model_config = model_config_for(cfg, dataset)
         logger = make_logger(log_dir, ctx.is_main)
-        trainer = Trainer(trainer_cfg, ctx, paths["checkpoint_dir"], logger)
+        trainer_class = SequenceTrainer if model_config.user_tower == "sequence" else Trainer
+        trainer = trainer_class(trainer_cfg, ctx, paths["checkpoint_dir"], logger)
         t0 = time.perf_counter()
         result = trainer.fit(
             dataset,
@@ -89,7 +92,8 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
             eval_config=eval_config,
         )
         train_seconds = time.perf_counter() - t0
-        report: Dict[str, Any] = evaluate_model(result.model.module.two_tower, dataset, ctx, ks=ks,
+        task = getattr(result.model, "module", result.model)  # DistributedModelParallel or the plain task
+        report: Dict[str, Any] = evaluate_model(task.two_tower, dataset, ctx, ks=ks,
                                                 protocol=eval_config.protocol)
         # recall@K against K (1..500) and the projector's embeddings: every rank (the towers gather)
         curves = recall_curves(result.model.module.two_tower, dataset, ctx, protocol=eval_config.protocol)

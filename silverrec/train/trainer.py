@@ -108,14 +108,15 @@ class TrainResult:
         step (int): the last step.
         start_step (int): the step this call started from (> 0 when it resumed a checkpoint).
         checkpoint (str): path of the final checkpoint.
-        model (DistributedModelParallel): the trained (sharded) train task.
+        model (nn.Module): the trained train task (DistributedModelParallel of a TwoTowerTrainTask, or a
+            plain SequenceTrainTask).
         history (List[Dict[str, float]]): periodic validation metrics, with their step.
     """
 
     step: int
     start_step: int
     checkpoint: str
-    model: DistributedModelParallel
+    model: torch.nn.Module
     history: List[Dict[str, float]]
 
 
