@@ -1,15 +1,18 @@
 """The exact attribute table: which item rows hold which terms, with exact filter evaluation.
 
-Two views of the same CSR data (rows in index order):
+One structure, the inverted index (rows in index order): ``posting_offsets`` / ``posting_rows``,
+term -> ascending rows holding it. ``bloom_search`` reads it to evaluate ``NOT term`` exactly,
+:meth:`matches` evaluates whole filters exactly from it, and :meth:`held` answers "does row r
+hold term t" for a candidate list by a fixed-length binary search in t's list (fixed shapes, no
+host sync), which :meth:`forward` (the *exact check*) feeds to the ``exact_filter`` op, so it
+runs inside the exported serving graph on the final results: served results have zero false
+positives. (A second, row -> terms view padded to the widest row cost 8 bytes per slot per item,
+72 bytes per item for nine slots; the binary search reads the lists the filter needs anyway.)
 
-* ``posting_offsets`` / ``posting_rows``: term -> ascending rows holding it (the inverted
-  index). ``bloom_search`` reads it to evaluate ``NOT term`` exactly, and :meth:`matches`
-  evaluates whole filters exactly from it.
-* ``row_terms``: row -> its term ids, padded with -1 to a fixed width, so the membership of a
-  candidate in a plan's terms is one gather and a compare. :meth:`forward` (the *exact check*)
-  uses it to test a candidate list against a plan (the ``exact_filter`` op) with fixed shapes and
-  no host sync, so it runs inside the exported serving graph on the final results: served results
-  have zero false positives.
+Terms whose membership the Bloom index answers exactly from a bitmap row (frequent terms) need
+no list: ``indexed`` names the terms that have one; the others' lists are empty, and their
+membership comes from the caller (``BloomIndex``). ``term_counts`` keeps every term's exact
+count either way.
 
 Example::
 
@@ -19,7 +22,7 @@ Example::
     >>> table.posting_rows.tolist(), table.posting_offsets.tolist()
     ([0, 1, 1], [0, 2, 3])
 """
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,16 +44,21 @@ from silverrec.ops.reference import (
 
 
 class AttributeTable(nn.Module):
-    """Exact term sets of N item rows over T terms.
+    """Exact term sets of N item rows over T terms, as posting lists.
 
     Args:
         offsets (np.ndarray): int64 ``[N+1]`` CSR offsets; row i holds ``term_ids[offsets[i]:offsets[i+1]]``.
         term_ids (np.ndarray): int64 ``[nnz]`` term ids in ``[0, T)``, ascending and unique per row.
         num_terms (int): T.
-        width (Optional[int]): columns of ``row_terms`` (None: the most terms of a row, at least 1).
+        width (Optional[int]): the most terms a row may hold (None: the most terms of a row, at
+            least 1); items added later (fresh rows) are padded to it.
+        indexed (Optional[np.ndarray]): bool ``[T]``, the terms that get a posting list (None:
+            all). The others' membership must come from elsewhere (:meth:`held` reports them as
+            not held; :meth:`matches_program` asks ``rows_of``).
     """
 
-    def __init__(self, offsets: np.ndarray, term_ids: np.ndarray, num_terms: int, width: Optional[int] = None) -> None:
+    def __init__(self, offsets: np.ndarray, term_ids: np.ndarray, num_terms: int, width: Optional[int] = None,
+                 indexed: Optional[np.ndarray] = None) -> None:
         super().__init__()
         offsets = np.asarray(offsets, dtype=np.int64)
         term_ids = np.asarray(term_ids, dtype=np.int64)
@@ -60,31 +68,50 @@ class AttributeTable(nn.Module):
             raise ValueError("offsets must be nondecreasing")
         if term_ids.size and (term_ids.min() < 0 or term_ids.max() >= num_terms):
             raise ValueError(f"term_ids must lie in [0, {num_terms}), got [{term_ids.min()}, {term_ids.max()}]")
+        if indexed is not None and np.asarray(indexed).shape != (num_terms,):
+            raise ValueError(f"indexed must be bool [T={num_terms}], got shape {np.asarray(indexed).shape}")
         self.num_items = offsets.size - 1
         self.num_terms = num_terms
-        rows = np.repeat(np.arange(self.num_items, dtype=np.int64), np.diff(offsets))
+        counts = np.diff(offsets)
+        most = int(counts.max(initial=0))
+        self.width = max(1, most) if width is None else int(width)
+        if most > self.width:
+            raise ValueError(f"an item has {most} filterable terms, more than the table's width {self.width}")
+        rows = np.repeat(np.arange(self.num_items, dtype=np.int64), counts)
         keys = rows * max(num_terms, 1) + term_ids
         if np.any(np.diff(keys) <= 0):
             raise ValueError("term_ids must be ascending and unique within each row")
-        order = np.argsort(term_ids, kind="stable")  # by term, then row
-        counts = np.bincount(term_ids, minlength=num_terms)
-        posting_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.indexed = np.ones(num_terms, dtype=bool) if indexed is None else np.asarray(indexed, dtype=bool)
+        term_counts = np.bincount(term_ids, minlength=num_terms)
+        keep = self.indexed[term_ids]
+        order = np.argsort(term_ids[keep], kind="stable")  # by term, then row
+        listed = np.where(self.indexed, term_counts, 0)
+        posting_offsets = np.concatenate([[0], np.cumsum(listed)]).astype(np.int64)
         self.register_buffer("posting_offsets", torch.from_numpy(posting_offsets))
-        self.register_buffer("posting_rows", torch.from_numpy(rows[order]))
-        self.register_buffer("row_terms", torch.from_numpy(padded_row_terms(offsets, term_ids, width)))
+        self.register_buffer("posting_rows", torch.from_numpy(np.ascontiguousarray(rows[keep][order])))
+        self.register_buffer("term_counts", torch.from_numpy(term_counts.astype(np.int64)))
+        # binary-search steps that settle any list: ceil(log2(longest + 1))
+        self.search_steps = max(1, int(listed.max(initial=0)).bit_length())
 
     def postings(self, term: int) -> np.ndarray:
-        """Ascending rows holding ``term``: int64 ``[count]``."""
+        """Ascending rows holding ``term``: int64 ``[count]`` (empty for a term without a list)."""
         off = self.posting_offsets
         return self.posting_rows[int(off[term]) : int(off[term + 1])].numpy()
 
-    def matches_program(self, program: List[Tuple[int, int]]) -> np.ndarray:
-        """Exact evaluation of one postfix program over all rows: bool ``[N]``."""
+    def matches_program(self, program: List[Tuple[int, int]],
+                        rows_of: Optional[Callable[[int], np.ndarray]] = None) -> np.ndarray:
+        """Exact evaluation of one postfix program over all rows: bool ``[N]``. ``rows_of(term)``
+        gives the bool ``[N]`` membership of a term without a posting list."""
         stack: List[np.ndarray] = []
         for op, term in program:
             if op in (BLOOM_TERM, BLOOM_NOT_TERM, BLOOM_NOT_ROWS):  # NOT_ROWS: NOT of a term (exact row)
-                member = np.zeros(self.num_items, dtype=bool)
-                member[self.postings(term)] = True
+                if 0 <= term < self.num_terms and not self.indexed[term]:
+                    if rows_of is None:
+                        raise ValueError(f"term {term} has no posting list here; pass rows_of")
+                    member = np.asarray(rows_of(term), dtype=bool)
+                else:
+                    member = np.zeros(self.num_items, dtype=bool)
+                    member[self.postings(term)] = True
                 stack.append(member if op == BLOOM_TERM else ~member)
             elif op in (BLOOM_AND, BLOOM_OR):
                 y, x = stack.pop(), stack.pop()
@@ -97,8 +124,39 @@ class AttributeTable(nn.Module):
             raise ValueError(f"filter program leaves {len(stack)} values on the stack, expected 1")
         return stack[0]
 
+    def held(self, rows: Tensor, terms: Tensor) -> Tensor:
+        """Whether each candidate row holds each of its plan's terms, by binary search in the
+        term's posting list (fixed steps; terms without a list, ids outside ``[0, T)`` and rows
+        outside ``[0, N)`` are not held).
+
+        Args:
+            rows (Tensor): int64 ``[B, M]`` candidate rows (-1 padding).
+            terms (Tensor): int64 ``[B, L]`` the plans' term ids.
+
+        Returns:
+            Tensor: bool ``[B, M, L]``.
+        """
+        t = terms.unsqueeze(1)  # [B, 1, L]
+        r = rows.unsqueeze(2)  # [B, M, 1]
+        ok_t = (t >= 0) & (t < self.num_terms)
+        tc = t.clamp(0, max(self.num_terms - 1, 0))
+        lo = self.posting_offsets[tc].expand(-1, rows.shape[1], -1)  # [B, M, L]
+        hi = self.posting_offsets[tc + 1].expand(-1, rows.shape[1], -1)
+        end = hi
+        last = max(self.posting_rows.shape[0] - 1, 0)
+        if self.posting_rows.shape[0] == 0:
+            return torch.zeros_like(lo, dtype=torch.bool)
+        for _ in range(self.search_steps):  # first position in [lo, hi) whose row is >= r
+            mid = (lo + hi) // 2
+            below = (self.posting_rows[mid.clamp(max=last)] < r) & (lo < hi)
+            lo = torch.where(below, mid + 1, lo)
+            hi = torch.where(below | (lo >= hi), hi, mid)
+        found = (lo < end) & (self.posting_rows[lo.clamp(max=last)] == r)
+        return found & ok_t & (r >= 0) & (r < self.num_items)
+
     def forward(self, opcodes: Tensor, terms: Tensor, rows: Tensor) -> Tensor:
-        """Exact check of candidate rows against B plans (fixed shapes, no host sync).
+        """Exact check of candidate rows against B plans (fixed shapes, no host sync); every term
+        of the plans must have a posting list.
 
         Args:
             opcodes (Tensor): int64 ``[B, L]`` plan programs (``FilterPlan.opcodes``).
@@ -118,7 +176,7 @@ class AttributeTable(nn.Module):
             tensor([[ True, False, False]])
         """
         valid = (rows >= 0) & (rows < self.num_items)
-        held = self.row_terms[rows.clamp(0, max(self.num_items - 1, 0))]  # [B, K, W]
+        held = torch.where(self.held(rows, terms), terms.unsqueeze(1), -1)  # [B, K, L]
         return torch.ops.silverrec.exact_filter(opcodes, terms, held) & valid
 
 

@@ -9,7 +9,14 @@ bits_multiplier)``.
 Frequent terms (held by at least ``dense_fraction`` of the items, e.g. ``lang:en``) get an
 exact bitmap row after the M signature rows instead of signature bits: their tests are exact
 and read one row, and ``NOT`` of them reads that row instead of a long posting list. Rarer
-terms keep the Bloom bits; their ``NOT`` is evaluated exactly from their posting lists.
+terms keep the Bloom bits; their ``NOT`` is evaluated exactly from their posting lists. A
+frequent term needs no posting list (``dense_postings=False``, as ``publish`` builds it): its
+exact row answers its membership for the filter and for the exact check alike, for 1 bit per
+item where a list costs 8 bytes per holder (break-even at 1/64 of the items holding it).
+
+The exact check of candidates (:meth:`held_terms`, :meth:`check`) reads the exact rows for
+frequent terms and binary-searches the posting lists for the others; no per-item term table is
+stored.
 
 Rows are in index order: ``publish`` passes the IVF cluster order as
 ``item_order`` and the user-facing methods (:meth:`search`, :meth:`matches`) answer in the
@@ -100,6 +107,11 @@ class BloomIndex(nn.Module):
             raise ValueError(f"the attribute table has {table.num_terms} terms, fewer than the dictionary's {len(dictionary)}")
         self.register_buffer("bits", bits)
         self.register_buffer("term_hashes", term_hashes)
+        # the exact bit row of each frequent term, -1 for the others (fresh term ids included)
+        term_rows = torch.full((table.num_terms,), -1, dtype=torch.int64)
+        dense_ids = torch.from_numpy(np.flatnonzero(signatures.dense))
+        term_rows[dense_ids] = term_hashes[dense_ids, 0]
+        self.register_buffer("term_rows", term_rows)
         self._term_hashes_np = term_hashes.numpy()
         rank = None
         if item_order is not None:
@@ -118,7 +130,7 @@ class BloomIndex(nn.Module):
     def build(cls, item_terms: ItemTerms, num_hashes: int = 4, bits_multiplier: float = 12.0,
               item_order: Optional[Sequence[int]] = None, features: Optional[Sequence[str]] = None,
               dense_fraction: float = 1 / 16, row_width: Optional[int] = None, fresh_terms: int = 0,
-              fresh_bit_rows: int = 0) -> "BloomIndex":
+              fresh_bit_rows: int = 0, dense_postings: bool = True) -> "BloomIndex":
         """Builds the index from the item attribute table (publish time).
 
         Args:
@@ -139,6 +151,8 @@ class BloomIndex(nn.Module):
             fresh_terms (int): S, term ids reserved after the dictionary's for values first seen
                 after publish (empty posting lists here).
             fresh_bit_rows (int): Z, all-zero bit rows reserved for their Bloom positions.
+            dense_postings (bool): keep posting lists for the frequent terms too (False: their
+                exact rows answer for them; ``publish`` drops them).
 
         Returns:
             BloomIndex: the index (N rows, M = ``num_bits``, H = ``num_hashes``).
@@ -151,13 +165,13 @@ class BloomIndex(nn.Module):
             item_terms = [item_terms[i] for i in order.tolist()]
         dictionary, offsets, term_ids = TermDictionary.from_item_terms(item_terms, features)
         return cls.from_term_sets(dictionary, offsets, term_ids, num_hashes, bits_multiplier, order, dense_fraction, row_width,
-                                  fresh_terms, fresh_bit_rows)
+                                  fresh_terms, fresh_bit_rows, dense_postings)
 
     @classmethod
     def from_term_sets(cls, dictionary: TermDictionary, offsets: np.ndarray, term_ids: np.ndarray, num_hashes: int = 4,
                        bits_multiplier: float = 12.0, item_order: Optional[Tensor] = None,
                        dense_fraction: float = 1 / 16, row_width: Optional[int] = None, fresh_terms: int = 0,
-                       fresh_bit_rows: int = 0) -> "BloomIndex":
+                       fresh_bit_rows: int = 0, dense_postings: bool = True) -> "BloomIndex":
         """Builds the index from encoded term sets whose rows are already in index order.
 
         Args:
@@ -165,7 +179,7 @@ class BloomIndex(nn.Module):
             offsets (np.ndarray): int64 ``[N+1]`` and term_ids (np.ndarray): int64 ``[nnz]``: CSR
                 term sets of the rows (as returned by ``TermDictionary.from_item_terms``).
             num_hashes (int), bits_multiplier (float), dense_fraction (float), row_width (Optional[int]),
-            fresh_terms (int), fresh_bit_rows (int): as in :meth:`build`.
+            fresh_terms (int), fresh_bit_rows (int), dense_postings (bool): as in :meth:`build`.
             item_order (Optional[Tensor]): int64 ``[N]`` user item of each row (None: identity).
 
         Returns:
@@ -195,7 +209,8 @@ class BloomIndex(nn.Module):
         bits = np.packbits(unpacked, axis=1, bitorder="little").view("<i8")  # [M + E, W]
         signatures = BloomBits(torch.from_numpy(np.ascontiguousarray(bits)), torch.from_numpy(term_hashes), num_bits,
                                dense, fresh_bit_rows)
-        table = AttributeTable(offsets, term_ids, len(dictionary) + fresh_terms, row_width)
+        indexed = None if dense_postings else np.concatenate([~dense, np.ones(fresh_terms, dtype=bool)])
+        table = AttributeTable(offsets, term_ids, len(dictionary) + fresh_terms, row_width, indexed)
         return cls(dictionary, signatures, table, item_order)
 
     def plan(self, expressions: Sequence[str], length: Optional[int] = None) -> FilterPlan:
@@ -265,7 +280,8 @@ class BloomIndex(nn.Module):
         """
         if isinstance(expressions, str):
             raise TypeError("matches takes a sequence of expressions (one per query), not a single str")
-        rows = np.stack([self.table.matches_program(compile_program(e, self.dictionary)) for e in expressions]) \
+        rows = np.stack([self.table.matches_program(compile_program(e, self.dictionary), self._exact_row)
+                         for e in expressions]) \
             if len(expressions) else np.zeros((0, self.num_items), dtype=bool)
         return self._to_user_order(torch.from_numpy(rows))
 
@@ -280,7 +296,34 @@ class BloomIndex(nn.Module):
             Tensor: bool ``[B, K]``: True iff the row exactly satisfies its filter.
         """
         plan = self._as_plan(filters)
-        return self.table(plan.opcodes, plan.terms, rows)
+        held = self.held_terms(rows, plan.terms)
+        return torch.ops.silverrec.exact_filter(plan.opcodes, plan.terms, held) & (rows >= 0) & (rows < self.num_items)
+
+    def held_terms(self, rows: Tensor, terms: Tensor) -> Tensor:
+        """The exact check's input: each candidate row's membership in each of its plan's terms,
+        as the term id where held and -1 where not (fixed shapes, no host sync). Frequent terms
+        read their exact bit row, the others binary-search their posting list.
+
+        Args:
+            rows (Tensor): int64 ``[B, M]`` candidate rows (index order; -1 padding).
+            terms (Tensor): int64 ``[B, L]`` the plans' term ids.
+
+        Returns:
+            Tensor: int64 ``[B, M, L]`` (``exact_filter``'s ``held``).
+        """
+        if self.term_rows.shape[0] == 0:  # no terms at all: nothing is held
+            return rows.new_full((rows.shape[0], rows.shape[1], terms.shape[1]), -1)
+        r = rows.clamp(0, max(self.num_items - 1, 0)).unsqueeze(2)  # [B, M, 1]
+        t = terms.clamp(0, max(self.term_rows.shape[0] - 1, 0)).unsqueeze(1)  # [B, 1, L]
+        row = self.term_rows[t]  # [B, 1, L], -1: no exact row
+        word = self.bits[row.clamp(min=0), r // 64]  # [B, M, L]
+        in_row = (row >= 0) & (((word >> (r % 64)) & 1) == 1)
+        member = torch.where(row >= 0, in_row, self.table.held(rows, terms))
+        return torch.where(member & (terms.unsqueeze(1) >= 0), terms.unsqueeze(1), -1)
+
+    def _exact_row(self, term: int) -> np.ndarray:
+        """bool ``[N]`` (row order) of a frequent term, from its exact bit row."""
+        return unpack_mask(self.bits[int(self.term_rows[term])].unsqueeze(0), self.num_items)[0].numpy()
 
     def expected_false_positive_rate(self) -> float:
         """Theoretical false-positive rate of a one-term query for a (non-frequent) term on a
@@ -289,20 +332,22 @@ class BloomIndex(nn.Module):
         The mean over rows of ``(1 - exp(-H n_r / M))^H`` with ``n_r`` the row's number of
         terms in the Bloom signature (frequent terms have exact rows and no false positives).
         """
-        row_terms = self.table.row_terms.numpy()
-        present = row_terms >= 0
-        in_bloom = present & ~self.dense_terms[np.where(present, row_terms, 0)]
-        counts = in_bloom.sum(1)
+        t = self.table
+        n_dict = len(self.dictionary)
+        of_term = np.repeat(np.arange(t.num_terms), np.diff(t.posting_offsets.numpy()))  # term of each posting
+        in_bloom = (of_term < n_dict) & ~self.dense_terms[np.minimum(of_term, max(n_dict - 1, 0))]
+        counts = np.bincount(t.posting_rows.numpy()[in_bloom], minlength=self.num_items)
         return float(np.mean((1.0 - np.exp(-self.num_hashes * counts / self.num_bits)) ** self.num_hashes))
 
     def memory_bytes(self) -> Dict[str, int]:
-        """Bytes of the Bloom signatures, the exact rows, the posting lists and the check keys."""
+        """Bytes of the Bloom signatures, the exact rows, the reserved rows and the posting lists
+        (with the per-term counts and exact-row map)."""
         t = self.table
         words = self.bits.shape[1]
         return {
             "bloom": self.num_bits * words * 8,
             "exact_rows": (self.bits.shape[0] - self.num_bits - self.fresh_bit_rows) * words * 8,
             "fresh_rows": self.fresh_bit_rows * words * 8,
-            "postings": (t.posting_rows.numel() + t.posting_offsets.numel()) * 8,
-            "check_rows": t.row_terms.numel() * 8,
+            "postings": (t.posting_rows.numel() + t.posting_offsets.numel() + t.term_counts.numel()
+                         + self.term_rows.numel()) * 8,
         }

@@ -37,8 +37,10 @@ def _bloom_index(item_terms: Union[Sequence[Mapping[str, Sequence[str]]], TermSe
     features = [f.name for f in schema.filterable_features]
     # exact-table rows as wide as the schema allows, so that items added later fit
     width = sum(f.max_length for f in schema.filterable_features)
+    # frequent terms: an exact row each and no posting list (their rows answer the exact check)
     kw = dict(num_hashes=config.bloom_hashes, bits_multiplier=config.bloom_bits_multiplier, row_width=width,
-              fresh_terms=config.fresh_terms, fresh_bit_rows=config.fresh_bit_rows)
+              fresh_terms=config.fresh_terms, fresh_bit_rows=config.fresh_bit_rows,
+              dense_fraction=config.bloom_dense_fraction, dense_postings=False)
     if not isinstance(item_terms, TermSets):
         return BloomIndex.build(item_terms, item_order=order.tolist(), features=features, **kw)
     if tuple(item_terms.dictionary.features) != tuple(features):
@@ -123,7 +125,7 @@ def serving_metadata(graph: RetrievalGraph, schema: Schema, config: ServingConfi
         "quantization": config.quantization,
         "filter": {
             "bit_rows": int(bloom.bits.shape[0]),
-            "row_width": int(bloom.table.row_terms.shape[1]),
+            "row_width": int(bloom.table.width),
             "features": list(bloom.dictionary.features),
             "terms": [list(t) for t in bloom.dictionary.terms],
             "term_hashes": bloom.term_hashes.tolist(),

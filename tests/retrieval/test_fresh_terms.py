@@ -26,7 +26,7 @@ def test_reserved_slots_are_exact_on_main_and_fresh_rows():
     fresh = FreshTerms(t, 8, main.bits.shape[0] - 4, 4, main.num_hashes)
     fresh.add([("tag", "brand-new"), ("lang", "xx")])
     view = fresh.view()
-    layout = FilterLayout(main.term_hashes.numpy(), main.dense_terms, main.bits.shape[0], main.table.row_terms.shape[1],
+    layout = FilterLayout(main.term_hashes.numpy(), main.dense_terms, main.bits.shape[0], main.table.width,
                           8, 4)
     # fresh rows: 0 holds the new tag, 1 a published tag, 2 both new values
     new_tag, new_lang, old = view.term_id("tag", "brand-new"), view.term_id("lang", "xx"), d.term_id("tag", "t1")
