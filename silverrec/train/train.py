@@ -96,7 +96,7 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
         report: Dict[str, Any] = evaluate_model(task.two_tower, dataset, ctx, ks=ks,
                                                 protocol=eval_config.protocol)
         # recall@K against K (1..500) and the projector's embeddings: every rank (the towers gather)
-        curves = recall_curves(result.model.module.two_tower, dataset, ctx, protocol=eval_config.protocol)
+        curves = recall_curves(task.two_tower, dataset, ctx, protocol=eval_config.protocol)
         report["curves"] = curves.report
         report["train"] = {
             "steps": result.step,
