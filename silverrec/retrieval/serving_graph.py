@@ -3,8 +3,8 @@
 Data flow (B queries, T tasks, K0 candidates per task, M = T * K0, K results)::
 
     user_ids [B, S] ─► PaddedEncoder ─► u [B, T, D]
-    filter plan ─► bloom_search over all rows ─► packed mask [B, W]  (minus excluded and deleted items)
-    u, mask ─► IVFInt8Index layer (ivf_search: the T task queries of a user share its mask row)
+    u, filter plan, excluded rows, tombstones ─► IVFInt8Index layer (ivf_search_bloom: the T task
+      queries of a user share its plan; the Bloom filter runs over the clusters the probes walk)
       ─► K0 exactly re-scored candidates per task [B, T, K0]
     u ─► fresh index (inputs): bloom_search + the same ivf_search op over its rows ─► [B, T, K0]
       ─► best K0 of both per task by exact score ─► merge_candidates ─► [B, M] ─► OverArch
@@ -21,8 +21,12 @@ clusters: a filtered exhaustive scan), so a strict filter is not starved. The gr
 mask, so it always takes that branch. Items in a query's ``exclude`` list are cleared from its
 mask before the scan, so they never take a candidate slot.
 
-The Bloom filter runs over all N rows, before the probe choice, not over the probed clusters
-only: the probe choice needs each cluster's count of passing rows, so it needs the whole mask.
+Probe, then filter: the Bloom filter runs inside the ANN op, over the words of each cluster the
+probe choice walks, when the walk reaches it (the choice counts each walked cluster's passing rows
+exactly, so it never needs the others), minus the tombstones and the user's excluded rows. A
+filter strict enough that the walks cover a quarter of the index or more gets one pass over all
+rows instead. Either way the mask words the search reads are those of a full Bloom pass: no
+passing item is missed, and the Bloom work grows with the rows probed, not with N.
 
 Items added, updated or deleted after publish come in as inputs (:mod:`silverrec.retrieval.fresh_index`):
 tombstones hide main rows, and the fresh rows are scanned beside the main ones (rows ``N + f``).
@@ -98,7 +102,8 @@ class RetrievalGraph(nn.Module):
     Build it with :func:`silverrec.retrieval.publish.publish`.
 
     Args:
-        user_encoder (PaddedEncoder): the user tower (T heads).
+        user_encoder (PaddedEncoder): the user tower (T heads; a ``SequenceUserEncoder`` for the
+            sequence model, same slots).
         scorer (CandidateScorer): similarity, OverArch and Value Model.
         index (IVFInt8Index): the item index (its rows are the graph's rows).
         bloom (BloomIndex): the filter index over the same rows (built with
@@ -175,11 +180,10 @@ class RetrievalGraph(nn.Module):
                 fresh_bits: Tensor, fresh_live: Tensor, fresh_posting_offsets: Tensor, fresh_posting_rows: Tensor,
                 fresh_row_terms: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         u = self.user_encoder(user_ids)  # [B, T, D]
-        mask = self._filter_mask(opcodes, terms, hashes, exclude, deleted)  # [B, W]
         # the ANN stage: K0 exactly re-scored candidates per (user, task), the T task queries of
-        # a user reading its mask row in place; then the same op over the fresh rows
+        # a user sharing its filter plan; then the same search over the fresh rows
         q = u.float()
-        main = self.index(q, mask, self.k0, self.n_probe)  # 3 x [B, T, K0]
+        main = self._main_candidates(q, opcodes, terms, hashes, exclude, deleted)  # 3 x [B, T, K0]
         fresh = self._fresh_candidates(q, opcodes, terms, hashes, fresh_codes, fresh_scales, fresh_cache,
                                        fresh_item_ids, fresh_bits, fresh_live, fresh_posting_offsets, fresh_posting_rows)
         rows = self._merge(main, fresh)  # [B, M]
@@ -191,8 +195,22 @@ class RetrievalGraph(nn.Module):
 
     # The stages of forward, one method each (benchmarks/serving_profile.py times them one by one).
 
+    def _main_candidates(self, q: Tensor, opcodes: Tensor, terms: Tensor, hashes: Tensor, exclude: Tensor,
+                         deleted: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """The ANN stage over the main index, probe then filter: 3 x [B, T, K0] (scores, ids, rows)."""
+        bloom = (self.bloom.bits, self.bloom.table.posting_offsets, self.bloom.table.posting_rows)
+        return self.index.forward_bloom(q, bloom, (opcodes, terms, hashes), deleted, self._excluded_rows(exclude),
+                                        self.k0, self.n_probe)
+
+    def _excluded_rows(self, exclude: Tensor) -> Tensor:
+        """Index rows of each query's excluded items: int64 [B, E], -1 for padding and unknown ids."""
+        num_ids = self.item_to_row.shape[0]
+        rows = self.item_to_row[exclude.clamp(0, num_ids - 1)]
+        return torch.where((exclude >= 0) & (exclude < num_ids), rows, -1)
+
     def _filter_mask(self, opcodes: Tensor, terms: Tensor, hashes: Tensor, exclude: Tensor, deleted: Tensor) -> Tensor:
-        """The Bloom filter over all N rows, minus excluded and deleted items: packed int64 [B, W]."""
+        """The Bloom filter over all N rows, minus excluded and deleted items: packed int64 [B, W]
+        (the mask the ANN stage's words equal; the forward never builds it: benchmarks and tests)."""
         zero_probe = opcodes.new_zeros((opcodes.shape[0], 1))
         mask = self.bloom(opcodes, terms, hashes, zero_probe, self.all_rows)
         return mask & ~self._excluded_words(exclude, mask) & ~deleted
