@@ -196,7 +196,7 @@ class IVFInt8Index(nn.Module):
                                                     probes.n_probe, probes.min_rows, probes.max_probe, probes.k0, k)
 
     def search(self, queries: Tensor, k: int, n_probe: Optional[int] = None, mask: Optional[Tensor] = None,
-               k0: Optional[int] = None) -> SearchResult:
+               k0: Optional[int] = None, check: bool = True) -> SearchResult:
         """Top-k items by inner product, probing ``n_probe`` clusters (more under a filter).
 
         Args:
@@ -215,6 +215,12 @@ class IVFInt8Index(nn.Module):
                 packed once.
             k0 (Optional[int]): K0 >= K, INT8 candidates re-scored exactly; default
                 :func:`~silverrec.retrieval.probe_policy.rescore_candidates`.
+            check (bool): refuse NaN/inf queries with a ``ValueError`` naming the first. On the
+                CPU the kernel checks as it quantizes; on CUDA it costs one device-to-host read
+                (the only host sync of the call), made after the search is queued so it does not
+                stall the kernel launches. ``False`` makes a CUDA search sync-free (non-finite
+                queries then give undefined results); the serving graph calls :meth:`forward`,
+                which never checks.
 
         Returns:
             SearchResult: ``scores`` float32 ``[B, K]`` and ``ids`` int64 ``[B, K]``, best-first
@@ -229,7 +235,11 @@ class IVFInt8Index(nn.Module):
         q = queries.to(self.codes.device).float()
         mask = self._checked_mask(mask, q.shape[0])
         if q.device.type != "cpu":  # the CUDA kernels do not check (no host sync)
-            _check_embeddings(q, "queries")
+            finite = torch.isfinite(q).all() if check else None
+            scores, ids, _ = self(q, mask, k, n_probe, k0)
+            if finite is not None and not bool(finite):  # read after the search is queued
+                _check_embeddings(q, "queries")
+            return SearchResult(scores, ids)
         try:
             scores, ids, _ = self(q, mask, k, n_probe, k0)
         except RuntimeError:
