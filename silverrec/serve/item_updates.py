@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from silverrec.retrieval.fresh_index import FreshIndex, build_fresh_index
+from silverrec.retrieval.fresh_store import FreshStore
 from silverrec.retrieval.fresh_terms import FreshTermsView, Pair, filterable_pairs
 from silverrec.serve.requests import RequestEncoder
 
@@ -55,11 +56,25 @@ class ItemUpdates:
         self.deleted: Set[str] = set()
         self.fresh_terms = encoder.new_fresh_terms()  # values first seen after publish -> reserved slots
         self._filterable = set(encoder.dictionary.features)
+        self._extra: Dict[str, int] = {}  # external id -> id of new items (append-only, as new_ids)
+        self._store = self._new_store()
+
+    def _new_store(self) -> Optional[FreshStore]:
+        """The in-place fresh index (per-item quantization; ``global`` rebuilds at every update)."""
+        if self.quantization != "per_item":
+            return None
+        return FreshStore(self.layout, self.dim, int(self.row_of_item.max(initial=-1)) + 1)
 
     # --- ids ---------------------------------------------------------------------------------
-    def extra_ids(self) -> Dict[str, int]:
-        """External id -> id of the items added after publish."""
-        return {x: self.num_published + i for i, x in enumerate(self.new_ids)}
+    def extra_ids(self) -> Mapping[str, int]:
+        """External id -> id of the items added after publish. The map only grows (ids are never
+        reused) and is shared with the snapshots: read it, never change it."""
+        return self._extra
+
+    def _add_new_id(self, ext: str) -> None:
+        self._extra[ext] = self.num_published + len(self.new_ids)
+        self.new_ids.append(ext)
+        self._new.add(ext)
 
     def _published_id(self, external: str) -> Optional[int]:
         f = self.encoder.schema.item_features[0]
@@ -99,14 +114,19 @@ class ItemUpdates:
         """Applies :meth:`prepare_upsert`'s result (the same rules as
         :class:`~silverrec.serve.update_log.UpdateState`, which replays the log)."""
         self.fresh_terms.add(self._new_values([item for item, _ in prepared]))
+        hashes = self.fresh_terms.view().hashes
         for item, e in prepared:
             ext = item["item_id"]
-            if self._published_id(ext) is None and ext not in self._new:
-                self.new_ids.append(ext)
-                self._new.add(ext)
+            pid = self._published_id(ext)
+            if pid is None and ext not in self._new:
+                self._add_new_id(ext)
             self.attributes[ext] = item["attributes"]
             self.embeddings[ext] = e.clone()
             self.deleted.discard(ext)
+            if self._store is not None:
+                if pid is not None and self.row_of_item[pid] >= 0:
+                    self._store.hide_main(int(self.row_of_item[pid]))
+                self._store.put(ext, e, self._term_ids(ext), pid if pid is not None else self._extra[ext], hashes)
 
     def _new_values(self, items: Sequence[Mapping[str, Any]]) -> List[Pair]:
         """The filter values of ``items`` that the published dictionary does not know."""
@@ -139,6 +159,10 @@ class ItemUpdates:
             self.embeddings.pop(ext, None)
             pid = self._published_id(ext)
             published = pid is not None and self.row_of_item[pid] >= 0
+            if self._store is not None:
+                self._store.remove(ext)
+                if published:
+                    self._store.hide_main(int(self.row_of_item[pid]))
             if published and ext not in self.deleted:
                 self.deleted.add(ext)
                 n += 1
@@ -152,6 +176,8 @@ class ItemUpdates:
 
         ``fresh_terms``: the view of the fresh values the plans run against it will be compiled
         with (default: the current one); it must hold every value of the fresh items."""
+        if self._store is not None:  # kept up to date by every change: O(1) here
+            return self._store.snapshot()
         view = self.fresh_terms.view() if fresh_terms is None else fresh_terms
         hidden = [self._published_id(x) for x in list(self.attributes) + sorted(self.deleted)]
         rows = [int(self.row_of_item[i]) for i in hidden if i is not None]
@@ -160,21 +186,29 @@ class ItemUpdates:
         extra = self.extra_ids()
         ids = np.array([self._published_id(x) if self._published_id(x) is not None else extra[x] for x in names], dtype=np.int64)
         offsets, term_ids = [0], []
-        d = self.encoder.dictionary
         for x in names:
-            t = set()
-            for f, v in filterable_pairs(self.attributes[x], self._filterable):
-                tid = d.term_id(f, v)
-                tid = view.term_id(f, v) if tid < 0 else tid
-                if tid < 0:  # prepare_upsert gave every value a slot: this is a bug, not bad input
-                    raise RuntimeError(f"item {x!r}: filter value {f}:{v!r} has no term id")
-                t.add(tid)
-            term_ids.extend(sorted(t))
+            term_ids.extend(self._term_ids(x, view).tolist())
             offsets.append(len(term_ids))
         emb = torch.stack([self.embeddings[x] for x in names]) if names else torch.zeros(0, self.dim)
         return build_fresh_index(emb, np.array(offsets, dtype=np.int64), np.array(term_ids, dtype=np.int64), ids,
                                  deleted_rows, self.layout, int(self.row_of_item.max(initial=-1)) + 1, self.quantization,
                                  view.hashes)
+
+    def _term_ids(self, ext: str, view: Optional[FreshTermsView] = None) -> np.ndarray:
+        """Sorted unique term ids (dictionary terms, fresh values' slots) of item ``ext``."""
+        view = self.fresh_terms.view() if view is None else view
+        d, t = self.encoder.dictionary, set()
+        for f, v in filterable_pairs(self.attributes[ext], self._filterable):
+            tid = d.term_id(f, v)
+            tid = view.term_id(f, v) if tid < 0 else tid
+            if tid < 0:  # prepare_upsert gave every value a slot: this is a bug, not bad input
+                raise RuntimeError(f"item {ext!r}: filter value {f}:{v!r} has no term id")
+            t.add(tid)
+        return np.array(sorted(t), dtype=np.int64)
+
+    def holders(self) -> Optional[np.ndarray]:
+        """int64 ``[T + S]``: live fresh rows holding each term id now (None without the in-place index)."""
+        return None if self._store is None else self._store.holders
 
     # --- persistence -------------------------------------------------------------------------
     def to_json(self) -> Dict[str, Any]:
@@ -183,8 +217,11 @@ class ItemUpdates:
 
     def load_json(self, state: Mapping[str, Any]) -> None:
         """Replays a saved state (new ids keep their ids; embeddings are recomputed)."""
-        self.new_ids = [str(x) for x in state.get("new_ids", [])]
-        self._new = set(self.new_ids)
+        self.new_ids, self._new, self._extra = [], set(), {}
+        for x in state.get("new_ids", []):
+            self._add_new_id(str(x))
+        self.attributes, self.embeddings, self.deleted = {}, {}, set()
+        self._store = self._new_store()
         ups = state.get("upserts", {})
         self.upsert([{"item_id": x, "attributes": a} for x, a in ups.items()])
         self.deleted = set()

@@ -23,6 +23,7 @@ the CPU. An export made on another device is moved (``torch.export.passes.move_t
 rewrites its weights and the devices in its graph); its AOTInductor library, compiled for one
 device type, is then not used, and a log line says so.
 """
+import collections.abc
 import logging
 import threading
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -46,12 +47,38 @@ BACKENDS = ("auto", "aoti", "export")
 Result = Tuple[Any, float, Dict[str, float]]  # (external item id, value, {task: prediction})
 
 
+class ExternalIds(collections.abc.Sequence):
+    """id -> external id: the published ids, then the first ``count`` items added after publish.
+
+    Shares the (append-only) list of added ids with the item updates, so taking a snapshot costs
+    O(1), not a copy of every id."""
+
+    def __init__(self, published: Sequence[str], added: List[str], count: int) -> None:
+        self._published, self._added, self._n = published, added, len(published)
+        self._len = self._n + count
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        if not -self._len <= i < self._len:
+            raise IndexError(f"item id {i} is outside [0, {self._len})")
+        i = i % self._len
+        return self._published[i] if i < self._n else self._added[i - self._n]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, collections.abc.Sequence) and len(self) == len(other) and all(
+            a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class Snapshot(NamedTuple):
     """One consistent view of the item updates: the fresh index and the id maps that go with it."""
 
     fresh: FreshIndex
-    extra_ids: Dict[str, int]  # external id -> id, items added after publish
-    external: Tuple[str, ...]  # id -> external id, published then added
+    extra_ids: Mapping[str, int]  # external id -> id, items added after publish (append-only, shared)
+    external: Sequence[str]  # id -> external id, published then added
     index_version: int
     fresh_terms: FreshTermsView  # the values first seen after publish that ``fresh`` was built with
     fresh_on_device: Optional[FreshIndex] = None  # ``fresh`` on the serving device (None: the same tensors)
@@ -212,7 +239,10 @@ class Retriever:
         since, which keep their slot until a restart or compaction)."""
         snap = self._snapshot
         view = snap.fresh_terms
-        held = (snap.fresh.posting_offsets[1:] - snap.fresh.posting_offsets[:-1])[view.first_id : view.first_id + len(view)]
+        holders = self._updates.holders()  # now (a moment after the snapshot), kept by the in-place index
+        if holders is None:
+            holders = (snap.fresh.posting_offsets[1:] - snap.fresh.posting_offsets[:-1]).numpy()
+        held = holders[view.first_id : view.first_id + len(view)]
         values: Dict[str, List[str]] = {}
         for (feature, value), n in zip(view.terms, held.tolist()):
             if n > 0:
@@ -267,7 +297,7 @@ class Retriever:
 
     def _make_snapshot(self, version: int) -> Snapshot:
         extra = self._updates.extra_ids()
-        external = tuple(self.schema.item_ids) + tuple(self._updates.new_ids)
+        external = ExternalIds(self.schema.item_ids, self._updates.new_ids, len(self._updates.new_ids))
         view = self._updates.fresh_terms.view()
         fresh = self._updates.fresh_index(view)
         on_device = None if self.device.type == "cpu" else FreshIndex(*(t.to(self.device) for t in fresh))
