@@ -75,3 +75,25 @@ def test_outlier_seeds_do_not_leave_tiny_clusters(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(kmeans_module, "_MIN_FILL", 1e9)  # only empty clusters re-seeded: outliers keep theirs
     sizes = torch.bincount(kmeans(x, 16, num_iters=10).assignments, minlength=16)
     assert int(sizes.min()) <= 2, sizes.tolist()
+
+
+def test_two_level_assignment_is_close_to_the_flat_one(monkeypatch) -> None:
+    """Large CPU problems assign through groups of centroids (bfloat16 products): on clustered
+    points nearly every point keeps its nearest centroid and the distortion barely moves."""
+    import silverrec.retrieval.kmeans as km
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(64, 8, generator=g) * 4
+    x = centres[torch.randint(0, 64, (4000,), generator=g)] + 0.3 * torch.randn(4000, 8, generator=g)
+    flat, _ = km._nearest_flat(x, centres)
+    monkeypatch.setattr(km, "_BF16_MIN_WORK", 1)
+    monkeypatch.setattr(km, "_TWO_LEVEL_MIN_CLUSTERS", 16)
+    two, _ = km._nearest(x, centres)
+    assert two.shape == flat.shape and two.dtype == torch.int64
+    assert float((two == flat).float().mean()) > 0.97
+    def distortion(a: torch.Tensor) -> float:
+        return float(((x - centres[a]) ** 2).sum(1).mean())
+
+    assert distortion(two) < 1.02 * distortion(flat)
+    r = km.kmeans(x, 64, num_iters=3)  # the whole k-means through that path
+    assert r.assignments.unique().numel() == 64
