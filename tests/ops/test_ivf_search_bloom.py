@@ -5,7 +5,9 @@ The CPU kernel runs the plan only over the clusters each probe choice walks (or 
 of a row whose walk is expected to be long); either way the results must be the reference's,
 bit for bit: the probe choice counts the same passing rows and the scans read the same words.
 """
+import os
 import random
+import sys
 from typing import Tuple
 
 import pytest
@@ -19,6 +21,7 @@ from silverrec.ops import bloom_search, ivf_search, ivf_search_bloom
 from silverrec.ops.reference import ivf_search_bloom_reference
 from tests.ops.bloom_cases import random_plans
 from tests.ops.test_ivf_search import assert_same, random_case
+from tests.ops.triton_interpreter import run_under_triton_interpreter
 
 
 def bloom_case(seed: int, B: int, N: int, C: int, k: int, n_probe: int, min_rows: int, max_probe: int, T: int = 0,
@@ -132,3 +135,26 @@ def test_export_with_a_dynamic_batch() -> None:
     batch = torch.export.Dim("batch", min=1, max=64)
     program = torch.export.export(module, args, dynamic_shapes=tuple({0: batch} for _ in args))
     assert_same(program.module()(*args), ivf_search_bloom_reference(*case))
+
+
+def test_triton_launcher_under_interpreter() -> None:
+    """Runs the CUDA launcher (bloom_search's kernel, the exclusion words, ivf_search's kernels)
+    on CPU tensors with TRITON_INTERPRET=1."""
+    run_under_triton_interpreter(__file__, "triton ivf_search_bloom ok")
+
+
+def _triton_interpret_main() -> None:
+    """Tiny cases only: the interpreter runs every program in numpy."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit("set TRITON_INTERPRET=1 before running this script")
+    from silverrec.ops.triton.ivf_search_bloom import ivf_search_bloom_cuda
+
+    for i in range(4):
+        case = bloom_case(seed=i, B=1 + i % 3, N=(70, 130, 64, 200)[i], C=1 + i, k=5, n_probe=1, min_rows=(0, 20)[i % 2],
+                          max_probe=1 + i, T=(0, 2)[i % 2], deny=i % 2 == 0, exclude=(0, 3)[i > 0])
+        assert_same(ivf_search_bloom_cuda(*case), ivf_search_bloom_reference(*case))
+    print("triton ivf_search_bloom ok")
+
+
+if __name__ == "__main__":
+    _triton_interpret_main()
