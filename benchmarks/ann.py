@@ -6,6 +6,13 @@ search under the same filter vs queries/s, swept over n_probe / nprobe / efSearc
     .venv/bin/python benchmarks/ann.py --n 100000 --batches 16 --no-hnsw --rounds 1   # a quick run
     .venv/bin/python benchmarks/ann.py --datasets demo --batches 16                   # the demo embeddings only
     .venv/bin/python benchmarks/ann.py --mask-layout packed   # the filter as a packed row-order mask
+    .venv/bin/python benchmarks/ann.py --device cuda --json ann.json   # silverrec on the GPU (make gpu-check)
+
+``--device cuda``: the index is built on the CPU and moved to the GPU; queries go to the GPU per
+call and ids come back (that copy is inside the timing, as FAISS GPU returns numpy too). FAISS
+runs on the GPU when its GPU build is installed (``faiss.get_num_gpus() > 0``: FlatIP, IVFFlat,
+IVFSQ8; HNSW has no GPU index), else on the CPU; FAISS's GPU indexes take no ID selector, so
+filtered settings always run FAISS on the CPU. Method names say which (``faiss-gpu ...``).
 
 Data (``--datasets``, see ``benchmarks/ann_data.py``): ``clustered``, Gaussian blobs with
 log-normal norms (IVF's easy case); ``unclustered``, one anisotropic Gaussian (power-law
@@ -80,7 +87,7 @@ def silverrec_mask_row(mask: torch.Tensor, index: IVFInt8Index, layout: str) -> 
         return mask
     if layout == "bitmap":
         return torch.from_numpy(np.packbits(mask.numpy(), bitorder="little"))
-    return pack_mask(mask[index.row_to_id][None, :])[0]
+    return pack_mask(mask[index.row_to_id.cpu()][None, :])[0]
 
 
 def check_filtered(ids: np.ndarray, mask: torch.Tensor, what: str) -> None:
@@ -99,7 +106,8 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
     print(f"\n== {name}: N={N} D={D} C={C} threads={torch.get_num_threads()} ==", flush=True)
     t = time.perf_counter()
     index = IVFInt8Index.build(x, num_clusters=C, num_iters=args.iters, max_points_per_cluster=args.sample_per_cluster)
-    print(f"silverrec build {time.perf_counter() - t:.1f}s", flush=True)
+    index = index.to(args.device)
+    print(f"silverrec build {time.perf_counter() - t:.1f}s (searching on {args.device})", flush=True)
     xn = x.numpy()
     g = torch.Generator().manual_seed(1)
     train = xn[torch.randperm(N, generator=g)[: min(N, args.sample_per_cluster * C)].numpy()]
@@ -115,6 +123,14 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
     print(f"faiss IVF train+add {time.perf_counter() - t:.1f}s", flush=True)
     flat = faiss.IndexFlatIP(D)
     flat.add(xn)
+    gpu: Dict[str, object] = {}  # FAISS GPU copies of flat / ivf_flat / sq8, for unfiltered searches
+    if args.device == "cuda" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        res = faiss.StandardGpuResources()
+        gpu = {"res": res, **{k: faiss.index_cpu_to_gpu(res, 0, v) for k, v in
+                              (("flat", flat), ("ivf_flat", ivf_flat), ("sq8", sq8))}}
+        print("faiss: GPU indexes (unfiltered searches); filtered searches on the CPU", flush=True)
+    elif args.device == "cuda":
+        print("faiss: no GPU build installed (faiss.get_num_gpus() == 0 or faiss-cpu): FAISS runs on the CPU", flush=True)
     hnsw = None
     if not args.no_hnsw:
         t = time.perf_counter()
@@ -127,7 +143,7 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
     for filt in args.filters:
         mask = None if filt >= 1.0 else torch.rand(N, generator=gq) < filt  # bool [N], id order
         truth = exact_topk(queries, x, mask)
-        mask_row = None if mask is None else silverrec_mask_row(mask, index, args.mask_layout)
+        mask_row = None if mask is None else silverrec_mask_row(mask, index, args.mask_layout).to(args.device)
         # the bytes FAISS reads (bit i % 8 of byte i // 8 = id i); the selector keeps them alive
         sel = None if mask is None else faiss.IDSelectorBitmap(np.packbits(mask.numpy(), bitorder="little"))
         label = "none" if mask is None else f"{filt:.0%}"
@@ -138,14 +154,21 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
 
             def ours(n_probe: int) -> Callable[[np.ndarray], np.ndarray]:
                 def f(qb: np.ndarray) -> np.ndarray:
-                    qb_t = torch.from_numpy(qb)
+                    qb_t = torch.from_numpy(qb).to(args.device)
                     # one filter for the whole call, as FAISS's one selector: a stride-0 view
                     m = None if mask_row is None else mask_row[None, :].expand(qb_t.shape[0], -1)
-                    return index.search(qb_t, K, n_probe=n_probe, mask=m).ids.numpy()
+                    return index.search(qb_t, K, n_probe=n_probe, mask=m).ids.cpu().numpy()
                 return f
 
             def fa(idx, params) -> Callable[[np.ndarray], np.ndarray]:  # type: ignore[no-untyped-def]
                 return lambda qb: idx.search(qb, K, params=params)[1]
+
+            def fa_gpu(idx, nprobe: int) -> Callable[[np.ndarray], np.ndarray]:  # type: ignore[no-untyped-def]
+                def f(qb: np.ndarray) -> np.ndarray:
+                    if nprobe:
+                        faiss.GpuParameterSpace().set_index_parameter(idx, "nprobe", nprobe)
+                    return idx.search(qb, K)[1]
+                return f
 
             # Every FAISS index gets the selector through its own SearchParameters class; a
             # selector in the wrong class (or none) would search unfiltered, which the
@@ -155,11 +178,19 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
             # more lists than asked, so only that setting may reach the recall floor
             probes = sorted({p for p in args.nprobe if p < C} | {C})
             sweeps = [("silverrec IVF-INT8", "n_probe", p, ours(p)) for p in probes]
-            sweeps.append(("faiss FlatIP", "-", 0, fa(flat, faiss.SearchParameters(sel=sel) if sel else None)))
+            on_gpu = bool(gpu) and sel is None
+            if on_gpu:
+                sweeps.append(("faiss-gpu FlatIP", "-", 0, fa_gpu(gpu["flat"], 0)))
+            else:
+                sweeps.append(("faiss FlatIP", "-", 0, fa(flat, faiss.SearchParameters(sel=sel) if sel else None)))
             for p in probes:
                 params = faiss.SearchParametersIVF(nprobe=p, sel=sel) if sel else faiss.SearchParametersIVF(nprobe=p)
-                sweeps.append(("faiss IVFFlat", "nprobe", p, fa(ivf_flat, params)))
-                sweeps.append(("faiss IVFSQ8", "nprobe", p, fa(sq8, params)))
+                if on_gpu:
+                    sweeps.append(("faiss-gpu IVFFlat", "nprobe", p, fa_gpu(gpu["ivf_flat"], p)))
+                    sweeps.append(("faiss-gpu IVFSQ8", "nprobe", p, fa_gpu(gpu["sq8"], p)))
+                else:
+                    sweeps.append(("faiss IVFFlat", "nprobe", p, fa(ivf_flat, params)))
+                    sweeps.append(("faiss IVFSQ8", "nprobe", p, fa(sq8, params)))
             if hnsw is not None:
                 for ef in args.ef:
                     params = faiss.SearchParametersHNSW(efSearch=ef, sel=sel) if sel else faiss.SearchParametersHNSW(efSearch=ef)
@@ -272,7 +303,7 @@ def _accepts_bitmap() -> bool:
     return bool((ids % 2 == 0).all())
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--d", type=int, default=128)
@@ -301,7 +332,12 @@ def main() -> None:
                    help="spectrum decay of the unclustered set (ann_data.unclustered; smaller is harder)")
     p.add_argument("--mask-layout", choices=MASK_LAYOUTS, default="bool",
                    help="how silverrec gets the filter (module docstring); FAISS always gets IDSelectorBitmap")
-    args = p.parse_args()
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where silverrec searches (and FAISS, "
+                   "when its GPU build is installed; module docstring)")
+    p.add_argument("--json", default=None, help="also write every measured row to this JSON file")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available on this machine (torch.cuda.is_available() is False)")
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.rounds < 1:
@@ -336,6 +372,11 @@ def main() -> None:
         print(f"\n{summarize(rows, batch, 0.95, args.mask_layout)}")
     batch = 16 if 16 in args.batches else args.batches[0]  # the targets are at batch 16
     print(f"\n{summarize(rows, batch, 0.99, args.mask_layout)}")
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"device": args.device, "rows": rows}, f, indent=1)
     if args.plot:
         os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
         plot(rows, args.plot, batch)
