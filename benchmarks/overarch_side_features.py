@@ -84,8 +84,7 @@ from torch import Tensor, nn
 
 from silverrec.data.dataset import JaggedColumn, RecDataset
 from silverrec.data.synthetic import synthetic_dataset
-from silverrec.models.side_features import GROUPS as SIDE_GROUPS
-from silverrec.models.side_features import SideFeatures
+from silverrec.models.side_features import COLUMNS, SideFeatures, side_feature_specs
 from silverrec.models.two_tower import TwoTower
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.distributed import local_context
@@ -94,11 +93,9 @@ from silverrec.train.trainer import load_two_tower
 
 from markdown_table import print_table  # a module beside this script (the script's folder is sys.path[0])
 
-# the benchmark's group names -> the OverArch's (silverrec/models/side_features.py), whose module
-# computes the features here exactly as the trained model, the evaluation and the serving graph do
-GROUPS: Dict[str, str] = {"category": "category_affinity", "creator": "creator_seen", "year": "year_gap",
-                          "language": "language_affinity", "popularity": "popularity"}
-FEATURES: Tuple[str, ...] = tuple(f for g in GROUPS.values() for f in SIDE_GROUPS[g][1])
+# the groups are the data's item attributes and popularity, as the OverArch's side_features=[all]
+# (silverrec/models/side_features.py), whose module computes the features here exactly as the
+# trained model, the evaluation and the serving graph do
 
 
 class PoolSideFeatures:
@@ -113,14 +110,21 @@ class PoolSideFeatures:
         pool (Tensor): int64 [c, M] candidate item rows (-1 padding).
 
     Returns:
-        Tensor: float32 [c, M, F], F = len(FEATURES), in ``FEATURES`` order.
+        Tensor: float32 [c, M, F] in ``features`` order.
+
+    Attributes:
+        features (List[str]): ``<attribute>/<column>`` names of the F columns.
+        groups (Dict[str, List[int]]): each attribute's columns.
     """
 
     def __init__(self, dataset: RecDataset) -> None:
-        self.module = SideFeatures(list(GROUPS.values()), dataset.items.num_rows)
-        columns = {name: dataset.items.columns[name].values for name in ("category", "creator", "language", "year")}
+        specs = side_feature_specs(dataset.schema, ["all"])
+        self.module = SideFeatures(specs, dataset.items.num_rows)
         counts = np.bincount(dataset.interactions.item[dataset.split.train], minlength=dataset.items.num_rows)
-        self.module.set_items_from(dataset.schema, columns, counts)
+        self.module.set_items_from(dataset.schema, dataset.items.columns, counts)
+        self.features: List[str] = [f"{s.name}/{c}" for s in specs for c in COLUMNS[s.kind]]
+        self.groups: Dict[str, List[int]] = {s.name: [i for i, f in enumerate(self.features) if f.startswith(s.name + "/")]
+                                             for s in specs}
 
     @torch.no_grad()
     def __call__(self, history: JaggedColumn, pool: Tensor) -> Tensor:
@@ -217,11 +221,11 @@ def _latest(run_dir: str) -> str:
     return ckpts[-1]
 
 
-def _variants(hidden: int) -> Dict[str, Tuple[List[int], int]]:
+def _variants(hidden: int, groups: Dict[str, List[int]]) -> Dict[str, Tuple[List[int], int]]:
     """name -> (feature columns, hidden): calibration only, all groups (linear and MLP), each group
     alone, all but each group."""
-    idx = {g: [FEATURES.index(f) for f in SIDE_GROUPS[m][1]] for g, m in GROUPS.items()}
-    every = list(range(len(FEATURES)))
+    idx = groups
+    every = sorted(c for cols in groups.values() for c in cols)
     out = {"calibrated_dot": ([], 0), "all_linear": (every, 0), "all_mlp": (every, hidden)}
     for g, cols in idx.items():
         out[f"only_{g}"] = (cols, hidden)
@@ -251,7 +255,7 @@ def run(ckpt: str, train_users: int, test_users: int, hidden: int, epochs: int, 
     print(f"collected {col.users.users.size} validation users' pools in {collect_s:.0f} s", flush=True)
     t2 = time.perf_counter()
     rescorers, fit_s = {}, {}
-    variants = _variants(hidden)
+    variants = _variants(hidden, side.groups)
     unknown = sorted(set(only or []) - set(variants))
     if unknown:
         raise ValueError(f"--variants: unknown {unknown}; choose from {sorted(variants)}")
@@ -268,7 +272,7 @@ def run(ckpt: str, train_users: int, test_users: int, hidden: int, epochs: int, 
     report = ev.evaluate(model, local_context())
     return {"test": report, "valid_dot_value_recall@100": valid_report["value_recall@100"]["dot"],
             "checkpoint": {"path": os.path.abspath(ckpt), "step": int(payload["step"])},
-            "train_users": int(col.users.users.size), "variants": {n: [FEATURES[c] for c in cols] for n, (_, cols) in rescorers.items()},
+            "train_users": int(col.users.users.size), "variants": {n: [side.features[c] for c in cols] for n, (_, cols) in rescorers.items()},
             "seconds": {"data": round(gen_s, 1), "collect": round(collect_s, 1), "fit": round(train_s, 1),
                         "fit_each": fit_s, "test": round(time.perf_counter() - t3, 1)}}
 

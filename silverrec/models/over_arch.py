@@ -14,21 +14,21 @@ The user side is either one embedding per task ``u [B, T, D]`` (the multi-task u
 shared embedding ``u [B, D]``; the candidates ``v [B, K, D]`` are shared by all tasks. Works in
 bf16/fp16 (the gating softmax runs in float32).
 
-With ``side_features`` (groups of :mod:`silverrec.models.side_features`), the first layer of the
+With ``side_features`` (item attributes of :mod:`silverrec.models.side_features`), the first layer of the
 MLP (the gating MLP for MoL) also reads F per-pair features ``x [B, K, F]`` computed from the
 user's history item ids and the candidates' item ids through the item attribute table the
 OverArch holds: ``relu(W_u u + W_v v + W_x (u*v) + W_s x + b)``. The call then needs ``history``
 and ``items``.
 """
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchrec.modules.mlp import MLP
 
-from silverrec.models.side_features import SideFeatures, check_groups, num_side_features
+from silverrec.models.side_features import AttributeSpec, SideFeatures, num_side_features
 
 KINDS = ("mlp", "mixture_of_logits")
 
@@ -44,8 +44,10 @@ class OverArchConfig:
         num_tasks (int): T, one logit per task.
         num_mixtures (int): P, MoL components (``"mixture_of_logits"`` only).
         mixture_dim (int): dimension of each MoL component's projections of u and v.
-        side_features (List[str]): groups of (history, candidate) side features the first layer
-            also reads (:data:`silverrec.models.side_features.GROUPS`; empty: none).
+        side_features (List[str]): item attributes (or ``popularity``, or ``all``) whose
+            (history, candidate) side features the first layer also reads
+            (:func:`silverrec.models.side_features.side_feature_specs` resolves them against the
+            schema when the model is built; empty: none).
         num_items (int): N, the item id space of the side features' attribute table (set from
             the schema; only used with ``side_features``).
     """
@@ -59,7 +61,9 @@ class OverArchConfig:
     num_items: int = 0
 
     def __post_init__(self) -> None:
-        self.side_features = check_groups(self.side_features)
+        self.side_features = [str(x) for x in self.side_features]
+        if len(set(self.side_features)) != len(self.side_features):
+            raise ValueError(f"model.over_arch.side_features lists an attribute twice: {self.side_features}")
         if self.num_items < 0:
             raise ValueError(f"OverArchConfig.num_items must be >= 0, got {self.num_items}")
         if self.kind not in KINDS:
@@ -115,9 +119,9 @@ def _per_task(h: Tensor, weight: Tensor) -> Tensor:
 
 
 class _MlpScorer(nn.Module):
-    def __init__(self, embedding_dim: int, config: OverArchConfig) -> None:
+    def __init__(self, embedding_dim: int, config: OverArchConfig, num_features: int) -> None:
         super().__init__()
-        self.mlp = _PairMLP(embedding_dim, config.hidden, num_side_features(config.side_features))
+        self.mlp = _PairMLP(embedding_dim, config.hidden, num_features)
         self.head_weight = nn.Parameter(torch.empty(config.num_tasks, config.hidden[-1], 1))
         self.head_bias = nn.Parameter(torch.zeros(config.num_tasks))
         nn.init.normal_(self.head_weight, std=config.hidden[-1] ** -0.5)
@@ -128,13 +132,13 @@ class _MlpScorer(nn.Module):
 
 
 class _MixtureOfLogits(nn.Module):
-    def __init__(self, embedding_dim: int, config: OverArchConfig) -> None:
+    def __init__(self, embedding_dim: int, config: OverArchConfig, num_features: int) -> None:
         super().__init__()
         p, d = config.num_mixtures, config.mixture_dim
         self.num_mixtures, self.mixture_dim = p, d
         self.user_proj = nn.Linear(embedding_dim, p * d)
         self.item_proj = nn.Linear(embedding_dim, p * d)
-        self.gate_mlp = _PairMLP(embedding_dim, config.hidden, num_side_features(config.side_features))
+        self.gate_mlp = _PairMLP(embedding_dim, config.hidden, num_features)
         self.gate_weight = nn.Parameter(torch.empty(config.num_tasks, config.hidden[-1], p))
         self.gate_bias = nn.Parameter(torch.zeros(config.num_tasks, p))
         nn.init.normal_(self.gate_weight, std=config.hidden[-1] ** -0.5)
@@ -159,6 +163,8 @@ class OverArch(nn.Module):
     Args:
         embedding_dim (int): D, the dimension of the user and item embeddings.
         config (OverArchConfig): kind, hidden sizes, number of tasks and of MoL components.
+        side_specs (Sequence[AttributeSpec]): the attributes of ``config.side_features`` resolved
+            against the schema (:func:`~silverrec.models.side_features.side_feature_specs`).
 
     Call Args:
         u (Tensor): user embeddings, one per task [B, T, D] or shared [B, D].
@@ -179,20 +185,25 @@ class OverArch(nn.Module):
         torch.Size([2, 5, 3])
     """
 
-    def __init__(self, embedding_dim: int, config: OverArchConfig) -> None:
+    def __init__(self, embedding_dim: int, config: OverArchConfig, side_specs: Sequence[AttributeSpec] = ()) -> None:
         super().__init__()
         if embedding_dim < 1:
             raise ValueError(f"OverArch.embedding_dim must be >= 1, got {embedding_dim}")
+        if bool(config.side_features) != bool(side_specs):
+            raise ValueError(f"OverArch: side_features {config.side_features} need their attribute specs "
+                             "(silverrec.models.side_features.side_feature_specs(schema, names)), and specs need names")
         self.embedding_dim = embedding_dim
         self.num_tasks = config.num_tasks
         self.kind = config.kind
-        self.scorer = _MlpScorer(embedding_dim, config) if config.kind == "mlp" else _MixtureOfLogits(embedding_dim, config)
+        num_features = num_side_features(side_specs)
+        scorer = _MlpScorer if config.kind == "mlp" else _MixtureOfLogits
+        self.scorer = scorer(embedding_dim, config, num_features)
         self.side_features: Optional[SideFeatures] = None
-        if config.side_features:
+        if side_specs:
             if config.num_items < 1:
                 raise ValueError(f"OverArchConfig.num_items must be >= 1 with side_features {config.side_features}, "
                                  f"got {config.num_items}")
-            self.side_features = SideFeatures(config.side_features, config.num_items)
+            self.side_features = SideFeatures(side_specs, config.num_items)
 
     def forward(self, u: Tensor, v: Tensor, history: Optional[Tensor] = None, items: Optional[Tensor] = None) -> Tensor:
         d, t = self.embedding_dim, self.num_tasks
@@ -205,7 +216,7 @@ class OverArch(nn.Module):
         x = None
         if self.side_features is not None:
             if history is None or items is None:
-                raise ValueError(f"this OverArch reads side features {self.side_features.groups}: pass history "
+                raise ValueError(f"this OverArch reads side features of {self.side_features.names}: pass history "
                                  f"[B, L] and items [B, K] item ids")
             if items.shape != v.shape[:2] or history.shape[0] != v.shape[0]:
                 raise ValueError(f"OverArch: items {list(items.shape)} and history {list(history.shape)} must be "

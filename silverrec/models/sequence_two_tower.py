@@ -25,6 +25,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from silverrec.models.over_arch import OverArch
 from silverrec.models.sequence_tower import SequenceUserTower, right_align
+from silverrec.models.side_features import side_feature_specs
 from silverrec.models.similarity import Similarity
 from silverrec.models.two_tower import TwoTower, TwoTowerConfig
 from silverrec.models.value_formula import default_value_formula
@@ -146,5 +147,5 @@ def build_sequence_two_tower(schema: Schema, config: TwoTowerConfig, device: tor
     over_arch = None
     if config.over_arch is not None:
         oa = dataclasses.replace(config.over_arch, num_tasks=len(tasks), num_items=schema.num_items)
-        over_arch = OverArch(e, oa)
+        over_arch = OverArch(e, oa, side_feature_specs(schema, oa.side_features))
     return SequenceTwoTower(ec, tower, Similarity(config.temperature, config.learn_temperature), over_arch, value_model)

@@ -1,79 +1,124 @@
-"""Side features of (user, candidate) pairs from the user's history and the item attribute table.
+"""Side features of (user, candidate) pairs, derived from the schema's item attributes.
 
-The OverArch over ``[u, v, u*v]`` sees the towers' embeddings only, and on the default synthetic
-world it gains nothing over the dot product, although that world has effects an inner product
-cannot express (per-user category thresholds, a non-linear preference over the release year,
-creator loyalty, no releases after the user's period began; ``benchmarks/overarch_side_features.py``).
-These features state such effects directly. For a user with history H (the history item ids the
-towers and the serving graph receive, -1 padding) and a candidate i:
+The OverArch over ``[u, v, u*v]`` sees the towers' embeddings only; an inner product cannot state
+"the user has watched many items of this candidate's category" or "this release is newer than
+anything the user watched" (``benchmarks/overarch_side_features.py``). These features state such
+effects directly, for any schema: each attribute named in ``model.over_arch.side_features`` (or
+every item attribute, with ``all``) gives columns by its kind, with H the user's history (the
+history item ids the towers and the serving graph receive, -1 padding) and i the candidate:
 
-=====================  ====================================================================  =======
-group                  features                                                              item feature
-=====================  ====================================================================  =======
-``category_affinity``  share of H in category(i); [no item of H in category(i)]              category
-``creator_seen``       log(1 + #items of H by creator(i)); [creator(i) in H]                  creator
-``year_gap``           (year(i) - max year(H)) / 10; (year(i) - mean year(H)) / 10;           year
-                       [year(i) > max year(H)]; (max - mean year(H)) / 10
-``language_affinity``  share of H in language(i)                                             language
-``popularity``         log(1 + training interactions of i), standardised over the items      --
-=====================  ====================================================================  =======
+===============  ============================================================================
+attribute kind   columns
+===============  ============================================================================
+categorical      share of H holding any of i's values; log(1 + that count); [the count > 0]
+(single- or      (for a multi-valued attribute, e.g. genres, an item "holds" a value when it is
+multi-valued)    among its values)
+numeric (every   (x(i) - max x(H)) / s; (x(i) - mean x(H)) / s; [x(i) > max x(H)];
+vocabulary value (max x(H) - mean x(H)) / s -- s the attribute's standard deviation over the
+is a number)     items, x the item's value (the mean of its values if it has several)
+``popularity``   log(1 + training interactions of i), standardised over the items
+===============  ============================================================================
 
 Shares and counts are over the known history items (ids in ``[0, N)``); an empty history gives
-shares 0 and year gaps 0. A candidate id outside ``[0, N)`` (an item added after publish, which the
-table does not know) matches no history item and gets year features 0 and the popularity of an
-item without interactions; an item updated after publish keeps its published attributes here
-until the next publish. Years are the numeric values of the ``year`` vocabulary (its ids when
-a value is not a number).
+0. A candidate id outside ``[0, N)`` (an item added after publish, which the table does not know)
+matches no history item, gets numeric features 0 and the popularity of an item without
+interactions; so does an item without a value of an attribute. An item updated after publish
+keeps its published attributes here until the next publish.
 
-The table is a buffer filled from the data by :meth:`SideFeatures.set_items` (the trainer does
-it), so a checkpoint and the exported serving graph carry it.
+No attribute name is written in this module: :func:`side_feature_specs` reads the kinds from the
+schema. The tables are buffers filled from the data by :meth:`SideFeatures.set_items_from` (the
+trainer does it), so a checkpoint and the exported serving graph carry them.
 """
+from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from silverrec.schema import Schema
+from silverrec.data.dataset import JaggedColumn
+from silverrec.schema import ITEM_ID, Feature, Schema
 
-# group -> (item feature it reads (None: none), feature columns)
-GROUPS: Dict[str, tuple] = {
-    "category_affinity": ("category", ("category_share", "category_unseen")),
-    "creator_seen": ("creator", ("creator_log_count", "creator_seen")),
-    "year_gap": ("year", ("year_gap_max", "year_gap_mean", "year_after_max", "year_spread")),
-    "language_affinity": ("language", ("language_share",)),
-    "popularity": (None, ("log_popularity",)),
-}
-_ATTRIBUTE_GROUPS = ("category_affinity", "creator_seen", "language_affinity")
+POPULARITY = "popularity"
+ALL = "all"
+KINDS = ("categorical", "numeric")
+COLUMNS = {"categorical": ("share", "log_count", "seen"),
+           "numeric": ("gap_max", "gap_mean", "after_max", "spread"),
+           POPULARITY: ("log_popularity",)}
 
 
-def check_groups(groups: Sequence[str]) -> List[str]:
-    """The groups as a list, after checking names and duplicates (``model.over_arch.side_features``)."""
-    groups = list(groups)
-    unknown = [g for g in groups if g not in GROUPS]
+@dataclass(frozen=True)
+class AttributeSpec:
+    """One item attribute the side features read.
+
+    Args:
+        name (str): the item feature.
+        kind (str): ``categorical`` or ``numeric``.
+        width (int): values per item (the feature's ``max_length``; numeric: 1).
+    """
+
+    name: str
+    kind: str
+    width: int
+
+
+def is_numeric(feature: Feature) -> bool:
+    """Whether every vocabulary value of ``feature`` is a number (then it is a numeric attribute)."""
+    try:
+        values = [float(v) for v in feature.vocab]
+    except ValueError:
+        return False
+    return bool(np.isfinite(values).all())
+
+
+def side_feature_specs(schema: Schema, names: Sequence[str]) -> List[AttributeSpec]:
+    """The attributes ``names`` (item attribute names, ``popularity``, or ``all``: every item
+    attribute and popularity) as specs, in ``names`` order (``all``: schema order).
+
+    Raises:
+        ValueError: a name the schema's item attributes lack (naming them), or a duplicate.
+    """
+    names = list(names)
+    attributes = [f for f in schema.item_features if f.name != ITEM_ID]
+    if ALL in names:
+        if names != [ALL]:
+            raise ValueError(f"model.over_arch.side_features: {ALL!r} stands alone, got {names}")
+        names = [f.name for f in attributes] + [POPULARITY]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model.over_arch.side_features lists an attribute twice: {names}")
+    by_name = {f.name: f for f in attributes}
+    unknown = [n for n in names if n != POPULARITY and n not in by_name]
     if unknown:
-        raise ValueError(f"model.over_arch.side_features: unknown group(s) {unknown}; choose from {list(GROUPS)}")
-    if len(set(groups)) != len(groups):
-        raise ValueError(f"model.over_arch.side_features lists a group twice: {groups}")
-    return groups
+        raise ValueError(f"model.over_arch.side_features: unknown item attribute(s) {unknown}; the data's item "
+                         f"attributes are {list(by_name)} (or {POPULARITY!r}, or {ALL!r})")
+    specs = []
+    for n in names:
+        if n == POPULARITY:
+            specs.append(AttributeSpec(POPULARITY, POPULARITY, 0))
+        elif is_numeric(by_name[n]):
+            specs.append(AttributeSpec(n, "numeric", 1))
+        else:
+            specs.append(AttributeSpec(n, "categorical", by_name[n].max_length))
+    return specs
 
 
-def num_side_features(groups: Sequence[str]) -> int:
-    """F, the number of feature columns of ``groups``."""
-    return sum(len(GROUPS[g][1]) for g in groups)
+def num_side_features(specs: Sequence[AttributeSpec]) -> int:
+    """F, the number of feature columns of ``specs``."""
+    return sum(len(COLUMNS[s.kind]) for s in specs)
 
 
 class SideFeatures(nn.Module):
     """(history, candidate) -> float32 side features [B, K, F] (see the module docstring).
 
     Args:
-        groups (Sequence[str]): feature groups, in output column order.
+        specs (Sequence[AttributeSpec]): the attributes, in output column order
+            (:func:`side_feature_specs`).
         num_items (int): N, the item id space (``schema.num_items``).
 
     Buffers:
-        attributes (Tensor): int64 [N + 1, 3] category, creator and language id of each item (row
-            N: an unknown item, -1). year (Tensor): float32 [N + 1] release year (row N: 0).
-        log_popularity (Tensor): float32 [N + 1] standardised log(1 + training interactions).
+        ``table_<j>`` per attribute j: int64 [N + 1, width] value ids (categorical, -1 = none) or
+        float32 [N + 1] values (numeric, NaN = none; popularity: the standardised log count); row
+        N is an unknown item. ``scale_<j>``: float32 [] the numeric attribute's scale s.
 
     Call Args:
         history (Tensor): int64 [B, L] history item ids (-1 padding; L may be 0).
@@ -84,72 +129,91 @@ class SideFeatures(nn.Module):
 
     Example::
 
-        >>> sf = SideFeatures(["category_affinity", "year_gap"], num_items=3)
-        >>> sf.set_items(category=np.array([0, 1, 1]), creator=np.zeros(3, int), language=np.zeros(3, int),
-        ...              year=np.array([2000.0, 2010.0, 2020.0]), counts=np.array([5, 0, 1]))
-        >>> sf(torch.tensor([[0, 1, -1]]), torch.tensor([[2, 0]]))[0].tolist()
-        [[0.5, 0.0, 1.0, 1.5, 1.0, 0.5], [0.5, 0.0, -1.0, -0.5, 0.0, 0.5]]
+        >>> specs = [AttributeSpec("genre", "categorical", 2), AttributeSpec("year", "numeric", 1)]
+        >>> sf = SideFeatures(specs, num_items=3)
+        >>> sf.set_tables({"genre": [[0, 1], [1, -1], [2, -1]], "year": [2000.0, 2010.0, 2020.0]})
+        >>> [round(x, 3) for x in sf(torch.tensor([[0, 1, -1]]), torch.tensor([[1]]))[0, 0].tolist()]
+        [1.0, 1.099, 1.0, 0.0, 0.612, 0.0, 0.612]
     """
 
-    def __init__(self, groups: Sequence[str], num_items: int) -> None:
+    def __init__(self, specs: Sequence[AttributeSpec], num_items: int) -> None:
         super().__init__()
-        self.groups = check_groups(groups)
-        if not self.groups:
-            raise ValueError("SideFeatures needs at least one group")
+        self.specs = list(specs)
+        if not self.specs:
+            raise ValueError("SideFeatures needs at least one attribute")
         if num_items < 1:
             raise ValueError(f"SideFeatures.num_items must be >= 1, got {num_items}")
+        for s in self.specs:
+            if s.kind not in KINDS + (POPULARITY,):
+                raise ValueError(f"SideFeatures: attribute {s.name!r} has unknown kind {s.kind!r}")
         self.num_items = int(num_items)
-        self.num_features = num_side_features(self.groups)
-        self.register_buffer("attributes", torch.full((num_items + 1, 3), -1, dtype=torch.int64))
-        self.register_buffer("year", torch.zeros(num_items + 1))
-        self.register_buffer("log_popularity", torch.zeros(num_items + 1))
+        self.num_features = num_side_features(self.specs)
+        for j, s in enumerate(self.specs):
+            if s.kind == "categorical":
+                self.register_buffer(f"table_{j}", torch.full((num_items + 1, max(s.width, 1)), -1, dtype=torch.int64))
+            else:
+                self.register_buffer(f"table_{j}", torch.zeros(num_items + 1))
+            self.register_buffer(f"scale_{j}", torch.ones(()))
 
-    @staticmethod
-    def item_features(groups: Sequence[str]) -> List[str]:
-        """The item features ``groups`` read (each must be single-valued)."""
-        return [GROUPS[g][0] for g in groups if GROUPS[g][0] is not None]
+    @property
+    def names(self) -> List[str]:
+        return [s.name for s in self.specs]
 
     @torch.no_grad()
-    def set_items(self, category: np.ndarray, creator: np.ndarray, language: np.ndarray, year: np.ndarray,
-                  counts: np.ndarray) -> None:
-        """Fills the table: per item id [N] its category, creator and language ids, its release year
-        (float) and its number of training interactions (for groups that do not read an
-        attribute, pass any array of N values, e.g. zeros)."""
+    def set_tables(self, values: Dict[str, object]) -> None:
+        """Fills the tables: per attribute name, per item id [N] its value ids padded with -1
+        (categorical, [N, width]), its number (numeric, [N], NaN = none) or its training
+        interaction count (``popularity``, [N])."""
         n = self.num_items
-        cols = {"category": category, "creator": creator, "language": language, "year": year, "counts": counts}
-        for name, a in cols.items():
-            if np.shape(a) != (n,):
-                raise ValueError(f"SideFeatures.set_items: {name} must have shape ({n},), got {np.shape(a)}")
-        attrs = np.stack([np.asarray(category), np.asarray(creator), np.asarray(language)], axis=1).astype(np.int64)
-        self.attributes[:n] = torch.from_numpy(attrs).to(self.attributes.device)
-        self.year[:n] = torch.from_numpy(np.asarray(year, dtype=np.float32)).to(self.year.device)
-        lp = np.log1p(np.asarray(counts, dtype=np.float64).clip(min=0))
-        std = lp.std() if lp.std() > 0 else 1.0
-        z = (np.append(lp, 0.0) - lp.mean()) / std  # row N: an item without interactions
-        self.log_popularity.copy_(torch.from_numpy(z.astype(np.float32)))
+        for j, s in enumerate(self.specs):
+            if s.name not in values:
+                raise ValueError(f"SideFeatures.set_tables: no values for attribute {s.name!r}")
+            table = getattr(self, f"table_{j}")
+            if s.kind == "categorical":
+                a = np.asarray(values[s.name], dtype=np.int64).reshape(n, -1)
+                if a.shape[1] > table.shape[1]:
+                    raise ValueError(f"SideFeatures: attribute {s.name!r} has {a.shape[1]} values per item, at most "
+                                     f"{table.shape[1]}")
+                table.fill_(-1)
+                table[:n, :a.shape[1]] = torch.from_numpy(a)
+                continue
+            x = np.asarray(values[s.name], dtype=np.float64).reshape(n)
+            if s.kind == POPULARITY:
+                lp = np.log1p(x.clip(min=0))
+                std = lp.std() if lp.std() > 0 else 1.0
+                table.copy_(torch.from_numpy(((np.append(lp, 0.0) - lp.mean()) / std).astype(np.float32)))
+            else:
+                known = np.isfinite(x)
+                std = x[known].std() if known.sum() > 1 and x[known].std() > 0 else 1.0
+                table.copy_(torch.from_numpy(np.append(x, np.nan).astype(np.float32)))
+                getattr(self, f"scale_{j}").fill_(float(std))
 
-    def set_items_from(self, schema: Schema, item_columns: Dict[str, np.ndarray], counts: np.ndarray) -> None:
-        """:meth:`set_items` from single-valued item feature columns (name -> int64 [N] ids); the
-        year vocabulary's values become numbers. Errors name a feature the groups need and the
-        schema lacks."""
+    def set_items_from(self, schema: Schema, item_columns: Dict[str, JaggedColumn], counts: np.ndarray) -> None:
+        """:meth:`set_tables` from the data's item feature columns (name -> jagged value ids) and
+        training interaction counts [N]; numeric attributes take their vocabulary's numbers."""
         n = self.num_items
-        needed = self.item_features(self.groups)
-        names = [f.name for f in schema.item_features]
-        missing = [f for f in needed if f not in names or f not in item_columns]
-        if missing:
-            raise ValueError(f"model.over_arch.side_features {self.groups} need the single-valued item feature(s) "
-                             f"{missing}; the data's item features are {names}")
-        zeros = np.zeros(n, dtype=np.int64)
-        year = np.zeros(n, dtype=np.float32)
-        if "year" in needed:
-            vocab = schema.item_feature("year").vocab
-            try:
-                values = np.array([float(v) for v in vocab], dtype=np.float32)
-            except ValueError:
-                values = np.arange(len(vocab), dtype=np.float32)
-            year = values[item_columns["year"]]
-        self.set_items(*(item_columns[a] if a in needed else zeros for a in ("category", "creator", "language")),
-                       year=year, counts=counts)
+        values: Dict[str, object] = {}
+        for s in self.specs:
+            if s.kind == POPULARITY:
+                values[s.name] = np.asarray(counts)
+                continue
+            if s.name not in item_columns:
+                raise ValueError(f"model.over_arch.side_features: the data has no item column {s.name!r}")
+            col = item_columns[s.name]
+            if col.num_rows != n:
+                raise ValueError(f"item column {s.name!r} has {col.num_rows} rows, the side features {n}")
+            lengths = col.lengths
+            if s.kind == "numeric":
+                numbers = np.array([float(v) for v in schema.item_feature(s.name).vocab], dtype=np.float64)
+                sums = np.bincount(np.repeat(np.arange(n), lengths), weights=numbers[col.values], minlength=n)
+                values[s.name] = np.where(lengths > 0, sums / np.maximum(lengths, 1), np.nan)
+            else:
+                width = max(int(lengths.max()) if lengths.size else 1, 1)
+                a = np.full((n, width), -1, dtype=np.int64)
+                rows = np.repeat(np.arange(n), lengths)
+                a[rows, np.arange(col.values.size) - np.repeat(col.offsets[:-1], lengths)] = col.values
+                values[s.name] = a
+        self.set_tables(values)
 
     def forward(self, history: Tensor, items: Tensor) -> Tensor:
         if history.dim() != 2 or items.dim() != 2 or history.shape[0] != items.shape[0]:
@@ -162,34 +226,32 @@ class SideFeatures(nn.Module):
         known_c = (items >= 0) & (items < n)
         crow = torch.where(known_c, items, torch.full_like(items, n))
         hw = known_h.float()
-        count = hw.sum(1, keepdim=True)  # [B, 1]
-        denom = count.clamp_min(1.0)
+        denom = hw.sum(1, keepdim=True).clamp_min(1.0)  # [B, 1]
         cols: List[Tensor] = []
-        attr_h, attr_c = self.attributes[hrow], self.attributes[crow]  # [B, L, 3], [B, K, 3]
-
-        def matches(a: int) -> Tensor:  # [B, K]: known history items sharing the candidate's attribute a
-            same = attr_c[:, :, a].unsqueeze(2) == attr_h[:, :, a].unsqueeze(1)  # [B, K, L]
-            return (same.float() * hw.unsqueeze(1)).sum(2) * known_c.float()
-
-        for g in self.groups:
-            if g == "category_affinity":
-                m = matches(0)
-                cols += [m / denom, (m == 0).float()]
-            elif g == "creator_seen":
-                m = matches(1)
-                cols += [torch.log1p(m), (m > 0).float()]
-            elif g == "language_affinity":
-                cols.append(matches(2) / denom)
-            elif g == "year_gap":
-                yh = self.year[hrow]  # [B, L]
-                has = count > 0
-                y_max = torch.where(known_h, yh, torch.full_like(yh, float("-inf"))).amax(1, keepdim=True) if yh.shape[1] else count
-                y_max = torch.where(has, y_max, torch.zeros_like(y_max))
-                y_mean = (yh * hw).sum(1, keepdim=True) / denom
-                y = self.year[crow]  # [B, K]
-                ok = (known_c & has).float()
-                cols += [(y - y_max) / 10 * ok, (y - y_mean) / 10 * ok, (y > y_max).float() * ok,
-                         ((y_max - y_mean) / 10).expand(b, k)]
-            else:  # popularity
-                cols.append(self.log_popularity[crow])
+        for j, s in enumerate(self.specs):
+            table = getattr(self, f"table_{j}")
+            if s.kind == "categorical":
+                a_h, a_c = table[hrow], table[crow]  # [B, L, W], [B, K, W]
+                # history item l holds one of candidate k's values: any over (candidate value, item value)
+                same = (a_c.unsqueeze(2).unsqueeze(-1) == a_h.unsqueeze(1).unsqueeze(3)) & (a_c >= 0).unsqueeze(2).unsqueeze(-1)
+                holds = same.flatten(3).any(-1).float() * hw.unsqueeze(1)  # [B, K, L]
+                m = holds.sum(2)  # [B, K]
+                cols += [m / denom, torch.log1p(m), (m > 0).float()]
+            elif s.kind == "numeric":
+                scale = getattr(self, f"scale_{j}")
+                xh = table[hrow]  # [B, L] (NaN: no value)
+                ok_h = known_h & ~torch.isnan(xh)
+                has = ok_h.any(1, keepdim=True)  # [B, 1]
+                xz = torch.where(ok_h, xh, torch.zeros_like(xh))
+                x_max = torch.where(ok_h, xh, torch.full_like(xh, float("-inf"))).amax(1, keepdim=True) if xh.shape[1] else xz.sum(1, keepdim=True)
+                x_max = torch.where(has, x_max, torch.zeros_like(x_max))
+                x_mean = xz.sum(1, keepdim=True) / ok_h.float().sum(1, keepdim=True).clamp_min(1.0)
+                x = table[crow]  # [B, K]
+                ok = known_c & ~torch.isnan(x) & has
+                x = torch.where(ok, x, torch.zeros_like(x))
+                okf = ok.float()
+                cols += [(x - x_max) / scale * okf, (x - x_mean) / scale * okf, (x > x_max).float() * okf,
+                         ((x_max - x_mean) / scale).expand(b, k)]
+            else:
+                cols.append(table[crow])
         return torch.stack(cols, dim=-1)

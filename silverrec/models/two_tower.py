@@ -29,6 +29,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from silverrec.models.candidate_scorer import CandidateScorer, candidate_values, task_logits, task_scores
 from silverrec.models.over_arch import OverArch, OverArchConfig
 from silverrec.models.sequence_tower import SequenceConfig
+from silverrec.models.side_features import side_feature_specs
 from silverrec.models.similarity import Similarity
 from silverrec.models.towers import ItemTower, UserTower
 from silverrec.models.value_formula import default_value_formula
@@ -247,7 +248,7 @@ def build_two_tower(schema: Schema, config: TwoTowerConfig, device: torch.device
     over_arch = None
     if config.over_arch is not None:
         oa = dataclasses.replace(config.over_arch, num_tasks=len(tasks), num_items=schema.num_items)
-        over_arch = OverArch(config.user_layers[-1], oa)
+        over_arch = OverArch(config.user_layers[-1], oa, side_feature_specs(schema, oa.side_features))
     return TwoTower(
         ebc,
         UserTower(user_keys, in_features=e * len(user_keys), layer_sizes=config.user_layers, num_heads=len(tasks)),

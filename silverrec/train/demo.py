@@ -30,11 +30,11 @@ from silverrec.train.train import run_training
 from silverrec.train.trainer import load_two_tower
 
 RUN_DIR = "runs/demo"
-# The demo's OverArch reads (history x candidate) side features of the default world's item
-# attributes (silverrec/models/side_features.py): value-weighted recall@100 +8% over the dot
-# product, against +0.1% without them (README). The model config's default is none (other data
-# sets lack these attributes); a later override replaces this one, e.g. `model.over_arch.side_features=[]`.
-DEMO_OVERRIDES = ("model.over_arch.side_features=[category_affinity,creator_seen,year_gap,language_affinity,popularity]",)
+# The demo's OverArch reads (history x candidate) side features of every item attribute the data
+# declares, and popularity (silverrec/models/side_features.py): value-weighted recall@100 +8% over
+# the dot product, against +0.1% without them (README). The model config's default is none; a later
+# override replaces this one, e.g. `model.over_arch.side_features=[]`.
+DEMO_OVERRIDES = ("model.over_arch.side_features=[all]",)
 DEMO_FILTER = "language:en AND NOT category:music"
 
 

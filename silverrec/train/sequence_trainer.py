@@ -64,7 +64,8 @@ class SequenceTrainer:
             dense: Callable[..., torch.optim.Optimizer], seed: int = 0, ckpt_path: Optional[str] = None,
             extra: Optional[Dict[str, Any]] = None, loss_config: Optional[LossConfig] = None,
             eval_config: Optional[EvalConfig] = None) -> TrainResult:
-        """Trains to ``config.max_steps`` (the arguments of :meth:`Trainer.fit`; ``sparse`` is unused)."""
+        """Trains to ``config.max_steps`` or ``config.max_minutes`` of training, whichever comes first
+        (the arguments of :meth:`Trainer.fit`; ``sparse`` is unused)."""
         cfg = self.config
         loss_config = loss_config or LossConfig()
         torch.manual_seed(seed)
@@ -83,8 +84,9 @@ class SequenceTrainer:
         bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not cfg.progress, dynamic_ncols=True)
         step, last_path = start, resume_from or ""
         t_last, seq_since = time.perf_counter(), 0
+        deadline = time.perf_counter() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
         task.train()
-        while step < cfg.max_steps:
+        while step < cfg.max_steps and time.perf_counter() < deadline:
             epoch, in_epoch = divmod(step, batches.steps_per_epoch)
             for batch in batches.epoch(epoch, start_step=in_epoch):
                 if cfg.warmup_steps:
@@ -112,9 +114,12 @@ class SequenceTrainer:
                 bar.update(1)
                 if validator and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
                     history.append(self._validate(validator, task, step))
-                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.max_steps:
+                out_of_time = time.perf_counter() >= deadline
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.max_steps or out_of_time:
                     last_path = self._save(task, opt, step, meta)
-                if step >= cfg.max_steps:
+                if step >= cfg.max_steps or out_of_time:
+                    if out_of_time:
+                        print(f"trainer.max_minutes={cfg.max_minutes} reached at step {step}", flush=True)
                     break
         bar.close()
         task.eval()

@@ -75,6 +75,8 @@ class TrainerConfig:
         progress (bool): show a tqdm progress bar (rank 0).
         num_threads (int): torch intra-op threads per process (0: torch's default). Applied by
             the entry point; under ``torchrun`` use 1 per process on a small machine.
+        max_minutes (float): stop after this much training time even before ``max_steps`` (0:
+            no limit; the sequence trainer only, where one process decides alone).
     """
 
     max_steps: int = 2000
@@ -90,8 +92,11 @@ class TrainerConfig:
     resume: bool = True
     progress: bool = True
     num_threads: int = 0
+    max_minutes: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.max_minutes >= 0:
+            raise ValueError(f"trainer.max_minutes must be >= 0, got {self.max_minutes}")
         for name in ("max_steps", "batch_size", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
@@ -181,6 +186,9 @@ class Trainer:
                 (None: temporal, ``config.ks``); ``dataset`` must already carry its split.
         """
         cfg, ctx = self.config, self.ctx
+        if cfg.max_minutes:
+            raise ValueError(f"trainer.max_minutes={cfg.max_minutes} is supported with model.user_tower=sequence "
+                             "only; set trainer.max_steps instead")
         loss_config = loss_config or LossConfig()
         torch.manual_seed(seed)
         model, opt = self.build(dataset, model_config, sparse, dense, loss_config)
@@ -327,13 +335,11 @@ def sharding_plan(module: torch.nn.Module, tables, ctx: DistContext):
 
 
 def set_side_feature_items(two_tower: TwoTower, dataset: RecDataset) -> None:
-    """Fills the item attribute table of an OverArch with side features from ``dataset`` (its
-    single-valued item features and training interaction counts)."""
+    """Fills the item attribute tables of an OverArch with side features from ``dataset`` (its
+    item feature columns and training interaction counts)."""
     side = two_tower.over_arch.side_features
-    columns = {name: col.values for name, col in dataset.items.columns.items()
-               if np.array_equal(col.offsets, np.arange(dataset.items.num_rows + 1))}
     counts = np.bincount(dataset.interactions.item[dataset.split.train], minlength=dataset.items.num_rows)
-    side.set_items_from(dataset.schema, columns, counts)
+    side.set_items_from(dataset.schema, dataset.items.columns, counts)
 
 
 def load_two_tower(payload: Dict[str, Any]) -> TwoTower:

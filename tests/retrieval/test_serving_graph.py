@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from silverrec.data.batching import FeatureBatcher
-from silverrec.models.side_features import GROUPS
 from silverrec.models.two_tower import TwoTowerConfig, build_two_tower
 from silverrec.retrieval.publish import publish, serving_metadata
 from silverrec.retrieval.serving_graph import ServingConfig
@@ -107,7 +106,7 @@ def test_exhaustive_graph_with_side_features_equals_the_reference(served, tiny_d
     ds = tiny_dataset
     payload = load_checkpoint(tiny_run["checkpoint"])
     config = TwoTowerConfig(**payload["model_config"])
-    config.over_arch = dataclasses.replace(config.over_arch, side_features=list(GROUPS))
+    config.over_arch = dataclasses.replace(config.over_arch, side_features=["all"])
     model = build_two_tower(ds.schema, config)
     missing, unexpected = model.load_state_dict(served["model"].state_dict(), strict=False)
     assert not unexpected and all(".side" in k for k in missing)

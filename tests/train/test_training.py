@@ -87,15 +87,16 @@ def test_over_arch_side_features_train_and_travel_with_the_checkpoint(tmp_path, 
     them (in-batch + mined negatives, or pool negatives), and a reloaded model carries the table."""
     from silverrec.data.synthetic import synthetic_dataset
 
-    groups = "[category_affinity,creator_seen,year_gap,language_affinity,popularity]"
-    report = run_training(_cfg(tmp_path, 3, [f"model.over_arch.side_features={groups}", *negatives]))
+    report = run_training(_cfg(tmp_path, 3, ["model.over_arch.side_features=[category,creator,year,popularity]",
+                                             *negatives]))
     assert report["multitask"]["has_over_arch"] is True and report["train"]["steps"] == 3
     sf = load_two_tower(load_checkpoint(report["train"]["checkpoint"])).over_arch.side_features
     ds = synthetic_dataset("tiny", seed=0)
-    assert sf.attributes[:-1, 0].tolist() == ds.items.columns["category"].values.tolist()
-    assert sf.attributes[:-1, 1].tolist() == ds.items.columns["creator"].values.tolist()
-    assert sf.year[:-1].min() >= 1990 and sf.attributes[-1].tolist() == [-1, -1, -1]
-    assert float(sf.log_popularity.std()) > 0
+    assert sf.names == ["category", "creator", "year", "popularity"]
+    assert sf.table_0[:-1, 0].tolist() == ds.items.columns["category"].values.tolist()
+    assert sf.table_1[:-1, 0].tolist() == ds.items.columns["creator"].values.tolist()
+    assert sf.table_2[:-1].min() >= 1990 and sf.table_0[-1].tolist() == [-1] and float(sf.scale_2) > 1
+    assert float(sf.table_3.std()) > 0
 
 
 def test_resume_refuses_a_different_model(tmp_path):
