@@ -18,7 +18,7 @@ DEPS   := tensordict torchmetrics==1.0.3 tqdm pyre-extensions iopath hydra-core 
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: all venv build test demo bench clean distclean
+.PHONY: all venv build test demo bench gpu-check clean distclean
 
 all: venv
 
@@ -59,6 +59,18 @@ bench: venv
 	$(PY) benchmarks/serving_profile.py --recall 512
 	$(PY) benchmarks/load_test.py
 	$(PY) benchmarks/multitask_headroom.py
+
+# On a machine with one CUDA GPU (about 8 minutes): the same pins with fbgemm-gpu, FAISS's GPU
+# build when it installs (else faiss-cpu), then benchmarks/gpu_check.py: every op on CUDA against
+# its reference, benchmarks/ann.py on CUDA at batch 1/16/256, the demo's serving graph exported for
+# CUDA (latency, parity with the CPU graph), one table. Without CUDA it fails at once, never skips
+# (`.venv/bin/python benchmarks/gpu_check.py --dry-run` runs the steps on the CPU).
+gpu-check:
+	@if [ -x $(PY) ]; then $(PY) benchmarks/gpu_check.py --preflight; fi
+	$(MAKE) venv FBGEMM=fbgemm-gpu==1.8.0
+	$(PY) benchmarks/gpu_check.py --preflight
+	$(PIP) install -q faiss-gpu-cu12==1.14.1.post1 || $(PIP) install -q faiss-cpu==1.15.1
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf build silverrec/*.so .pytest_cache .hypothesis
