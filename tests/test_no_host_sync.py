@@ -149,3 +149,78 @@ def test_ivf_index_search_on_the_device() -> None:
     assert result.ids.shape == (4, 10) and result.ids.device.type == "meta"
     with pytest.raises(HostSync, match=r"__bool__.*in search"):
         no_host_sync(search, state, torch.randn(4, 16), True)
+
+
+def _train_task(dataset, history_width, **loss):
+    """A two-tower train task over ``dataset`` whose candidate search runs on ``meta`` (built on
+    the CPU from stand-in embeddings, then moved: building is per refresh, not per step)."""
+    from silverrec.data.batching import TrainBatches
+    from silverrec.models.train_task import LossConfig, TwoTowerTrainTask
+    from silverrec.models.two_tower import TwoTowerConfig, build_two_tower
+    from silverrec.retrieval.ivf_index import IVFInt8Index
+
+    def builder(bank):
+        index = IVFInt8Index.build(torch.randn(bank.shape, generator=torch.Generator().manual_seed(0)),
+                                   num_clusters=8).to("meta")
+        return lambda q, k: index.search(q, k, check=False).ids
+    torch.manual_seed(0)
+    tt = build_two_tower(dataset.schema, TwoTowerConfig())
+    task = TwoTowerTrainTask(tt, torch.full((dataset.items.num_rows,), -3.0), LossConfig(**loss),
+                             search_builder=builder, history_width=history_width)
+    batch = next(iter(TrainBatches(dataset, 32, seed=0).epoch(0)))
+    with torch.no_grad():
+        item_dim = tt(batch.features)[1].shape[1]
+    task.set_negative_bank(torch.randn(dataset.items.num_rows, item_dim))
+    labels = torch.stack([batch.labels[t] for t in dataset.schema.task_names], dim=1)
+    return task, (batch.features, batch.item_rows, labels)
+
+
+def _train_step(task):
+    from silverrec.train.loss_watch import LossWatch
+
+    def step(state, features, item_rows, labels):
+        for t in state.values():
+            if t.is_floating_point():
+                t.requires_grad_(True)
+        task.reseed(7)
+        loss, _ = torch.func.functional_call(task, state, (features, item_rows, labels))
+        loss.backward()
+        LossWatch().update(loss, step=3)  # the trainer's per-step bookkeeping
+        return loss
+    state = {k: v.detach() for k, v in task.named_parameters()}
+    state.update(task.named_buffers())
+    return step, state
+
+
+@pytest.mark.parametrize("loss", [dict(over_arch_negatives="pool", sampled_negatives=4, pool_size=20),
+                                  dict(hard_negatives=3, sampled_negatives=4)])
+def test_training_step(tiny_dataset, loss) -> None:
+    """Forward and backward of the train task (towers, OverArch, negatives mined from the index
+    by the candidate search, pool draws) and the loss bookkeeping: no host sync per step."""
+    task, batch = _train_task(tiny_dataset, tiny_dataset.schema.history_length, **loss)
+    assert task.two_tower.over_arch is not None
+    step, state = _train_step(task)
+    out, ops = no_host_sync(step, state, *batch)
+    assert out.device.type == "meta" and "silverrec::ivf_search" in ops  # the negatives' search ran
+
+
+def test_training_step_reading_the_history_length_syncs(tiny_dataset) -> None:
+    """Without ``history_width`` the history matrix is as wide as the batch's longest history,
+    read on the host: the recorder finds it (the trainer always passes the schema's length)."""
+    task, batch = _train_task(tiny_dataset, None, over_arch_negatives="pool", sampled_negatives=4, pool_size=20)
+    step, state = _train_step(task)
+    with pytest.raises(HostSync, match=r"models/train_task.py:\d+ in _history"):
+        no_host_sync(step, state, *batch)
+
+
+def test_loss_watch_raises_at_the_next_check_naming_the_step() -> None:
+    from silverrec.train.loss_watch import LossWatch
+
+    watch = LossWatch()
+    for step, value in enumerate([0.5, 0.4, float("inf"), float("nan"), 0.3], start=1):
+        watch.update(torch.tensor(value), step)
+    with pytest.raises(FloatingPointError, match=r"training loss became inf at step 3"):
+        watch.check()
+    fine = LossWatch()
+    fine.update(torch.tensor(0.1), 1)
+    fine.check()

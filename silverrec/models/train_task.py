@@ -51,12 +51,12 @@ NEGATIVE_MODES = ("in_batch", "pool")
 CandidateSearch = Callable[[Tensor, int], Tensor]
 """``search(queries, k) -> rows``: the top-``k`` bank rows for each query by inner product.
 
-``queries`` float32 ``[B, D]`` on the CPU; ``rows`` int64 ``[B, k]``, rows of the item bank the
+``queries`` float32 ``[B, D]`` on the bank's device (no copy to the host per step); ``rows`` int64 ``[B, k]``, rows of the item bank the
 search was built over, best first, ``-1`` where fewer than ``k`` were found.
 """
 
 SearchBuilder = Callable[[Tensor], CandidateSearch]
-"""``build(bank) -> search``: a :data:`CandidateSearch` over ``bank`` float32 ``[N, D]`` (CPU), row
+"""``build(bank) -> search``: a :data:`CandidateSearch` over ``bank`` float32 ``[N, D]`` (on the training device), row
 ``r`` being item row ``r``; called once per refresh of the bank, then searched every step."""
 
 
@@ -138,6 +138,10 @@ class TwoTowerTrainTask(nn.Module):
             bank that mines ``hard_negatives`` and ``"pool"`` candidates (needed when
             ``config.needs_index``; the trainer passes
             :func:`~silverrec.train.trainer.ivf_candidate_search`).
+        history_width (Optional[int]): L, the most history items a row carries
+            (``schema.history_length``; the trainer passes it), the width of the OverArch's
+            history matrix: a shape known on the host, so a step reads no device value. None:
+            the batch's longest history (one host sync per step).
 
     Call Args:
         features (KeyedJaggedTensor): both sides of B (user, positive item) pairs.
@@ -150,7 +154,7 @@ class TwoTowerTrainTask(nn.Module):
     """
 
     def __init__(self, two_tower: TwoTower, item_log_q: Tensor, config: Optional[LossConfig] = None,
-                 search_builder: Optional[SearchBuilder] = None) -> None:
+                 search_builder: Optional[SearchBuilder] = None, history_width: Optional[int] = None) -> None:
         super().__init__()
         self.two_tower = two_tower
         self.config = config or LossConfig()
@@ -162,12 +166,28 @@ class TwoTowerTrainTask(nn.Module):
         self.register_buffer("negative_bank", torch.empty(0), persistent=False)
         self.search_builder = search_builder
         self.negative_search: Optional[CandidateSearch] = None
+        self.history_width = history_width
         self.generator = torch.Generator().manual_seed(0)
+        self._seed = 0
+        self._device_generator: Optional[torch.Generator] = None
 
     def reseed(self, seed: int) -> None:
         """Seeds the sampling of OverArch negatives (the trainer reseeds every step from the
         run seed and the step, so a resumed run samples what an uninterrupted one would)."""
         self.generator.manual_seed(seed)
+        self._seed, self._device_generator = seed, None
+
+    def _generator(self, device: torch.device) -> Optional[torch.Generator]:
+        """The sampling generator on ``device`` (the CPU one on the CPU; on a GPU one seeded with
+        the same seed, so the draws stay on the device: no copy, no host sync; none on ``meta``,
+        which has no values to draw)."""
+        if device.type == "cpu":
+            return self.generator
+        if device.type == "meta":
+            return None
+        if self._device_generator is None or self._device_generator.device != device:
+            self._device_generator = torch.Generator(device=device).manual_seed(self._seed)
+        return self._device_generator
 
     @torch.no_grad()
     def set_negative_bank(self, item_embeddings: Tensor) -> None:
@@ -179,9 +199,9 @@ class TwoTowerTrainTask(nn.Module):
         if self.search_builder is None:
             raise RuntimeError("TwoTowerTrainTask has no search_builder to mine negatives with: pass one to the "
                                "constructor (the trainer passes silverrec.train.trainer.ivf_candidate_search)")
-        bank = item_embeddings.detach().float().cpu()
-        self.negative_bank = bank.to(self.negative_bank.device)
-        self.negative_search = self.search_builder(bank)
+        self.negative_bank = item_embeddings.detach().float().to(self.negative_bank.device)
+        # built on the bank's device, so each step searches there (no copy of the queries to the host)
+        self.negative_search = self.search_builder(self.negative_bank)
 
     def forward(self, features: KeyedJaggedTensor, item_rows: Tensor, labels: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         tt = self.two_tower
@@ -230,10 +250,14 @@ class TwoTowerTrainTask(nn.Module):
         return dot + tt.over_arch(u, cand, history, cand_rows).float()
 
     def _history(self, features: KeyedJaggedTensor, r: int) -> Tensor:
-        """int64 [R, L] the first R rows' history item rows (-1 padding; L >= 1)."""
+        """int64 [R, L] the first R rows' history item rows (-1 padding; L = ``history_width``, or
+        the longest row's length when that is None, which reads it on the host)."""
         jt = features[user_key(HISTORY)]
         lengths = jt.lengths()[:r]
-        width = max(int(lengths.max()) if lengths.numel() else 0, 1)
+        if self.history_width is not None:  # a shape known on the host: no sync
+            width = max(self.history_width, 1)
+        else:
+            width = max(int(lengths.max()) if lengths.numel() else 0, 1)
         offsets = torch.cumsum(lengths, 0) - lengths
         col = torch.arange(width, device=lengths.device)
         idx = offsets.unsqueeze(1) + col
@@ -254,14 +278,14 @@ class TwoTowerTrainTask(nn.Module):
         with torch.no_grad():
             # the top P + L (history length) unfiltered, then the history dropped: much faster than a filtered search
             n = self.negative_bank.shape[0]
-            rows = self.negative_search(u[:r, 0].detach().float().cpu(), min(self.config.pool_size + history.shape[1], n))
+            rows = self.negative_search(u[:r, 0].detach().float(), min(self.config.pool_size + history.shape[1], n))
             rows, hist = rows.to(u.device), history.to(u.device)  # [R, P + L], [R, L]
             seen = (rows.unsqueeze(2) == hist.unsqueeze(1)).any(2) | (rows < 0)
             valid = ~seen & (torch.cumsum((~seen).int(), dim=1) <= self.config.pool_size)  # [R, P + L]: the pool
             in_pool = ((rows == pos.unsqueeze(1)) & valid).any(1).float()
-            weights = valid.float().cpu()
-            weights[:, 0] += (~valid.any(1)).float().cpu()  # an empty pool: draw column 0, masked below
-            pick = torch.multinomial(weights, s, replacement=True, generator=self.generator).to(u.device)  # [R, S]
+            weights = valid.float()
+            weights[:, 0] += (~valid.any(1)).float()  # an empty pool: draw column 0, masked below
+            pick = torch.multinomial(weights, s, replacement=True, generator=self._generator(weights.device))  # [R, S]
             negs = rows.gather(1, pick)
             bad = ~valid.gather(1, pick) | (negs == pos.unsqueeze(1))  # outside the pool, or the positive drawn
             cand = torch.cat([pos.unsqueeze(1), negs.clamp_min(0)], dim=1)  # [R, 1 + S]
@@ -274,7 +298,7 @@ class TwoTowerTrainTask(nn.Module):
         (from all B rows) and hard negatives."""
         b = u.shape[0]
         s = min(self.config.sampled_negatives, b - 1)
-        offsets = (torch.randperm(b - 1, generator=self.generator)[:s] + 1).to(u.device)  # distinct non-zero shifts: never the row itself
+        offsets = torch.randperm(b - 1, generator=self._generator(u.device), device=u.device)[:s] + 1  # distinct non-zero shifts: never the row itself
         cols = (torch.arange(r, device=u.device).unsqueeze(1) + offsets) % b  # [R, S]
         pos = item_rows[:r]
         cand_rows = torch.cat([pos.unsqueeze(1), item_rows[cols]], dim=1)  # [R, 1 + S]
@@ -291,7 +315,7 @@ class TwoTowerTrainTask(nn.Module):
         (its positive and padding masked out; the bank's embeddings are constants)."""
         h = self.config.hard_negatives
         with torch.no_grad():
-            rows = self.negative_search(u[:, 0].detach().float().cpu(), h + 1)
+            rows = self.negative_search(u[:, 0].detach().float(), h + 1)
             rows = rows.to(u.device)
             bad = (rows < 0) | (rows == item_rows.unsqueeze(1))
             rows = rows.clamp_min(0)

@@ -2,7 +2,6 @@
 TensorBoard, atomic checkpoints and resume.
 """
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
@@ -26,6 +25,7 @@ from silverrec.retrieval.ivf_index import IVFInt8Index
 from silverrec.train import checkpoint as ckpt
 from silverrec.train.distributed import DistContext, broadcast_object
 from silverrec.train.evaluator import Evaluator, embed_items
+from silverrec.train.loss_watch import LossWatch
 from silverrec.train.optim import SparseOptimizerConfig, apply_sparse_optimizer, combined_optimizer
 from silverrec.train.protocol import EvalConfig
 from silverrec.train.tb_logging import TensorBoardLogger
@@ -51,7 +51,8 @@ def ivf_candidate_search(bank: torch.Tensor) -> CandidateSearch:
     index = IVFInt8Index.build(bank)
 
     def search(queries: torch.Tensor, k: int) -> torch.Tensor:
-        return index.search(queries, k).ids
+        # on the bank's device; check=False: no NaN check, which on a GPU would read the device every step
+        return index.search(queries, k, check=False).ids
 
     return search
 
@@ -158,7 +159,7 @@ class Trainer:
             set_side_feature_items(two_tower, dataset)
         train_items = torch.from_numpy(dataset.interactions.item[train])
         task = TwoTowerTrainTask(two_tower, item_log_frequency(train_items, dataset.items.num_rows), loss_config,
-                                 search_builder=ivf_candidate_search)
+                                 search_builder=ivf_candidate_search, history_width=dataset.schema.history_length)
         apply_sparse_optimizer(two_tower.ebc.parameters(), sparse)
         plan = sharding_plan(task, two_tower.ebc.embedding_bag_configs(), self.ctx)
         model = DistributedModelParallel(task, device=self.ctx.device, plan=plan)
@@ -210,6 +211,7 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not (cfg.progress and ctx.is_main), dynamic_ncols=True)
         step, last_path = start, resume_from or ""
         t_last, ex_since = time.perf_counter(), 0
+        watch = LossWatch()
         model.train()
         while step < cfg.max_steps:
             epoch, in_epoch = divmod(step, batches.steps_per_epoch)
@@ -225,10 +227,10 @@ class Trainer:
                 opt.step()
                 step += 1
                 ex_since += cfg.batch_size
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"training loss became {loss_value} at step {step}; lower the learning rates")
+                watch.update(loss, step)  # no host read per step: the loss is read every log_every steps
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    watch.check()
+                    loss_value = float(loss.detach())
                     dt = time.perf_counter() - t_last
                     scalars = {"train/loss": loss_value, "train/lr": opt.param_groups[-1]["lr"], "train/examples_per_s": ex_since / max(dt, 1e-9)}
                     scalars.update({f"train/loss_{k}": float(p) for k, p in parts.items()})
@@ -238,8 +240,10 @@ class Trainer:
                     t_last, ex_since = time.perf_counter(), 0
                 bar.update(1)
                 if validator and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                    watch.check()
                     history.append(self._validate(validator, model, step))
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.max_steps:
+                    watch.check()  # never a checkpoint of a diverged model
                     last_path = self._save(model, opt, step, meta)
                 if step >= cfg.max_steps:
                     break
