@@ -256,6 +256,38 @@ def quantize_int8_rowwise(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.ops.silverrec.quantize_int8_rowwise(x)
 
 
+# --- held_terms ---
+
+
+def held_terms(bits: torch.Tensor, term_rows: torch.Tensor, posting_offsets: torch.Tensor,
+               posting_rows: torch.Tensor, rows: torch.Tensor, terms: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Which plan terms each candidate row holds (the exact check's input; :func:`exact_filter`'s ``held``).
+
+    Calls ``torch.ops.silverrec.held_terms``: a frequent term's membership is a bit of its exact
+    row in ``bits``, a rarer term's a binary search in its posting list. On CPU one C++ kernel
+    (``std::binary_search`` per candidate and term); on CUDA the fixed-step torch search of the
+    reference (no host sync). Spec: ``silverrec.ops.reference.held_terms_reference``.
+
+    Args:
+        bits (Tensor): int64 ``[E, W]`` bit rows; term_rows (Tensor): int64 ``[T]`` exact row or -1.
+        posting_offsets (Tensor): int64 ``[T + 1]``; posting_rows (Tensor): int64 ``[nnz]`` ascending per term.
+        rows (Tensor): int64 ``[B, M]`` candidate rows (-1 padding).
+        terms (Tensor): int64 ``[B, L]`` plan term ids (-1: none).
+        num_rows (int): N; rows outside ``[0, N)`` hold nothing.
+
+    Returns:
+        Tensor: int64 ``[B, M, L]``: the term id where held, else -1.
+
+    Example::
+
+        >>> bits = torch.tensor([[0b101]])  # term 0's exact row: rows 0 and 2
+        >>> held_terms(bits, torch.tensor([0, -1]), torch.tensor([0, 0, 1]), torch.tensor([1]),
+        ...            torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1]]), 3).tolist()
+        [[[0, -1], [-1, 1], [0, -1]]]
+    """
+    return torch.ops.silverrec.held_terms(bits, term_rows, posting_offsets, posting_rows, rows, terms, num_rows)
+
+
 # --- exact_filter ---
 
 

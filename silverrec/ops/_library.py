@@ -36,6 +36,10 @@ SCHEMAS: Dict[str, str] = {
     "quantize_int8_rowwise": "quantize_int8_rowwise(Tensor x) -> (Tensor, Tensor)",
     # --- exact_filter (the serving graph's exact check of its candidates) ---
     "exact_filter": "exact_filter(Tensor opcodes, Tensor terms, Tensor held) -> Tensor",
+    "held_terms": (
+        "held_terms(Tensor bits, Tensor term_rows, Tensor posting_offsets, Tensor posting_rows, Tensor rows, "
+        "Tensor terms, int num_rows) -> Tensor"
+    ),
     # --- pack_id_mask (a filter mask in the caller's id order -> packed row order) ---
     "pack_id_mask": "pack_id_mask(Tensor mask, Tensor row_to_id) -> Tensor",
     "ivf_search": (

@@ -163,6 +163,18 @@ def exact_filter_fake(opcodes: Tensor, terms: Tensor, held: Tensor) -> Tensor:
 
 FAKE_IMPLS["exact_filter"] = {"Meta": exact_filter_fake}
 
+
+def held_terms_fake(bits: Tensor, term_rows: Tensor, posting_offsets: Tensor, posting_rows: Tensor, rows: Tensor,
+                    terms: Tensor, num_rows: int) -> Tensor:
+    """Shape of ``held_terms``: int64 ``[B, M, L]``."""
+    torch._check(rows.dim() == 2 and terms.dim() == 2 and rows.shape[0] == terms.shape[0],
+                 lambda: f"held_terms: rows must be [B, M] and terms [B, L], got {tuple(rows.shape)} and "
+                         f"{tuple(terms.shape)}")
+    return rows.new_empty((rows.shape[0], rows.shape[1], terms.shape[1]))
+
+
+FAKE_IMPLS["held_terms"] = {"Meta": held_terms_fake}
+
 # --- ivf_search ---
 
 

@@ -301,8 +301,8 @@ class BloomIndex(nn.Module):
 
     def held_terms(self, rows: Tensor, terms: Tensor) -> Tensor:
         """The exact check's input: each candidate row's membership in each of its plan's terms,
-        as the term id where held and -1 where not (fixed shapes, no host sync). Frequent terms
-        read their exact bit row, the others binary-search their posting list.
+        as the term id where held and -1 where not (the ``held_terms`` op: fixed shapes, no host
+        sync). Frequent terms read their exact bit row, the others binary-search their posting list.
 
         Args:
             rows (Tensor): int64 ``[B, M]`` candidate rows (index order; -1 padding).
@@ -311,15 +311,8 @@ class BloomIndex(nn.Module):
         Returns:
             Tensor: int64 ``[B, M, L]`` (``exact_filter``'s ``held``).
         """
-        if self.term_rows.shape[0] == 0:  # no terms at all: nothing is held
-            return rows.new_full((rows.shape[0], rows.shape[1], terms.shape[1]), -1)
-        r = rows.clamp(0, max(self.num_items - 1, 0)).unsqueeze(2)  # [B, M, 1]
-        t = terms.clamp(0, max(self.term_rows.shape[0] - 1, 0)).unsqueeze(1)  # [B, 1, L]
-        row = self.term_rows[t]  # [B, 1, L], -1: no exact row
-        word = self.bits[row.clamp(min=0), r // 64]  # [B, M, L]
-        in_row = (row >= 0) & (((word >> (r % 64)) & 1) == 1)
-        member = torch.where(row >= 0, in_row, self.table.held(rows, terms))
-        return torch.where(member & (terms.unsqueeze(1) >= 0), terms.unsqueeze(1), -1)
+        return torch.ops.silverrec.held_terms(self.bits, self.term_rows, self.table.posting_offsets,
+                                              self.table.posting_rows, rows, terms, self.num_items)
 
     def _exact_row(self, term: int) -> np.ndarray:
         """bool ``[N]`` (row order) of a frequent term, from its exact bit row."""

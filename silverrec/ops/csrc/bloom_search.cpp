@@ -21,6 +21,7 @@
 #include "bloom_program.h"
 #include "cpu_isa.h"
 #include "exact_filter.h"
+#include "held_terms.h"
 #include "pack_id_mask.h"
 
 namespace silverrec {
@@ -143,6 +144,7 @@ at::Tensor bloom_search_cpu(const at::Tensor& bits, const at::Tensor& opcodes, c
 TORCH_LIBRARY_IMPL(silverrec, CPU, m) {
   m.impl("bloom_search", &bloom_search_cpu);
   m.impl("exact_filter", &exact_filter_impl::exact_filter_cpu);
+  m.impl("held_terms", &held_terms_impl::held_terms_cpu);
   m.impl("pack_id_mask", &pack_id_mask_impl::pack_id_mask_cpu);
 }
 

@@ -19,6 +19,7 @@ from silverrec.ops.reference.filter import (  # noqa: F401
     BLOOM_TRUE,
     bloom_search_reference,
     exact_filter_reference,
+    held_terms_reference,
     pack_id_mask_reference,
 )
 from silverrec.ops.reference.ivf import (  # noqa: F401

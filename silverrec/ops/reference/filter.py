@@ -1,4 +1,4 @@
-"""Plain-torch references (the spec) of the filter ops: ``bloom_search``, ``exact_filter`` and
+"""Plain-torch references (the spec) of the filter ops: ``bloom_search``, ``held_terms``, ``exact_filter`` and
 ``pack_id_mask``, with the opcodes of a filter plan. See :mod:`silverrec.ops.reference`."""
 import torch
 from torch import Tensor
@@ -113,6 +113,61 @@ def bloom_search_reference(
         selected = (stack[0] & in_range).reshape(W, 64).long()
         out[b] = (selected << shifts).sum(dim=1)  # distinct bits: the sum is the bitwise OR
     return out
+
+
+# --- held_terms ---
+
+
+def held_terms_reference(bits: Tensor, term_rows: Tensor, posting_offsets: Tensor, posting_rows: Tensor, rows: Tensor,
+                         terms: Tensor, num_rows: int) -> Tensor:
+    """Which plan terms each candidate row holds: the ``held`` input of :func:`exact_filter_reference`.
+
+    Term ``t`` is held by row ``r`` iff, when ``term_rows[t] >= 0`` (a frequent term with an exact
+    bit row), bit ``r % 64`` of ``bits[term_rows[t], r // 64]`` is set, else iff ``r`` is in the
+    term's ascending posting list ``posting_rows[posting_offsets[t]:posting_offsets[t + 1]]``.
+    Term ids outside ``[0, T)`` and rows outside ``[0, num_rows)`` are never held.
+
+    Pure torch with a fixed number of binary-search steps (from the posting array's length, a
+    static shape): no host sync, so this is also the CUDA implementation.
+
+    Args:
+        bits (Tensor): int64 ``[E, W]`` bit rows (bit-sliced: row ``r`` is bit ``r % 64`` of word ``r // 64``).
+        term_rows (Tensor): int64 ``[T]`` each term's exact row in ``bits``, or -1.
+        posting_offsets (Tensor): int64 ``[T + 1]``; posting_rows (Tensor): int64 ``[nnz]``.
+        rows (Tensor): int64 ``[B, M]`` candidate rows (-1 padding).
+        terms (Tensor): int64 ``[B, L]`` each query's plan term ids (-1 for none).
+        num_rows (int): N, the rows of the index.
+
+    Returns:
+        Tensor: int64 ``[B, M, L]``: ``terms[b, l]`` where row ``rows[b, m]`` holds it, else -1.
+    """
+    T, nnz = term_rows.shape[0], posting_rows.shape[0]
+    r = rows.unsqueeze(2)  # [B, M, 1]
+    t = terms.unsqueeze(1)  # [B, 1, L]
+    ok = (t >= 0) & (t < T) & (r >= 0) & (r < num_rows)
+    if T == 0:
+        return torch.full((rows.shape[0], rows.shape[1], terms.shape[1]), -1, dtype=torch.int64, device=rows.device)
+    tc = t.clamp(0, T - 1)
+    rc = r.clamp(0, max(64 * bits.shape[1] - 1, 0))
+    exact = term_rows[tc]  # [B, 1, L]
+    if bits.shape[0] > 0:
+        word = bits[exact.clamp(0, bits.shape[0] - 1), rc // 64]  # [B, M, L]
+        in_row = ((word >> (rc % 64)) & 1) == 1
+    else:
+        in_row = torch.zeros_like(ok)
+    lo = posting_offsets[tc].expand(-1, rows.shape[1], -1)
+    hi = posting_offsets[tc + 1].expand(-1, rows.shape[1], -1)
+    end = hi
+    listed = torch.zeros_like(ok)
+    if nnz > 0:
+        for _ in range(max(1, nnz.bit_length())):  # first position in [lo, hi) whose row is >= r
+            mid = (lo + hi) // 2
+            below = (posting_rows[mid.clamp(max=nnz - 1)] < r) & (lo < hi)
+            lo = torch.where(below, mid + 1, lo)
+            hi = torch.where(below | (lo >= hi), hi, mid)
+        listed = (lo < end) & (posting_rows[lo.clamp(max=nnz - 1)] == r)
+    held = ok & torch.where(exact >= 0, in_row, listed)
+    return torch.where(held, t, -1)
 
 
 # --- exact_filter ---

@@ -11,7 +11,7 @@ import importlib
 from typing import Callable, Dict
 
 _OPS = ("bloom_search", "ivf_int8_topk", "ivf_select_probes", "ivf_rescore_topk", "quantize_int8_rowwise",
-        "exact_filter", "pack_id_mask", "ivf_search", "ivf_search_bloom")
+        "exact_filter", "held_terms", "pack_id_mask", "ivf_search", "ivf_search_bloom")
 
 CUDA_IMPLS: Dict[str, Dict[str, Callable]] = {}
 for _op in _OPS:
