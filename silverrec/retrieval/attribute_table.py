@@ -90,8 +90,6 @@ class AttributeTable(nn.Module):
         self.register_buffer("posting_offsets", torch.from_numpy(posting_offsets))
         self.register_buffer("posting_rows", torch.from_numpy(np.ascontiguousarray(rows[keep][order])))
         self.register_buffer("term_counts", torch.from_numpy(term_counts.astype(np.int64)))
-        # binary-search steps that settle any list: ceil(log2(longest + 1))
-        self.search_steps = max(1, int(listed.max(initial=0)).bit_length())
 
     def postings(self, term: int) -> np.ndarray:
         """Ascending rows holding ``term``: int64 ``[count]`` (empty for a term without a list)."""
@@ -126,8 +124,8 @@ class AttributeTable(nn.Module):
 
     def held(self, rows: Tensor, terms: Tensor) -> Tensor:
         """Whether each candidate row holds each of its plan's terms, by binary search in the
-        term's posting list (fixed steps; terms without a list, ids outside ``[0, T)`` and rows
-        outside ``[0, N)`` are not held).
+        term's posting list (the ``held_terms`` op; terms without a list, ids outside ``[0, T)``
+        and rows outside ``[0, N)`` are not held).
 
         Args:
             rows (Tensor): int64 ``[B, M]`` candidate rows (-1 padding).
@@ -136,23 +134,11 @@ class AttributeTable(nn.Module):
         Returns:
             Tensor: bool ``[B, M, L]``.
         """
-        t = terms.unsqueeze(1)  # [B, 1, L]
-        r = rows.unsqueeze(2)  # [B, M, 1]
-        ok_t = (t >= 0) & (t < self.num_terms)
-        tc = t.clamp(0, max(self.num_terms - 1, 0))
-        lo = self.posting_offsets[tc].expand(-1, rows.shape[1], -1)  # [B, M, L]
-        hi = self.posting_offsets[tc + 1].expand(-1, rows.shape[1], -1)
-        end = hi
-        last = max(self.posting_rows.shape[0] - 1, 0)
-        if self.posting_rows.shape[0] == 0:
-            return torch.zeros_like(lo, dtype=torch.bool)
-        for _ in range(self.search_steps):  # first position in [lo, hi) whose row is >= r
-            mid = (lo + hi) // 2
-            below = (self.posting_rows[mid.clamp(max=last)] < r) & (lo < hi)
-            lo = torch.where(below, mid + 1, lo)
-            hi = torch.where(below | (lo >= hi), hi, mid)
-        found = (lo < end) & (self.posting_rows[lo.clamp(max=last)] == r)
-        return found & ok_t & (r >= 0) & (r < self.num_items)
+        no_rows = self.posting_rows.new_zeros((0, max(1, (self.num_items + 63) // 64)))  # no exact rows here
+        no_exact = self.posting_offsets.new_full((self.num_terms,), -1)
+        held = torch.ops.silverrec.held_terms(no_rows, no_exact, self.posting_offsets, self.posting_rows, rows, terms,
+                                              self.num_items)
+        return held >= 0
 
     def forward(self, opcodes: Tensor, terms: Tensor, rows: Tensor) -> Tensor:
         """Exact check of candidate rows against B plans (fixed shapes, no host sync); every term
