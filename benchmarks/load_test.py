@@ -62,6 +62,16 @@ def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 300.0) -> No
     raise RuntimeError(f"the server did not become ready in {timeout:.0f} s")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) from /proc; NaN where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def _metric_sums(port: int) -> Dict[str, float]:
     """``silverrec_batch_size_{sum,count}`` from /metrics (Prometheus text)."""
     status, body = _get(port, "/metrics")
@@ -180,17 +190,22 @@ def main() -> None:
         rows = []
         for c in args.concurrency:
             before = _metric_sums(port)
+            cpu0 = _cpu_seconds(server.pid)
             lat, errors, n = _run_level(port, bodies, c, args.duration, args.warmup)
+            cpu = _cpu_seconds(server.pid) - cpu0  # over warm-up + measured window
             after = _metric_sums(port)
             forwards = after["silverrec_batch_size_count"] - before["silverrec_batch_size_count"]
             users = after["silverrec_batch_size_sum"] - before["silverrec_batch_size_sum"]
             ms = np.asarray(lat) * 1000
             rows.append((c, n / args.duration, n * args.users_per_request / args.duration, float(np.percentile(ms, 50)),
-                         float(np.percentile(ms, 99)), users / max(forwards, 1), errors))
-        print("| concurrency | requests/s | users/s | p50 (ms) | p99 (ms) | mean batch (users/forward) | errors |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
-        for c, rps, ups, p50, p99, mean_batch, errors in rows:
-            print(f"| {c} | {rps:.0f} | {ups:.0f} | {p50:.2f} | {p99:.2f} | {mean_batch:.1f} | {errors} |")
+                         float(np.percentile(ms, 99)), users / max(forwards, 1), errors,
+                         1000 * cpu / max(1.0, n * (args.duration + args.warmup) / args.duration)))
+        print("server CPU ms/request: the server process's CPU time (all threads) per request answered, an "
+              "efficiency figure that other load on a shared machine disturbs less than requests/s")
+        print("| concurrency | requests/s | users/s | p50 (ms) | p99 (ms) | mean batch (users/forward) | errors | server CPU ms/request |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for c, rps, ups, p50, p99, mean_batch, errors, cpu_ms in rows:
+            print(f"| {c} | {rps:.0f} | {ups:.0f} | {p50:.2f} | {p99:.2f} | {mean_batch:.1f} | {errors} | {cpu_ms:.2f} |")
     finally:
         server.terminate()
         server.wait(30)

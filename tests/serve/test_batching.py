@@ -176,3 +176,22 @@ def test_bulk_users_is_validated():
     assert BatchingConfig(max_batch=64).chunk_users == 32
     with pytest.raises(ValueError, match="bulk_users"):
         BatchingConfig(max_batch=8, bulk_users=9)
+
+
+def test_a_split_request_over_http_equals_retriever_query(retriever, users):
+    """16 users served in chunks of 2 (max_batch=4): the answer is the unsplit one's, in order."""
+    import numpy as np
+    from starlette.testclient import TestClient
+
+    from silverrec.serve.http import ServerConfig, ServingApp
+
+    filters = ["", "language:en", "NOT category:music", "category:music OR category:comedy"] * 4
+    exclude = [list(u["history"])[-2:] for u in users[:16]]
+    with TestClient(ServingApp(retriever, ServerConfig(BatchingConfig(max_batch=4))).app) as client:
+        res = client.post("/query", json={"users": users[:16], "filter": filters, "exclude": exclude, "k": 5})
+    assert res.status_code == 200, res.text
+    got = res.json()["results"]
+    want = retriever.query(users[:16], filter=filters, exclude=exclude, k=5)
+    assert [[r["item_id"] for r in rows] for rows in got] == [[x[0] for x in rows] for rows in want]
+    np.testing.assert_allclose([r["value"] for rows in got for r in rows], [x[1] for rows in want for x in rows],
+                               rtol=1e-5, atol=1e-7)
