@@ -93,7 +93,7 @@ def publish(
     scorer = model.candidate_scorer()
     if not config.use_over_arch:
         scorer.over_arch = None
-    n_probe = config.n_probe or index.default_n_probe()
+    n_probe = config.probes(index.num_clusters)
     graph = RetrievalGraph(padded_user_encoder_from_two_tower(model, schema), scorer, index, bloom, config.k,
                            config.candidates_per_task, min(n_probe, index.num_clusters), schema.num_items)
     return graph.eval()
@@ -121,6 +121,8 @@ def serving_metadata(graph: RetrievalGraph, schema: Schema, config: ServingConfi
         "value_formula": graph.scorer.value_model.formula,
         "has_over_arch": graph.scorer.over_arch is not None,
         "serving_config": dataclasses.asdict(config),
+        "n_probe": graph.n_probe,  # resolved (serving_config's may be null)
+        "num_clusters": graph.num_clusters,
         "dim": int(graph.index.cache.shape[1]),
         "quantization": config.quantization,
         "filter": {

@@ -53,9 +53,13 @@ class ServingConfig:
 
     Args:
         k (int): K, results per query (fixed in the graph).
-        candidates_per_task (int): K0, ANN candidates per task before the merge.
-        n_probe (Optional[int]): clusters probed per task query without a filter (None: the
-            index's default, ``max(8, 2% of C)``).
+        candidates_per_task (int): K0, ANN candidates per task before the merge (the union over
+            tasks is what the OverArch and Value Model re-rank). 300: the exact value ranking's
+            top-100 items reach the top-100 of some task's dot product only ~87% of the time on the
+            demo model, ~97% within its top-200 and ~99% within its top-300
+            (``benchmarks/served_recall_grid.py``, benchmarks/RESULTS.md).
+        n_probe (Optional[int]): clusters probed per task query without a filter (None:
+            :meth:`probes`, ``max(8, 4% of C)``; a filtered query widens it, see above).
         num_clusters (Optional[int]): IVF clusters (None: ``4 sqrt(N)``).
         quantization (str): ``per_item`` or ``global`` INT8 scales.
         filter_length (int): longest filter program (instructions) a request may carry.
@@ -73,7 +77,7 @@ class ServingConfig:
     """
 
     k: int = 100
-    candidates_per_task: int = 100
+    candidates_per_task: int = 300
     n_probe: Optional[int] = None
     num_clusters: Optional[int] = None
     quantization: str = "per_item"
@@ -94,6 +98,20 @@ class ServingConfig:
                              f"({self.fresh_bit_rows}) must be >= 0, and fresh_terms > 0 needs fresh_bit_rows >= 1")
         if self.n_probe is not None and self.n_probe < 1:
             raise ValueError(f"serving.n_probe must be >= 1 or null, got {self.n_probe}")
+
+    def probes(self, num_clusters: int) -> int:
+        """``n_probe``, or when it is None ``max(8, 4% of C)`` (at most C): twice the index's own
+        default (``IVFInt8Index.default_n_probe``), because served-vs-exact recall@100 of the
+        OverArch + Value Model ranking needs deeper task lists than dot-product recall does
+        (demo: 0.963 at 2% of C, 0.979 at 4%, K0 = 300).
+
+        Example::
+
+            >>> ServingConfig().probes(894), ServingConfig(n_probe=5).probes(894), ServingConfig().probes(10)
+            (36, 5, 8)
+        """
+        n = self.n_probe if self.n_probe is not None else max(8, -(-num_clusters // 25))
+        return min(n, num_clusters)
 
 
 class RetrievalGraph(nn.Module):

@@ -97,6 +97,7 @@ def served_hparams(retriever: Retriever, section: Dict[str, Any]) -> Dict[str, o
     """The hparams of a served evaluation: the artifact's serving settings, backend and users."""
     hp: Dict[str, object] = {f"serving.{k}": ("null" if v is None else v)
                              for k, v in retriever.metadata.get("serving_config", {}).items()}
+    hp.update({f"serving.{k}_resolved": retriever.metadata[k] for k in ("n_probe", "num_clusters") if k in retriever.metadata})
     hp.update({"backend": section["backend"], "users": section["num_users"], "version": str(retriever.version)})
     return hp
 
