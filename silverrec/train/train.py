@@ -78,7 +78,7 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
         logger = make_logger(log_dir, ctx.is_main)
         trainer_class = SequenceTrainer if model_config.user_tower == "sequence" else Trainer
         trainer = trainer_class(trainer_cfg, ctx, paths["checkpoint_dir"], logger)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         result = trainer.fit(
             dataset,
             model_config,
@@ -91,7 +91,7 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
             loss_config=instantiate(cfg.loss),
             eval_config=eval_config,
         )
-        train_seconds = time.perf_counter() - t0
+        train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
         task = getattr(result.model, "module", result.model)  # DistributedModelParallel or the plain task
         report: Dict[str, Any] = evaluate_model(task.two_tower, dataset, ctx, ks=ks,
                                                 protocol=eval_config.protocol)
@@ -102,6 +102,7 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
             "steps": result.step,
             "start_step": result.start_step,
             "seconds": round(train_seconds, 1),
+            "cpu_seconds": round(train_cpu, 1),  # CPU time of this process, all its threads (a loaded machine's wall time misleads)
             "world_size": ctx.world_size,
             "checkpoint": os.path.abspath(result.checkpoint),
             "validation_history": result.history,
