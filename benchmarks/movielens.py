@@ -260,7 +260,7 @@ def main() -> None:
     ap.add_argument("--oa-positions", type=int, default=8)
     ap.add_argument("--oa-negatives", type=int, default=63)
     ap.add_argument("--oa-batch", type=int, default=256)
-    ap.add_argument("--oa-epochs", type=int, default=2)
+    ap.add_argument("--oa-epochs", type=int, default=4)
     ap.add_argument("--oa-lr", type=float, default=1e-3)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
