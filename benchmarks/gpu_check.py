@@ -40,6 +40,7 @@ if REPO not in sys.path:  # the test suite's case generators (tests/ops) are imp
     sys.path.insert(0, REPO)
 
 BATCHES = (1, 16, 256)
+DRY_RUN_SERVING_BATCHES = (1, 4, 16)  # the serving step's dry run on a CPU: same code, smaller batches
 NO_CUDA = ("make gpu-check needs a CUDA GPU, and this machine has none: torch.cuda.is_available() is False "
            "(torch {torch}, CUDA build: {cuda}). Run it on a machine with one NVIDIA GPU and the CUDA wheels "
            "(`make gpu-check` installs fbgemm-gpu==1.8.0; a venv made with the CPU wheels needs `make distclean` "
@@ -324,7 +325,7 @@ def check_serving(report: Report, device: str, dry_run: bool, workdir: str, demo
     cpu, dev = Retriever(paths["cpu"]), Retriever(paths[device], device=device)
     first = dataset.schema.filterable_features[0]
     flts = ["", f"{first.name}:{first.vocab[0]}", f"NOT {first.name}:{first.vocab[0]}"]
-    for B in BATCHES:
+    for B in DRY_RUN_SERVING_BATCHES if dry_run else BATCHES:
         inputs = example_inputs(dataset, metas["cpu"], B, [flts[i % 3] for i in range(B)])[:5]
         want, got = cpu.search(*inputs), dev.search(*inputs)
         same_ids = bool(torch.equal(got[0], want[0]) and torch.equal(got[3], want[3]))

@@ -224,3 +224,16 @@ def test_loss_watch_raises_at_the_next_check_naming_the_step() -> None:
     fine = LossWatch()
     fine.update(torch.tensor(0.1), 1)
     fine.check()
+
+
+def test_ivf_search_bloom_cuda_launcher() -> None:
+    """The Bloom-filtered search's CUDA launcher (plans over all rows, deny words, exclusions, then
+    ivf_search's kernels), flat and [B, T, D] queries."""
+    from silverrec.ops.triton.ivf_search_bloom import ivf_search_bloom_cuda
+    from tests.ops.test_ivf_search_bloom import bloom_case
+
+    for B, T in ((1, 0), (6, 0), (4, 2)):
+        case = bloom_case(B, B, 300, 8, 10, 2, 40, 4, T=T)
+        (scores, ids, rows), ops = no_host_sync(ivf_search_bloom_cuda, *case)
+        assert scores.shape == ((B, T, 10) if T else (B, 10))
+        assert "silverrec::bloom_search" not in ops  # the launcher's kernels, not the op's fallback

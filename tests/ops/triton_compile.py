@@ -196,6 +196,8 @@ KERNELS: Tuple[KernelCheck, ...] = (
 NO_KERNEL: Dict[str, str] = {
     "__init__": "the CUDA_IMPLS table",
     "ivf_search": "runs the launchers of quantize_int8_rowwise, ivf_select_probes, ivf_int8_topk and ivf_rescore_topk",
+    "ivf_search_bloom": "runs bloom_search's launcher over all rows, then ivf_search's",
+    "held_terms": "the reference's torch operations (fixed-step binary searches, no kernel of its own)",
 }
 
 
