@@ -323,6 +323,12 @@ def _triton_interpret_main() -> None:
         if case[7] is not None:  # the same filter in id order: packed by the pack_id_mask kernel first
             by_id = id_order(case, ("bool", "bitmap")[i % 2])[0]
             assert_same(ivf_search_cuda(*by_id), ivf_search_reference(*by_id))
+    # the grouped tl.dot scan (batch >= 2) on capped probe lists: short queries scan every cluster
+    # again in the fixed-shape fallback, the others an empty probe row; with and without a mask
+    for i, density in enumerate((None, 0.3)):
+        case = random_case(20 + i, B=6, N=150, D=12, C=8, k=25, extra_k0=5, n_probe=1, min_rows=0, max_probe=2,
+                           density=density, integer=i == 1)
+        assert_same(ivf_search_cuda(*case), ivf_search_reference(*case))
     print("triton ivf_search ok")
 
 
