@@ -24,10 +24,11 @@ per-query kernel in :mod:`.ivf_int8_topk`):
    the slot counts, capped at ``k``.
 
 Expected behaviour and roofline (H100 SXM: ~3.35 TB/s HBM, ~990 dense int8 TOPS on tensor
-cores, ~60 TOPS of int32 multiply-adds on the CUDA cores; A100: 2.0 TB/s, 624 TOPS). A cluster of
+cores, ~17 T int32 multiply-adds/s (IMAD) on the CUDA cores; A100: 2.0 TB/s, 624 TOPS). A cluster of
 ``R`` rows is ``R * D`` code bytes. The per-query kernel reads it once per probing query and does
-``R * D`` multiply-adds per query on the CUDA cores (~1 op per byte: memory bound at ~3 Tops/s
-when the codes come from HBM, worse when several queries re-read them through L2); with ``q``
+``R * D`` multiply-adds per query on the CUDA cores (~1 multiply-add per byte: bound by the ~3.35
+T bytes/s of HBM, below the CUDA cores' ~17 T/s, and paying the bytes again for every query that
+probes the cluster, less what L2 catches); with ``q``
 queries per cluster this kernel reads the codes once per tile of 16 queries and does the ``q * R
 * D`` multiply-adds on the tensor cores (16 ops per byte: still far below the tensor cores'
 ridge point of ~300 ops per byte, so the scan is bound by the code bytes, ``~R * D / 3.35e12 s``
@@ -36,7 +37,12 @@ key work: ~10 int/float ops per (query, row) for scale, mask and key, plus the b
 merge is needed (``O(K_PAD log^2 K_PAD)`` per query-row of keys, taken for the first blocks
 and then for ~``k / R`` of them). So at batch 16-256 with ~2-20% of the clusters probed (many
 queries per cluster) this kernel should approach the code-bandwidth bound of one pass over the
-probed clusters per 16 queries, while the per-query kernel costs ``B`` passes. Costs it adds:
+probed clusters per 16 queries, while the per-query kernel costs ``B`` passes. In numbers, at
+D = 64 on an H100: the per-query kernel moves 64 code bytes per (query, row), ~50 G query-rows/s
+from HBM (more where L2 holds a shared cluster); this kernel moves 4 bytes per (query, row) with
+full tiles, ~0.8 T query-rows/s, and its key work (~1.7 T query-rows/s on the CUDA cores) is of
+the same order, so ~0.5-1 T query-rows/s is the ceiling to expect, 10-20x the per-query kernel
+when tiles are full. Costs it adds:
 ~12 small torch ops for the groups and the merge (tens of microseconds of launches), the
 ``[B, P, k]`` int64 buffer (``8 * B * P * k`` bytes; the launcher takes the per-query kernel when
 that would pass ``_MAX_PARTIAL_KEYS``), and 15 idle tensor-core rows per tile of one query. At
