@@ -15,6 +15,15 @@ CUDA and the other way round (the ``torch.export`` program, which can be moved, 
 compile time (Inductor writes ``omp parallel num_threads(T)``), by default the cores available
 to the exporting process, not ``torch.get_num_threads()`` of the caller: a training script that
 set one thread would otherwise bake in one (measured: 1.5x slower at batch 16 on 2 cores).
+
+Constants: the library is compiled without its weights (``aot_inductor.package_constants_in_so``
+off; metadata ``"constants": "program"``). Packed into the shared library, the index would be
+stored twice in the artifact (once as the ``torch.export`` program's weights, once in the
+library's data section), be copied again when the library loads, and hit the 2 GiB limits of
+the ELF relocations a large data section runs into. Instead :func:`load_aoti` hands the library
+the program's own weights (memory-mapped from the artifact by
+:func:`~silverrec.serve.artifact.open_artifact`) as user-managed constants: one copy on disk,
+none on the heap, shared between processes.
 """
 import logging
 import os
@@ -66,8 +75,10 @@ def compile_aoti(program: torch.export.ExportedProgram, threads: Optional[int] =
         raise ValueError(f"compile_aoti: threads must be >= 1, got {threads}")
     args, kwargs = program.example_inputs
     files = torch._inductor.aot_compile(program.module(check_guards=False), args, kwargs,
-                                        options={"aot_inductor.package": True, "cpp.threads": threads})
-    info = {"isa": vector_isa(), "torch": torch.__version__, "threads": threads, "device": device.type}
+                                        options={"aot_inductor.package": True, "cpp.threads": threads,
+                                                 "aot_inductor.package_constants_in_so": False})
+    info = {"isa": vector_isa(), "torch": torch.__version__, "threads": threads, "device": device.type,
+            "constants": "program"}
     if device.type == "cuda":
         info["arch"] = cuda_arch(device)
     return list(files), info
@@ -95,11 +106,23 @@ def aoti_usable(info: Optional[Dict[str, Any]], device: torch.device = torch.dev
     return True, ""
 
 
-def load_aoti(path: str, name: str, device: torch.device = torch.device("cpu")) -> Callable[..., Any]:
+def load_aoti(path: str, name: str, device: torch.device = torch.device("cpu"),
+              program: Optional[torch.export.ExportedProgram] = None) -> Callable[..., Any]:
     """The compiled program ``name`` of the package ``path``: called like the exported module,
     with the flat graph inputs, returning the flat outputs (on ``device``, the one it was
-    compiled for)."""
+    compiled for). ``program``: the same program as loaded by ``open_artifact``, whose weights
+    and constants the library uses (required for a library compiled without its constants)."""
     from torch._inductor.package import load_package
 
     index = -1 if device.type != "cuda" else (torch.cuda.current_device() if device.index is None else device.index)
-    return load_package(os.fspath(path), model_name=name, device_index=index)
+    runner = load_package(os.fspath(path), model_name=name, device_index=index)
+    if program is not None:
+        available = {**program.state_dict, **dict(program.constants)}
+        needed = runner.get_constant_fqns()
+        missing = [fqn for fqn in needed if fqn not in available]
+        if missing:
+            raise ValueError(f"{path!r}: the AOTInductor library {name!r} needs constants the program lacks: "
+                             f"{missing[:5]}{' ...' if len(missing) > 5 else ''}; re-export it")
+        runner.load_constants({fqn: available[fqn].detach() for fqn in needed}, check_full_update=True,
+                              user_managed=True)
+    return runner

@@ -158,7 +158,8 @@ class Retriever:
         if backend != "export":
             ok, why = aoti_usable(self.metadata.get("aoti"), self.device)
             if ok:
-                return load_aoti(path, "model", self.device), "aoti"
+                own = self.metadata["aoti"].get("constants") == "program"  # compiled without its weights
+                return load_aoti(path, "model", self.device, programs["model"] if own else None), "aoti"
             if backend == "aoti":
                 raise ValueError(f"{path!r}: cannot serve the AOTInductor graph: {why}")
             if "aoti" in self.metadata:
