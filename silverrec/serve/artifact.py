@@ -59,7 +59,7 @@ def version_stamp(programs: Programs, schema: Any = None) -> str:
         for name, t in sorted({**program.state_dict, **dict(program.constants)}.items()):
             if isinstance(t, Tensor):
                 h.update(f"{prog_name}.{name}".encode())
-                h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+                h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())  # no copy of the bytes
     return h.hexdigest()[:16]
 
 
