@@ -67,3 +67,9 @@ def test_an_op_without_cases_is_a_failure_not_a_skip(monkeypatch: pytest.MonkeyP
     report = gpu_check.Report()
     gpu_check.check_ops(report, "cpu", dry_run=True)
     assert not report.ok and "no CUDA parity cases" in report.table()
+
+
+@pytest.mark.skipif(**HAS_CUDA)
+def test_ann_benchmark_on_cuda_without_cuda_is_a_usage_error() -> None:
+    proc = _run(sys.executable, os.path.join(REPO, "benchmarks", "ann.py"), "--device", "cuda", "--n", "100", timeout=120)
+    assert proc.returncode == 2 and "--device cuda: CUDA is not available" in proc.stderr, proc.stderr[-2000:]
