@@ -1,10 +1,13 @@
-"""``make demo``: train -> evaluate -> export the serving graph -> load & time, on the embedded synthetic world.
+"""``make demo``: train -> evaluate -> export the serving graph -> load & time -> evaluate what is
+served (``silverrec-eval model=...``'s served evaluation), on the embedded synthetic world.
 
     python -m silverrec.train.demo [hydra overrides...]     # e.g. data.size=small
 
 Writes everything under ``runs/demo`` (or ``paths.output_dir=...``: checkpoints, TensorBoard,
-``serving.pt2``, ``item_embeddings.pt``, ``report.json``) and prints summary tables. A killed
-demo resumes from its last checkpoint when run again.
+``serving.pt2``, ``item_embeddings.pt``, ``report.json`` with its ``served`` section) and prints
+summary tables, the served one with no filter and the ~10% and ~1% filters of the suite, the index
+loss and the coverage line (every number also in TensorBoard and the report). A killed demo
+resumes from its last checkpoint when run again.
 """
 import os
 import sys
@@ -22,10 +25,13 @@ from silverrec.serve import Retriever
 from silverrec.serve.aoti import available_cores
 from silverrec.train.checkpoint import load_checkpoint
 from silverrec.train.distributed import local_context
-from silverrec.train.evaluate import write_json_atomic
+from silverrec.train.evaluate import served_hparams, write_json_atomic
 from silverrec.train.evaluator import Evaluator
 from silverrec.train.export import build_serving_graph, example_inputs, export_graph
 from silverrec.train.multitask_eval import multitask_table
+from silverrec.train.served_eval import evaluate_served_details, served_table
+from silverrec.train.tb_logging import make_logger
+from silverrec.train.tensorboard_served import log_served
 from silverrec.train.train import run_training
 from silverrec.train.trainer import load_two_tower
 
@@ -36,6 +42,8 @@ RUN_DIR = "runs/demo"
 # override replaces this one, e.g. `model.over_arch.side_features=[]`.
 DEMO_OVERRIDES = ("model.over_arch.side_features=[all]",)
 DEMO_FILTER = "language:en AND NOT category:music"
+SERVED_USERS = 512  # test users of the served evaluation (silverrec-eval model=...'s default)
+SERVED_CLASSES = ("none", "~10%", "~1%")  # the filter classes the summary prints (report and TensorBoard: all)
 
 
 def _latency_ms(retriever: Retriever, inputs, repeats: int = 20) -> float:
@@ -125,6 +133,14 @@ def run_demo(overrides: Sequence[str], aoti: bool = True) -> Dict[str, Any]:
         "export_program_filtered_latency_ms_by_batch": filtered["export"],
         "filter": DEMO_FILTER,
     }
+    t0 = time.perf_counter()
+    section, details = evaluate_served_details(retriever, model, dataset, max_users=SERVED_USERS)
+    section["seconds"] = round(time.perf_counter() - t0, 1)
+    report["served"] = section
+    logger = make_logger(cfg.logger.log_dir if cfg.get("logger") else None, True)
+    if logger:
+        log_served(logger, section, details, int(payload["step"]), served_hparams(retriever, section))
+        logger.close()
     write_json_atomic(os.path.join(run_dir, "report.json"), report)
     _print_summary(report, run_dir)
     return report
@@ -170,6 +186,10 @@ def _print_summary(report: Dict[str, Any], run_dir: str) -> None:
             lat.append([backend, b, f"{ms:.2f}", f"{int(b) * 1000 / ms:.0f}", f"{f_ms:.2f}" if f_ms else "-",
                         f"{int(b) * 1000 / f_ms:.0f}" if f_ms else "-"])
     print(_table(lat))
+    served = report["served"]
+    print(f"\nwhat is served, evaluated like `silverrec-eval model={ex['path']}` ({served['seconds']} s; "
+          f"report.json 'served' and TensorBoard served/* hold every filter of the suite):")
+    print(served_table(served, classes=SERVED_CLASSES))
     print(f"report: {os.path.join(run_dir, 'report.json')}")
     print(f"TensorBoard: .venv/bin/tensorboard --logdir {run_dir}/tb")
 
