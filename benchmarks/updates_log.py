@@ -93,12 +93,12 @@ def serving_path(args: argparse.Namespace) -> None:
             r.upsert_items([{"item_id": f"new-{i:06d}", "attributes": attrs}])
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
-            if (i + 1) % 10000 == 0:
+            if (i + 1) % max(1, args.n // 10) == 0:
                 print(f"  {i + 1} upserts, {time.perf_counter() - t_all:.0f} s", flush=True)
         total = time.perf_counter() - t_all
         fresh = r.fresh_index
         r.close()
-        store = r._updates._store
+        store = getattr(r._updates, "_store", None)  # None: an ItemUpdates that rebuilds (before fresh_store)
         w = args.window
         first, last = sum(times[:w]) / w, sum(times[-w:]) / w
         cpu_first, cpu_last = sum(cpu[:w]) / w, sum(cpu[-w:]) / w
