@@ -69,6 +69,25 @@ def proc_memory() -> Dict[str, int]:
     return out
 
 
+def trace(stage: str) -> None:
+    """With ``SCALE_TRACE=1``: this process's RSS after ``stage`` (where the build's memory goes)."""
+    if os.environ.get("SCALE_TRACE"):
+        m = proc_memory()
+        print(f"  [rss] {stage}: {m['VmRSS'] / 2**30:.2f} GiB (peak {m['VmHWM'] / 2**30:.2f})", flush=True)
+
+
+def release_heap() -> None:
+    """Returns freed heap pages to the OS (glibc ``malloc_trim``): after publish the process keeps
+    gigabytes of freed temporaries resident otherwise (glibc raises its mmap threshold after
+    large frees, so later large-ish blocks come from the heap and stay)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def reset_peak() -> bool:
     """Resets ``VmHWM`` to the current RSS (Linux ``clear_refs`` 5); False where not allowed."""
     try:
@@ -220,6 +239,7 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     features, offsets, term_ids = catalogue(n, seed)
     filters = choose_filters(features, offsets, term_ids)
     result["generate_s"] = time.perf_counter() - t0
+    trace("generated")
     schema = Schema(user_features=(Feature("uid", tuple(f"u{i}" for i in range(queries))),),
                     item_features=(Feature("item_id", tuple(f"i{i:08d}" for i in range(n))),
                                    *(Feature(name, vocab, m, filterable=True) for name, vocab, m in features)),
@@ -243,14 +263,16 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     result["publish_s"] = time.perf_counter() - t0
     result.update({k: v for k, v in times.items()})
     result["num_clusters"] = graph.num_clusters
+    trace("published")
     item_encoder = padded_item_encoder_from_two_tower(model, schema).eval()
-    del model
+    del model, terms
+    trace("item encoder")
     result["peak_rss_publish_bytes"] = proc_memory()["VmHWM"]
 
     # exact truth (the graph re-scores with the fp16 cache: the same vectors here), per query its filter
     labels = [label for label in FILTER_CLASSES for _ in range(queries)]
     exprs = [filters[label][i % 4] for label in FILTER_CLASSES for i in range(queries)]
-    passing = {e: graph.bloom.table.matches_program(_program(graph, e))[graph.item_to_row.numpy()]
+    passing = {e: graph.bloom.table.matches_program(_program(graph, e), graph.bloom._exact_row)[graph.item_to_row.numpy()]
                for e in set(exprs) if e}
     result["pass_fraction"] = {label: float(np.mean([passing[e].mean() for e in filters[label] if e] or [1.0]))
                                for label in FILTER_CLASSES}
@@ -266,6 +288,7 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     result.update(n_probe=n_probe, calibration_recall=r)
     torch.save({"truth": truth, "exprs": exprs, "labels": labels, "filters": filters}, os.path.join(workdir, f"truth_{n}.pt"))
 
+    trace("truth and calibration")
     result["component_bytes"] = _component_bytes(graph, item_encoder)
     meta = serving_metadata(graph, schema, config)
     meta["serving_config"]["n_probe"] = n_probe
@@ -281,10 +304,14 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
               enc.exclude([[schema.item_ids[7], schema.item_ids[8]], None, None], 3), *updates.fresh_index())
     slots = enc.items([{"item_id": schema.item_ids[i], "attributes": attrs[i]} for i in range(3)])
     path = os.path.join(workdir, f"scale_{n}.pt2")
+    trace("inputs")
+    release_heap()
+    trace("malloc_trim")
     reset = reset_peak()
     t0 = time.perf_counter()
     export_traced(graph, item_encoder, meta, path, inputs, slots, aoti=aoti)
     result["export_s"] = time.perf_counter() - t0
+    trace("exported")
     result["peak_rss_export_bytes"] = proc_memory()["VmHWM"] if reset else None
     result["peak_rss_build_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result["artifact_bytes"] = os.path.getsize(path)
