@@ -134,8 +134,8 @@ def _nearest_two_level(x: Tensor, centroids: Tensor, probes: int = _GROUP_PROBES
         better = sb > best[pts]
         best[pts] = torch.where(better, sb, best[pts])
         idx[pts] = torch.where(better, cents[si], idx[pts])
-    dists = ((x.float() * x.float()).sum(dim=1) - 2 * best).clamp_(min=0)
-    return idx, dists
+    sq = torch.cat([x[s : s + chunk].float().pow(2).sum(dim=1) for s in range(0, N, chunk)])  # no [N, D] temporary
+    return idx, (sq - 2 * best).clamp_(min=0)
 
 
 def _nearest_flat(x: Tensor, centroids: Tensor) -> "tuple[Tensor, Tensor]":
