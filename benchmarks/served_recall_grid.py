@@ -9,9 +9,10 @@ held-out test users of ``silverrec-eval model=...`` (history up to the split, ev
 excluded), with no filter and under the filter suite (~50%, ~10%, ~1% pass rates,
 :func:`silverrec.train.served_eval.filter_suite`). Each row gives ``recall_vs_exact@K`` (the served
 top-K against the exact top-K of the same towers, OverArch and Value Model over every passing
-item) per filter class (mean over the class's filters), the mean candidate count the OverArch
-scores per query, and the eager graph's median latency per batch size (no filter) with its
-ratio to the first row's, measured in the same run. The eager graph is the module the
+item) per filter class (mean over the class's filters), the mean distinct candidates the OverArch
+scores per query (of T x K0 slots), and the eager graph's median latency per batch size (no
+filter) with its ratio to the first row's, measured in the same run with the configurations
+interleaved call by call. The eager graph is the module the
 artifact exports (parity 1.0 in ``make demo``); its absolute times are not the AOTInductor
 graph's, the ratios are what to read.
 """
@@ -63,24 +64,9 @@ def candidates_per_query(graph: RetrievalGraph, inputs: Sequence[Tensor], fresh:
     """Mean distinct candidates (the merged task lists) the OverArch scores per query."""
     user_ids, opcodes, terms, hashes, exclude = [t[:64] for t in inputs]
     q = graph.user_encoder(user_ids).float()
-    mask = graph._filter_mask(opcodes, terms, hashes, exclude, fresh[0])
-    main = graph.index(q, mask, graph.k0, graph.n_probe)
+    main = graph._main_candidates(q, opcodes, terms, hashes, exclude, fresh[0])
     f = graph._fresh_candidates(q, opcodes, terms, hashes, *fresh[1:9])
     return float((graph._merge(main, f) >= 0).sum(1).float().mean())
-
-
-@torch.no_grad()
-def latency_ms(graph: RetrievalGraph, inputs: Sequence[Tensor], fresh: Sequence[Tensor], b: int, calls: int) -> float:
-    """Median milliseconds of one eager forward of batch ``b`` (rotating users)."""
-    n = inputs[0].shape[0]
-    graph(*[t[:b] for t in inputs], *fresh)  # warm-up
-    secs = []
-    for c in range(calls):
-        idx = (torch.arange(b) + c * b) % n
-        t0 = time.perf_counter()
-        graph(*[t[idx] for t in inputs], *fresh)
-        secs.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(secs))
 
 
 def main() -> None:
@@ -129,7 +115,8 @@ def main() -> None:
 
     header = ["K0", "n_probe", "candidates"] + [f"{c} recall_vs_exact@{base.k}" for c, _ in CLASSES]
     header += [f"batch {b} ms (ratio)" for b in args.batches]
-    rows, first = [header], None
+    plain = (user_ids, *enc.filters("", U), exclude)
+    graphs, rows = [], []
     for k0 in args.k0:
         for n_probe in args.n_probe:
             graph = RetrievalGraph(base.user_encoder, base.scorer, base.index, base.bloom, base.k, k0, n_probe,
@@ -139,16 +126,28 @@ def main() -> None:
                 plans = enc.filters(expr, U)
                 got = served(graph, (user_ids, *plans, exclude), fresh)
                 by_class[_class_of(fraction)].append(recall(got, want[expr]))
-            plain = (user_ids, *enc.filters("", U), exclude)
-            ms = [latency_ms(graph, plain, fresh, b, args.calls) for b in args.batches]
-            first = first or ms
             row = [str(k0), str(n_probe), f"{candidates_per_query(graph, plain, fresh):.0f}"]
             row += [f"{np.mean(by_class[c]):.4f}" if by_class[c] else "-" for c, _ in CLASSES]
-            row += [f"{m:.1f} ({m / f:.2f}x)" for m, f in zip(ms, first)]
+            graphs.append(graph)
             rows.append(row)
             print(" ".join(row), flush=True)
+    # latency: the configurations interleaved call by call, so a busy machine slows them alike
+    times = [[[] for _ in args.batches] for _ in graphs]
+    with torch.no_grad():
+        for graph in graphs:
+            graph(*[t[:max(args.batches)] for t in plain], *fresh)  # warm-up
+        for c in range(args.calls):
+            for g, graph in enumerate(graphs):
+                for j, b in enumerate(args.batches):
+                    idx = (torch.arange(b) + c * b) % U
+                    t0 = time.perf_counter()
+                    graph(*[t[idx] for t in plain], *fresh)
+                    times[g][j].append(1000 * (time.perf_counter() - t0))
+    first = [float(np.median(t)) for t in times[0]]
+    for row, per_batch in zip(rows, times):
+        row += [f"{np.median(t):.1f} ({np.median(t) / f:.2f}x)" for t, f in zip(per_batch, first)]
     print()
-    print_table(rows)
+    print_table([header] + rows)
 
 
 if __name__ == "__main__":
