@@ -17,6 +17,7 @@ artifact exports (parity 1.0 in ``make demo``); its absolute times are not the A
 graph's, the ratios are what to read.
 """
 import argparse
+import itertools
 import os
 import time
 from typing import Dict, List, Sequence
@@ -75,6 +76,8 @@ def main() -> None:
     p.add_argument("--users", type=int, default=256)
     p.add_argument("--k0", type=int, nargs="+", default=[100, 200, 300])
     p.add_argument("--n-probe", type=int, nargs="+", default=[18, 27, 36])
+    p.add_argument("--merged", type=int, nargs="+", default=[0],
+                   help="serving.merged_candidates values (0: all T x K0 slots, no cut)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--calls", type=int, default=12, help="timed calls per batch size")
     p.add_argument("--threads", type=int, default=2)
@@ -113,24 +116,23 @@ def main() -> None:
           f"{base.n_probe}), {U} test users, exact reference in {time.perf_counter() - t0:.0f} s; filters: "
           + "; ".join(f"{e or 'none'} ({f:.4f})" for e, f in suite))
 
-    header = ["K0", "n_probe", "candidates"] + [f"{c} recall_vs_exact@{base.k}" for c, _ in CLASSES]
+    header = ["K0", "n_probe", "merged", "candidates"] + [f"{c} recall_vs_exact@{base.k}" for c, _ in CLASSES]
     header += [f"batch {b} ms (ratio)" for b in args.batches]
     plain = (user_ids, *enc.filters("", U), exclude)
     graphs, rows = [], []
-    for k0 in args.k0:
-        for n_probe in args.n_probe:
-            graph = RetrievalGraph(base.user_encoder, base.scorer, base.index, base.bloom, base.k, k0, n_probe,
-                                   ds.schema.num_items).eval()
-            by_class: Dict[str, List[float]] = {c: [] for c, _ in CLASSES}
-            for expr, fraction in suite:
-                plans = enc.filters(expr, U)
-                got = served(graph, (user_ids, *plans, exclude), fresh)
-                by_class[_class_of(fraction)].append(recall(got, want[expr]))
-            row = [str(k0), str(n_probe), f"{candidates_per_query(graph, plain, fresh):.0f}"]
-            row += [f"{np.mean(by_class[c]):.4f}" if by_class[c] else "-" for c, _ in CLASSES]
-            graphs.append(graph)
-            rows.append(row)
-            print(" ".join(row), flush=True)
+    for k0, n_probe, merged in itertools.product(args.k0, args.n_probe, args.merged):
+        graph = RetrievalGraph(base.user_encoder, base.scorer, base.index, base.bloom, base.k, k0, n_probe,
+                               ds.schema.num_items, merged_candidates=merged or None).eval()
+        by_class: Dict[str, List[float]] = {c: [] for c, _ in CLASSES}
+        for expr, fraction in suite:
+            plans = enc.filters(expr, U)
+            got = served(graph, (user_ids, *plans, exclude), fresh)
+            by_class[_class_of(fraction)].append(recall(got, want[expr]))
+        row = [str(k0), str(n_probe), str(graph.merged), f"{candidates_per_query(graph, plain, fresh):.0f}"]
+        row += [f"{np.mean(by_class[c]):.4f}" if by_class[c] else "-" for c, _ in CLASSES]
+        graphs.append(graph)
+        rows.append(row)
+        print(" ".join(row), flush=True)
     # latency: the configurations interleaved call by call, so a busy machine slows them alike
     times = [[[] for _ in args.batches] for _ in graphs]
     with torch.no_grad():

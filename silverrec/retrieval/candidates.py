@@ -34,6 +34,43 @@ def merge_candidates(rows: Tensor) -> Tensor:
     return out.masked_fill(out == _DROPPED, -1)
 
 
+def merge_ranked(rows: Tensor, width: int) -> Tensor:
+    """Union of T ranked candidate lists, each row once at its best rank, cut to a fixed width.
+
+    The lists are read rank by rank (rank 0 of every list, then rank 1, ...; list order breaks
+    ties), a row appearing again later is dropped, and the first ``width`` distinct rows are kept:
+    when the lists hold more distinct rows than ``width``, those dropped are the ones every list
+    ranks lowest. Sort-based, fixed shapes, no host syncs.
+
+    Args:
+        rows (Tensor): int64 [B, T, K] T candidate lists, best first, -1 = no candidate (T * K < 2**20).
+        width (int): M, the width of the merged list (<= T * K).
+
+    Returns:
+        Tensor: int64 [B, M], distinct rows in order of best rank, then -1 padding.
+
+    Example::
+
+        >>> merge_ranked(torch.tensor([[[5, 3, 9], [3, 7, -1]]]), 4).tolist()
+        [[5, 3, 7, 9]]
+        >>> merge_ranked(torch.tensor([[[5, 3, 9], [3, 7, -1]]]), 2).tolist()
+        [[5, 3]]
+    """
+    if rows.dim() != 3:
+        raise ValueError(f"merge_ranked expects rows [B, T, K], got {list(rows.shape)}")
+    B = rows.shape[0]
+    by_rank = rows.transpose(1, 2).reshape(B, -1)  # [B, K * T]: rank 0 of every list first
+    pos = torch.arange(by_rank.shape[1], device=rows.device)
+    key = torch.where(by_rank >= 0, by_rank, _DROPPED >> 20) << 20 | pos  # by row, then by position
+    s = key.sort(dim=1).values
+    row, first_pos = s >> 20, s & ((1 << 20) - 1)
+    first = pos == 0
+    repeat = (row == row.roll(1, dims=1)) & ~first  # a later position of the same row
+    keep = (row < (_DROPPED >> 20)) & ~repeat
+    order = torch.where(keep, first_pos, _DROPPED).sort(dim=1).values[:, :width]  # best ranks first
+    return torch.where(order < _DROPPED, by_rank.gather(1, order.clamp(max=by_rank.shape[1] - 1)), -1)
+
+
 def best_by_score(scores: Tensor, ids: Tensor, k: int) -> Tensor:
     """Positions of the ``k`` best candidates along the last dimension, under the tie rule of
     every search here: higher score first, equal scores (-0.0 == +0.0) by lower id, padding

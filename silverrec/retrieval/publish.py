@@ -95,7 +95,8 @@ def publish(
         scorer.over_arch = None
     n_probe = config.probes(index.num_clusters)
     graph = RetrievalGraph(padded_user_encoder_from_two_tower(model, schema), scorer, index, bloom, config.k,
-                           config.candidates_per_task, min(n_probe, index.num_clusters), schema.num_items)
+                           config.candidates_per_task, min(n_probe, index.num_clusters), schema.num_items,
+                           merged_candidates=config.merged_candidates)
     return graph.eval()
 
 

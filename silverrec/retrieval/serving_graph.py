@@ -7,7 +7,7 @@ Data flow (B queries, T tasks, K0 candidates per task, M = T * K0, K results)::
       queries of a user share its plan; the Bloom filter runs over the clusters the probes walk)
       ─► K0 exactly re-scored candidates per task [B, T, K0]
     u ─► fresh index (inputs): bloom_search + the same ivf_search op over its rows ─► [B, T, K0]
-      ─► best K0 of both per task by exact score ─► merge_candidates ─► [B, M] ─► OverArch
+      ─► best K0 of both per task by exact score ─► union, best rank first, cut to M ─► [B, M] ─► OverArch
          (an OverArch with side features also reads the history slots of user_ids and the item ids)
       ─► task predictions [B, M, T] ─► exact filter check ─► Value Model ─► top-K by value
 
@@ -41,7 +41,7 @@ import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.*)
 from silverrec.models.candidate_scorer import CandidateScorer
 from silverrec.models.padded_encoder import PaddedEncoder
 from silverrec.retrieval.bloom_index import BloomIndex
-from silverrec.retrieval.candidates import best_by_score, merge_candidates
+from silverrec.retrieval.candidates import best_by_score, merge_candidates, merge_ranked
 from silverrec.retrieval.ivf_index import IVFInt8Index
 from silverrec.retrieval.probe_policy import rescore_candidates
 from silverrec.schema import HISTORY, user_key
@@ -58,6 +58,11 @@ class ServingConfig:
             top-100 items reach the top-100 of some task's dot product only ~87% of the time on the
             demo model, ~97% within its top-200 and ~99% within its top-300
             (``benchmarks/served_recall_grid.py``, benchmarks/RESULTS.md).
+        merged_candidates (Optional[int]): M, the width of the merged candidate list the OverArch
+            and Value Model score (None: all T x K0 slots). The task lists overlap (demo: ~450
+            distinct items in 1200 slots at K0 = 300), so the union, each item at its best rank
+            over the tasks, is cut to M; when more distinct items than M come back, the ones every
+            task ranks lowest are dropped. The OverArch's cost grows with M, not with T x K0.
         n_probe (Optional[int]): clusters probed per task query without a filter (None:
             :meth:`probes`, ``max(8, 4% of C)``; a filtered query widens it, see above).
         num_clusters (Optional[int]): IVF clusters (None: ``4 sqrt(N)``).
@@ -78,6 +83,7 @@ class ServingConfig:
 
     k: int = 100
     candidates_per_task: int = 300
+    merged_candidates: Optional[int] = 512
     n_probe: Optional[int] = None
     num_clusters: Optional[int] = None
     quantization: str = "per_item"
@@ -98,6 +104,9 @@ class ServingConfig:
                              f"({self.fresh_bit_rows}) must be >= 0, and fresh_terms > 0 needs fresh_bit_rows >= 1")
         if self.n_probe is not None and self.n_probe < 1:
             raise ValueError(f"serving.n_probe must be >= 1 or null, got {self.n_probe}")
+        if self.merged_candidates is not None and self.merged_candidates < self.k:
+            raise ValueError(f"serving.merged_candidates must be >= serving.k={self.k} or null, got "
+                             f"{self.merged_candidates}")
 
     def probes(self, num_clusters: int) -> int:
         """``n_probe``, or when it is None ``max(8, 4% of C)`` (at most C): twice the index's own
@@ -129,6 +138,8 @@ class RetrievalGraph(nn.Module):
         k (int): K.
         candidates_per_task (int): K0 (T * K0 >= K).
         n_probe (int): clusters probed per task query without a filter.
+        merged_candidates (Optional[int]): M, the width of the merged list (K <= M; None or more
+            than T * K0: T * K0), see :class:`ServingConfig`.
         num_item_ids (Optional[int]): size of the item id space (default N). A compacted index
             (:mod:`silverrec.serve.compaction`) holds a subset of the ids: deleted items keep
             their ids (a user's history or ``exclude`` may still name them) but no row.
@@ -159,6 +170,7 @@ class RetrievalGraph(nn.Module):
         candidates_per_task: int,
         n_probe: int,
         num_item_ids: Optional[int] = None,
+        merged_candidates: Optional[int] = None,
     ) -> None:
         super().__init__()
         num_tasks = len(scorer.value_model.task_names)
@@ -175,6 +187,10 @@ class RetrievalGraph(nn.Module):
         self.bloom = bloom
         self.index = index
         self.k, self.k0, self.n_probe = k, candidates_per_task, n_probe
+        slots = num_tasks * candidates_per_task
+        self.merged = slots if merged_candidates is None else min(merged_candidates, slots)
+        if self.merged < k:
+            raise ValueError(f"merged_candidates={merged_candidates} < k={k}: raise merged_candidates")
         self.num_tasks = num_tasks
         self.num_items, self.num_clusters = index.num_items, index.num_clusters
         # the fresh rows' search: one cluster, scanned whole, with the main index's K0 re-scored
@@ -248,12 +264,12 @@ class RetrievalGraph(nn.Module):
 
     def _merge(self, main: Tuple[Tensor, Tensor, Tensor], fresh: Tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """The best K0 of main and fresh candidates per (user, task) by exact score, then the union
-        over tasks: int64 [B, M] rows (fresh rows are N + f), -1 padding."""
+        over tasks, each row at its best rank, cut to M: int64 [B, M] rows (fresh rows are N + f),
+        -1 padding."""
         (main_s, main_i, main_r), (fresh_s, fresh_i, fresh_r) = main, fresh
-        B, T, _ = main_s.shape
         both_r = torch.cat([main_r, torch.where(fresh_r >= 0, fresh_r + self.num_items, -1)], dim=2)
         best = best_by_score(torch.cat([main_s, fresh_s], dim=2), torch.cat([main_i, fresh_i], dim=2), self.k0)
-        return merge_candidates(both_r.gather(2, best).reshape(B, T * self.k0))
+        return merge_ranked(both_r.gather(2, best), self.merged)
 
     def _split_rows(self, rows: Tensor, num_fresh: int) -> Tuple[Tensor, Tensor, Tensor]:
         """``is_fresh``, main rows and fresh rows (clamped to valid indices) of merged rows."""

@@ -68,7 +68,7 @@ def test_exhaustive_graph_equals_the_reference(served, tiny_dataset):
     so the graph's top-K must equal OverArch + Value Model scoring of all of them."""
     ds, model = tiny_dataset, served["model"]
     n = ds.items.num_rows
-    graph, enc = _graph(served, ds, n_probe=8, candidates_per_task=n)
+    graph, enc = _graph(served, ds, n_probe=8, candidates_per_task=n, merged_candidates=None)
     reqs = served["requests"][:4]
     exclude = [r["history"][:3] for r in reqs]
     with torch.no_grad():
@@ -116,7 +116,7 @@ def test_exhaustive_graph_with_side_features_equals_the_reference(served, tiny_d
     set_side_feature_items(model, ds)
     side_served = {**served, "model": model.eval()}
     n = ds.items.num_rows
-    graph, enc = _graph(side_served, ds, n_probe=8, candidates_per_task=n)
+    graph, enc = _graph(side_served, ds, n_probe=8, candidates_per_task=n, merged_candidates=None)
     reqs = served["requests"][:4]
     exclude = [r["history"][:3] for r in reqs]
     with torch.no_grad():
@@ -137,7 +137,7 @@ def test_exhaustive_graph_with_fresh_items_equals_the_reference(served, tiny_dat
     the reference scores the published catalogue with those changes applied."""
     ds, model = tiny_dataset, served["model"]
     n = ds.items.num_rows
-    graph, enc = _graph(served, ds, n_probe=8, candidates_per_task=n)
+    graph, enc = _graph(served, ds, n_probe=8, candidates_per_task=n, merged_candidates=None)
     terms = ds.item_terms()
     ids = ds.schema.item_ids
     music = {**terms[10], "category": ["music"], "language": ["en"]}

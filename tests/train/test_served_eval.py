@@ -26,7 +26,7 @@ def full_probe(tiny_run, tiny_dataset, tmp_path_factory):
     model = load_two_tower(load_checkpoint(tiny_run["checkpoint"])).eval()
     n = tiny_dataset.items.num_rows
     path = str(tmp_path_factory.mktemp("served") / "serving.pt2")
-    export_serving(model, tiny_dataset, ServingConfig(k=20, candidates_per_task=n, num_clusters=4, n_probe=4), path,
+    export_serving(model, tiny_dataset, ServingConfig(k=20, candidates_per_task=n, merged_candidates=None, num_clusters=4, n_probe=4), path,
                    {"checkpoint": tiny_run["checkpoint"]})
     return path, model
 
