@@ -13,7 +13,7 @@ TORCH  ?= torch==2.13.0
 # this pin pip takes the newest. tests/ops/test_triton_compile.py compiles every kernel with it.
 DEPS   := tensordict torchmetrics==1.0.3 tqdm pyre-extensions iopath hydra-core omegaconf \
           tensorboard matplotlib==3.11.2 triton==3.7.1 pytest hypothesis ninja numpy pandas pyarrow setuptools wheel \
-          starlette==1.10.0 uvicorn==0.54.0 prometheus-client==0.26.0 httpx2==2.16.2
+          starlette==1.10.0 uvicorn==0.54.0 prometheus-client==0.26.0 httpx2==2.16.2 faiss-cpu==1.15.1
 # pytest arguments, e.g. `make test PYTEST_ARGS="-k bloom -x"`
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
@@ -51,7 +51,6 @@ demo: venv
 	$(PY) -m silverrec.train.demo $(DEMO_ARGS)
 
 bench: venv
-	$(PIP) install -q faiss-cpu==1.15.1
 	$(PY) benchmarks/bloom.py
 	$(PY) benchmarks/ann.py
 	@test -f runs/demo/serving.pt2 || { echo "the serving benchmarks need the demo's model: run make demo first"; exit 1; }
@@ -69,6 +68,7 @@ gpu-check:
 	@if [ -x $(PY) ]; then $(PY) benchmarks/gpu_check.py --preflight; fi
 	$(MAKE) venv FBGEMM=fbgemm-gpu==1.8.0
 	$(PY) benchmarks/gpu_check.py --preflight
+	$(PIP) uninstall -y -q faiss-cpu
 	$(PIP) install -q faiss-gpu-cu12==1.14.1.post1 || $(PIP) install -q faiss-cpu==1.15.1
 	$(PY) benchmarks/gpu_check.py
 
