@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ann_data import unclustered  # noqa: E402
 
+from silverrec.ops.reference import rows_to_words  # noqa: E402
 from silverrec.retrieval.bloom_index import BloomIndex  # noqa: E402
 from silverrec.retrieval.ivf_index import IVFInt8Index  # noqa: E402
 from silverrec.retrieval.probe_policy import probe_plan  # noqa: E402
@@ -121,8 +122,7 @@ def run(n: int, args: argparse.Namespace) -> List[Dict]:
 
         def full_pass(qb, cs, ex_rows, bloom_only=False):
             mask = bloom(p.opcodes, p.terms, p.hashes, p.opcodes.new_zeros((args.batch, 1)), all_rows)
-            ex_words = torch.zeros_like(mask).scatter_add(1, ex_rows // 64, torch.ones_like(ex_rows) << (ex_rows % 64))
-            mask = mask & ~ex_words & ~deleted  # as RetrievalGraph._filter_mask
+            mask = mask & ~rows_to_words(ex_rows, W) & ~deleted  # as RetrievalGraph._filter_mask
             if bloom_only:
                 return mask
             return torch.ops.silverrec.ivf_search(qb, cs, *tensors[:2], tensors[2], tensors[3], tensors[4], mask,

@@ -40,8 +40,9 @@ from torch import Tensor, nn
 import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.*)
 from silverrec.models.candidate_scorer import CandidateScorer
 from silverrec.models.padded_encoder import PaddedEncoder
+from silverrec.ops.reference.filter import rows_to_words
 from silverrec.retrieval.bloom_index import BloomIndex
-from silverrec.retrieval.candidates import best_by_score, merge_candidates, merge_ranked
+from silverrec.retrieval.candidates import best_by_score, merge_ranked
 from silverrec.retrieval.ivf_index import IVFInt8Index
 from silverrec.retrieval.probe_policy import rescore_candidates
 from silverrec.schema import HISTORY, user_key
@@ -247,7 +248,7 @@ class RetrievalGraph(nn.Module):
         (the mask the ANN stage's words equal; the forward never builds it: benchmarks and tests)."""
         zero_probe = opcodes.new_zeros((opcodes.shape[0], 1))
         mask = self.bloom(opcodes, terms, hashes, zero_probe, self.all_rows)
-        return mask & ~self._excluded_words(exclude, mask) & ~deleted
+        return mask & ~rows_to_words(self._excluded_rows(exclude), mask.shape[1]) & ~deleted
 
     def _fresh_candidates(self, q: Tensor, opcodes: Tensor, terms: Tensor, hashes: Tensor, fresh_codes: Tensor,
                           fresh_scales: Tensor, fresh_cache: Tensor, fresh_item_ids: Tensor, fresh_bits: Tensor,
@@ -312,13 +313,3 @@ class RetrievalGraph(nn.Module):
         ids = torch.where(ok, item.gather(1, top), -1)
         top_scores = task_scores.gather(1, top.unsqueeze(-1).expand(B, self.k, T))
         return ids, top_value, top_scores, ok.sum(1)
-
-    def _excluded_words(self, exclude: Tensor, like: Tensor) -> Tensor:
-        """Packed [B, W] bits of each query's excluded items (index row order)."""
-        items = merge_candidates(exclude)  # de-duplicated: distinct bits, so a sum is an OR
-        num_ids = self.item_to_row.shape[0]
-        rows = self.item_to_row[items.clamp(0, num_ids - 1)]
-        ok = (items >= 0) & (items < num_ids) & (rows >= 0)
-        rows = rows.clamp(min=0)
-        bits = torch.where(ok, torch.ones_like(rows) << (rows % 64), torch.zeros_like(rows))
-        return torch.zeros_like(like).scatter_add(1, rows // 64, bits)

@@ -57,8 +57,7 @@ class BloomMask : public LazyRowMask {
       }
     }
     const double fraction = std::max<double>(passing, 0.5) / static_cast<double>(std::max<int64_t>(sampled, 1));
-    const double walk = std::max(static_cast<double>(n_probe) * N_ / C_, min_rows / fraction);
-    return std::min<double>(N_, walk * per_row_);
+    return expected_walk_rows(fraction, n_probe, min_rows, N_, C_, static_cast<double>(per_row_));
   }
 
   // Makes every word of the rows listed in `whole` (one streaming pass per row, in parallel

@@ -39,6 +39,16 @@ namespace {  // included by ivf_ops.cpp only: one translation unit
 // the rows per query 0.78 ms). The rows a query walks are estimated from its probe plan and
 // the mask's pass fraction (256 ids sampled from each of the first 4 rows): the walk covers
 // n_probe * N / C rows, or min_rows passing rows, whichever takes more.
+// Rows the probe walks of `queries` queries sharing one mask row are expected to read, at most
+// N: each walk covers n_probe average clusters (n_probe * N / C rows), or enough clusters to hold
+// min_rows passing rows at pass fraction `fraction`, whichever is more. Used to choose between
+// making a mask row's words cluster by cluster and making all of them at once.
+inline double expected_walk_rows(double fraction, int64_t n_probe, int64_t min_rows, int64_t N, int64_t C,
+                                 double queries) {
+  const double walk = std::max(static_cast<double>(n_probe) * N / C, min_rows / fraction);
+  return std::min<double>(N, walk * queries);
+}
+
 inline bool pack_whole_mask(const at::Tensor& mask, int64_t queries, int64_t N, int64_t C, int64_t n_probe,
                             int64_t min_rows) {
   const int64_t rows = mask.size(0);
@@ -54,8 +64,7 @@ inline bool pack_whole_mask(const at::Tensor& mask, int64_t queries, int64_t N, 
     }
   }
   const double fraction = std::max<double>(passing, 0.5) / static_cast<double>(sampled);
-  const double walked = std::max(static_cast<double>(n_probe) * N / C, min_rows / fraction);
-  const double per_row = std::min<double>(N, walked * (static_cast<double>(queries) / rows));
+  const double per_row = expected_walk_rows(fraction, n_probe, min_rows, N, C, static_cast<double>(queries) / rows);
   return 16.0 * per_row > static_cast<double>(N);
 }
 

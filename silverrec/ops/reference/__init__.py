@@ -21,6 +21,7 @@ from silverrec.ops.reference.filter import (  # noqa: F401
     exact_filter_reference,
     held_terms_reference,
     pack_id_mask_reference,
+    rows_to_words,
 )
 from silverrec.ops.reference.ivf import (  # noqa: F401
     ivf_int8_topk_reference,

@@ -115,6 +115,38 @@ def bloom_search_reference(
     return out
 
 
+# --- packed rows ---
+
+
+def rows_to_words(rows: Tensor, num_words: int) -> Tensor:
+    """Packed int64 ``[B, num_words]`` words with the bits of each query's listed rows set (row ``r``
+    is bit ``r % 64`` of word ``r // 64``), e.g. a user's excluded items as a mask to clear.
+
+    Sort-based, fixed shapes, no host sync (also the serving graph's and the CUDA path's):
+    repeated rows count once, so the scatter's sum of distinct bits is their OR.
+
+    Args:
+        rows (Tensor): int64 ``[B, E]`` rows, -1 padding, repeats allowed; rows outside
+            ``[0, 64 * num_words)`` are ignored.
+        num_words (int): W.
+
+    Returns:
+        Tensor: int64 ``[B, W]``.
+
+    Example::
+
+        >>> rows_to_words(torch.tensor([[1, 3, 1, -1], [64, -1, -1, -1]]), 2).tolist()
+        [[10, 0], [0, 1]]
+    """
+    s = rows.sort(dim=1).values
+    first = torch.arange(s.shape[1], device=s.device) == 0  # roll, not slicing: E stays symbolic under export
+    ok = (s >= 0) & (s < 64 * num_words) & ((s != s.roll(1, dims=1)) | first)
+    r = s.clamp(0, max(64 * num_words - 1, 0))
+    bits = torch.where(ok, torch.ones_like(r) << (r % 64), torch.zeros_like(r))
+    out = torch.zeros((rows.shape[0], num_words), dtype=torch.int64, device=rows.device)
+    return out.scatter_add(1, r // 64, bits)
+
+
 # --- held_terms ---
 
 

@@ -6,7 +6,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
-from silverrec.ops.reference.filter import bloom_search_reference, pack_id_mask_reference
+from silverrec.ops.reference.filter import bloom_search_reference, pack_id_mask_reference, rows_to_words
 
 # --- ivf_int8_topk ---
 
@@ -419,8 +419,6 @@ def ivf_search_bloom_reference(
     if exclude_rows is not None and exclude_rows.numel() > 0:
         if bool(((exclude_rows < -1) | (exclude_rows >= N)).any()):
             raise ValueError(f"ivf_search_bloom: exclude_rows must be -1 or in [0, N={N})")
-        hit = torch.zeros((B, N + 1), dtype=torch.bool, device=codes.device)
-        hit.scatter_(1, torch.where(exclude_rows >= 0, exclude_rows, N), True)
-        mask = mask & ~pack_id_mask_reference(hit[:, :N], torch.arange(N, device=codes.device))
+        mask = mask & ~rows_to_words(exclude_rows, mask.shape[1])
     return ivf_search_reference(queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, mask,
                                 n_probe, min_rows, max_probe, k0, k)

@@ -11,20 +11,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from silverrec.ops.reference.filter import rows_to_words
 from silverrec.ops.triton.bloom_search import bloom_search_cuda
 from silverrec.ops.triton.ivf_search import ivf_search_cuda
-
-
-def excluded_words(exclude_rows: Tensor, num_rows: int) -> Tensor:
-    """Packed int64 ``[B, ceil(N/64)]`` bits of each row's excluded rows (``[B, E]``, -1 padding;
-    duplicates allowed): a scatter of per-bit ones into a bool row, then a pack (no host sync)."""
-    B = exclude_rows.shape[0]
-    words = (num_rows + 63) // 64
-    hit = torch.zeros((B, 64 * words + 1), dtype=torch.bool, device=exclude_rows.device)
-    hit.scatter_(1, torch.where(exclude_rows >= 0, exclude_rows, 64 * words), True)
-    bits = hit[:, :64 * words].view(B, words, 64).to(torch.int64)
-    weights = torch.ones(64, dtype=torch.int64, device=exclude_rows.device) << torch.arange(64, device=exclude_rows.device)
-    return (bits * weights).sum(-1)  # distinct bits: the sum is the OR (bit 63 wraps to the sign bit)
 
 
 def ivf_search_bloom_cuda(
@@ -58,6 +47,6 @@ def ivf_search_bloom_cuda(
     if deny is not None:
         mask = mask & ~deny.unsqueeze(0)
     if exclude_rows is not None and exclude_rows.shape[1] > 0:
-        mask = mask & ~excluded_words(exclude_rows, N)
+        mask = mask & ~rows_to_words(exclude_rows, mask.shape[1])
     return ivf_search_cuda(queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, mask, n_probe,
                            min_rows, max_probe, k0, k)
