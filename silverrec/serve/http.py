@@ -274,7 +274,11 @@ class ServingApp:
             # later one: if a value the filter named was unknown then and is a fresh value now (an
             # item holding it was added in between), the plan's FALSE / TRUE for it is stale (a NOT
             # would let that item through). Compile again; slots are append-only, so this ends.
-            if not (unknown and any(o[4].fresh_terms.knows_any(unknown) for o in outputs)):
+            # Likewise an excluded id the encoding did not know (so dropped) may name an item added
+            # before the forward ran: encode again, or the forward could return it. The id map only
+            # grows, so this ends too.
+            stale_filter = bool(unknown) and any(o[4].fresh_terms.knows_any(unknown) for o in outputs)
+            if not (stale_filter or (any(ignored) and self._exclusions_known_now(exclude, ignored, outputs))):
                 break
             unknown = set()
             query, ignored = await self._off_loop(self._encode, users, filters, exclude, unknown)
@@ -289,6 +293,13 @@ class ServingApp:
         unknown: Set[Pair] = set()
         query, ignored = self._encode(users, filters, exclude, unknown)
         return users, filters, exclude, k, query, ignored, unknown
+
+    def _exclusions_known_now(self, exclude: Optional[List[Any]], ignored: List[int], outputs: List[Outputs]) -> bool:
+        """Whether an excluded id that was ignored at encoding (unknown then) is known to the
+        snapshot a forward ran on (an item added in between)."""
+        extra_ids = outputs[-1][4].extra_ids  # shared and append-only: the newest view
+        now = self.retriever.encoder.exclusions(exclude, len(ignored), extra_ids).ignored
+        return now != ignored
 
     def _render(self, outputs: List[Outputs], k: int, ignored: List[int]) -> bytes:
         """The ``/query`` answer as JSON bytes (in a worker thread). Rendered user by user: one

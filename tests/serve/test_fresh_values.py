@@ -160,3 +160,30 @@ def test_http_recompiles_a_filter_whose_value_became_fresh_before_the_forward(mo
         assert res.status_code == 200, res.text
         assert res.json()["results"] == [[]]
         assert len(calls) == 2  # compiled again against the snapshot that knows the value
+
+
+def test_http_excludes_an_item_added_between_encoding_and_forward(model_path, users):
+    """An excluded id unknown at encoding (so ignored) that names an item added before the forward
+    ran must still be excluded: the server encodes again against the snapshot that knows it (the
+    stress test's 'excluded item returned')."""
+    retriever = Retriever(model_path)
+    server = ServingApp(retriever, ServerConfig(BatchingConfig()))
+    flt = "category:zz-excl-race"  # known before the request (so no recompile), held by two items
+    retriever.upsert_items([_item("excl-base", category=["zz-excl-race"])])
+    search, calls = server.batcher.search, []
+
+    def add_then_search(*inputs):
+        if not calls:  # between this request's encoding and its forward
+            retriever.upsert_items([_item("excl-race", category=["zz-excl-race"])])
+        calls.append(1)
+        return search(*inputs)
+
+    server.batcher.search = add_then_search
+    with TestClient(server.app) as client:
+        res = client.post("/query", json={"users": users[:1], "filter": flt, "exclude": [["excl-race"]]})
+        assert res.status_code == 200, res.text
+        assert [r["item_id"] for r in res.json()["results"][0]] == ["excl-base"]
+        assert res.json()["ignored_exclusions"] == [0]  # known at the answer's encoding
+        assert len(calls) == 2
+        res = client.post("/query", json={"users": users[:1], "filter": flt})
+        assert sorted(r["item_id"] for r in res.json()["results"][0]) == ["excl-base", "excl-race"]
