@@ -33,11 +33,11 @@ Example::
 """
 import hashlib
 import json
-import mmap
+import os
 import struct
 import time
 import zipfile
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import BinaryIO, Dict, List, NamedTuple, Optional, Tuple
 
 MANIFEST = "extra/silverrec_checksums.json"
 ALGORITHM = "sha256"
@@ -91,9 +91,27 @@ def _payloads(path: str) -> Tuple[str, List[Tuple[str, int, int, int]]]:
     return prefix, out
 
 
-def _digest(m: mmap.mmap, start: int, size: int) -> str:
-    with memoryview(m) as view, view[start:start + size] as part:  # no copy of the payload
-        return hashlib.new(ALGORITHM, part).hexdigest()
+_CHUNK = 16 << 20  # bytes read per step when hashing an entry
+
+
+def _digest(fh: BinaryIO, start: int, size: int) -> str:
+    """The digest of ``size`` bytes at ``start``, read in 16 MiB steps through one buffer.
+
+    Not through a mapping of the file: hashing a mapped multi-GiB artifact made every page of it
+    resident in this process (file-backed RSS the size of the artifact at the export's peak, 7.5
+    GiB at 10M items); reads leave the pages in the page cache only."""
+    h = hashlib.new(ALGORITHM)
+    buf = bytearray(min(_CHUNK, max(size, 1)))
+    view = memoryview(buf)
+    fh.seek(start)
+    left = size
+    while left > 0:
+        got = fh.readinto(view[: min(left, len(buf))])
+        if not got:
+            break  # past the end of the file: the digest differs
+        h.update(view[:got])
+        left -= got
+    return h.hexdigest()
 
 
 def write_manifest(path: str) -> None:
@@ -101,11 +119,11 @@ def write_manifest(path: str) -> None:
     the temporary file before its atomic rename)."""
     prefix, entries = _payloads(path)
     digests: Dict[str, List[object]] = {}
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
+    with open(path, "rb") as fh:
         for name, start, n, _ in entries:
             if name == MANIFEST:
                 raise ValueError(f"{path!r} already holds a checksum manifest")
-            digests[name] = [n, _digest(m, start, n)]
+            digests[name] = [n, _digest(fh, start, n)]
     body = json.dumps({"algorithm": ALGORITHM, "entries": digests}, sort_keys=True)
     with zipfile.ZipFile(path, "a") as z:
         z.writestr(f"{prefix}/{MANIFEST}", body)
@@ -123,10 +141,12 @@ def verify_manifest(path: str) -> Optional[IntegrityReport]:
     where = {name: (start, n, ctype) for name, start, n, ctype in entries}
     if MANIFEST not in where:
         return None
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
+    with open(path, "rb") as fh:
+        file_size = os.fstat(fh.fileno()).st_size
         start, n, ctype = where[MANIFEST]
         try:
-            raw = m[start:start + n]
+            fh.seek(start)
+            raw = fh.read(n)
             if ctype != zipfile.ZIP_STORED:
                 raw = zipfile.ZipFile(path).read(f"{prefix}/{MANIFEST}")
             manifest = json.loads(raw)
@@ -147,9 +167,9 @@ def verify_manifest(path: str) -> Optional[IntegrityReport]:
             start, n, _ = where[name]
             if n != size:
                 raise IntegrityError(f"{path!r}: entry {name!r} is corrupted: {n} bytes, {size} at export")
-            if start + n > len(m):
+            if start + n > file_size:
                 raise IntegrityError(f"{path!r}: entry {name!r} runs past the end of the file (truncated?)")
-            if _digest(m, start, n) != digest:
+            if _digest(fh, start, n) != digest:
                 raise IntegrityError(f"{path!r}: entry {name!r} is corrupted: its {ALGORITHM} differs from the one "
                                      f"recorded at export ({n} bytes)")
             total += n
