@@ -77,8 +77,8 @@ def bloom_search(
         opcodes (Tensor): int64 ``[B, L]`` programs padded with ``BLOOM_NOP``.
         terms (Tensor): int64 ``[B, L]`` term ids of ``TERM``/``NOT_TERM`` instructions, else -1.
         hashes (Tensor): int64 ``[B, L, H]`` signature bit positions of ``TERM`` instructions.
-        posting_offsets (Tensor): int64 ``[T + 1]``; posting_rows (Tensor): int64 ``[nnz]``
-            ascending rows of each term.
+        posting_offsets (Tensor): int64 ``[T + 1]``; posting_rows (Tensor): int32 ``[nnz]``
+            ascending rows of each term (int32: rows < 2^31, 4 bytes per listed holder).
         probe (Tensor): int64 ``[B, P]`` probed cluster ids (``-1`` = padding). All rows:
             ``probe = [[0]] * B`` with ``cluster_offsets = [0, N]``.
         cluster_offsets (Tensor): int64 ``[C + 1]``; cluster ``c`` is rows ``offsets[c]:offsets[c+1]``.
@@ -94,7 +94,7 @@ def bloom_search(
         >>> terms = torch.tensor([[0, 1, -1]])
         >>> hashes = torch.tensor([[[0, 1], [0, 0], [0, 0]]])  # term 0 sets signature bits 0 and 1
         >>> mask = bloom_search(bits, opcodes, terms, hashes, torch.tensor([0, 1, 4]),
-        ...     torch.tensor([0, 0, 1, 2]), torch.tensor([[0]]), torch.tensor([0, 4]))
+        ...     torch.tensor([0, 0, 1, 2], dtype=torch.int32), torch.tensor([[0]]), torch.tensor([0, 4]))
         >>> mask.tolist()  # term 0: row 0 (both bits set); NOT term 1 (rows 0, 1, 2): row 3
         [[9]]
     """
@@ -270,7 +270,7 @@ def held_terms(bits: torch.Tensor, term_rows: torch.Tensor, posting_offsets: tor
 
     Args:
         bits (Tensor): int64 ``[E, W]`` bit rows; term_rows (Tensor): int64 ``[T]`` exact row or -1.
-        posting_offsets (Tensor): int64 ``[T + 1]``; posting_rows (Tensor): int64 ``[nnz]`` ascending per term.
+        posting_offsets (Tensor): int64 ``[T + 1]``; posting_rows (Tensor): int32 ``[nnz]`` ascending per term.
         rows (Tensor): int64 ``[B, M]`` candidate rows (-1 padding).
         terms (Tensor): int64 ``[B, L]`` plan term ids (-1: none).
         num_rows (int): N; rows outside ``[0, N)`` hold nothing.
@@ -281,7 +281,7 @@ def held_terms(bits: torch.Tensor, term_rows: torch.Tensor, posting_offsets: tor
     Example::
 
         >>> bits = torch.tensor([[0b101]])  # term 0's exact row: rows 0 and 2
-        >>> held_terms(bits, torch.tensor([0, -1]), torch.tensor([0, 0, 1]), torch.tensor([1]),
+        >>> held_terms(bits, torch.tensor([0, -1]), torch.tensor([0, 0, 1]), torch.tensor([1], dtype=torch.int32),
         ...            torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1]]), 3).tolist()
         [[[0, -1], [-1, 1], [0, -1]]]
     """

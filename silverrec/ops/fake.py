@@ -24,9 +24,10 @@ def bloom_search_fake(
 ) -> Tensor:
     """Shape function of ``bloom_search``: int64 ``[B, W]`` packed masks."""
     for name, t in (("bits", bits), ("opcodes", opcodes), ("terms", terms), ("hashes", hashes),
-                    ("posting_offsets", posting_offsets), ("posting_rows", posting_rows),
-                    ("probe", probe), ("cluster_offsets", cluster_offsets)):
+                    ("posting_offsets", posting_offsets), ("probe", probe), ("cluster_offsets", cluster_offsets)):
         torch._check(t.dtype == torch.int64, lambda name=name, t=t: f"bloom_search: {name} must be int64, got {t.dtype}")
+    torch._check(posting_rows.dtype == torch.int32,
+                 lambda: f"bloom_search: posting_rows must be int32, got {posting_rows.dtype}")
     torch._check(bits.dim() == 2, lambda: f"bloom_search: bits must be [M, W], got {tuple(bits.shape)}")
     torch._check(opcodes.dim() == 2, lambda: f"bloom_search: opcodes must be [B, L], got {tuple(opcodes.shape)}")
     torch._check(terms.shape == opcodes.shape,
@@ -167,6 +168,8 @@ FAKE_IMPLS["exact_filter"] = {"Meta": exact_filter_fake}
 def held_terms_fake(bits: Tensor, term_rows: Tensor, posting_offsets: Tensor, posting_rows: Tensor, rows: Tensor,
                     terms: Tensor, num_rows: int) -> Tensor:
     """Shape of ``held_terms``: int64 ``[B, M, L]``."""
+    torch._check(posting_rows.dtype == torch.int32,
+                 lambda: f"held_terms: posting_rows must be int32, got {posting_rows.dtype}")
     torch._check(rows.dim() == 2 and terms.dim() == 2 and rows.shape[0] == terms.shape[0],
                  lambda: f"held_terms: rows must be [B, M] and terms [B, L], got {tuple(rows.shape)} and "
                          f"{tuple(terms.shape)}")
@@ -244,6 +247,8 @@ def ivf_search_bloom_fake(
     torch._check(opcodes.dim() == 2 and opcodes.shape[0] == queries.shape[0],
                  lambda: f"ivf_search_bloom: opcodes must be [B={queries.shape[0]}, L], got {tuple(opcodes.shape)}")
     torch._check(bits.dim() == 2, lambda: f"ivf_search_bloom: bits must be [M, W], got {tuple(bits.shape)}")
+    torch._check(posting_rows.dtype == torch.int32,
+                 lambda: f"ivf_search_bloom: posting_rows must be int32, got {posting_rows.dtype}")
     return ivf_search_fake(queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, None, n_probe,
                            min_rows, max_probe, k0, k)
 

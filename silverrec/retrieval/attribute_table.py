@@ -1,7 +1,8 @@
 """The exact attribute table: which item rows hold which terms, with exact filter evaluation.
 
 One structure, the inverted index (rows in index order): ``posting_offsets`` / ``posting_rows``,
-term -> ascending rows holding it. ``bloom_search`` reads it to evaluate ``NOT term`` exactly,
+term -> ascending rows holding it (int32 rows: 4 bytes per listed holder, so at most 2^31 - 1
+rows). ``bloom_search`` reads it to evaluate ``NOT term`` exactly,
 :meth:`matches` evaluates whole filters exactly from it, and :meth:`held` answers "does row r
 hold term t" for a candidate list by a fixed-length binary search in t's list (fixed shapes, no
 host sync), which :meth:`forward` (the *exact check*) feeds to the ``exact_filter`` op, so it
@@ -71,6 +72,8 @@ class AttributeTable(nn.Module):
         if indexed is not None and np.asarray(indexed).shape != (num_terms,):
             raise ValueError(f"indexed must be bool [T={num_terms}], got shape {np.asarray(indexed).shape}")
         self.num_items = offsets.size - 1
+        if self.num_items >= 2**31:
+            raise ValueError(f"{self.num_items} items: posting rows are int32, at most 2^31 - 1 rows per index")
         self.num_terms = num_terms
         counts = np.diff(offsets)
         most = int(counts.max(initial=0))
@@ -88,11 +91,12 @@ class AttributeTable(nn.Module):
         listed = np.where(self.indexed, term_counts, 0)
         posting_offsets = np.concatenate([[0], np.cumsum(listed)]).astype(np.int64)
         self.register_buffer("posting_offsets", torch.from_numpy(posting_offsets))
-        self.register_buffer("posting_rows", torch.from_numpy(np.ascontiguousarray(rows[keep][order])))
+        # int32 rows (4 bytes per listed holder): the ops take int32 posting rows
+        self.register_buffer("posting_rows", torch.from_numpy(rows[keep][order].astype(np.int32)))
         self.register_buffer("term_counts", torch.from_numpy(term_counts.astype(np.int64)))
 
     def postings(self, term: int) -> np.ndarray:
-        """Ascending rows holding ``term``: int64 ``[count]`` (empty for a term without a list)."""
+        """Ascending rows holding ``term``: int32 ``[count]`` (empty for a term without a list)."""
         off = self.posting_offsets
         return self.posting_rows[int(off[term]) : int(off[term + 1])].numpy()
 
@@ -134,7 +138,7 @@ class AttributeTable(nn.Module):
         Returns:
             Tensor: bool ``[B, M, L]``.
         """
-        no_rows = self.posting_rows.new_zeros((0, max(1, (self.num_items + 63) // 64)))  # no exact rows here
+        no_rows = self.posting_offsets.new_zeros((0, max(1, (self.num_items + 63) // 64)))  # no exact rows here
         no_exact = self.posting_offsets.new_full((self.num_terms,), -1)
         held = torch.ops.silverrec.held_terms(no_rows, no_exact, self.posting_offsets, self.posting_rows, rows, terms,
                                               self.num_items)

@@ -23,9 +23,12 @@ Rows are in index order: ``publish`` passes the IVF cluster order as
 user's item order.
 
 For a served index, ``fresh_terms`` term ids past the dictionary's (with empty posting lists) and
-``fresh_bit_rows`` bit rows after the exact rows (all zero) are reserved for filter values first
+``fresh_bit_rows`` = Z bit-row positions after the exact rows are reserved for filter values first
 seen after publish (:mod:`silverrec.retrieval.fresh_terms`): no row of this index holds such a
-value, so its ``TERM`` is exactly empty here and its ``NOT_TERM`` exactly full.
+value, so its ``TERM`` is exactly empty here and its ``NOT_TERM`` exactly full. The Z positions
+are rows of the fresh index's bits (``num_bit_rows`` = M + E + Z rows); here they all read one
+shared all-zero row, the last of ``bits`` (:meth:`main_hashes` maps a plan's positions onto it),
+so reserving them costs N / 8 bytes however large Z is, not Z N / 8.
 
 A filter value never seen in the item table is a term that matches nothing (``NOT`` of it
 matches everything); an unknown feature raises :class:`~silverrec.retrieval.filter_expr.FilterError`.
@@ -57,14 +60,14 @@ class BloomBits(NamedTuple):
     """The bit rows of a :class:`BloomIndex` (E = number of frequent terms with an exact row).
 
     Args:
-        bits (Tensor): int64 ``[M + E + Z, W]``: M bit-sliced signature rows, then E exact rows,
-            then Z all-zero rows reserved for fresh values.
+        bits (Tensor): int64 ``[M + E (+ 1), W]``: M bit-sliced signature rows, then E exact
+            rows, then (when Z > 0) the one all-zero row the Z reserved positions read here.
         term_hashes (Tensor): int64 ``[T, H]`` rows of ``bits`` tested for each term (its H
             signature positions, or H times its exact row).
         num_bits (int): M, the signature width.
         dense (np.ndarray): bool ``[T]``, the terms with an exact row.
-        fresh_rows (int): Z, the last rows of ``bits``, zero here, where fresh values get their
-            Bloom positions in a fresh index.
+        fresh_rows (int): Z, the bit-row positions M + E .. M + E + Z - 1 where fresh values get
+            their Bloom positions in a fresh index (all reading the last, zero row of ``bits`` here).
     """
 
     bits: Tensor
@@ -101,7 +104,9 @@ class BloomIndex(nn.Module):
         self.num_items = table.num_items
         self.num_bits = signatures.num_bits
         self.dense_terms = signatures.dense
-        self.fresh_bit_rows = signatures.fresh_rows  # Z reserved rows (the last ones), zero here
+        self.fresh_bit_rows = signatures.fresh_rows  # Z reserved positions, one shared zero row here
+        # M + E + Z: the bit-row positions a plan may name (the fresh index's rows)
+        self.num_bit_rows = bits.shape[0] - (1 if self.fresh_bit_rows else 0) + self.fresh_bit_rows
         self.fresh_terms = table.num_terms - len(dictionary)  # S reserved term ids T .. T + S - 1
         if self.fresh_terms < 0:
             raise ValueError(f"the attribute table has {table.num_terms} terms, fewer than the dictionary's {len(dictionary)}")
@@ -150,7 +155,8 @@ class BloomIndex(nn.Module):
                 items added later fit).
             fresh_terms (int): S, term ids reserved after the dictionary's for values first seen
                 after publish (empty posting lists here).
-            fresh_bit_rows (int): Z, all-zero bit rows reserved for their Bloom positions.
+            fresh_bit_rows (int): Z, bit-row positions reserved for their Bloom positions (one shared
+                all-zero row here, Z rows in the fresh index).
             dense_postings (bool): keep posting lists for the frequent terms too (False: their
                 exact rows answer for them; ``publish`` drops them).
 
@@ -203,7 +209,8 @@ class BloomIndex(nn.Module):
         term_hashes = dictionary.hash_positions(num_hashes, num_bits)  # [T, H]
         term_hashes[dense] = (num_bits + np.arange(int(dense.sum())))[:, None]  # exact rows after the M
         words = (n + 63) // 64
-        unpacked = np.zeros((num_bits + int(dense.sum()) + fresh_bit_rows, 64 * words), dtype=bool)  # [M + E + Z, 64 W]
+        # [M + E (+ 1), 64 W]: the Z reserved positions share one zero row (main_hashes)
+        unpacked = np.zeros((num_bits + int(dense.sum()) + min(fresh_bit_rows, 1), 64 * words), dtype=bool)
         unpacked[term_hashes[term_ids[in_bloom]].reshape(-1), np.repeat(rows[in_bloom], num_hashes)] = True
         unpacked[term_hashes[term_ids[~in_bloom], 0], rows[~in_bloom]] = True
         bits = np.packbits(unpacked, axis=1, bitorder="little").view("<i8")  # [M + E, W]
@@ -221,20 +228,37 @@ class BloomIndex(nn.Module):
         """
         return compile_plans(expressions, self.dictionary, self._term_hashes_np, self.dense_terms, length)
 
+    def main_hashes(self, hashes: Tensor) -> Tensor:
+        """A plan's bit-row positions as rows of this index's ``bits``: the Z reserved positions of
+        fresh values (M + E and up) all read the one shared zero row, so their ``TERM`` is exactly
+        empty here; a fresh index reads the same plan unmapped (its bits have all M + E + Z rows).
+
+        Args:
+            hashes (Tensor): int64 ``[B, L, H]`` positions in ``[0, num_bit_rows)``.
+
+        Returns:
+            Tensor: int64 ``[B, L, H]`` positions in ``[0, bits.shape[0])`` (``hashes`` itself
+            when no position is reserved).
+        """
+        if not self.fresh_bit_rows:
+            return hashes
+        return hashes.clamp(max=self.bits.shape[0] - 1)
+
     def forward(self, opcodes: Tensor, terms: Tensor, hashes: Tensor, probe: Tensor, cluster_offsets: Tensor) -> Tensor:
         """Packed Bloom masks of B plans over the probed clusters (graph-friendly; calls the op).
 
         Args:
             opcodes (Tensor): int64 ``[B, L]``; terms (Tensor): int64 ``[B, L]``;
-            hashes (Tensor): int64 ``[B, L, H]`` (a :class:`FilterPlan`).
+            hashes (Tensor): int64 ``[B, L, H]`` (a :class:`FilterPlan`; reserved positions read
+                the shared zero row, :meth:`main_hashes`).
             probe (Tensor): int64 ``[B, P]`` cluster ids (-1 padding).
             cluster_offsets (Tensor): int64 ``[C+1]`` row ranges of the clusters.
 
         Returns:
             Tensor: int64 ``[B, W]`` packed masks over rows (index order).
         """
-        return bloom_search(self.bits, opcodes, terms, hashes, self.table.posting_offsets, self.table.posting_rows,
-                            probe, cluster_offsets)
+        return bloom_search(self.bits, opcodes, terms, self.main_hashes(hashes), self.table.posting_offsets,
+                            self.table.posting_rows, probe, cluster_offsets)
 
     def _as_plan(self, filters: Filters) -> FilterPlan:
         return filters if isinstance(filters, FilterPlan) else self.plan(filters)
@@ -339,8 +363,8 @@ class BloomIndex(nn.Module):
         words = self.bits.shape[1]
         return {
             "bloom": self.num_bits * words * 8,
-            "exact_rows": (self.bits.shape[0] - self.num_bits - self.fresh_bit_rows) * words * 8,
-            "fresh_rows": self.fresh_bit_rows * words * 8,
-            "postings": (t.posting_rows.numel() + t.posting_offsets.numel() + t.term_counts.numel()
-                         + self.term_rows.numel()) * 8,
+            "exact_rows": (self.bits.shape[0] - self.num_bits - min(self.fresh_bit_rows, 1)) * words * 8,
+            "fresh_rows": min(self.fresh_bit_rows, 1) * words * 8,
+            "postings": sum(x.numel() * x.element_size() for x in (t.posting_rows, t.posting_offsets, t.term_counts,
+                                                                    self.term_rows)),
         }

@@ -79,7 +79,7 @@ class FreshIndex(NamedTuple):
         item_ids (Tensor): int64 ``[F]`` item id of each row (-1 = dead row).
         bits (Tensor): int64 ``[R, F / 64]`` Bloom bit rows of the fresh rows.
         live (Tensor): int64 ``[F / 64]`` packed live rows.
-        posting_offsets (Tensor): int64 ``[T + 1]``; posting_rows (Tensor): int64 ``[P + 2]``.
+        posting_offsets (Tensor): int64 ``[T + 1]``; posting_rows (Tensor): int32 ``[P + 2]``.
         row_terms (Tensor): int64 ``[F, width]`` term ids of each row, -1 padding.
     """
 
@@ -186,7 +186,7 @@ def build_fresh_index(
         bits=torch.from_numpy(np.ascontiguousarray(bits)),
         live=torch.from_numpy(_pack_rows(np.arange(f0), words)),
         posting_offsets=torch.from_numpy(posting_offsets),
-        posting_rows=torch.from_numpy(np.concatenate([rows[order], [0, 0]]).astype(np.int64)),
+        posting_rows=torch.from_numpy(np.concatenate([rows[order], [0, 0]]).astype(np.int32)),
         row_terms=torch.from_numpy(row_terms),
     )
 

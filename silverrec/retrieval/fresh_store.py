@@ -178,7 +178,7 @@ class FreshStore:
         np.add.at(need, extra_terms, 1)
         slots = counts + np.maximum(need, _MIN_SLACK)
         offsets = np.concatenate([[0], np.cumsum(slots)]).astype(np.int64)
-        postings = np.full(int(offsets[-1]) + 2, capacity - 1, dtype=np.int64)  # slack: the never-live last row
+        postings = np.full(int(offsets[-1]) + 2, capacity - 1, dtype=np.int32)  # slack: the never-live last row
         order = np.argsort(flat_terms, kind="stable")
         sorted_terms = flat_terms[order]
         rank = np.arange(sorted_terms.size) - np.repeat(np.cumsum(counts) - counts, counts)

@@ -16,9 +16,11 @@ What the export reserves (``serving.fresh_terms`` = S, ``serving.fresh_bit_rows`
 * term ids ``T .. T + S - 1`` with **empty posting lists in the main index** (its posting offsets
   are ``[T + S + 1]``): no main row holds a fresh value, so ``NOT_TERM`` on one is exactly TRUE
   over the main rows;
-* Z **bit rows that are zero in the main index** (the last Z of its R rows): a fresh value's H
-  Bloom positions lie in them, so ``TERM`` on one is exactly FALSE over the main rows (no false
-  positives there to crowd the fresh items out of the candidates).
+* Z **bit-row positions that are zero in the main index** (the last Z of its R positions): a
+  fresh value's H Bloom positions lie in them, so ``TERM`` on one is exactly FALSE over the main
+  rows (no false positives there to crowd the fresh items out of the candidates). The main index
+  stores one shared zero row for all Z (``BloomIndex.main_hashes`` maps the positions onto it);
+  the fresh index stores all R rows.
 
 The fresh index (rebuilt on the host at every update, :mod:`silverrec.retrieval.fresh_index`)
 gives the fresh rows holding a fresh value its Bloom bits in the Z rows, a posting list and its id

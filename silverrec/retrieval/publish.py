@@ -127,7 +127,7 @@ def serving_metadata(graph: RetrievalGraph, schema: Schema, config: ServingConfi
         "dim": int(graph.index.cache.shape[1]),
         "quantization": config.quantization,
         "filter": {
-            "bit_rows": int(bloom.bits.shape[0]),
+            "bit_rows": bloom.num_bit_rows,  # M + E + Z positions (the main bits store M + E + 1 rows)
             "row_width": int(bloom.table.width),
             "features": list(bloom.dictionary.features),
             "terms": [list(t) for t in bloom.dictionary.terms],
@@ -135,7 +135,7 @@ def serving_metadata(graph: RetrievalGraph, schema: Schema, config: ServingConfi
             "dense": [bool(x) for x in bloom.dense_terms],
             "length": config.filter_length,
             # reserved for values first seen after publish: term ids T .. T + fresh_terms - 1 and
-            # the last fresh_bit_rows of the bit rows (silverrec.retrieval.fresh_terms)
+            # the last fresh_bit_rows of the bit-row positions (silverrec.retrieval.fresh_terms)
             "fresh_terms": bloom.fresh_terms,
             "fresh_bit_rows": bloom.fresh_bit_rows,
         },

@@ -72,14 +72,16 @@ class ServingConfig:
         bloom_hashes (int): Bloom hash positions per term.
         bloom_bits_multiplier (float): Bloom signature bits per term of the fullest item.
         bloom_dense_fraction (float): terms held by at least this fraction of the items get an
-            exact bitmap row (N / 8 bytes) instead of Bloom bits and a posting list (8 bytes per
-            holder): 1/64 is where the two cost the same.
+            exact bitmap row (N / 8 bytes) instead of Bloom bits and a posting list (4 bytes per
+            holder, int32 rows): 1/32 is where the two cost the same; between 1/64 and 1/32 a
+            row costs up to twice the list but makes the term's TERM exact and its NOT one row read.
         use_over_arch (bool): re-score with the OverArch (False: dot product only).
         fresh_terms (int): filter values first seen after publish (in item updates) that the
             served index can hold until the next compaction: term ids reserved after the
             dictionary's (:mod:`silverrec.retrieval.fresh_terms`; 8 bytes each in the graph).
-        fresh_bit_rows (int): all-zero Bloom bit rows reserved for those values' positions (N / 8
-            bytes each); more rows, fewer false positives among fresh items.
+        fresh_bit_rows (int): Bloom bit-row positions reserved for those values (rows of the fresh
+            index; in the main index they all read one shared all-zero row, N / 8 bytes in all);
+            more positions, fewer false positives among fresh items.
     """
 
     k: int = 100
@@ -200,8 +202,9 @@ class RetrievalGraph(nn.Module):
         if int(index.row_to_id.max()) >= num_ids or index.row_to_id.unique().numel() != index.num_items:
             raise ValueError(f"the index rows must hold distinct item ids in [0, {num_ids}), got ids up to "
                              f"{int(index.row_to_id.max())}")
-        rank = torch.full((num_ids,), -1, dtype=torch.int64)  # -1: an id with no row (deleted at a compaction)
-        rank[index.row_to_id] = torch.arange(index.num_items)
+        # -1: an id with no row (deleted at a compaction); int32 (4 bytes per id) while rows fit
+        rank = torch.full((num_ids,), -1, dtype=torch.int32 if index.num_items < 2**31 else torch.int64)
+        rank[index.row_to_id] = torch.arange(index.num_items, dtype=rank.dtype)
         self.register_buffer("item_to_row", rank)
         self.register_buffer("all_rows", torch.tensor([0, index.num_items], dtype=torch.int64))
         # the history slots of user_ids (item ids, -1 = empty), read by an OverArch with side features
@@ -234,13 +237,13 @@ class RetrievalGraph(nn.Module):
                          deleted: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """The ANN stage over the main index, probe then filter: 3 x [B, T, K0] (scores, ids, rows)."""
         bloom = (self.bloom.bits, self.bloom.table.posting_offsets, self.bloom.table.posting_rows)
-        return self.index.forward_bloom(q, bloom, (opcodes, terms, hashes), deleted, self._excluded_rows(exclude),
-                                        self.k0, self.n_probe)
+        plan = (opcodes, terms, self.bloom.main_hashes(hashes))
+        return self.index.forward_bloom(q, bloom, plan, deleted, self._excluded_rows(exclude), self.k0, self.n_probe)
 
     def _excluded_rows(self, exclude: Tensor) -> Tensor:
         """Index rows of each query's excluded items: int64 [B, E], -1 for padding and unknown ids."""
         num_ids = self.item_to_row.shape[0]
-        rows = self.item_to_row[exclude.clamp(0, num_ids - 1)]
+        rows = self.item_to_row[exclude.clamp(0, num_ids - 1)].long()
         return torch.where((exclude >= 0) & (exclude < num_ids), rows, -1)
 
     def _filter_mask(self, opcodes: Tensor, terms: Tensor, hashes: Tensor, exclude: Tensor, deleted: Tensor) -> Tensor:

@@ -59,7 +59,7 @@ def random_plans(rng: random.Random, gen: torch.Generator, n: int, B: int) -> Tu
         for s, (op, t, h) in zip(slots, prog):
             opcodes[b, s], terms[b, s], hashes[b, s] = op, t, torch.tensor(h)
     return (bits, opcodes, terms, hashes, torch.tensor(offsets, dtype=torch.int64),
-            torch.tensor(posting_rows, dtype=torch.int64))
+            torch.tensor(posting_rows, dtype=torch.int32))
 
 
 def random_case(seed: int, max_rows: int = 300, max_batch: int = 4) -> Args:

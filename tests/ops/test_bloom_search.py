@@ -45,7 +45,7 @@ def _small_index() -> tuple:
         bits[0, r // 64] |= 1 << (r % 64)
         bits[2, r // 64] |= 1 << (r % 64)
     offsets = torch.tensor([0, 4, 4 + 65])
-    rows = torch.cat([torch.tensor([0, 5, 64, 129]), torch.arange(1, n, 2)])
+    rows = torch.cat([torch.tensor([0, 5, 64, 129]), torch.arange(1, n, 2)]).int()  # int32 posting rows
     return bits, offsets, rows, n
 
 
@@ -79,6 +79,7 @@ def test_semantics_by_hand() -> None:
         (lambda a: a[3].fill_(7), "hash position"),
         (lambda a: (a[1].fill_(BLOOM_NOT_ROWS), a[3].fill_(-1)), "hash position"),
         (lambda a: a[6].fill_(3), "cluster"),
+        (lambda a: a.__setitem__(5, a[5].long()), "posting_rows must be int32"),
     ],
 )
 def test_invalid_plans_raise_value_error(change, message: str) -> None:

@@ -27,7 +27,7 @@ def random_case(seed: int, n: int, T: int, B: int, M: int, L: int, exact_share: 
     words = torch.from_numpy(np.packbits(bits, axis=1, bitorder="little").view("<i8").copy())
     lists = [np.flatnonzero(holds[:, t]) if not exact[t] else np.zeros(0, dtype=np.int64) for t in range(T)]
     offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(x) for x in lists])]), dtype=torch.int64)
-    postings = torch.tensor(np.concatenate(lists + [np.zeros(0)]), dtype=torch.int64)
+    postings = torch.tensor(np.concatenate(lists + [np.zeros(0)]), dtype=torch.int32)
     rows = torch.from_numpy(rng.integers(-1, n + 2, size=(B, M)))
     terms = torch.from_numpy(rng.integers(-1, T + 2, size=(B, L)))
     want = np.full((B, M, L), -1)
@@ -57,6 +57,8 @@ def test_bad_input_raises() -> None:
         held_terms(case[0], case[1], case[2][:-1], *case[3:])
     with pytest.raises(ValueError, match="rows must be an int64"):
         held_terms(*case[:4], case[4].int(), *case[5:])
+    with pytest.raises(ValueError, match="posting_rows must be an int32"):
+        held_terms(*case[:3], case[3].long(), *case[4:])
 
 
 def test_opcheck() -> None:

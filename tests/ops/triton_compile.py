@@ -154,7 +154,8 @@ def _exact_filter_cases() -> Dict[str, Call]:
 def _bloom_cases() -> Dict[str, Call]:
     def call(M: int, N: int, B: int, L: int, H: int, T: int, nnz: int, C: int, P: int) -> Call:
         W = (N + 63) // 64
-        return (_i64(M, W), _i64(B, L), _i64(B, L), _i64(B, L, H), _i64(T + 1), _i64(nnz), _i64(B, P),
+        posting_rows = torch.zeros(nnz, dtype=torch.int32)  # int32 rows, as the index stores them
+        return (_i64(M, W), _i64(B, L), _i64(B, L), _i64(B, L, H), _i64(T + 1), posting_rows, _i64(B, P),
                 _offsets(C, N // C)), {}
 
     return {

@@ -22,11 +22,12 @@ def test_reserved_slots_are_exact_on_main_and_fresh_rows():
     main = _main()
     d, t = main.dictionary, len(main.dictionary)
     assert main.table.posting_offsets.numel() == t + 8 + 1 and main.fresh_terms == 8
-    assert (main.bits[-4:] == 0).all()  # the reserved rows hold nothing in the main index
-    fresh = FreshTerms(t, 8, main.bits.shape[0] - 4, 4, main.num_hashes)
+    # the 4 reserved positions share one zero row in the main index (the fresh index has all 4)
+    assert main.num_bit_rows == main.bits.shape[0] - 1 + 4 and (main.bits[-1] == 0).all()
+    fresh = FreshTerms(t, 8, main.num_bit_rows - 4, 4, main.num_hashes)
     fresh.add([("tag", "brand-new"), ("lang", "xx")])
     view = fresh.view()
-    layout = FilterLayout(main.term_hashes.numpy(), main.dense_terms, main.bits.shape[0], main.table.width,
+    layout = FilterLayout(main.term_hashes.numpy(), main.dense_terms, main.num_bit_rows, main.table.width,
                           8, 4)
     # fresh rows: 0 holds the new tag, 1 a published tag, 2 both new values
     new_tag, new_lang, old = view.term_id("tag", "brand-new"), view.term_id("lang", "xx"), d.term_id("tag", "t1")
@@ -50,6 +51,7 @@ def test_reserved_slots_are_exact_on_main_and_fresh_rows():
     assert exact_fresh.tolist() == want
     got = unpack_mask(f_mask, 3)
     assert (got >= exact_fresh).all()  # the Bloom stage never drops a match
+    assert int(plan.hashes.max()) >= main.bits.shape[0]  # positions past the main bits: mapped to its zero row
     assert got[1].tolist() == want[1]  # NOT of a fresh value is exact there too
 
 

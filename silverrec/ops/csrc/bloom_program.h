@@ -23,8 +23,8 @@ struct Instr {
   int64_t op;
   int64_t first_row;  // TERM: index of its first row pointer in Program::rows
   int64_t num_rows;   // TERM: number of hash rows
-  const int64_t* post_begin;  // NOT_TERM: the term's ascending posting list
-  const int64_t* post_end;
+  const int32_t* post_begin;  // NOT_TERM: the term's ascending posting list (int32 rows)
+  const int32_t* post_end;
 };
 
 struct Program {
@@ -118,7 +118,7 @@ inline uint64_t range_bits(int64_t w, int64_t start, int64_t end) {
 
 // Decodes and validates plan b (serially, before the parallel region).
 Program decode(int64_t b, const int64_t* ops, const int64_t* terms, const int64_t* hashes, int64_t L, int64_t H,
-               const uint64_t* bits, int64_t M, int64_t W, const int64_t* post_off, const int64_t* post_rows,
+               const uint64_t* bits, int64_t M, int64_t W, const int64_t* post_off, const int32_t* post_rows,
                int64_t T, int64_t nnz) {
   Program p;
   int64_t depth = 0;
@@ -177,7 +177,7 @@ void run_block(const Program& p, int64_t w0, int64_t n, uint64_t* stack, bool av
       case kNotTerm: {
         fill(top, n, ~uint64_t{0});
         const int64_t row0 = 64 * w0, row1 = 64 * (w0 + n);
-        for (const int64_t* it = std::lower_bound(ins.post_begin, ins.post_end, row0); it != ins.post_end && *it < row1;
+        for (const int32_t* it = std::lower_bound(ins.post_begin, ins.post_end, row0); it != ins.post_end && *it < row1;
              ++it) {
           const int64_t r = *it - row0;
           top[r >> 6] &= ~(uint64_t{1} << (r & 63));

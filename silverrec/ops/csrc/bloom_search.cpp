@@ -40,8 +40,10 @@ at::Tensor bloom_search_cpu(const at::Tensor& bits, const at::Tensor& opcodes, c
       {"hashes", &hashes}, {"posting_offsets", &posting_offsets}, {"posting_rows", &posting_rows},
       {"probe", &probe}, {"cluster_offsets", &cluster_offsets}};
   for (const auto& a : args) {
-    TORCH_CHECK_VALUE(a.second->scalar_type() == at::kLong, "bloom_search: ", a.first, " must be int64, got ",
-                      a.second->scalar_type());
+    // posting rows are int32 (4 bytes per listed holder; rows < 2^31), everything else int64
+    const at::ScalarType want = a.second == &posting_rows ? at::kInt : at::kLong;
+    TORCH_CHECK_VALUE(a.second->scalar_type() == want, "bloom_search: ", a.first, " must be ",
+                      want == at::kInt ? "int32" : "int64", ", got ", a.second->scalar_type());
     TORCH_CHECK_VALUE(a.second->device().is_cpu(), "bloom_search: ", a.first, " must be on the CPU");
   }
   TORCH_CHECK_VALUE(bits.dim() == 2, "bloom_search: bits must be [M, W], got ", bits.sizes());
@@ -80,7 +82,7 @@ at::Tensor bloom_search_cpu(const at::Tensor& bits, const at::Tensor& opcodes, c
   int64_t max_depth = 1;
   for (int64_t b = 0; b < B; ++b) {
     programs.push_back(decode(b, ops_c.data_ptr<int64_t>(), terms_c.data_ptr<int64_t>(), hashes_c.data_ptr<int64_t>(),
-                              L, H, bits_p, M, W, off_c.data_ptr<int64_t>(), rows_c.data_ptr<int64_t>(), T, nnz));
+                              L, H, bits_p, M, W, off_c.data_ptr<int64_t>(), rows_c.data_ptr<int32_t>(), T, nnz));
     max_depth = std::max(max_depth, programs.back().max_depth);
     for (int64_t j = 0; j < P; ++j) {
       const int64_t c = probe_p[b * P + j];

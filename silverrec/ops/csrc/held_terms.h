@@ -30,8 +30,10 @@ inline at::Tensor held_terms_cpu(const at::Tensor& bits_in, const at::Tensor& te
       {"bits", &bits_in}, {"term_rows", &term_rows_in}, {"posting_offsets", &posting_offsets_in},
       {"posting_rows", &posting_rows_in}, {"rows", &rows_in}, {"terms", &terms_in}};
   for (const auto& a : args) {
-    TORCH_CHECK_VALUE(a.second->scalar_type() == at::kLong && a.second->device().is_cpu(), "held_terms: ", a.first,
-                      " must be an int64 CPU tensor, got ", a.second->scalar_type(), " on ", a.second->device());
+    const at::ScalarType want = a.second == &posting_rows_in ? at::kInt : at::kLong;  // int32 posting rows
+    TORCH_CHECK_VALUE(a.second->scalar_type() == want && a.second->device().is_cpu(), "held_terms: ", a.first,
+                      " must be an ", want == at::kInt ? "int32" : "int64", " CPU tensor, got ", a.second->scalar_type(),
+                      " on ", a.second->device());
   }
   TORCH_CHECK_VALUE(bits_in.dim() == 2 && 64 * bits_in.size(1) >= num_rows && num_rows >= 0,
                     "held_terms: bits must be [E, W] with 64 W >= num_rows=", num_rows, ", got ", bits_in.sizes());
@@ -49,7 +51,7 @@ inline at::Tensor held_terms_cpu(const at::Tensor& bits_in, const at::Tensor& te
   const auto* bp = reinterpret_cast<const uint64_t*>(bits.data_ptr<int64_t>());
   const int64_t* tr = term_rows.data_ptr<int64_t>();
   const int64_t* op = off.data_ptr<int64_t>();
-  const int64_t* pp = post.data_ptr<int64_t>();
+  const int32_t* pp = post.data_ptr<int32_t>();
   for (int64_t t = 0; t < T; ++t) {  // T checks, once: the loops below index without checks
     TORCH_CHECK_VALUE(tr[t] >= -1 && tr[t] < E, "held_terms: term_rows[", t, "] = ", tr[t], " outside [-1, ", E, ")");
     TORCH_CHECK_VALUE(0 <= op[t] && op[t] <= op[t + 1] && op[t + 1] <= nnz, "held_terms: posting_offsets of term ", t,
@@ -68,8 +70,8 @@ inline at::Tensor held_terms_cpu(const at::Tensor& bits_in, const at::Tensor& te
         const int64_t t = tm[b * L + l];
         const bool known = t >= 0 && t < T;
         const int64_t exact = known ? tr[t] : -1;
-        const int64_t* lo = known ? pp + op[t] : pp;
-        const int64_t* const hi = known ? pp + op[t + 1] : pp;
+        const int32_t* lo = known ? pp + op[t] : pp;
+        const int32_t* const hi = known ? pp + op[t + 1] : pp;
         // ascending candidate rows: each search starts where the previous one ended
         for (const auto& [r, m] : sorted) {
           bool held = false;

@@ -467,8 +467,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_bloom_cpu(
       {"bits", &bits_in}, {"opcodes", &opcodes_in}, {"terms", &terms_in}, {"hashes", &hashes_in},
       {"posting_offsets", &posting_offsets_in}, {"posting_rows", &posting_rows_in}};
   for (const auto& p : plan_args) {
-    TORCH_CHECK_VALUE(p.second->scalar_type() == at::kLong && p.second->device().is_cpu(), op, ": ", p.first,
-                      " must be an int64 CPU tensor, got ", p.second->scalar_type(), " on ", p.second->device());
+    const at::ScalarType want = p.second == &posting_rows_in ? at::kInt : at::kLong;  // int32 posting rows
+    TORCH_CHECK_VALUE(p.second->scalar_type() == want && p.second->device().is_cpu(), op, ": ", p.first, " must be an ",
+                      want == at::kInt ? "int32" : "int64", " CPU tensor, got ", p.second->scalar_type(), " on ",
+                      p.second->device());
   }
   TORCH_CHECK_VALUE(bits_in.dim() == 2 && bits_in.size(1) == W, op, ": bits must be [M, ceil(N/64)=", W, "], got ",
                     bits_in.sizes());
@@ -502,7 +504,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_bloom_cpu(
   for (int64_t b = 0; b < B; ++b) {
     programs.push_back(decode(b, ops.data_ptr<int64_t>(), terms.data_ptr<int64_t>(), hashes.data_ptr<int64_t>(),
                               ops.size(1), hashes.size(2), bits_p, bits.size(0), W, post_off.data_ptr<int64_t>(),
-                              post_rows.data_ptr<int64_t>(), post_off.size(0) - 1, post_rows.size(0)));
+                              post_rows.data_ptr<int32_t>(), post_off.size(0) - 1, post_rows.size(0)));
     if (!exclude.defined()) continue;
     const int64_t E = exclude.size(1);
     const int64_t* ex = exclude.data_ptr<int64_t>() + b * E;

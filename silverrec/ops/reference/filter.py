@@ -50,13 +50,15 @@ def bloom_search_reference(
         hashes (Tensor): int64 ``[B, L, H]`` rows of ``bits`` read by ``TERM``/``NOT_ROWS`` instructions.
         posting_offsets (Tensor): int64 ``[T+1]``; term t is held by rows
             ``posting_rows[posting_offsets[t]:posting_offsets[t+1]]`` (ascending).
-        posting_rows (Tensor): int64 ``[nnz]``.
+        posting_rows (Tensor): int32 ``[nnz]`` (rows < 2^31; 4 bytes per listed holder).
         probe (Tensor): int64 ``[B, P]`` cluster ids per query, -1 for padding.
         cluster_offsets (Tensor): int64 ``[C+1]`` nondecreasing, ``cluster_offsets[C] <= 64 * W``.
 
     Returns:
         Tensor: int64 ``[B, W]`` packed masks.
     """
+    if posting_rows.dtype != torch.int32:
+        raise ValueError(f"bloom_search: posting_rows must be int32, got {posting_rows.dtype}")
     M, W = bits.shape
     B, L = opcodes.shape
     T = posting_offsets.numel() - 1
@@ -165,7 +167,7 @@ def held_terms_reference(bits: Tensor, term_rows: Tensor, posting_offsets: Tenso
     Args:
         bits (Tensor): int64 ``[E, W]`` bit rows (bit-sliced: row ``r`` is bit ``r % 64`` of word ``r // 64``).
         term_rows (Tensor): int64 ``[T]`` each term's exact row in ``bits``, or -1.
-        posting_offsets (Tensor): int64 ``[T + 1]``; posting_rows (Tensor): int64 ``[nnz]``.
+        posting_offsets (Tensor): int64 ``[T + 1]``; posting_rows (Tensor): int32 ``[nnz]``.
         rows (Tensor): int64 ``[B, M]`` candidate rows (-1 padding).
         terms (Tensor): int64 ``[B, L]`` each query's plan term ids (-1 for none).
         num_rows (int): N, the rows of the index.
@@ -173,6 +175,8 @@ def held_terms_reference(bits: Tensor, term_rows: Tensor, posting_offsets: Tenso
     Returns:
         Tensor: int64 ``[B, M, L]``: ``terms[b, l]`` where row ``rows[b, m]`` holds it, else -1.
     """
+    if posting_rows.dtype != torch.int32:
+        raise ValueError(f"held_terms: posting_rows must be int32, got {posting_rows.dtype}")
     T, nnz = term_rows.shape[0], posting_rows.shape[0]
     r = rows.unsqueeze(2)  # [B, M, 1]
     t = terms.unsqueeze(1)  # [B, 1, L]

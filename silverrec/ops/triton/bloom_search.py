@@ -2,7 +2,8 @@
 
 Math (spec: ``silverrec.ops.reference.bloom_search_reference``): for query b and mask word w,
 run the postfix plan ``opcodes[b]`` on a stack of 64-row words; ``TERM`` ANDs the H signature
-rows ``bits[hashes[b, l, h], w]`` (``NOT_ROWS`` complements that), ``NOT_TERM`` clears the bits of the term's posting rows,
+rows ``bits[hashes[b, l, h], w]`` (``NOT_ROWS`` complements that), ``NOT_TERM`` clears the bits of the term's posting rows
+(int32, widened to int64 as they are loaded),
 ``AND``/``OR`` combine the top two entries; the result is ANDed with the probed-cluster bits.
 
 Layout: a persistent grid ``(B, G)``; program ``(b, g)`` walks the blocks of ``BLOCK_W`` words
@@ -89,13 +90,13 @@ def _bloom_search_kernel(bits_ptr, opcodes_ptr, terms_ptr, hashes_ptr, post_off_
                     hi_e = last
                     for _ in range(SEARCH_STEPS):
                         mid_s = (lo_s + hi_s) // 2
-                        v_s = tl.load(post_rows_ptr + tl.minimum(mid_s, NNZ - 1), mask=lo_s < hi_s, other=0)
+                        v_s = tl.load(post_rows_ptr + tl.minimum(mid_s, NNZ - 1), mask=lo_s < hi_s, other=0).to(tl.int64)
                         go_s = (lo_s < hi_s) & (v_s < block_row0)
                         stay_s = (lo_s < hi_s) & (v_s >= block_row0)
                         lo_s = tl.where(go_s, mid_s + 1, lo_s)
                         hi_s = tl.where(stay_s, mid_s, hi_s)
                         mid_e = (lo_e + hi_e) // 2
-                        v_e = tl.load(post_rows_ptr + tl.minimum(mid_e, NNZ - 1), mask=lo_e < hi_e, other=0)
+                        v_e = tl.load(post_rows_ptr + tl.minimum(mid_e, NNZ - 1), mask=lo_e < hi_e, other=0).to(tl.int64)
                         go_e = (lo_e < hi_e) & (v_e < block_row1)
                         stay_e = (lo_e < hi_e) & (v_e >= block_row1)
                         lo_e = tl.where(go_e, mid_e + 1, lo_e)
@@ -104,7 +105,7 @@ def _bloom_search_kernel(bits_ptr, opcodes_ptr, terms_ptr, hashes_ptr, post_off_
                     for k in range(lo_s, lo_e, BLOCK_P):
                         offs = k + tl.arange(0, BLOCK_P).to(tl.int64)
                         ok = offs < lo_e
-                        r = tl.load(post_rows_ptr + offs, mask=ok, other=0) - block_row0
+                        r = tl.load(post_rows_ptr + offs, mask=ok, other=0).to(tl.int64) - block_row0  # int32 rows
                         hit = (lanes[:, None] == (r >> 6)[None, :]) & ok[None, :]
                         bit = tl.full([BLOCK_P], 1, tl.int64) << (r & 63)
                         cleared += tl.sum(tl.where(hit, bit[None, :], 0), axis=1)  # distinct bits: sum == OR
@@ -145,8 +146,9 @@ def bloom_search_cuda(bits: Tensor, opcodes: Tensor, terms: Tensor, hashes: Tens
     named = {"bits": bits, "opcodes": opcodes, "terms": terms, "hashes": hashes, "posting_offsets": posting_offsets,
              "posting_rows": posting_rows, "probe": probe, "cluster_offsets": cluster_offsets}
     for name, t in named.items():
-        if t.dtype != torch.int64:
-            raise ValueError(f"bloom_search: {name} must be int64, got {t.dtype}")
+        want = torch.int32 if name == "posting_rows" else torch.int64  # int32 rows: 4 bytes per listed holder
+        if t.dtype != want:
+            raise ValueError(f"bloom_search: {name} must be {str(want).replace('torch.', '')}, got {t.dtype}")
         if t.device != bits.device:
             raise ValueError(f"bloom_search: {name} is on {t.device}, bits on {bits.device}")
     if bits.dim() != 2 or opcodes.dim() != 2 or terms.shape != opcodes.shape:
@@ -169,7 +171,7 @@ def bloom_search_cuda(bits: Tensor, opcodes: Tensor, terms: Tensor, hashes: Tens
     grid_w = min(num_blocks, max_programs_per_query)
     stack = torch.empty(B * grid_w * (L + 1) * block_w, dtype=torch.int64, device=bits.device)
     nnz = max(posting_rows.numel(), 1)
-    rows = posting_rows if posting_rows.numel() else posting_rows.new_zeros(1)
+    rows = posting_rows if posting_rows.numel() else posting_rows.new_zeros(1)  # int32
     _bloom_search_kernel[(B, grid_w)](
         bits.contiguous(), opcodes.contiguous(), terms.contiguous(), hashes.contiguous(), posting_offsets.contiguous(),
         rows.contiguous(), probe.contiguous(), cluster_offsets.contiguous(), out, stack,
