@@ -31,6 +31,7 @@ One table per N is printed; ``--json PATH`` writes the numbers (per N: ``publish
 compare ratios between N measured in one run.
 """
 import argparse
+import gc
 import json
 import math
 import os
@@ -287,6 +288,7 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     graph.n_probe = n_probe
     result.update(n_probe=n_probe, calibration_recall=r)
     torch.save({"truth": truth, "exprs": exprs, "labels": labels, "filters": filters}, os.path.join(workdir, f"truth_{n}.pt"))
+    del truth, passing, q, qn
 
     trace("truth and calibration")
     result["component_bytes"] = _component_bytes(graph, item_encoder)
@@ -305,6 +307,11 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     slots = enc.items([{"item_id": schema.item_ids[i], "attributes": attrs[i]} for i in range(3)])
     path = os.path.join(workdir, f"scale_{n}.pt2")
     trace("inputs")
+    # Only the graph, the item tower and the metadata go on: the encoder's and the schema's id
+    # dicts (a Python str and dict entry per item, ~0.3 KB per item) and the term sets would
+    # otherwise stay resident through the export's peak.
+    del enc, updates, attrs, schema, offsets, term_ids, features
+    gc.collect()
     release_heap()
     trace("malloc_trim")
     reset = reset_peak()
@@ -462,6 +469,16 @@ def plot(results: List[Dict[str, Any]], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def projected_peak(results: List[Dict[str, Any]], n: int) -> Optional[float]:
+    """The export's peak RSS at ``n`` items, linear through the two largest sizes measured (None
+    with fewer than two)."""
+    done = sorted((r["n"], r["peak_rss_export_bytes"]) for r in results if r.get("peak_rss_export_bytes"))
+    if len(done) < 2:
+        return None
+    (n0, p0), (n1, p1) = done[-2:]
+    return p1 + (p1 - p0) / (n1 - n0) * (n - n1)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_build":
         n, dim, workdir, queries, target, seed, aoti = sys.argv[2:9]
@@ -480,16 +497,29 @@ def main() -> None:
     p.add_argument("--plot", help="PNG of latency and memory against N")
     p.add_argument("--aoti", action="store_true", help="also compile the serving graph with AOTInductor")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-peak-gib", type=float, default=None,
+                   help="skip an N whose export peak RSS, projected linearly through the two previous N, exceeds this")
     args = p.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
-    results = []
+    results: List[Dict[str, Any]] = []
+    skipped: List[Dict[str, Any]] = []
     for n in args.sizes:
+        projected = projected_peak(results, n)
+        if projected is not None:
+            print(f"== N={n:,}: export peak RSS projected from the previous sizes: {projected / 2**30:.2f} GiB", flush=True)
+        if args.max_peak_gib is not None and projected is not None and projected > args.max_peak_gib * 2**30:
+            print(f"== N={n:,}: skipped (projected peak over --max-peak-gib {args.max_peak_gib})", flush=True)
+            skipped.append({"n": n, "projected_peak_rss_export_bytes": projected})
+            continue
         r = measure(n, args.dim, args.workdir, args.queries, args.recall_target, args.seed, args.aoti)
+        if projected is not None:
+            r["projected_peak_rss_export_bytes"] = projected
         results.append(r)
         print(table(r), flush=True)
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"results": results, "torch_threads": int(os.environ.get("SCALE_THREADS", "2"))}, f, indent=1)
+                json.dump({"results": results, "skipped": skipped,
+                           "torch_threads": int(os.environ.get("SCALE_THREADS", "2"))}, f, indent=1)
     if args.plot and results:
         plot(results, args.plot)
 
