@@ -31,6 +31,7 @@ passing item is missed, and the Bloom work grows with the rows probed, not with 
 Items added, updated or deleted after publish come in as inputs (:mod:`silverrec.retrieval.fresh_index`):
 tombstones hide main rows, and the fresh rows are scanned beside the main ones (rows ``N + f``).
 """
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -65,7 +66,8 @@ class ServingConfig:
             over the tasks, is cut to M; when more distinct items than M come back, the ones every
             task ranks lowest are dropped. The OverArch's cost grows with M, not with T x K0.
         n_probe (Optional[int]): clusters probed per task query without a filter (None:
-            :meth:`probes`, ``max(8, 4% of C)``; a filtered query widens it, see above).
+            :meth:`probes`, ``max(8, min(4% of C, 14.5 C^(1/3)))``; a filtered query widens it,
+            see above).
         num_clusters (Optional[int]): IVF clusters (None: ``4 sqrt(N)``).
         quantization (str): ``per_item`` or ``global`` INT8 scales.
         filter_length (int): longest filter program (instructions) a request may carry.
@@ -112,17 +114,37 @@ class ServingConfig:
                              f"{self.merged_candidates}")
 
     def probes(self, num_clusters: int) -> int:
-        """``n_probe``, or when it is None ``max(8, 4% of C)`` (at most C): twice the index's own
-        default (``IVFInt8Index.default_n_probe``), because served-vs-exact recall@100 of the
-        OverArch + Value Model ranking needs deeper task lists than dot-product recall does
-        (demo: 0.963 at 2% of C, 0.979 at 4%, K0 = 300).
+        """``n_probe``, or when it is None ``max(8, min(4% of C, 14.5 C^(1/3)))`` (at most C).
+
+        **4% of C** up to C of about 6,900 clusters (3M items at C = 4 sqrt(N)): twice the
+        index's own default (``IVFInt8Index.default_n_probe``), because served-vs-exact
+        recall@100 of the OverArch + Value Model ranking needs deeper task lists than dot-product
+        recall does (demo, C = 894: 0.963 at 2% of C, 0.979 at 4%, K0 = 300).
+
+        **14.5 C^(1/3) beyond**: a probe count that is a fixed fraction of C makes the scanned
+        rows (``n_probe * N / C``) grow linearly with N. What a query needs grows slower:
+        ``benchmarks/probe_growth.py`` on ``benchmarks/scale.py``'s real-embedding-like catalogue
+        (one anisotropic cloud, no blobs) measured the smallest n_probe reaching unfiltered
+        recall@100 0.95 at 200 / 220 / 300 probes for N = 1M / 3M / 10M (C = 4,000 / 6,928 /
+        12,649), i.e. 12.6 / 11.5 / 12.9 C^(1/3), and 0.96 at 15.1 / 13.6 / 15.5 C^(1/3). So
+        the count grows about as C^(1/3) (N^(1/6)) and the scanned rows as N^(2/3), not N; the
+        cap equals 4% of C at C = 6,900 (277 probes, recall 0.96 at 3M) and gives 338 at 10M
+        (recall 0.955; 4% of C = 506 scanned 1.5x the rows), 496 at 100M (4%: 1,600). A
+        catalogue whose neighbours spread more than this one (it needs more than 14.5 C^(1/3),
+        e.g. 5% of C at 1M here, above the 4% rule too) should set ``serving.n_probe`` from a
+        measurement (``benchmarks/probe_growth.py``); one clustered as the demo needs about 4x
+        fewer probes at the same C and gets 4% of C below the cap.
 
         Example::
 
             >>> ServingConfig().probes(894), ServingConfig(n_probe=5).probes(894), ServingConfig().probes(10)
             (36, 5, 8)
+            >>> ServingConfig().probes(6928), ServingConfig().probes(12649), ServingConfig().probes(40000)
+            (277, 338, 496)
         """
-        n = self.n_probe if self.n_probe is not None else max(8, -(-num_clusters // 25))
+        if self.n_probe is not None:
+            return min(self.n_probe, num_clusters)
+        n = max(8, min(-(-num_clusters // 25), math.ceil(14.5 * num_clusters ** (1 / 3))))
         return min(n, num_clusters)
 
 
