@@ -150,7 +150,7 @@ def _held_terms_case(seed: int, N: int = 5000, T: int = 200, E: int = 16) -> tup
     term_rows = torch.where(torch.rand(T, generator=g) < 0.1, torch.randint(0, E, (T,), generator=g), -1)
     counts = torch.randint(0, 50, (T,), generator=g)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)])
-    postings = torch.cat([torch.sort(torch.randperm(N, generator=g)[:c]).values for c in counts.tolist()])
+    postings = torch.cat([torch.sort(torch.randperm(N, generator=g)[:c]).values for c in counts.tolist()]).int()
     rows = torch.randint(-1, N, (16, 100), generator=g)
     terms = torch.randint(-1, T + 2, (16, 12), generator=g)
     return bits, term_rows, offsets, postings, rows, terms, N
