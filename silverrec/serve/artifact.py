@@ -43,7 +43,9 @@ from silverrec.serve.integrity import ALGORITHM, MANIFEST, IntegrityError, Integ
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+# 3 (issue 18): the graph's posting rows are int32 and its fresh values' Bloom positions read one
+# shared zero row; a version-2 graph would pass int64 posting rows to ops that now refuse them.
+FORMAT_VERSION = 3
 _META = "silverrec.json"
 PROGRAMS = ("model", "item_tower")
 
