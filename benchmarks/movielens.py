@@ -71,9 +71,13 @@ DATA = ["data=recbole", "data.name=ml-1m", "data.history_length=200", "eval.prot
 POOLED = ["model.over_arch=null", "trainer.batch_size=1024", "trainer.max_steps=600"]
 SEQUENCE = ["model.user_tower=sequence", "model.embedding_dim=64", "model.sequence.num_blocks=2",
             "model.sequence.num_heads=1", "model.sequence.dropout=0.2", "model.over_arch=null",
-            "loss.in_batch_negatives=512", "loss.uniform_negatives=256", "optim.dense.lr=0.002",
-            "trainer.batch_size=128", "trainer.max_steps=100000", "trainer.warmup_steps=20",
-            "trainer.checkpoint_every=100"]
+            "loss.in_batch_negatives=256", "loss.uniform_negatives=512", "optim.dense.lr=0.002",
+            "trainer.batch_size=32", "trainer.max_steps=100000", "trainer.warmup_steps=20", "trainer.lr_decay=cosine",
+            "trainer.checkpoint_every=1000", "trainer.eval_every=2000", "trainer.eval_max_users=1000"]
+# 32 sequences per step (about 5,000 next-item targets): four times the optimizer steps of 128 per
+# epoch at about the same cost per target. On MovieLens-1M the tower sits at the most-popular level
+# for the first ~1,000 steps whatever the batch, so the number of steps, not of targets, decides how
+# far 30 minutes get (validation HR@10 0.217 after 3,000 steps of 32 against 0.071 after 1,000 of 128).
 
 
 def fetch(cache: str) -> str:
@@ -102,9 +106,9 @@ def train_row(name: str, overrides: List[str], out: str, data: str, threads: int
     run_dir = os.path.join(out, name)
     report = os.path.join(run_dir, "report.json")
     if not os.path.isfile(report):
-        cmd = [sys.executable, "-m", "silverrec.train.train", f"data.path={data}", *DATA, *overrides,
+        cmd = [sys.executable, "-m", "silverrec.train.train", f"data.path={data}", *DATA,
                f"trainer.num_threads={threads}", "trainer.eval_every=0", "trainer.progress=false", "~logger",
-               f"hydra.run.dir={run_dir}", f"paths.output_dir={run_dir}"]
+               f"hydra.run.dir={run_dir}", f"paths.output_dir={run_dir}", *overrides]
         print("$ silverrec-train " + " ".join(cmd[3:]), flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     with open(report) as f:

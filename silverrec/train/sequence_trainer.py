@@ -27,7 +27,7 @@ from silverrec.train.distributed import DistContext
 from silverrec.train.evaluator import Evaluator
 from silverrec.train.protocol import EvalConfig
 from silverrec.train.tb_logging import TensorBoardLogger
-from silverrec.train.trainer import TrainResult, TrainerConfig, set_side_feature_items
+from silverrec.train.trainer import TrainResult, TrainerConfig, lr_factor, set_side_feature_items
 
 
 class SequenceTrainer:
@@ -89,9 +89,13 @@ class SequenceTrainer:
         while step < cfg.max_steps and time.perf_counter() < deadline:
             epoch, in_epoch = divmod(step, batches.steps_per_epoch)
             for batch in batches.epoch(epoch, start_step=in_epoch):
-                if cfg.warmup_steps:
-                    for g, lr in zip(opt.param_groups, base_lr):
-                        g["lr"] = lr * min(1.0, (step + 1) / cfg.warmup_steps)
+                # the share of the run done: of max_steps, or of max_minutes when that comes first
+                progress = step / cfg.max_steps
+                if cfg.max_minutes:
+                    progress = max(progress, 1.0 - (deadline - time.perf_counter()) / (60 * cfg.max_minutes))
+                f = lr_factor(cfg, step, progress)
+                for g, lr in zip(opt.param_groups, base_lr):
+                    g["lr"] = lr * f
                 task.reseed(seed * 1_000_003 + step)
                 loss, parts = task(batch)
                 opt.zero_grad()

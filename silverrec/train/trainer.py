@@ -2,6 +2,7 @@
 TensorBoard, atomic checkpoints and resume.
 """
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
@@ -57,6 +58,26 @@ def ivf_candidate_search(bank: torch.Tensor) -> CandidateSearch:
     return search
 
 
+LR_DECAYS = ("none", "cosine")
+
+
+def lr_factor(config: "TrainerConfig", step: int, progress: float) -> float:
+    """The dense learning rate of ``step`` (0-based) relative to ``optim.dense.lr``: a linear
+    warm-up over ``config.warmup_steps``, times ``(1 + cos(pi * progress)) / 2`` with
+    ``lr_decay=cosine``, ``progress`` in [0, 1] the share of the run done.
+
+    Example::
+
+        >>> cfg = TrainerConfig(warmup_steps=10, lr_decay="cosine")
+        >>> [round(lr_factor(cfg, s, p), 3) for s, p in ((0, 0.0), (9, 0.0), (50, 0.5), (99, 1.0))]
+        [0.1, 1.0, 0.5, 0.0]
+    """
+    f = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    if config.lr_decay == "cosine":
+        f *= 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+    return f
+
+
 @dataclass
 class TrainerConfig:
     """Training-loop settings (YAML ``trainer:``).
@@ -78,6 +99,8 @@ class TrainerConfig:
             the entry point; under ``torchrun`` use 1 per process on a small machine.
         max_minutes (float): stop after this much training time even before ``max_steps`` (0:
             no limit; the sequence trainer only, where one process decides alone).
+        lr_decay (str): after the warm-up, ``none`` keeps the dense learning rate, ``cosine``
+            lowers it to 0 along a half cosine over the run (see :func:`lr_factor`).
     """
 
     max_steps: int = 2000
@@ -94,8 +117,11 @@ class TrainerConfig:
     progress: bool = True
     num_threads: int = 0
     max_minutes: float = 0.0
+    lr_decay: str = "none"
 
     def __post_init__(self) -> None:
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"trainer.lr_decay must be one of {list(LR_DECAYS)}, got {self.lr_decay!r}")
         if not self.max_minutes >= 0:
             raise ValueError(f"trainer.max_minutes must be >= 0, got {self.max_minutes}")
         for name in ("max_steps", "batch_size", "keep_checkpoints", "log_every"):
@@ -251,10 +277,9 @@ class Trainer:
         return TrainResult(step=step, start_step=start, checkpoint=last_path, model=model, history=history)
 
     def _set_lr(self, opt, base_lr: List[float], step: int) -> None:
-        if self.config.warmup_steps:
-            f = min(1.0, (step + 1) / self.config.warmup_steps)
-            for g, lr in zip(opt.param_groups, base_lr):
-                g["lr"] = lr * f
+        f = lr_factor(self.config, step, step / self.config.max_steps)
+        for g, lr in zip(opt.param_groups, base_lr):
+            g["lr"] = lr * f
 
     def _refresh_negatives(self, model, dataset: RecDataset) -> None:
         """Rebuilds the negative bank and its candidate search from the current item embeddings (every rank)."""

@@ -64,3 +64,34 @@ def test_eval_and_export_configs_compose():
     for name in ("eval", "export"):
         cfg = compose_config(name, ["ckpt_path=/tmp/x.pt", "paths.output_dir=/tmp/x"])
         assert cfg.ckpt_path == "/tmp/x.pt"
+
+
+def test_sequence_movielens_experiment_is_the_benchmark_row(tmp_path):
+    """``experiment=sequence_movielens`` (the README's sequence command) composes, instantiates and
+    holds the settings benchmarks/movielens.py trains its sequence row with."""
+    import importlib.util
+    import sys
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "movielens.py")
+    sys.path.insert(0, os.path.dirname(path))  # the script imports a module beside it
+    try:
+        spec = importlib.util.spec_from_file_location("movielens_bench", path)
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.pop(0)
+    cfg = compose_config("train", ["paths.output_dir=/tmp/x", "experiment=sequence_movielens", f"data.path={tmp_path}"])
+    assert isinstance(instantiate(cfg.model), TwoTowerConfig) and isinstance(instantiate(cfg.trainer), TrainerConfig)
+    bench_cfg = compose_config("train", ["paths.output_dir=/tmp/x", f"data.path={tmp_path}", *bench.DATA, *bench.SEQUENCE,
+                                         "trainer.max_minutes=28"])
+    for node in ("data", "eval", "model", "loss", "optim", "trainer"):
+        assert cfg[node] == bench_cfg[node], node
+
+
+def test_lr_decay_is_validated_and_shapes_the_rate():
+    from silverrec.train.trainer import lr_factor
+    with pytest.raises(ValueError, match="trainer.lr_decay must be one of"):
+        TrainerConfig(lr_decay="linear")
+    cosine, flat = TrainerConfig(warmup_steps=4, lr_decay="cosine"), TrainerConfig(warmup_steps=4)
+    assert [lr_factor(flat, s, s / 10) for s in (0, 3, 9)] == [0.25, 1.0, 1.0]
+    f = [lr_factor(cosine, s, s / 10) for s in range(3, 11)]
+    assert f[0] < 1.0 and all(a > b for a, b in zip(f, f[1:])) and f[-1] == pytest.approx(0.0, abs=1e-12)
