@@ -55,11 +55,14 @@ class AttributeSpec:
         name (str): the item feature.
         kind (str): ``categorical`` or ``numeric``.
         width (int): values per item (the feature's ``max_length``; numeric: 1).
+        vocab_size (int): V, value ids lie in ``[0, V)`` (categorical; 0: unknown, then the
+            counts compare every (history item, candidate) pair instead of indexing by value).
     """
 
     name: str
     kind: str
     width: int
+    vocab_size: int = 0
 
 
 def is_numeric(feature: Feature) -> bool:
@@ -98,7 +101,7 @@ def side_feature_specs(schema: Schema, names: Sequence[str]) -> List[AttributeSp
         elif is_numeric(by_name[n]):
             specs.append(AttributeSpec(n, "numeric", 1))
         else:
-            specs.append(AttributeSpec(n, "categorical", by_name[n].max_length))
+            specs.append(AttributeSpec(n, "categorical", by_name[n].max_length, len(by_name[n].vocab)))
     return specs
 
 
@@ -174,6 +177,9 @@ class SideFeatures(nn.Module):
                 if a.shape[1] > table.shape[1]:
                     raise ValueError(f"SideFeatures: attribute {s.name!r} has {a.shape[1]} values per item, at most "
                                      f"{table.shape[1]}")
+                if s.vocab_size and a.size and int(a.max()) >= s.vocab_size:
+                    raise ValueError(f"SideFeatures: attribute {s.name!r} has value id {int(a.max())}, its vocabulary "
+                                     f"{s.vocab_size} values")
                 table.fill_(-1)
                 table[:n, :a.shape[1]] = torch.from_numpy(a)
                 continue
@@ -232,10 +238,10 @@ class SideFeatures(nn.Module):
             table = getattr(self, f"table_{j}")
             if s.kind == "categorical":
                 a_h, a_c = table[hrow], table[crow]  # [B, L, W], [B, K, W]
-                # history item l holds one of candidate k's values: any over (candidate value, item value)
-                same = (a_c.unsqueeze(2).unsqueeze(-1) == a_h.unsqueeze(1).unsqueeze(3)) & (a_c >= 0).unsqueeze(2).unsqueeze(-1)
-                holds = same.flatten(3).any(-1).float() * hw.unsqueeze(1)  # [B, K, L]
-                m = holds.sum(2)  # [B, K]
+                if s.vocab_size:
+                    m = holding_counts(a_h, a_c, known_h, s.vocab_size)
+                else:
+                    m = holding_counts_pairwise(a_h, a_c, known_h)
                 cols += [m / denom, torch.log1p(m), (m > 0).float()]
             elif s.kind == "numeric":
                 scale = getattr(self, f"scale_{j}")
@@ -255,3 +261,65 @@ class SideFeatures(nn.Module):
             else:
                 cols.append(table[crow])
         return torch.stack(cols, dim=-1)
+
+
+def holding_counts_pairwise(a_h: Tensor, a_c: Tensor, known_h: Tensor) -> Tensor:
+    """float32 [B, K]: how many known history items hold any of each candidate's values, by
+    comparing every (history item, candidate) pair of values (O(B K L W^2); the reference of
+    :func:`holding_counts`).
+
+    Args:
+        a_h (Tensor): int64 [B, L, W] the history items' value ids (-1: none).
+        a_c (Tensor): int64 [B, K, W] the candidates' value ids (-1: none).
+        known_h (Tensor): bool [B, L] history slots holding a known item.
+    """
+    same = (a_c.unsqueeze(2).unsqueeze(-1) == a_h.unsqueeze(1).unsqueeze(3)) & (a_c >= 0).unsqueeze(2).unsqueeze(-1)
+    holds = same.flatten(3).any(-1) & known_h.unsqueeze(1)  # [B, K, L]
+    return holds.float().sum(2)
+
+
+def holding_counts(a_h: Tensor, a_c: Tensor, known_h: Tensor, vocab_size: int) -> Tensor:
+    """float32 [B, K]: how many known history items hold any of each candidate's values
+    (:func:`holding_counts_pairwise`'s result in O(B (L W + V + K W) L / 32)).
+
+    Each user gets a table [V + 1, ceil(L / 32)] of history-position bitsets, value v's row
+    holding bit l when history item l has v (32 positions per int64 word, so the shifts and the
+    popcount below never touch the sign bit); a candidate's count is the popcount of the OR of its
+    values' rows. A value listed twice by one item is counted once (its repeats are dropped
+    before the scatter, whose add is an OR only over distinct bits).
+
+    Args:
+        a_h (Tensor): int64 [B, L, W] the history items' value ids in ``[0, V)`` (-1: none).
+        a_c (Tensor): int64 [B, K, W2] the candidates' value ids in ``[0, V)`` (-1: none).
+        known_h (Tensor): bool [B, L] history slots holding a known item.
+        vocab_size (int): V.
+    """
+    b, l, w = a_h.shape
+    k, w2 = a_c.shape[1], a_c.shape[2]
+    if l == 0:
+        return torch.zeros(b, k)
+    words = (l + 31) // 32
+    pos = torch.arange(l, device=a_h.device)
+    bit = torch.bitwise_left_shift(torch.ones_like(pos), pos % 32)  # [L]
+    earlier = torch.ones(w, w, dtype=torch.bool, device=a_h.device).tril(-1)  # [w, w'] w' < w
+    repeat = ((a_h.unsqueeze(-1) == a_h.unsqueeze(-2)) & earlier).any(-1)  # [B, L, W]
+    ok = (a_h >= 0) & known_h.unsqueeze(-1) & ~repeat
+    slot = torch.where(ok, a_h, vocab_size) * words + (pos // 32).view(1, l, 1)  # [B, L, W]
+    src = torch.where(ok, bit.view(1, l, 1), 0)
+    table = torch.zeros(b, (vocab_size + 1) * words, dtype=torch.int64, device=a_h.device)
+    table = table.scatter_add(1, slot.reshape(b, l * w), src.reshape(b, l * w))  # row V stays 0
+    cand = torch.where(a_c >= 0, a_c, vocab_size) * words  # [B, K, W2]
+    offsets = torch.arange(words, device=a_h.device)
+    rows = torch.gather(table, 1, (cand.unsqueeze(-1) + offsets).reshape(b, k * w2 * words)).view(b, k, w2, words)
+    union = rows[:, :, 0]
+    for j in range(1, w2):
+        union = union | rows[:, :, j]  # [B, K, words]
+    return _popcount32(union).sum(-1).float()
+
+
+def _popcount32(x: Tensor) -> Tensor:
+    """The number of set bits of each int64 element holding a value in [0, 2^32) (SWAR)."""
+    x = x - ((x >> 1) & 0x55555555)
+    x = (x & 0x33333333) + ((x >> 2) & 0x33333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F
+    return (x * 0x01010101 & 0xFFFFFFFF) >> 24

@@ -8,7 +8,8 @@ import torch
 
 from silverrec.data.dataset import JaggedColumn
 from silverrec.models.over_arch import OverArch, OverArchConfig
-from silverrec.models.side_features import (AttributeSpec, SideFeatures, num_side_features, side_feature_specs)
+from silverrec.models.side_features import (AttributeSpec, SideFeatures, holding_counts, holding_counts_pairwise,
+                                            num_side_features, side_feature_specs)
 from silverrec.models.two_tower import TwoTowerConfig, build_two_tower
 from silverrec.schema import Feature, Schema
 
@@ -58,7 +59,7 @@ def _loop(cols, counts, specs, history, items, n):
 
 def test_specs_follow_the_schema():
     specs = side_feature_specs(SCHEMA, ["all"])
-    assert specs == [AttributeSpec("colour", "categorical", 1), AttributeSpec("labels", "categorical", 3),
+    assert specs == [AttributeSpec("colour", "categorical", 1, 4), AttributeSpec("labels", "categorical", 3, 6),
                      AttributeSpec("year", "numeric", 1), AttributeSpec("popularity", "popularity", 0)]
     assert num_side_features(specs) == 3 + 3 + 4 + 1
     assert [s.name for s in side_feature_specs(SCHEMA, ["popularity", "year"])] == ["popularity", "year"]
@@ -66,9 +67,10 @@ def test_specs_follow_the_schema():
 
 @pytest.mark.parametrize("names", [["all"], ["year"], ["popularity", "colour"], ["labels"]])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_side_features_equal_a_python_loop(names, seed):
+@pytest.mark.parametrize("l", [7, 70])
+def test_side_features_equal_a_python_loop(names, seed, l):
     rng = np.random.default_rng(seed)
-    n, b, l, k = 30, 5, 7, 9
+    n, b, k = 30, 5, 9
     cols, counts = _columns(n, rng)
     specs = side_feature_specs(SCHEMA, names)
     sf = SideFeatures(specs, n)
@@ -81,6 +83,25 @@ def test_side_features_equal_a_python_loop(names, seed):
     for r in range(b):
         want = torch.tensor(_loop(cols, counts, specs, history[r].tolist(), items[r].tolist(), n), dtype=torch.float32)
         torch.testing.assert_close(got[r], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_holding_counts_equal_the_pairwise_comparison(seed):
+    """The bitset counts (the graph's path) against comparing every (history, candidate) value
+    pair: repeated values within an item, -1 values, unknown history slots, L across word edges."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(25):
+        b, k, w, v = (int(torch.randint(1, hi, (1,), generator=g)) for hi in (4, 40, 5, 12))
+        l = int(torch.randint(0, 140, (1,), generator=g))
+        a_h, a_c = torch.randint(-1, v, (b, l, w), generator=g), torch.randint(-1, v, (b, k, w), generator=g)
+        known = torch.rand(b, l, generator=g) > 0.2
+        assert torch.equal(holding_counts(a_h, a_c, known, v), holding_counts_pairwise(a_h, a_c, known))
+
+
+def test_value_ids_beyond_the_vocabulary_are_refused():
+    sf = SideFeatures([AttributeSpec("colour", "categorical", 1, 4)], 3)
+    with pytest.raises(ValueError, match="attribute 'colour' has value id 4, its vocabulary 4 values"):
+        sf.set_tables({"colour": [[0], [4], [1]]})
 
 
 def test_side_features_with_no_history_slots():
