@@ -155,7 +155,7 @@ class TrainBatches:
     def __init__(self, dataset: RecDataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if batch_size % world_size:
             raise ValueError(f"batch_size={batch_size} is not divisible by world_size={world_size}")
-        train = dataset.split.train
+        train = dataset.split.training
         if train.size < batch_size:
             raise ValueError(f"the train split has {train.size} interactions, fewer than batch_size={batch_size}")
         self.dataset = dataset

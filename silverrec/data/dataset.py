@@ -159,11 +159,23 @@ class Split:
         train (np.ndarray): int64 indices of training interactions.
         valid (np.ndarray): int64 indices of validation interactions (after each user's train).
         test (np.ndarray): int64 indices of test interactions (after each user's validation).
+        valid_trains (bool): the validation interactions also train (:attr:`training`), as in
+            generative-recommenders' leave-last-out runs (``ignore_last_n=1``); evaluation
+            histories and exclusions still read ``train`` only.
     """
 
     train: np.ndarray
     valid: np.ndarray
     test: np.ndarray
+    valid_trains: bool = False
+
+    @property
+    def training(self) -> np.ndarray:
+        """int64 indices of the interactions the trainers learn from, sorted: ``train``, plus
+        ``valid`` when ``valid_trains``."""
+        if not self.valid_trains:
+            return self.train
+        return np.sort(np.concatenate([self.train, self.valid]))
 
     def get(self, name: str) -> np.ndarray:
         if name not in ("train", "valid", "test"):

@@ -57,7 +57,7 @@ class SequenceBatches:
     def __init__(self, dataset: RecDataset, batch_size: int, seed: int = 0) -> None:
         if batch_size < 1:
             raise ValueError(f"trainer.batch_size must be >= 1, got {batch_size}")
-        it, train = dataset.interactions, dataset.split.train
+        it, train = dataset.interactions, dataset.split.training
         order = train[np.lexsort((train, it.timestamp[train], it.user[train]))]  # (user, time) order
         counts = np.bincount(it.user[order], minlength=dataset.users.num_rows)
         self.offsets = np.zeros(counts.size + 1, dtype=np.int64)

@@ -146,7 +146,7 @@ def run_evaluation(cfg: DictConfig) -> Dict[str, Any]:
     trained = payload.get("eval_config") or {"protocol": "temporal", "ks": [10, 50, 100]}
     protocol = cfg.get("protocol") or trained["protocol"]
     ks = cfg.get("ks") or (trained["ks"] if protocol == trained["protocol"] else None)
-    eval_config = EvalConfig(protocol, None if ks is None else list(ks))
+    eval_config = EvalConfig(protocol, None if ks is None else list(ks), bool(trained.get("valid_trains", False)))
     dataset = eval_config.apply(dataset)
     ctx = init_distributed("cpu")
     try:

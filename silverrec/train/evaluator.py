@@ -149,7 +149,7 @@ class Evaluator:
         self.protocol = protocol
         self.users = eval_users(dataset, split, max_users, protocol=protocol)
         self.batcher = FeatureBatcher(dataset.schema, dataset.users, dataset.items)
-        train_items = dataset.interactions.item[dataset.split.train]
+        train_items = dataset.interactions.item[dataset.split.training]
         counts = np.bincount(train_items, minlength=dataset.items.num_rows)
         self.popularity = torch.from_numpy(np.log1p(counts).astype(np.float32))
 

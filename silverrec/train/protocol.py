@@ -52,10 +52,16 @@ class EvalConfig:
         protocol (str): ``temporal`` or ``leave_last_out`` (see the module docstring).
         ks (Optional[List[int]]): cut-offs; None: the protocol's own (``temporal``: the
             caller's default, ``trainer.ks``; ``leave_last_out``: 10, 50, 200).
+        valid_trains (bool): the validation interactions also train. generative-recommenders
+            trains its leave-last-out runs this way (``ignore_last_n=1``: every item but the
+            test item is a training target), so its published SASRec / HSTU numbers compare with
+            a run that sets this. The validation metrics then score items the model trained on
+            (not held out); the test item stays held out either way.
     """
 
     protocol: str = "temporal"
     ks: Optional[List[int]] = None
+    valid_trains: bool = False
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -72,7 +78,11 @@ class EvalConfig:
         return list(LEAVE_LAST_OUT_KS) if self.protocol == "leave_last_out" else sorted(int(k) for k in default)
 
     def apply(self, dataset: RecDataset) -> RecDataset:
-        """The data set with this protocol's split (``temporal``: unchanged, the same object)."""
-        if self.protocol == "temporal":
+        """The data set with this protocol's split (``temporal`` without ``valid_trains``:
+        unchanged, the same object)."""
+        split = dataset.split if self.protocol == "temporal" else leave_last_out_split(dataset)
+        if self.valid_trains:
+            split = dataclasses.replace(split, valid_trains=True)
+        if split is dataset.split:
             return dataset
-        return dataclasses.replace(dataset, split=leave_last_out_split(dataset))
+        return dataclasses.replace(dataset, split=split)

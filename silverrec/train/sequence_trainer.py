@@ -50,7 +50,7 @@ class SequenceTrainer:
               loss_config: LossConfig):
         """The train task (model with task rates and side-feature table set) and its optimizer."""
         two_tower = build_two_tower(dataset.schema, model_config)
-        train = dataset.split.train
+        train = dataset.split.training
         with torch.no_grad():
             two_tower.task_rates.copy_(torch.tensor([float(dataset.interactions.labels[t][train].mean())
                                                      for t in two_tower.task_names]))

@@ -87,7 +87,7 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
             seed=cfg.seed,
             ckpt_path=cfg.ckpt_path,
             extra={"data_config": OmegaConf.to_container(cfg.data, resolve=True),
-                   "eval_config": {"protocol": eval_config.protocol, "ks": ks}},
+                   "eval_config": {"protocol": eval_config.protocol, "ks": ks, "valid_trains": eval_config.valid_trains}},
             loss_config=instantiate(cfg.loss),
             eval_config=eval_config,
         )

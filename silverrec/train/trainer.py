@@ -178,7 +178,7 @@ class Trainer:
     ):
         """The sharded train task and its combined optimizer."""
         two_tower = build_two_tower(dataset.schema, model_config, device=torch.device("meta"))
-        train = dataset.split.train
+        train = dataset.split.training
         with torch.no_grad():
             two_tower.task_rates.copy_(torch.tensor([float(dataset.interactions.labels[t][train].mean()) for t in two_tower.task_names]))
         if two_tower.uses_history:  # the side features' item attribute table
@@ -367,7 +367,7 @@ def set_side_feature_items(two_tower: TwoTower, dataset: RecDataset) -> None:
     """Fills the item attribute tables of an OverArch with side features from ``dataset`` (its
     item feature columns and training interaction counts)."""
     side = two_tower.over_arch.side_features
-    counts = np.bincount(dataset.interactions.item[dataset.split.train], minlength=dataset.items.num_rows)
+    counts = np.bincount(dataset.interactions.item[dataset.split.training], minlength=dataset.items.num_rows)
     side.set_items_from(dataset.schema, dataset.items.columns, counts)
 
 

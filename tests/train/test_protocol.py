@@ -25,6 +25,26 @@ def test_split_is_last_and_second_to_last(tiny_dataset):
     assert EvalConfig().apply(tiny_dataset) is tiny_dataset
 
 
+def test_valid_trains_adds_the_validation_item_to_training_only(tiny_dataset):
+    """``eval.valid_trains``: the trainers' rows gain each user's validation item (the last
+    training target of every sequence); evaluation histories and exclusions stay as they were."""
+    from silverrec.data.sequence_batches import SequenceBatches
+    strict = EvalConfig("leave_last_out").apply(tiny_dataset)
+    loose = EvalConfig("leave_last_out", valid_trains=True).apply(tiny_dataset)
+    assert strict.split.training is strict.split.train
+    assert np.array_equal(loose.split.training, np.sort(np.r_[strict.split.train, strict.split.valid]))
+    assert np.array_equal(loose.split.train, strict.split.train) and np.array_equal(loose.split.test, strict.split.test)
+    it = loose.interactions
+    user = int(it.user[loose.split.valid[0]])
+    for ds, last in ((strict, loose.split.train), (loose, loose.split.training)):
+        batches = SequenceBatches(ds, batch_size=4)
+        rows = last[it.user[last] == user]
+        assert batches.items[batches.offsets[user + 1] - 1] == it.item[rows[-1]]
+    assert np.array_equal(Evaluator(loose, "valid").users.seen.values, Evaluator(strict, "valid").users.seen.values)
+    temporal = EvalConfig(valid_trains=True).apply(tiny_dataset)
+    assert temporal is not tiny_dataset and temporal.split.valid_trains and temporal.split.train is tiny_dataset.split.train
+
+
 def test_eval_config_checks_and_cutoffs():
     assert EvalConfig("leave_last_out").cutoffs([10, 50, 100]) == [10, 50, 200]
     assert EvalConfig("temporal").cutoffs([100, 10]) == [10, 100]
