@@ -75,6 +75,7 @@ def scalars_layout() -> Dict[str, Dict[str, List[Any]]]:
                      "latency ms": chart(r"served/latency_ms/.*"),
                      "coverage and Gini": chart(r"served/exposure/.*")},
         "index": {"served-vs-exact recall (index loss)": chart(r"^served/[^/]*/recall_vs_exact@.*"),
+                    "index loss per filter class": chart(r"^served/index_loss/.*"),
                     "filter pass fraction": chart(r"^served/[^/]*/pass_fraction")},
     }
 

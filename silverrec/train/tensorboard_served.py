@@ -6,6 +6,7 @@ Tags (``<filter>`` is the expression, or ``none``)::
     served/<filter>/{pass_fraction, heldout_users, recall@K, ndcg@K, value_recall@K, recall_vs_exact@K}
     served/<filter>/tasks/<task>/recall@K
     served/latency_ms/batch_<B>
+    served/index_loss/<class>/recall_vs_exact@K                       class: none | ~50% | ~10% | ~1% (mean over its filters)
     served/exposure/<ranking>/{coverage, gini, distinct_items}      ranking: served | exact | most_popular
     served/curves/<ranking>/recall@K                                  K = 1 .. 500 (no filter)
     figures:    served/recall_at_k, served/recall_vs_exact_per_filter, served/latency
@@ -32,6 +33,8 @@ def served_scalars(section: Mapping[str, Any]) -> Dict[str, float]:
             elif isinstance(value, (int, float)) and value is not None:
                 out[f"served/{expr}/{key}"] = float(value)
     out.update({f"served/latency_ms/batch_{b}": ms for b, ms in section["latency_ms"].items()})
+    out.update({f"served/index_loss/{c}/recall_vs_exact@{section['k']}": v
+                for c, v in section.get("index_loss", {}).items()})
     for name, e in section.get("exposure", {}).items():
         out.update({f"served/exposure/{name}/{m}": float(v) for m, v in e.items()})
     curves = section.get("curves", {})

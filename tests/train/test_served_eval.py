@@ -49,7 +49,8 @@ def test_served_against_exact_when_every_item_is_probed(full_probe, tiny_dataset
     expr = rare[1]
     section = evaluate_served(Retriever(path), model, tiny_dataset, filters=[expr], ks=(10, 20, 50), max_users=32,
                               batches=(1, 4))
-    assert set(section) == {"backend", "k", "num_users", "filters", "curves", "exposure", "latency_ms", "warnings"}
+    assert set(section) == {"backend", "k", "num_users", "filters", "curves", "exposure", "index_loss", "latency_ms",
+                            "warnings"}
     assert section["k"] == 20 and section["num_users"] == 32
     assert list(section["filters"]) == ["none", expr]
     assert section["filters"][expr]["pass_fraction"] == rare[0] / tiny_dataset.items.num_rows
@@ -121,3 +122,12 @@ def test_served_tensorboard_events(full_probe, tiny_dataset, tmp_path) -> None:
     assert os.path.isdir(tmp_path / "tb" / "served")  # the hparams session
     table = served_table(section, classes=["none", "~10%", "~1%"])
     assert "index loss" in table and "coverage of the catalogue" in table
+    # the index-loss line's class means: in the report section and as scalars
+    classes = {row["class"] for row in section["filters"].values()}
+    assert set(section["index_loss"]) == classes
+    for c, mean in section["index_loss"].items():
+        rows = [r["recall_vs_exact@20"] for r in section["filters"].values() if r["class"] == c]
+        assert mean == pytest.approx(float(np.mean(rows)))
+        assert ea.Scalars(f"served/index_loss/{c}/recall_vs_exact@20")[-1].value == pytest.approx(mean)
+        if c in ("none", "~10%", "~1%"):
+            assert f"{c} {mean:.4f}" in table
