@@ -297,7 +297,7 @@ def holding_counts(a_h: Tensor, a_c: Tensor, known_h: Tensor, vocab_size: int) -
     b, l, w = a_h.shape
     k, w2 = a_c.shape[1], a_c.shape[2]
     if l == 0:
-        return torch.zeros(b, k)
+        return torch.zeros(b, k, device=a_c.device)
     words = (l + 31) // 32
     pos = torch.arange(l, device=a_h.device)
     bit = torch.bitwise_left_shift(torch.ones_like(pos), pos % 32)  # [L]
