@@ -72,7 +72,7 @@ PUBLISHED = [  # generative-recommenders README, MovieLens-1M, the same protocol
 DATA = ["data=recbole", "data.name=ml-1m", "data.history_length=200", "eval.protocol=leave_last_out",
         "eval.valid_trains=true", "model.value_formula=click", "+loss.task_weights.like=0"]
 POOLED = ["model.over_arch=null", "trainer.batch_size=1024", "trainer.max_steps=600"]
-SEQUENCE = ["model.user_tower=sequence", "model.embedding_dim=64", "model.sequence.num_blocks=2",
+SEQUENCE = ["model.user_tower=sequence", "model.sequence.num_blocks=2",
             "model.sequence.num_heads=1", "model.sequence.dropout=0.2", "model.over_arch=null",
             "loss.in_batch_negatives=256", "loss.uniform_negatives=512", "optim.dense.lr=0.002",
             "trainer.batch_size=32", "trainer.max_steps=100000", "trainer.warmup_steps=20", "trainer.lr_decay=cosine",
@@ -264,6 +264,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/movielens")
     ap.add_argument("--minutes", type=float, default=28.0, help="training time of the sequence tower")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dim", type=int, default=128, help="E, the sequence tower's width (model.embedding_dim)")
+    ap.add_argument("--seed", type=int, default=0, help="the sequence tower's training seed")
     ap.add_argument("--only", default="popular,pooled,sequence,mlp,mol")
     ap.add_argument("--pool", type=int, default=200)
     ap.add_argument("--oa-positions", type=int, default=8)
@@ -287,8 +289,8 @@ def main() -> None:
     if only & {"pooled", "popular"}:
         reports["pooled"] = train_row("pooled", POOLED, args.out, data, args.threads, args.strict)
     if only & {"sequence", "mlp", "mol"}:
-        reports["sequence"] = train_row("sequence", SEQUENCE + [f"trainer.max_minutes={args.minutes}"], args.out,
-                                        data, args.threads, args.strict)
+        sequence = SEQUENCE + [f"model.embedding_dim={args.dim}", f"seed={args.seed}", f"trainer.max_minutes={args.minutes}"]
+        reports["sequence"] = train_row("sequence", sequence, args.out, data, args.threads, args.strict)
     if "popular" in only:
         test = reports["pooled"]["test"]
         m = {k[len("popularity_"):]: v for k, v in test.items() if k.startswith("popularity_")}

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from silverrec.models.dropout import Dropout, dropout
+
 
 class CausalBlock(nn.Module):
     """One pre-LN transformer block: causal self-attention, then a feed-forward layer.
@@ -46,13 +48,18 @@ class CausalBlock(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
-        self.drop = nn.Dropout(dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         b, n, e = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.num_heads, e // self.num_heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        if self.training and self.dropout > 0:
+            # SDPA's math path, with the attention weights' dropout mask from 16-bit words (bernoulli_ is slow on CPU)
+            w = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5).masked_fill_(~mask, float("-inf")).softmax(-1)
+            a = dropout(w, self.dropout, True) @ v  # [B, heads, L, E / heads]
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, n, e)))  # [B, L, E]
         return x + self.drop(self.ffn(self.norm2(x)))
 
@@ -97,7 +104,7 @@ class SequenceUserTower(nn.Module):
             raise ValueError(f"model.sequence.dropout must be in [0, 1), got {dropout}")
         self.dim, self.max_length, self.num_heads = dim, max_length, num_tasks
         self.positions = nn.Parameter(torch.randn(max_length, dim) * dim ** -0.5)
-        self.input_drop = nn.Dropout(dropout)
+        self.input_drop = Dropout(dropout)
         self.blocks = nn.ModuleList([CausalBlock(dim, num_heads, dropout, dim) for _ in range(num_blocks)])
         self.norm = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, dim * num_tasks)

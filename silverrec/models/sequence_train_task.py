@@ -74,8 +74,8 @@ class SequenceTrainTask(nn.Module):
         tgt, lab = targets[pick], labels[pick]  # [P], [P, T]
         negs, log_q_negs = self._negatives(tgt)  # [C], [C]
         table = tt.item_table
-        v_pos = F.normalize(table[tgt].float(), dim=-1)  # [P, D]
-        v_neg = F.normalize(table[negs].float(), dim=-1)  # [C, D]
+        v_pos = F.normalize(F.embedding(tgt, table).float(), dim=-1)  # [P, D]
+        v_neg = F.normalize(F.embedding(negs, table).float(), dim=-1)  # [C, D]
         active = [i for i, w in enumerate(self.task_weights) if w > 0]  # tasks with weight 0 are skipped
         us = (u[:, active] * tt.similarity.scale()).transpose(0, 1)  # [T', P, D]
         pos_logit = (us * v_pos).sum(-1) - self._log_expected(tgt)  # [T', P]

@@ -27,6 +27,7 @@ from silverrec.models.two_tower import TwoTowerConfig
 from silverrec.models.value_formula import FormulaError, parse_formula
 from silverrec.train.distributed import broadcast_object, init_distributed, shutdown_distributed
 from silverrec.train.evaluate import evaluate_model, log_metrics, write_json_atomic
+from silverrec.train.malloc_tuning import keep_freed_memory
 from silverrec.train.multitask_eval import multitask_table
 from silverrec.train.optim import check_dense_optimizer
 from silverrec.train.protocol import EvalConfig
@@ -63,6 +64,7 @@ def run_training(cfg: DictConfig, dataset: Optional[RecDataset] = None) -> Dict[
     dense_optimizer = check_dense_optimizer(instantiate(cfg.optim.dense), "optim.dense")  # before any data is read
     if trainer_cfg.num_threads:
         torch.set_num_threads(trainer_cfg.num_threads)
+    keep_freed_memory(trainer_cfg.malloc_keep_mib)
     ctx = init_distributed(trainer_cfg.device)
     try:
         # every rank must write to rank 0's run folder (hydra's date-stamped names can differ)

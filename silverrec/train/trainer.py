@@ -101,6 +101,10 @@ class TrainerConfig:
             no limit; the sequence trainer only, where one process decides alone).
         lr_decay (str): after the warm-up, ``none`` keeps the dense learning rate, ``cosine``
             lowers it to 0 along a half cosine over the run (see :func:`lr_factor`).
+        malloc_keep_mib (int): glibc's malloc serves blocks up to this many MiB (at most 32) from
+            its heap and keeps freed memory for reuse (:mod:`silverrec.train.malloc_tuning`;
+            about 10% faster sequence-tower steps); 0 leaves malloc as it is. Applied by the
+            entry point.
     """
 
     max_steps: int = 2000
@@ -118,6 +122,7 @@ class TrainerConfig:
     num_threads: int = 0
     max_minutes: float = 0.0
     lr_decay: str = "none"
+    malloc_keep_mib: int = 32
 
     def __post_init__(self) -> None:
         if self.lr_decay not in LR_DECAYS:
@@ -127,7 +132,7 @@ class TrainerConfig:
         for name in ("max_steps", "batch_size", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "eval_max_users"):
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "eval_max_users", "malloc_keep_mib"):
             if getattr(self, name) < 0:
                 raise ValueError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
 
