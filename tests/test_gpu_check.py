@@ -1,5 +1,6 @@
 """``make gpu-check`` (issue 17, item 5) on a machine without a GPU: it fails loudly, and every
 step runs on the CPU in its dry-run mode (tiny sizes), so the script itself is exercised here."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -11,8 +12,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "gpu_check.py")
 HAS_CUDA = {"condition": torch.cuda.is_available(), "reason": "this machine has CUDA: the no-CUDA failure cannot happen"}
 
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-import gpu_check  # noqa: E402
+_spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)  # a script, not a package module
+gpu_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_check)
 
 
 def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -1,8 +1,9 @@
-"""Dropout with a mask drawn from 16-bit random words: the same layer as ``nn.Dropout``, 4-8x cheaper on CPU.
+"""Dropout with a mask drawn from 16-bit random words: the same layer as ``nn.Dropout``, ~3x cheaper on CPU.
 
 ``torch.bernoulli_`` on CPU draws one double per element; in the sequence tower's training step
 (9 dropout layers over ``[B, L, E]`` states and ``[B, 1, L, L]`` attention weights) it took about
-a fifth of the step. Here the keep mask compares 16-bit slices of 64-bit random words with a
+a fifth of the step (forward + backward over [32, 1, 200, 200] on 2 threads: 12.3 ms with
+``F.dropout``, 3.8 ms here). Here the keep mask compares 16-bit slices of 64-bit random words with a
 threshold: one ``random_`` call fills 4 mask elements per word. An element is dropped with
 probability ``p' = round(p * 65536) / 65536`` (within 2^-17 of ``p``), and kept ones are scaled by
 ``1 / (1 - p')``, so the layer's expectation is the identity exactly, as ``nn.Dropout``'s.
