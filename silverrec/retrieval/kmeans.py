@@ -16,13 +16,17 @@ takes minutes instead of most of an hour (``benchmarks/scale.py``). Smaller prob
 two-level assignment below (small products per group) and all GPU problems stay in float32.
 
 With many clusters (``C >= 2048`` on a large CPU problem) a point is compared with the centroids
-of its 3 nearest *groups* only: the centroids are themselves clustered into ``sqrt(C)`` groups,
-a point scores the group centres, then the centroids of its best 3 groups (about ``3 sqrt(C)``
-of them instead of C, e.g. 340 of 12,649 at 10M items). A point whose nearest centroid lies in
-another group gets a near one instead; an IVF cluster is then a slightly less tight cell, which
-its centroid still describes (measured on ``benchmarks/scale.py``'s 1M items: unfiltered recall@100
-at 6% of the clusters probed 0.958, against 0.962 with every point on its nearest centroid). This is what keeps the final assignment of 10M points and the
-Lloyd iterations on the 800k-point sample within minutes on two cores. k-means++ seeding takes
+of its 8 nearest *groups* only: the centroids are themselves clustered into ``sqrt(C)`` groups,
+a point scores the group centres, then the centroids of its best 8 groups (about ``8 sqrt(C)``
+of them instead of C, e.g. 900 of 12,649 at 10M items). A point whose nearest centroid lies in
+another group gets a near one instead; an IVF cluster is then a slightly less tight cell. How
+many groups matters on clustered data: on ``benchmarks/ann.py``'s clustered 1M x 128 set (C =
+4,000) unfiltered recall@100 at n_probe 1 is 0.9834 with every point on its nearest centroid,
+0.9807 with 8 groups, 0.971 with 5 or 6 and 0.9448 with 3 (the setting until 2026-12-06, chosen
+on ``benchmarks/scale.py``'s unclustered items, where 3 groups cost 0.004 at 6% of the clusters
+probed); the whole index build took 23.4 / 13.6 / 12.0 / 8.8 s. The groups keep the final
+assignment of 10M points and the Lloyd iterations on the 800k-point sample within minutes on two
+cores. k-means++ seeding takes
 thousands of sequential steps of small operations and runs on one thread (14x faster than on
 two of a loaded machine, measured).
 """
@@ -40,7 +44,7 @@ _MIN_FILL = 8
 _CHUNK_ELEMS = 1 << 24  # rows per distance chunk = this / C (a 64 MiB float32 block)
 _BF16_MIN_WORK = 1 << 33  # N * C * D from which CPU distance products run in bfloat16
 _TWO_LEVEL_MIN_CLUSTERS = 2048  # C from which large CPU problems assign through groups of centroids
-_GROUP_PROBES = 3  # groups whose centroids a point is compared with
+_GROUP_PROBES = 8  # groups whose centroids a point is compared with (module docstring: why 8)
 
 
 @dataclass
