@@ -10,6 +10,8 @@ probability ``p' = round(p * 65536) / 65536`` (within 2^-17 of ``p``), and kept 
 
 Only training draws masks; in eval (and inside exported graphs) the layer is the identity.
 """
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -28,16 +30,24 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
     return _random_int16(shape, device) >= _threshold(p)
 
 
+def _dropped_levels(p: float) -> int:
+    """How many of the 65536 int16 values drop an element: ``round(p * 65536)``."""
+    return round(p * _LEVELS)
+
+
 def _threshold(p: float) -> int:
-    """int16 values below it are dropped: ``round(p * 65536)`` of the 65536 values."""
-    return round(p * _LEVELS) - _LEVELS // 2
+    """int16 values below it are dropped (the lowest :func:`_dropped_levels` of them)."""
+    return _dropped_levels(p) - _LEVELS // 2
+
+
+def _check_probability(p: float) -> None:
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
 
 
 def _random_int16(shape: torch.Size, device: torch.device) -> Tensor:
     """int16 [*shape] uniform over all 65536 values: 16-bit slices of 64-bit random words."""
-    n = 1
-    for s in shape:
-        n *= int(s)
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(1 << 63), (1 << 63) - 1)
     return words.view(torch.int16)[:n].view(shape)
 
@@ -46,7 +56,7 @@ def keep_scale(shape: torch.Size, p: float, device: torch.device, dtype: torch.d
     """[*shape] of ``dtype``: :func:`keep_mask` as 0 (dropped) or ``1 / (1 - p')`` (kept), in float arithmetic
     (a multiplier, so the backward is one multiplication; bool masks take slow CPU paths)."""
     r = _random_int16(shape, device).to(dtype)
-    kept = _LEVELS - round(p * _LEVELS)
+    kept = _LEVELS - _dropped_levels(p)
     # sign(r - threshold + 0.5) is -1 below the threshold and +1 from it on (r is an integer)
     return (r - (_threshold(p) - 0.5)).sign_().add_(1.0).mul_(0.5 * _LEVELS / kept)
 
@@ -64,8 +74,7 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """
     if not training or p == 0.0:
         return x
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    _check_probability(p)
     return x * keep_scale(x.shape, p, x.device, x.dtype)
 
 
@@ -84,8 +93,7 @@ class Dropout(nn.Module):
 
     def __init__(self, p: float) -> None:
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        _check_probability(p)
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:

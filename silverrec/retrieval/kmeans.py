@@ -26,9 +26,8 @@ many groups matters on clustered data: on ``benchmarks/ann.py``'s clustered 1M x
 on ``benchmarks/scale.py``'s unclustered items, where 3 groups cost 0.004 at 6% of the clusters
 probed); the whole index build took 23.4 / 13.6 / 12.0 / 8.8 s. The groups keep the final
 assignment of 10M points and the Lloyd iterations on the 800k-point sample within minutes on two
-cores. k-means++ seeding takes
-thousands of sequential steps of small operations and runs on one thread (14x faster than on
-two of a loaded machine, measured).
+cores. k-means++ seeding takes thousands of sequential steps of small operations and runs on one
+thread (14x faster than on two of a loaded machine, measured).
 """
 import math
 from dataclasses import dataclass
