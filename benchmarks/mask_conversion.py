@@ -13,7 +13,11 @@ interleaved (the machine is shared; each figure is the median of ``--reps`` roun
   kernel packs each query's row only over the clusters its probes walk);
 - ``pack_id_mask bool`` / ``pack_id_mask bitmap``: the op that packs a whole id-order mask, for
   comparison (what the search did before the kernel took id-order masks);
-- ``gather + pack (old)``: the torch-gather conversion before ``pack_id_mask``.
+- ``gather + pack (old)``: the torch-gather conversion before ``pack_id_mask``;
+- ``read floor bool`` / ``read floor bitmap``: a byte max-reduction over the distinct id-order
+  rows, one streaming read of every mask byte (~27 GB/s here) and nothing else. When each query's probe walk
+  reaches more than a few percent of the N ids (every cache line of its row is touched), no
+  conversion can cost less than this read, so it bounds the id-order searches' excess from below.
 
 Each query has its own random filter with ``--density`` of the ids passing (``--shared``: one
 filter for the batch, a stride-0 row as FAISS users pass one selector per call). The last column
@@ -66,6 +70,10 @@ def run(n: int, batch: int, reps: int, density: float, k: int, shared: bool) -> 
         "pack_id_mask bool": lambda: pack_id_mask(bool_mask, index.row_to_id),
         "pack_id_mask bitmap": lambda: pack_id_mask(bitmap, index.row_to_id),
         "gather + pack (old)": lambda: pack_mask(bool_mask[:, index.row_to_id]),
+        # every byte of the distinct id-order rows read once, in order (nothing else): what a
+        # conversion costs at least when the probe walks touch every cache line of the mask
+        "read floor bool": lambda: (bool_mask[:1] if shared else bool_mask).view(torch.uint8).amax(),
+        "read floor bitmap": lambda: (bitmap[:1] if shared else bitmap).amax(),
     }
     for fn in steps.values():  # warm-up
         fn()
