@@ -158,8 +158,8 @@ class IVFInt8Index(nn.Module):
         return min(self.num_clusters, max(8, -(-self.num_clusters // 50)))
 
     def forward(self, queries: Tensor, mask: Optional[Tensor], k: int, n_probe: int,
-                k0: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
-        plan = probe_plan(k, n_probe, self.num_items, self.num_clusters, mask is not None, k0)
+                k0: Optional[int] = None, filtered_coverage: float = 1.0) -> Tuple[Tensor, Tensor, Tensor]:
+        plan = probe_plan(k, n_probe, self.num_items, self.num_clusters, mask is not None, k0, filtered_coverage)
         centroid_scores = torch.matmul(queries, self.centroids_t)  # [B, C] or [B, T, C]
         return torch.ops.silverrec.ivf_search(queries, centroid_scores, self.codes, self.scales, self.cluster_offsets,
                                               self.cache, self.row_to_id, mask, plan.n_probe, plan.min_rows,
@@ -167,7 +167,7 @@ class IVFInt8Index(nn.Module):
 
     def forward_bloom(self, queries: Tensor, bloom: Tuple[Tensor, Tensor, Tensor], plan: Tuple[Tensor, Tensor, Tensor],
                       deny: Optional[Tensor], exclude_rows: Optional[Tensor], k: int, n_probe: int,
-                      k0: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                      k0: Optional[int] = None, filtered_coverage: float = 1.0) -> Tuple[Tensor, Tensor, Tensor]:
         """The forward under a Bloom filter plan per mask row, evaluated over the clusters each
         probe choice walks (``ivf_search_bloom``: probe, then filter) instead of a mask over all N
         rows: same results as :meth:`forward` with ``bloom_search``'s mask minus ``deny`` and
@@ -181,12 +181,12 @@ class IVFInt8Index(nn.Module):
                 ``hashes`` ``[B, L, H]`` (a :class:`~silverrec.retrieval.filter_plan.FilterPlan`).
             deny (Optional[Tensor]): int64 ``[ceil(N/64)]`` rows that never pass (tombstones).
             exclude_rows (Optional[Tensor]): int64 ``[B, E]`` rows never returned to user b (-1 padding).
-            k, n_probe, k0: as in :meth:`forward` (the filtered probe plan).
+            k, n_probe, k0, filtered_coverage: as in :meth:`search` (the filtered probe plan).
 
         Returns:
             Tuple[Tensor, Tensor, Tensor]: ``scores``, ``ids``, ``rows`` ``[B, K]`` or ``[B, T, K]``.
         """
-        probes = probe_plan(k, n_probe, self.num_items, self.num_clusters, True, k0)
+        probes = probe_plan(k, n_probe, self.num_items, self.num_clusters, True, k0, filtered_coverage)
         centroid_scores = torch.matmul(queries, self.centroids_t)  # [B, C] or [B, T, C]
         bits, posting_offsets, posting_rows = bloom
         opcodes, terms, hashes = plan
@@ -196,7 +196,7 @@ class IVFInt8Index(nn.Module):
                                                     probes.n_probe, probes.min_rows, probes.max_probe, probes.k0, k)
 
     def search(self, queries: Tensor, k: int, n_probe: Optional[int] = None, mask: Optional[Tensor] = None,
-               k0: Optional[int] = None, check: bool = True) -> SearchResult:
+               k0: Optional[int] = None, check: bool = True, filtered_coverage: float = 1.0) -> SearchResult:
         """Top-k items by inner product, probing ``n_probe`` clusters (more under a filter).
 
         Args:
@@ -221,6 +221,10 @@ class IVFInt8Index(nn.Module):
                 stall the kernel launches. ``False`` makes a CUDA search sync-free (non-finite
                 queries then give undefined results); the serving graph calls :meth:`forward`,
                 which never checks.
+            filtered_coverage (float): ``w`` in ``(0, 1]``; with a mask, the probe walk covers
+                ``w * n_probe * N / C`` passing rows (at least K0) instead of ``n_probe * N / C``:
+                a smaller ``w`` trades filtered recall for time
+                (:mod:`~silverrec.retrieval.probe_policy`). Ignored without a mask.
 
         Returns:
             SearchResult: ``scores`` float32 ``[B, K]`` and ``ids`` int64 ``[B, K]``, best-first
@@ -231,17 +235,17 @@ class IVFInt8Index(nn.Module):
         if queries.shape[0] == 0 or not queries.is_floating_point():
             raise ValueError(f"queries must be non-empty floating point, got {queries.dtype} {tuple(queries.shape)}")
         n_probe = self.default_n_probe() if n_probe is None else n_probe
-        probe_plan(k, n_probe, self.num_items, self.num_clusters, mask is not None, k0)  # the argument checks
+        probe_plan(k, n_probe, self.num_items, self.num_clusters, mask is not None, k0, filtered_coverage)  # checks
         q = queries.to(self.codes.device).float()
         mask = self._checked_mask(mask, q.shape[0])
         if q.device.type != "cpu":  # the CUDA kernels do not check (no host sync)
             finite = torch.isfinite(q).all() if check else None
-            scores, ids, _ = self(q, mask, k, n_probe, k0)
+            scores, ids, _ = self(q, mask, k, n_probe, k0, filtered_coverage)
             if finite is not None and not bool(finite):  # read after the search is queued
                 _check_embeddings(q, "queries")
             return SearchResult(scores, ids)
         try:
-            scores, ids, _ = self(q, mask, k, n_probe, k0)
+            scores, ids, _ = self(q, mask, k, n_probe, k0, filtered_coverage)
         except RuntimeError:
             _check_embeddings(q, "queries")  # NaN/inf: the ValueError naming the first bad value
             raise

@@ -28,6 +28,16 @@ Why these numbers:
   and 0.966 with ``language:de`` (6.7% of the items) at 18, where stopping once K0 passing rows
   were covered (FAISS's behaviour with an ``IDSelector``: the same ``nprobe`` clusters) reached
   0.789 / 0.791 and 0.670. The price is paid on data whose neighbours spread over many clusters.
+- **``filtered_coverage``** (``w`` in ``(0, 1]``, default 1) scales that count: ``min_rows =
+  max(k0, ceil(w * n_probe * N / C))``, a walk of about ``w / s`` times the unfiltered one. The
+  best ``k / s`` items lie in fewer than ``1 / s`` times the clusters of the best ``k`` when a
+  query's neighbourhood widens slower than linearly, and at a high ``n_probe`` the full widening
+  overshoots: on ``benchmarks/scale.py``'s real-embedding-like catalogue (1M x 64, C = 4,000,
+  ``n_probe`` 240, a random 10% filter, 256 queries) ``w`` = 1 / 0.5 / 0.3 / 0.2 / 0.1 gave
+  recall@100 0.9993 / 0.9958 / 0.9882 / 0.9743 / 0.9273 in 6.80 / 5.49 / 4.56 / 3.48 / 2.38 ms
+  per batch of 16 (benchmarks/RESULTS.md). How far it can fall depends on the data (the demo's
+  figures above are at ``w`` = 1), so it is a setting to calibrate on held-out queries, as
+  ``benchmarks/scale.py`` does, like ``n_probe``; unfiltered searches ignore it.
 """
 import math
 from typing import NamedTuple, Optional
@@ -57,7 +67,7 @@ def rescore_candidates(k: int) -> int:
 
 
 def probe_plan(k: int, n_probe: int, num_items: int, num_clusters: int, filtered: bool,
-               k0: Optional[int] = None) -> ProbePlan:
+               k0: Optional[int] = None, filtered_coverage: float = 1.0) -> ProbePlan:
     """The probe choice and candidate count of a search (module docstring: the reasons).
 
     Args:
@@ -67,6 +77,8 @@ def probe_plan(k: int, n_probe: int, num_items: int, num_clusters: int, filtered
         num_clusters (int): C, clusters of the index.
         filtered (bool): whether the search has a mask.
         k0 (Optional[int]): K0 >= K re-scored candidates; default :func:`rescore_candidates`.
+        filtered_coverage (float): ``w`` in ``(0, 1]``: a filtered query covers ``w * n_probe *
+            N / C`` passing rows (at least K0); see the module docstring.
 
     Returns:
         ProbePlan: ``n_probe``, ``min_rows``, ``max_probe``, ``k0``.
@@ -77,6 +89,8 @@ def probe_plan(k: int, n_probe: int, num_items: int, num_clusters: int, filtered
         ProbePlan(n_probe=8, min_rows=150, max_probe=40, k0=150)
         >>> probe_plan(100, 8, 1_000_000, 4000, filtered=True)
         ProbePlan(n_probe=8, min_rows=2000, max_probe=4000, k0=150)
+        >>> probe_plan(100, 8, 1_000_000, 4000, filtered=True, filtered_coverage=0.25)
+        ProbePlan(n_probe=8, min_rows=500, max_probe=4000, k0=150)
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -85,6 +99,9 @@ def probe_plan(k: int, n_probe: int, num_items: int, num_clusters: int, filtered
     k0 = rescore_candidates(k) if k0 is None else k0
     if k0 < k:
         raise ValueError(f"k0 must be >= k={k}, got k0={k0}")
+    if not 0.0 < filtered_coverage <= 1.0:
+        raise ValueError(f"filtered_coverage must be in (0, 1], got {filtered_coverage}")
     if not filtered:
         return ProbePlan(n_probe, k0, min(num_clusters, n_probe + EXTRA_PROBES), k0)
-    return ProbePlan(n_probe, max(k0, math.ceil(n_probe * num_items / num_clusters)), num_clusters, k0)
+    covered = math.ceil(filtered_coverage * n_probe * num_items / num_clusters)
+    return ProbePlan(n_probe, max(k0, covered), num_clusters, k0)

@@ -68,6 +68,12 @@ class ServingConfig:
         n_probe (Optional[int]): clusters probed per task query without a filter (None:
             :meth:`probes`, ``max(8, min(4% of C, 14.5 C^(1/3)))``; a filtered query widens it,
             see above).
+        filtered_coverage (float): ``w`` in ``(0, 1]``: a filtered query's walk covers ``w *
+            n_probe * N / C`` passing rows (at least K0), about ``w / s`` times the unfiltered
+            walk under a filter passing a fraction ``s``. 1 keeps every filter's candidate count;
+            a smaller value trades filtered recall for latency on data whose filtered neighbours
+            stay near the query (:mod:`~silverrec.retrieval.probe_policy`); calibrate it on
+            held-out queries as ``n_probe`` (``benchmarks/scale.py``).
         num_clusters (Optional[int]): IVF clusters (None: ``4 sqrt(N)``).
         quantization (str): ``per_item`` or ``global`` INT8 scales.
         filter_length (int): longest filter program (instructions) a request may carry.
@@ -90,6 +96,7 @@ class ServingConfig:
     candidates_per_task: int = 300
     merged_candidates: Optional[int] = 512
     n_probe: Optional[int] = None
+    filtered_coverage: float = 1.0
     num_clusters: Optional[int] = None
     quantization: str = "per_item"
     filter_length: int = 12
@@ -109,6 +116,8 @@ class ServingConfig:
                              f"({self.fresh_bit_rows}) must be >= 0, and fresh_terms > 0 needs fresh_bit_rows >= 1")
         if self.n_probe is not None and self.n_probe < 1:
             raise ValueError(f"serving.n_probe must be >= 1 or null, got {self.n_probe}")
+        if not 0.0 < self.filtered_coverage <= 1.0:
+            raise ValueError(f"serving.filtered_coverage must be in (0, 1], got {self.filtered_coverage}")
         if self.merged_candidates is not None and self.merged_candidates < self.k:
             raise ValueError(f"serving.merged_candidates must be >= serving.k={self.k} or null, got "
                              f"{self.merged_candidates}")
@@ -168,6 +177,7 @@ class RetrievalGraph(nn.Module):
         num_item_ids (Optional[int]): size of the item id space (default N). A compacted index
             (:mod:`silverrec.serve.compaction`) holds a subset of the ids: deleted items keep
             their ids (a user's history or ``exclude`` may still name them) but no row.
+        filtered_coverage (float): see :class:`ServingConfig` (1: the full widening).
 
     Call Args:
         user_ids (Tensor): int64 ``[B, S]`` user feature slots (-1 = empty).
@@ -196,6 +206,7 @@ class RetrievalGraph(nn.Module):
         n_probe: int,
         num_item_ids: Optional[int] = None,
         merged_candidates: Optional[int] = None,
+        filtered_coverage: float = 1.0,
     ) -> None:
         super().__init__()
         num_tasks = len(scorer.value_model.task_names)
@@ -205,6 +216,8 @@ class RetrievalGraph(nn.Module):
             raise ValueError(f"the filter index has {bloom.num_items} rows, the ANN index {index.num_items}")
         if not 1 <= n_probe <= index.num_clusters:
             raise ValueError(f"n_probe must be in [1, {index.num_clusters}], got {n_probe}")
+        if not 0.0 < filtered_coverage <= 1.0:
+            raise ValueError(f"filtered_coverage must be in (0, 1], got {filtered_coverage}")
         if not 1 <= candidates_per_task <= index.num_items:
             raise ValueError(f"candidates_per_task must be in [1, N={index.num_items}], got {candidates_per_task}")
         self.user_encoder = user_encoder
@@ -212,6 +225,7 @@ class RetrievalGraph(nn.Module):
         self.bloom = bloom
         self.index = index
         self.k, self.k0, self.n_probe = k, candidates_per_task, n_probe
+        self.filtered_coverage = float(filtered_coverage)
         slots = num_tasks * candidates_per_task
         self.merged = slots if merged_candidates is None else min(merged_candidates, slots)
         if self.merged < k:
@@ -260,7 +274,8 @@ class RetrievalGraph(nn.Module):
         """The ANN stage over the main index, probe then filter: 3 x [B, T, K0] (scores, ids, rows)."""
         bloom = (self.bloom.bits, self.bloom.table.posting_offsets, self.bloom.table.posting_rows)
         plan = (opcodes, terms, self.bloom.main_hashes(hashes))
-        return self.index.forward_bloom(q, bloom, plan, deleted, self._excluded_rows(exclude), self.k0, self.n_probe)
+        return self.index.forward_bloom(q, bloom, plan, deleted, self._excluded_rows(exclude), self.k0, self.n_probe,
+                                        filtered_coverage=self.filtered_coverage)
 
     def _excluded_rows(self, exclude: Tensor) -> Tensor:
         """Index rows of each query's excluded items: int64 [B, E], -1 for padding and unknown ids."""

@@ -191,6 +191,39 @@ def test_search_equals_reference_pipeline(built, density) -> None:
     assert torch.equal(got.ids, want[1]) and torch.equal(got.scores, want[0])
 
 
+def test_filtered_coverage_scales_the_filtered_walk(built) -> None:
+    """filtered_coverage w: a filtered walk covers w * n_probe * N / C passing rows (at least K0),
+    through the one policy, bit for bit the reference composition under that plan; unfiltered
+    searches ignore it; values outside (0, 1] are refused by name."""
+    from silverrec.ops.reference import ivf_search_reference
+    from silverrec.retrieval.probe_policy import probe_plan
+
+    x, q, g, index = built
+    mask = torch.rand(q.shape[0], 3000, generator=g) < 0.1
+    packed = pack_mask(mask[:, index.row_to_id])
+    k, n_probe = 20, 8  # n_probe * N / C = 480 passing rows, ~4,800 walked at a 10% filter
+    full = probe_plan(k, n_probe, 3000, 50, True)
+    assert full.min_rows == 480
+    assert probe_plan(k, n_probe, 3000, 50, True, filtered_coverage=0.25).min_rows == 120
+    assert probe_plan(k, n_probe, 3000, 50, True, filtered_coverage=0.01).min_rows == full.k0  # never below K0
+    assert probe_plan(k, n_probe, 3000, 50, False, filtered_coverage=0.25) == probe_plan(k, n_probe, 3000, 50, False)
+    recalls = []
+    for w in (1.0, 0.25, 0.01):
+        plan = probe_plan(k, n_probe, 3000, 50, True, filtered_coverage=w)
+        want = ivf_search_reference(q, q @ index.centroids.T, index.codes, index.scales, index.cluster_offsets,
+                                    index.cache, index.row_to_id, packed, *plan, k)
+        got = index.search(q, k, n_probe=n_probe, mask=mask, filtered_coverage=w)
+        assert torch.equal(got.ids, want[1]) and torch.equal(got.scores, want[0])
+        assert mask.gather(1, got.ids).all()
+        recalls.append(_recall(got.ids, _exact(q, x, k, mask)))
+    assert recalls[0] >= recalls[2] and recalls[0] >= 0.95
+    plain = index.search(q, k, n_probe=n_probe)
+    assert torch.equal(index.search(q, k, n_probe=n_probe, filtered_coverage=0.25).ids, plain.ids)
+    for bad in (0.0, -0.5, 1.01):
+        with pytest.raises(ValueError, match="filtered_coverage must be in"):
+            index.search(q, k, n_probe=n_probe, mask=mask, filtered_coverage=bad)
+
+
 def test_index_is_a_module(built) -> None:
     """Buffers in the state dict, grouped [B, T, D] queries, and torch.export of the layer."""
     _, q, g, index = built
