@@ -11,8 +11,15 @@ For each N, in three fresh processes (so that each phase's memory is its own):
    two-tower model around them (the user tower maps a user's id to one of the query vectors,
    drawn from the same distribution; no OverArch, so served recall is the index's), then
    ``publish`` (k-means, quantization and Bloom filter timed apart), the unfiltered ``n_probe``
-   calibrated on 64 queries to the smallest probed fraction of the clusters reaching recall@100
-   0.96 through the index layer's op, the exact top-100 of every query under every filter
+   calibrated to the smallest probed fraction of the clusters (steps of 0.5% up to 4%, then
+   coarser) whose recall@100 through the index layer's op reaches ``--recall-target`` on
+   ``CALIBRATION_QUERIES`` held-out queries (drawn with the served ones, never served or
+   evaluated, so the served recall is measured on queries the calibration did not see), then
+   ``serving.filtered_coverage`` calibrated on the same held-out queries under the ~10% and ~1%
+   filter expressions to the smallest value of ``COVERAGE_LADDER`` keeping both classes' recall
+   at the target (``silverrec/retrieval/probe_policy.py``: a filtered walk covers that fraction of
+   ``n_probe * N / C`` passing rows), and ``n_probe`` calibrated again at that coverage (the graph
+   searches unfiltered requests under an all-passing mask, so the setting applies to them too), the exact top-100 of every query under every filter
    class, and the export (``export_traced``: torch.export of the serving graph and the item
    tower, one ``.pt2``). Peak RSS is read from ``VmHWM``, reset after publish.
 2. **serve**: a fresh process loads the artifact (``Retriever``; large tensors memory-mapped),
@@ -48,6 +55,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 K = 100
 FILTER_CLASSES = ("none", "10%", "1%")
+# Unfiltered queries the n_probe calibration uses, drawn after the served ones and never served.
+CALIBRATION_QUERIES = 128
+# serving.filtered_coverage values the filtered calibration tries, largest first (1: the full widening).
+COVERAGE_LADDER = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.125)
+# Probed fractions of the clusters the calibration tries, in order.
+CALIBRATION_FRACTIONS = (0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.05, 0.06, 0.07, 0.08, 0.1, 0.13, 0.16,
+                         0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0)
 TAGS_PER_ITEM = 5
 
 
@@ -176,21 +190,54 @@ def _exact_truth(q: torch.Tensor, x: torch.Tensor, masks: Dict[str, np.ndarray],
     return out
 
 
-def _calibrate_n_probe(index: Any, q: torch.Tensor, truth: torch.Tensor, target: float) -> Tuple[int, float]:
-    """The smallest n_probe (probed fractions 1%, 2%, 3%, 4%, 6%, 8%, ...) whose unfiltered recall@K
-    through the graph's op (an all-passing packed mask) reaches ``target``."""
+def _calibrate_n_probe(index: Any, q: torch.Tensor, truth: torch.Tensor, target: float, coverage: float = 1.0,
+                       start: int = 1) -> Tuple[int, float]:
+    """The smallest n_probe >= ``start`` (probed fractions ``CALIBRATION_FRACTIONS`` of the clusters)
+    whose unfiltered recall@K of queries ``q`` against ``truth`` through the graph's op (an
+    all-passing packed mask, as the graph searches; ``serving.filtered_coverage`` = ``coverage``)
+    reaches ``target``."""
     from ann_data import recall
 
     C, W = index.num_clusters, (index.num_items + 63) // 64
     mask = torch.full((q.shape[0], W), -1, dtype=torch.int64)
-    for frac in (0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0):
+    tried = set()
+    for frac in CALIBRATION_FRACTIONS:
         n_probe = min(C, max(1, round(frac * C)))
-        ids = index.search(q, K, n_probe=n_probe, mask=mask).ids
+        if n_probe in tried or n_probe < start:
+            continue
+        tried.add(n_probe)
+        ids = index.search(q, K, n_probe=n_probe, mask=mask, filtered_coverage=coverage).ids
         r = recall(ids.numpy(), truth)
-        print(f"  calibration: n_probe={n_probe} ({n_probe / C:.0%} of C={C}) recall@{K}={r:.4f}", flush=True)
+        print(f"  calibration: n_probe={n_probe} ({n_probe / C:.1%} of C={C}) filtered_coverage={coverage} "
+              f"recall@{K}={r:.4f}", flush=True)
         if r >= target:
             return n_probe, r
     return C, r
+
+
+def _calibrate_coverage(index: Any, n_probe: int, q: torch.Tensor, truth: torch.Tensor, rows: List[torch.Tensor],
+                        target: float) -> Tuple[float, Dict[str, float]]:
+    """The smallest ``serving.filtered_coverage`` of ``COVERAGE_LADDER`` whose recall@K at
+    ``n_probe`` reaches ``target`` in both filtered classes (~10%, ~1%): queries ``q`` [Q, D] (each
+    class's queries in one block, in ``FILTER_CLASSES`` order without ``none``), ``truth`` their
+    exact top-K under their filters, ``rows[i]`` query i's filter as a packed row-order mask [W].
+    Returns it and the recall of each class there."""
+    from ann_data import recall
+
+    classes = [label for label in FILTER_CLASSES if label != "none"]
+    per_class = q.shape[0] // len(classes)
+    chosen, chosen_recall = COVERAGE_LADDER[0], {}
+    for w in COVERAGE_LADDER:
+        ids = torch.cat([index.search(q[s : s + 16], K, n_probe=n_probe, mask=torch.stack(rows[s : s + 16]),
+                                      filtered_coverage=w).ids for s in range(0, q.shape[0], 16)])
+        got = {label: recall(ids[c * per_class : (c + 1) * per_class].numpy(), truth[c * per_class : (c + 1) * per_class])
+               for c, label in enumerate(classes)}
+        print(f"  filtered calibration: filtered_coverage={w} recall@{K} "
+              + " / ".join(f"{label} {r:.4f}" for label, r in got.items()), flush=True)
+        if min(got.values()) < target:
+            break
+        chosen, chosen_recall = w, got
+    return chosen, chosen_recall
 
 
 def _component_bytes(graph: Any, item_encoder: Any) -> Dict[str, int]:
@@ -227,6 +274,7 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     from silverrec.models.padded_encoder import padded_item_encoder_from_two_tower
     from silverrec.models.two_tower import TwoTowerConfig, build_two_tower
     from silverrec.retrieval.bloom_index import BloomIndex
+    from silverrec.retrieval.packed_mask import pack_mask
     from silverrec.retrieval.publish import TermSets, publish, serving_metadata
     from silverrec.retrieval.serving_graph import ServingConfig
     from silverrec.retrieval.term_dictionary import TermDictionary
@@ -236,7 +284,8 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
 
     result: Dict[str, Any] = {"n": n, "dim": dim}
     t0 = time.perf_counter()
-    x, q = unclustered(n, dim, queries, seed=seed, alpha=0.8)
+    x, q = unclustered(n, dim, queries + CALIBRATION_QUERIES, seed=seed, alpha=0.8)
+    q, q_calibration = q[:queries], q[queries:]
     features, offsets, term_ids = catalogue(n, seed)
     filters = choose_filters(features, offsets, term_ids)
     result["generate_s"] = time.perf_counter() - t0
@@ -283,17 +332,37 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     t0 = time.perf_counter()
     truth = _exact_truth(qn.repeat(len(FILTER_CLASSES), 1), xh, passing, exprs)
     result["truth_s"] = time.perf_counter() - t0
+    qc = torch.nn.functional.normalize(q_calibration, dim=-1)
+    truth_calibration = _exact_truth(qc, xh, passing, [""] * qc.shape[0])
+    # the held-out queries again under the filtered classes' expressions, for filtered_coverage
+    filtered = [label for label in FILTER_CLASSES if label != "none"]
+    exprs_calibration = [filters[label][i % 4] for label in filtered for i in range(qc.shape[0])]
+    truth_filtered = _exact_truth(qc.repeat(len(filtered), 1), xh, passing, exprs_calibration)
     del xh
-    n_probe, r = _calibrate_n_probe(graph.index, qn[:64], truth[:64], target)
-    graph.n_probe = n_probe
-    result.update(n_probe=n_probe, calibration_recall=r)
+    n_probe, r = _calibrate_n_probe(graph.index, qc, truth_calibration, target)
+    row_order = graph.index.row_to_id  # packed row-order masks, one per expression
+    packed = {e: pack_mask(torch.from_numpy(passing[e])[row_order][None])[0] for e in set(exprs_calibration)}
+    coverage, coverage_recall = _calibrate_coverage(graph.index, n_probe, qc.repeat(len(filtered), 1), truth_filtered,
+                                                    [packed[e] for e in exprs_calibration], target)
+    # The graph searches unfiltered requests under an all-passing mask, so the setting applies
+    # to them too: with w < 1 their walk may stop at n_probe clusters holding fewer than
+    # n_probe * N / C rows. n_probe is calibrated again at w (it can only grow, and a larger
+    # n_probe only widens the filtered walks the coverage was calibrated on).
+    result.update(n_probe_at_full_coverage=n_probe)
+    if coverage < 1.0:
+        n_probe, r = _calibrate_n_probe(graph.index, qc, truth_calibration, target, coverage, start=n_probe)
+    graph.n_probe, graph.filtered_coverage = n_probe, coverage
+    result.update(n_probe=n_probe, calibration_recall=r, filtered_coverage=coverage,
+                  filtered_calibration_recall=coverage_recall)
+    del packed
     torch.save({"truth": truth, "exprs": exprs, "labels": labels, "filters": filters}, os.path.join(workdir, f"truth_{n}.pt"))
-    del truth, passing, q, qn
+    del truth, passing, q, qn, q_calibration, qc, truth_calibration, truth_filtered
 
     trace("truth and calibration")
     result["component_bytes"] = _component_bytes(graph, item_encoder)
     meta = serving_metadata(graph, schema, config)
     meta["serving_config"]["n_probe"] = n_probe
+    meta["serving_config"]["filtered_coverage"] = coverage
     enc = RequestEncoder(meta)
     updates = item_updates(graph, item_encoder, meta)  # a non-trivial fresh index to trace with
     attrs = [{name: [vocab[int(t) - base] for t in term_ids[offsets[i]:offsets[i + 1]]
@@ -422,7 +491,10 @@ def _gib(b: Optional[float]) -> str:
 def table(r: Dict[str, Any]) -> str:
     n = r["n"]
     rows = [("items N / dim / clusters C / n_probe", f"{n:,} / {r['dim']} / {r['num_clusters']} / {r['n_probe']} "
-             f"({r['n_probe'] / r['num_clusters']:.0%}, unfiltered calibration recall {r['calibration_recall']:.3f})"),
+             f"({r['n_probe'] / r['num_clusters']:.1%}, unfiltered calibration recall {r['calibration_recall']:.3f})"),
+            ("serving.filtered_coverage (calibration recall)", f"{r.get('filtered_coverage', 1.0)} ("
+             + " / ".join(f"{label} {v:.3f}" for label, v in r.get('filtered_calibration_recall', {}).items())
+             + f"; n_probe at coverage 1: {r.get('n_probe_at_full_coverage', r['n_probe'])})"),
             ("publish (k-means / quantization / Bloom)", f"{r['publish_s']:.1f} s ({r.get('kmeans_s', 0):.1f} / "
              f"{r.get('quantize_s', 0):.1f} / {r.get('bloom_s', 0):.1f} s)"),
             ("export", f"{r['export_s']:.1f} s"),
