@@ -6,6 +6,7 @@ search under the same filter vs queries/s, swept over n_probe / nprobe / efSearc
     .venv/bin/python benchmarks/ann.py --n 100000 --batches 16 --no-hnsw --rounds 1   # a quick run
     .venv/bin/python benchmarks/ann.py --datasets demo --batches 16                   # the demo embeddings only
     .venv/bin/python benchmarks/ann.py --mask-layout packed   # the filter as a packed row-order mask
+    .venv/bin/python benchmarks/ann.py --coverage 1 0.5 0.25  # also sweep silverrec's filtered_coverage
     .venv/bin/python benchmarks/ann.py --device cuda --json ann.json   # silverrec on the GPU (make gpu-check)
 
 ``--device cuda``: the index is built on the CPU and moved to the GPU; queries go to the GPU per
@@ -152,12 +153,12 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
             qn = queries[:nq].numpy()
             tr = truth[:nq]
 
-            def ours(n_probe: int) -> Callable[[np.ndarray], np.ndarray]:
+            def ours(n_probe: int, coverage: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
                 def f(qb: np.ndarray) -> np.ndarray:
                     qb_t = torch.from_numpy(qb).to(args.device)
                     # one filter for the whole call, as FAISS's one selector: a stride-0 view
                     m = None if mask_row is None else mask_row[None, :].expand(qb_t.shape[0], -1)
-                    return index.search(qb_t, K, n_probe=n_probe, mask=m).ids.cpu().numpy()
+                    return index.search(qb_t, K, n_probe=n_probe, mask=m, filtered_coverage=coverage).ids.cpu().numpy()
                 return f
 
             def fa(idx, params) -> Callable[[np.ndarray], np.ndarray]:  # type: ignore[no-untyped-def]
@@ -173,32 +174,35 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
             # Every FAISS index gets the selector through its own SearchParameters class; a
             # selector in the wrong class (or none) would search unfiltered, which the
             # filter check after each setting catches.
-            sweeps: List[Tuple[str, str, int, Callable[[np.ndarray], np.ndarray]]]
+            # (method, parameter name, value, search, silverrec's filtered_coverage or None)
+            sweeps: List[Tuple[str, str, object, Callable[[np.ndarray], np.ndarray], Optional[float]]]
             # every IVF also gets n_probe = C (all lists): under a filter FAISS's IVFs probe no
             # more lists than asked, so only that setting may reach the recall floor
             probes = sorted({p for p in args.nprobe if p < C} | {C})
-            sweeps = [("silverrec IVF-INT8", "n_probe", p, ours(p)) for p in probes]
+            coverages = args.coverage if mask is not None else [1.0]  # unfiltered searches ignore it
+            sweeps = [("silverrec IVF-INT8", "n_probe", p if w == 1.0 else f"{p} w={w:g}", ours(p, w), w)
+                      for p in probes for w in coverages]
             on_gpu = bool(gpu) and sel is None
             if on_gpu:
-                sweeps.append(("faiss-gpu FlatIP", "-", 0, fa_gpu(gpu["flat"], 0)))
+                sweeps.append(("faiss-gpu FlatIP", "-", 0, fa_gpu(gpu["flat"], 0), None))
             else:
-                sweeps.append(("faiss FlatIP", "-", 0, fa(flat, faiss.SearchParameters(sel=sel) if sel else None)))
+                sweeps.append(("faiss FlatIP", "-", 0, fa(flat, faiss.SearchParameters(sel=sel) if sel else None), None))
             for p in probes:
                 params = faiss.SearchParametersIVF(nprobe=p, sel=sel) if sel else faiss.SearchParametersIVF(nprobe=p)
                 if on_gpu:
-                    sweeps.append(("faiss-gpu IVFFlat", "nprobe", p, fa_gpu(gpu["ivf_flat"], p)))
-                    sweeps.append(("faiss-gpu IVFSQ8", "nprobe", p, fa_gpu(gpu["sq8"], p)))
+                    sweeps.append(("faiss-gpu IVFFlat", "nprobe", p, fa_gpu(gpu["ivf_flat"], p), None))
+                    sweeps.append(("faiss-gpu IVFSQ8", "nprobe", p, fa_gpu(gpu["sq8"], p), None))
                 else:
-                    sweeps.append(("faiss IVFFlat", "nprobe", p, fa(ivf_flat, params)))
-                    sweeps.append(("faiss IVFSQ8", "nprobe", p, fa(sq8, params)))
+                    sweeps.append(("faiss IVFFlat", "nprobe", p, fa(ivf_flat, params), None))
+                    sweeps.append(("faiss IVFSQ8", "nprobe", p, fa(sq8, params), None))
             if hnsw is not None:
                 for ef in args.ef:
                     params = faiss.SearchParametersHNSW(efSearch=ef, sel=sel) if sel else faiss.SearchParametersHNSW(efSearch=ef)
-                    sweeps.append(("faiss HNSWFlat", "efSearch", ef, fa(hnsw, params)))
+                    sweeps.append(("faiss HNSWFlat", "efSearch", ef, fa(hnsw, params), None))
             best_r: Dict[str, float] = {}
             slow: Dict[str, bool] = {}
             timed_again: List[Tuple[Dict, Callable[[np.ndarray], np.ndarray]]] = []
-            for method, pname, p, f in sweeps:
+            for method, pname, p, f, coverage in sweeps:
                 # saturated recall, or one setting already took > 8 s: larger settings only cost time
                 if best_r.get(method, 0.0) >= 0.999 or slow.get(method, False):
                     continue
@@ -209,7 +213,7 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
                 r = recall(ids, tr)
                 best_r[method] = max(best_r.get(method, 0.0), r)
                 rows.append(dict(data=name, filter=label, batch=batch, method=method, param=f"{pname}={p}" if p else "exact",
-                                 recall=r, qps=qps))
+                                 recall=r, qps=qps, coverage=coverage))
                 if nq / qps < 2.0:
                     timed_again.append((rows[-1], f))
                 print(f"{name:11s} filter={label:4s} batch={batch:3d} {method:18s} {rows[-1]['param']:14s} "
@@ -277,9 +281,11 @@ def plot(rows: List[Dict], path: str, batch: int) -> None:
     for d_i, f_i in np.ndindex(len(data), len(filters)):
         ax = axes[d_i][f_i]
         sel = [r for r in rows if r["data"] == data[d_i] and r["filter"] == filters[f_i] and r["batch"] == batch]
-        for m in dict.fromkeys(r["method"] for r in sel):
-            pts = sorted((r["recall"], r["qps"]) for r in sel if r["method"] == m)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if "silverrec" in m else ".--", label=m)
+        # one line per method and silverrec filtered_coverage (its n_probe sweep)
+        for m, cov in dict.fromkeys((r["method"], r.get("coverage")) for r in sel):
+            pts = sorted((r["recall"], r["qps"]) for r in sel if r["method"] == m and r.get("coverage") == cov)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if "silverrec" in m else ".--",
+                    label=m if cov in (None, 1.0) else f"{m} w={cov:g}")
         ax.set_yscale("log")
         ax.set_xlabel("recall@100 vs exact float32")
         ax.set_ylabel("queries / s")
@@ -316,6 +322,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     # up to 3072: on the unclustered set recall@100 0.95 needs 22% of the clusters (880 of 4000 at 1M)
     p.add_argument("--nprobe", type=int, nargs="+",
                    default=[1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072])
+    p.add_argument("--coverage", type=float, nargs="+", default=[1.0],
+                   help="silverrec's filtered_coverage values swept with each n_probe under a filter "
+                        "(silverrec/retrieval/probe_policy.py; 1: the full widening)")
     p.add_argument("--ef", type=int, nargs="+", default=[32, 128, 512])
     p.add_argument("--queries", type=int, default=512, help="queries per setting (batch 16 / 256)")
     p.add_argument("--queries-b1", type=int, default=64, help="queries per setting at batch 1")
@@ -342,6 +351,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.rounds < 1:
         p.error(f"--rounds must be >= 1, got {args.rounds}")
+    if any(not 0.0 < w <= 1.0 for w in args.coverage):
+        p.error(f"--coverage values must be in (0, 1], got {args.coverage}")
     have_demo = os.path.exists(args.demo)
     if args.datasets is None:
         args.datasets = [d for d in DATASETS if d != "demo" or have_demo]
