@@ -73,7 +73,10 @@ class ServingConfig:
             walk under a filter passing a fraction ``s``. 1 keeps every filter's candidate count;
             a smaller value trades filtered recall for latency on data whose filtered neighbours
             stay near the query (:mod:`~silverrec.retrieval.probe_policy`); calibrate it on
-            held-out queries as ``n_probe`` (``benchmarks/scale.py``).
+            held-out queries as ``n_probe`` (``benchmarks/scale.py``). The graph searches every
+            request under a mask, so it reaches unfiltered requests too (their walk may stop at
+            ``n_probe`` clusters holding fewer than ``n_probe * N / C`` rows): calibrate
+            ``n_probe`` again at the chosen value.
         num_clusters (Optional[int]): IVF clusters (None: ``4 sqrt(N)``).
         quantization (str): ``per_item`` or ``global`` INT8 scales.
         filter_length (int): longest filter program (instructions) a request may carry.
