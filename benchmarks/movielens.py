@@ -106,10 +106,12 @@ def train_row(name: str, overrides: List[str], out: str, data: str, threads: int
     run_dir = os.path.join(out, name)
     report = os.path.join(run_dir, "report.json")
     if not os.path.isfile(report):
+        # --strict last: a later override of the same key wins, and the pooled row's own
+        # overrides set eval.valid_trains=true
         cmd = [sys.executable, "-m", "silverrec.train.train", f"data.path={data}",
-               *(["eval.valid_trains=false"] if strict else []),
                f"trainer.num_threads={threads}", "trainer.progress=false", "~logger",
-               f"hydra.run.dir={run_dir}", f"paths.output_dir={run_dir}", *overrides]
+               f"hydra.run.dir={run_dir}", f"paths.output_dir={run_dir}", *overrides,
+               *(["eval.valid_trains=false"] if strict else [])]
         print("$ silverrec-train " + " ".join(cmd[3:]), flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     with open(report) as f:
