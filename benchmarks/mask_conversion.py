@@ -15,9 +15,10 @@ interleaved (the machine is shared; each figure is the median of ``--reps`` roun
   comparison (what the search did before the kernel took id-order masks);
 - ``gather + pack (old)``: the torch-gather conversion before ``pack_id_mask``;
 - ``read floor bool`` / ``read floor bitmap``: a byte max-reduction over the distinct id-order
-  rows, one streaming read of every mask byte (~27 GB/s here) and nothing else. When each query's probe walk
-  reaches more than a few percent of the N ids (every cache line of its row is touched), no
-  conversion can cost less than this read, so it bounds the id-order searches' excess from below.
+  rows, one streaming read of every mask byte (~27 GB/s here) and nothing else. When each
+  query's probe walk reaches more than a few percent of the N ids (every cache line of its row
+  is touched), no conversion can cost less than this read, so it bounds the id-order searches'
+  excess from below.
 
 Each query has its own random filter with ``--density`` of the ids passing (``--shared``: one
 filter for the batch, a stride-0 row as FAISS users pass one selector per call). The last column

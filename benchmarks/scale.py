@@ -19,8 +19,8 @@ For each N, in three fresh processes (so that each phase's memory is its own):
    filter expressions to the smallest value of ``COVERAGE_LADDER`` keeping both classes' recall
    at the target (``silverrec/retrieval/probe_policy.py``: a filtered walk covers that fraction of
    ``n_probe * N / C`` passing rows), and ``n_probe`` calibrated again at that coverage (the graph
-   searches unfiltered requests under an all-passing mask, so the setting applies to them too), the exact top-100 of every query under every filter
-   class, and the export (``export_traced``: torch.export of the serving graph and the item
+   searches unfiltered requests under an all-passing mask, so the setting applies to them too),
+   the exact top-100 of every query under every filter class, and the export (``export_traced``: torch.export of the serving graph and the item
    tower, one ``.pt2``). Peak RSS is read from ``VmHWM``, reset after publish.
 2. **serve**: a fresh process loads the artifact (``Retriever``; large tensors memory-mapped),
    times ``Retriever.search`` on pre-encoded inputs at batch 1 and 16 without a filter and with
@@ -55,6 +55,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 K = 100
 FILTER_CLASSES = ("none", "10%", "1%")
+FILTERED_CLASSES = FILTER_CLASSES[1:]  # the classes with a filter, which filtered_coverage is calibrated on
 # Unfiltered queries the n_probe calibration uses, drawn after the served ones and never served.
 CALIBRATION_QUERIES = 128
 # serving.filtered_coverage values the filtered calibration tries, largest first (1: the full widening).
@@ -224,14 +225,13 @@ def _calibrate_coverage(index: Any, n_probe: int, q: torch.Tensor, truth: torch.
     Returns it and the recall of each class there."""
     from ann_data import recall
 
-    classes = [label for label in FILTER_CLASSES if label != "none"]
-    per_class = q.shape[0] // len(classes)
+    per_class = q.shape[0] // len(FILTERED_CLASSES)
     chosen, chosen_recall = COVERAGE_LADDER[0], {}
     for w in COVERAGE_LADDER:
         ids = torch.cat([index.search(q[s : s + 16], K, n_probe=n_probe, mask=torch.stack(rows[s : s + 16]),
                                       filtered_coverage=w).ids for s in range(0, q.shape[0], 16)])
         got = {label: recall(ids[c * per_class : (c + 1) * per_class].numpy(), truth[c * per_class : (c + 1) * per_class])
-               for c, label in enumerate(classes)}
+               for c, label in enumerate(FILTERED_CLASSES)}
         print(f"  filtered calibration: filtered_coverage={w} recall@{K} "
               + " / ".join(f"{label} {r:.4f}" for label, r in got.items()), flush=True)
         if min(got.values()) < target:
@@ -335,14 +335,14 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     qc = torch.nn.functional.normalize(q_calibration, dim=-1)
     truth_calibration = _exact_truth(qc, xh, passing, [""] * qc.shape[0])
     # the held-out queries again under the filtered classes' expressions, for filtered_coverage
-    filtered = [label for label in FILTER_CLASSES if label != "none"]
-    exprs_calibration = [filters[label][i % 4] for label in filtered for i in range(qc.shape[0])]
-    truth_filtered = _exact_truth(qc.repeat(len(filtered), 1), xh, passing, exprs_calibration)
+    qc_filtered = qc.repeat(len(FILTERED_CLASSES), 1)
+    exprs_calibration = [filters[label][i % 4] for label in FILTERED_CLASSES for i in range(qc.shape[0])]
+    truth_filtered = _exact_truth(qc_filtered, xh, passing, exprs_calibration)
     del xh
     n_probe, r = _calibrate_n_probe(graph.index, qc, truth_calibration, target)
     row_order = graph.index.row_to_id  # packed row-order masks, one per expression
     packed = {e: pack_mask(torch.from_numpy(passing[e])[row_order][None])[0] for e in set(exprs_calibration)}
-    coverage, coverage_recall = _calibrate_coverage(graph.index, n_probe, qc.repeat(len(filtered), 1), truth_filtered,
+    coverage, coverage_recall = _calibrate_coverage(graph.index, n_probe, qc_filtered, truth_filtered,
                                                     [packed[e] for e in exprs_calibration], target)
     # The graph searches unfiltered requests under an all-passing mask, so the setting applies
     # to them too: with w < 1 their walk may stop at n_probe clusters holding fewer than
@@ -356,7 +356,7 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
                   filtered_calibration_recall=coverage_recall)
     del packed
     torch.save({"truth": truth, "exprs": exprs, "labels": labels, "filters": filters}, os.path.join(workdir, f"truth_{n}.pt"))
-    del truth, passing, q, qn, q_calibration, qc, truth_calibration, truth_filtered
+    del truth, passing, q, qn, q_calibration, qc, qc_filtered, truth_calibration, truth_filtered
 
     trace("truth and calibration")
     result["component_bytes"] = _component_bytes(graph, item_encoder)
