@@ -58,7 +58,7 @@ case_args = dict(
     C=st.integers(1, 12),
     P=st.integers(1, 6),
     k=st.integers(1, 40),
-    density=st.sampled_from([0.0, 0.02, 0.3, 1.0]),
+    density=st.sampled_from([0.0, 0.02, 0.3, 0.9, 1.0]),
     code_range=st.sampled_from([1, 3, 127]),
     with_mask=st.booleans(),
 )

@@ -67,7 +67,7 @@ def cases(draw: st.DrawFn) -> Case:
         seed=draw(st.integers(0, 2**31 - 1)), B=draw(st.integers(1, 6)), N=draw(st.integers(1, 300)),
         D=draw(st.integers(1, 40)), C=C, k=draw(st.integers(1, 30)), extra_k0=draw(st.integers(0, 20)),
         n_probe=n_probe, min_rows=draw(st.integers(0, 200)), max_probe=draw(st.integers(n_probe, C + 2)),
-        density=draw(st.sampled_from([None, 0.0, 0.05, 0.5, 1.0])), integer=draw(st.booleans()),
+        density=draw(st.sampled_from([None, 0.0, 0.05, 0.5, 0.9, 1.0])), integer=draw(st.booleans()),
         bf16=draw(st.booleans()))
 
 

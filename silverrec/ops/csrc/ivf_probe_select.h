@@ -127,8 +127,11 @@ struct ProbeSelect {
     int64_t covered = 0, j = 0;
     while (j < limit) {
       if (j >= n_probe && covered >= min_rows) break;  // before the fallback: m == n_probe is common
-      if (j == static_cast<int64_t>(order.size())) {  // the candidates ran out: sort them all
-        all_keys_sorted(sb, C, buf, order);  // same total order, so its prefix is what was taken
+      if (j == static_cast<int64_t>(order.size())) {
+        // the candidates ran out (a mask whose passing rows lie outside the best n_probe, or
+        // small clusters there): 4x as many, or all of them sorted once that is near C. Same
+        // total order, so the new list's prefix is what was taken.
+        best_keys(sb, C, std::min(C, 4 * j), block_max, buf, order);
       }
       const int64_t c = key_id(order[j]);
       out[j] = c;

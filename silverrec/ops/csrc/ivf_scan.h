@@ -3,7 +3,9 @@
 // Spec: silverrec/ops/reference/ivf.py::ivf_int8_topk_reference. For each query (threads take queries
 // one at a time from a shared counter), the rows of its probed clusters (deduplicated) are
 // scanned; rows whose packed mask bit is 0 are skipped word by word (64 rows per word, so a strict
-// filter costs ~N/64 word reads plus the passing rows); every passing row gets an exact int32 dot
+// filter costs ~N/64 word reads plus the passing rows; a word with most of its rows passing is
+// scanned whole, 4 rows per step, and the failing rows' scores dropped, which is cheaper than
+// visiting its passing rows one by one); every passing row gets an exact int32 dot
 // product (ivf_dot_i8.h) and the score float(acc) * q_scale * scale, applied in that order as
 // in the reference so the floats are bit-identical; a threshold + partial-selection buffer keeps
 // the running top-k under the tie rule (higher score first, equal scores: lower row first). No
