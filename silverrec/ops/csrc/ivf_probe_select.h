@@ -128,10 +128,13 @@ struct ProbeSelect {
     while (j < limit) {
       if (j >= n_probe && covered >= min_rows) break;  // before the fallback: m == n_probe is common
       if (j == static_cast<int64_t>(order.size())) {
-        // the candidates ran out (a mask whose passing rows lie outside the best n_probe, or
-        // small clusters there): 4x as many, or all of them sorted once that is near C. Same
-        // total order, so the new list's prefix is what was taken.
-        best_keys(sb, C, std::min(C, 4 * j), block_max, buf, order);
+        // the candidates ran out (a filter, or small clusters among the best n_probe): as many
+        // as the walk so far says it needs, with a quarter to spare (at least twice as many; all
+        // of them, sorted, when nothing has passed yet or that is near C). Same total order, so
+        // the new list's prefix is what was taken.
+        const double need = 1.25 * static_cast<double>(j) * min_rows / std::max<int64_t>(covered, 1);
+        best_keys(sb, C, std::min<int64_t>(C, std::max<int64_t>(2 * j, static_cast<int64_t>(std::min<double>(need, C)))),
+                  block_max, buf, order);
       }
       const int64_t c = key_id(order[j]);
       out[j] = c;
