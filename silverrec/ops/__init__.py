@@ -160,6 +160,8 @@ def ivf_select_probes(
     n_probe: int,
     min_rows: int,
     max_probe: int,
+    coverage_exponent: float = 0.0,
+    min_rows_floor: int = 0,
 ) -> torch.Tensor:
     """Picks each query's probed clusters: centroid order, then coverage of passing rows.
 
@@ -177,6 +179,10 @@ def ivf_select_probes(
         n_probe (int): clusters always probed (``>= 1``).
         min_rows (int): passing rows the probed clusters must cover (``>= 0``).
         max_probe (int): P, the most clusters per query and the output width.
+        coverage_exponent (float): ``b`` in ``[0, 1]``; above 0 the count to cover is
+            ``max(min_rows_floor, min_rows * s ** b)``, ``s`` the fraction of the rows of the query's
+            first ``n_probe`` clusters that pass (a strict filter near the query walks less).
+        min_rows_floor (int): the least passing rows to cover when ``coverage_exponent > 0``.
 
     Returns:
         Tensor: int64 ``[B, P]`` cluster ids best-first, padded with ``-1`` (the ``probe`` input
@@ -191,7 +197,8 @@ def ivf_select_probes(
         >>> ivf_select_probes(scores, offsets, None, 1, 30, 4).tolist()  # 1 + 28 < 30 rows: one more
         [[1, 3, 2, -1]]
     """
-    return torch.ops.silverrec.ivf_select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe)
+    return torch.ops.silverrec.ivf_select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe,
+                                                 coverage_exponent, min_rows_floor)
 
 
 # --- ivf_rescore_topk ---
@@ -370,6 +377,7 @@ def ivf_search(
     max_probe: int,
     k0: int,
     k: int,
+    coverage_exponent: float = 0.0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A whole IVF-INT8 search in one op: query codes, probe choice, scan, exact re-score.
 
@@ -402,6 +410,9 @@ def ivf_search(
             rows is scanned again over every row.
         k0 (int): K0 >= K, INT8 candidates re-scored.
         k (int): K, results per query.
+        coverage_exponent (float): ``b`` in ``[0, 1]``: the probes cover ``max(k0, min_rows * s **
+            b)`` passing rows, ``s`` the pass fraction of the query's first ``n_probe`` clusters
+            (:func:`ivf_select_probes`); 0 (the default): ``min_rows``.
 
     Returns:
         Tuple[Tensor, Tensor, Tensor]: ``scores`` float32 (exact), ``ids`` int64 and ``rows``
@@ -418,7 +429,7 @@ def ivf_search(
         ([[1.5, 1.0]], [[12, 10]], [[2, 0]])
     """
     return torch.ops.silverrec.ivf_search(queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id,
-                                          mask, n_probe, min_rows, max_probe, k0, k)
+                                          mask, n_probe, min_rows, max_probe, k0, k, coverage_exponent)
 
 
 # --- ivf_search_bloom ---
@@ -445,6 +456,7 @@ def ivf_search_bloom(
     max_probe: int,
     k0: int,
     k: int,
+    coverage_exponent: float = 0.0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Probe, then filter: :func:`ivf_search` under a Bloom filter plan per mask row.
 
@@ -466,11 +478,12 @@ def ivf_search_bloom(
         deny (Optional[Tensor]): int64 ``[ceil(N/64)]`` packed rows that never pass (tombstones).
         exclude_rows (Optional[Tensor]): int64 ``[B, E]`` index rows never returned to row ``b``
             (-1 padding).
-        n_probe, min_rows, max_probe, k0, k: as in :func:`ivf_search`.
+        n_probe, min_rows, max_probe, k0, k, coverage_exponent: as in :func:`ivf_search`.
 
     Returns:
         Tuple[Tensor, Tensor, Tensor]: ``scores``, ``ids``, ``rows`` as :func:`ivf_search`.
     """
     return torch.ops.silverrec.ivf_search_bloom(queries, centroid_scores, codes, scales, cluster_offsets, cache,
                                                 row_to_id, bits, opcodes, terms, hashes, posting_offsets, posting_rows,
-                                                deny, exclude_rows, n_probe, min_rows, max_probe, k0, k)
+                                                deny, exclude_rows, n_probe, min_rows, max_probe, k0, k,
+                                                coverage_exponent)

@@ -28,7 +28,7 @@ SCHEMAS: Dict[str, str] = {
     ),
     "ivf_select_probes": (
         "ivf_select_probes(Tensor centroid_scores, Tensor cluster_offsets, Tensor? mask, int n_probe, "
-        "int min_rows, int max_probe) -> Tensor"
+        "int min_rows, int max_probe, float coverage_exponent=0., int min_rows_floor=0) -> Tensor"
     ),
     "ivf_rescore_topk": (
         "ivf_rescore_topk(Tensor queries, Tensor cache, Tensor rows, Tensor row_to_id, int k) -> (Tensor, Tensor)"
@@ -44,15 +44,15 @@ SCHEMAS: Dict[str, str] = {
     "pack_id_mask": "pack_id_mask(Tensor mask, Tensor row_to_id) -> Tensor",
     "ivf_search": (
         "ivf_search(Tensor queries, Tensor centroid_scores, Tensor codes, Tensor scales, Tensor cluster_offsets, "
-        "Tensor cache, Tensor row_to_id, Tensor? mask, int n_probe, int min_rows, int max_probe, int k0, int k) "
-        "-> (Tensor, Tensor, Tensor)"
+        "Tensor cache, Tensor row_to_id, Tensor? mask, int n_probe, int min_rows, int max_probe, int k0, int k, "
+        "float coverage_exponent=0.) -> (Tensor, Tensor, Tensor)"
     ),
     # --- ivf_search_bloom (probe, then filter: the Bloom plan evaluated over the walked clusters) ---
     "ivf_search_bloom": (
         "ivf_search_bloom(Tensor queries, Tensor centroid_scores, Tensor codes, Tensor scales, "
         "Tensor cluster_offsets, Tensor cache, Tensor row_to_id, Tensor bits, Tensor opcodes, Tensor terms, "
         "Tensor hashes, Tensor posting_offsets, Tensor posting_rows, Tensor? deny, Tensor? exclude_rows, "
-        "int n_probe, int min_rows, int max_probe, int k0, int k) -> (Tensor, Tensor, Tensor)"
+        "int n_probe, int min_rows, int max_probe, int k0, int k, float coverage_exponent=0.) -> (Tensor, Tensor, Tensor)"
     ),
 }
 

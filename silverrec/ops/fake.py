@@ -98,6 +98,8 @@ def ivf_select_probes_fake(
     n_probe: int,
     min_rows: int,
     max_probe: int,
+    coverage_exponent: float = 0.0,
+    min_rows_floor: int = 0,
 ) -> Tensor:
     """Shape of ``ivf_select_probes``: int64 ``[B, max_probe]``."""
     torch._check(centroid_scores.dtype == torch.float32 and centroid_scores.dim() == 2,
@@ -195,6 +197,7 @@ def ivf_search_fake(
     max_probe: int,
     k0: int,
     k: int,
+    coverage_exponent: float = 0.0,
 ) -> Tuple[Tensor, Tensor]:
     """Shapes of ``ivf_search``: ``scores`` float32, ``ids`` and ``rows`` int64, each ``[B, K]``
     (or ``[B, T, K]`` for grouped queries ``[B, T, D]``)."""
@@ -242,6 +245,7 @@ def ivf_search_bloom_fake(
     max_probe: int,
     k0: int,
     k: int,
+    coverage_exponent: float = 0.0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Shapes of ``ivf_search_bloom``: those of ``ivf_search`` (one plan per mask row)."""
     torch._check(opcodes.dim() == 2 and opcodes.shape[0] == queries.shape[0],

@@ -158,16 +158,18 @@ class IVFInt8Index(nn.Module):
         return min(self.num_clusters, max(8, -(-self.num_clusters // 50)))
 
     def forward(self, queries: Tensor, mask: Optional[Tensor], k: int, n_probe: int,
-                k0: Optional[int] = None, filtered_coverage: float = 1.0) -> Tuple[Tensor, Tensor, Tensor]:
+                k0: Optional[int] = None, filtered_coverage: float = 1.0,
+                coverage_exponent: float = 0.0) -> Tuple[Tensor, Tensor, Tensor]:
         plan = probe_plan(k, n_probe, self.num_items, self.num_clusters, mask is not None, k0, filtered_coverage)
         centroid_scores = torch.matmul(queries, self.centroids_t)  # [B, C] or [B, T, C]
         return torch.ops.silverrec.ivf_search(queries, centroid_scores, self.codes, self.scales, self.cluster_offsets,
                                               self.cache, self.row_to_id, mask, plan.n_probe, plan.min_rows,
-                                              plan.max_probe, plan.k0, k)
+                                              plan.max_probe, plan.k0, k, coverage_exponent)
 
     def forward_bloom(self, queries: Tensor, bloom: Tuple[Tensor, Tensor, Tensor], plan: Tuple[Tensor, Tensor, Tensor],
                       deny: Optional[Tensor], exclude_rows: Optional[Tensor], k: int, n_probe: int,
-                      k0: Optional[int] = None, filtered_coverage: float = 1.0) -> Tuple[Tensor, Tensor, Tensor]:
+                      k0: Optional[int] = None, filtered_coverage: float = 1.0,
+                      coverage_exponent: float = 0.0) -> Tuple[Tensor, Tensor, Tensor]:
         """The forward under a Bloom filter plan per mask row, evaluated over the clusters each
         probe choice walks (``ivf_search_bloom``: probe, then filter) instead of a mask over all N
         rows: same results as :meth:`forward` with ``bloom_search``'s mask minus ``deny`` and
@@ -181,7 +183,7 @@ class IVFInt8Index(nn.Module):
                 ``hashes`` ``[B, L, H]`` (a :class:`~silverrec.retrieval.filter_plan.FilterPlan`).
             deny (Optional[Tensor]): int64 ``[ceil(N/64)]`` rows that never pass (tombstones).
             exclude_rows (Optional[Tensor]): int64 ``[B, E]`` rows never returned to user b (-1 padding).
-            k, n_probe, k0, filtered_coverage: as in :meth:`search` (the filtered probe plan).
+            k, n_probe, k0, filtered_coverage, coverage_exponent: as in :meth:`search` (the filtered probe plan).
 
         Returns:
             Tuple[Tensor, Tensor, Tensor]: ``scores``, ``ids``, ``rows`` ``[B, K]`` or ``[B, T, K]``.
@@ -193,10 +195,12 @@ class IVFInt8Index(nn.Module):
         return torch.ops.silverrec.ivf_search_bloom(queries, centroid_scores, self.codes, self.scales,
                                                     self.cluster_offsets, self.cache, self.row_to_id, bits, opcodes,
                                                     terms, hashes, posting_offsets, posting_rows, deny, exclude_rows,
-                                                    probes.n_probe, probes.min_rows, probes.max_probe, probes.k0, k)
+                                                    probes.n_probe, probes.min_rows, probes.max_probe, probes.k0, k,
+                                                    coverage_exponent)
 
     def search(self, queries: Tensor, k: int, n_probe: Optional[int] = None, mask: Optional[Tensor] = None,
-               k0: Optional[int] = None, check: bool = True, filtered_coverage: float = 1.0) -> SearchResult:
+               k0: Optional[int] = None, check: bool = True, filtered_coverage: float = 1.0,
+               coverage_exponent: float = 0.0) -> SearchResult:
         """Top-k items by inner product, probing ``n_probe`` clusters (more under a filter).
 
         Args:
@@ -225,6 +229,10 @@ class IVFInt8Index(nn.Module):
                 ``w * n_probe * N / C`` passing rows (at least K0) instead of ``n_probe * N / C``:
                 a smaller ``w`` trades filtered recall for time
                 (:mod:`~silverrec.retrieval.probe_policy`). Ignored without a mask.
+            coverage_exponent (float): ``b`` in ``[0, 1]``; with a mask, the walk covers ``max(K0,
+                w * n_probe * N / C * s ** b)`` passing rows, ``s`` the pass fraction of the query's
+                first ``n_probe`` clusters: a strict filter walks less than ``1 / s`` times the
+                unfiltered walk (:mod:`~silverrec.retrieval.probe_policy`). Ignored without a mask.
 
         Returns:
             SearchResult: ``scores`` float32 ``[B, K]`` and ``ids`` int64 ``[B, K]``, best-first
@@ -236,16 +244,18 @@ class IVFInt8Index(nn.Module):
             raise ValueError(f"queries must be non-empty floating point, got {queries.dtype} {tuple(queries.shape)}")
         n_probe = self.default_n_probe() if n_probe is None else n_probe
         probe_plan(k, n_probe, self.num_items, self.num_clusters, mask is not None, k0, filtered_coverage)  # checks
+        if not 0.0 <= coverage_exponent <= 1.0:
+            raise ValueError(f"coverage_exponent must be in [0, 1], got {coverage_exponent}")
         q = queries.to(self.codes.device).float()
         mask = self._checked_mask(mask, q.shape[0])
         if q.device.type != "cpu":  # the CUDA kernels do not check (no host sync)
             finite = torch.isfinite(q).all() if check else None
-            scores, ids, _ = self(q, mask, k, n_probe, k0, filtered_coverage)
+            scores, ids, _ = self(q, mask, k, n_probe, k0, filtered_coverage, coverage_exponent)
             if finite is not None and not bool(finite):  # read after the search is queued
                 _check_embeddings(q, "queries")
             return SearchResult(scores, ids)
         try:
-            scores, ids, _ = self(q, mask, k, n_probe, k0, filtered_coverage)
+            scores, ids, _ = self(q, mask, k, n_probe, k0, filtered_coverage, coverage_exponent)
         except RuntimeError:
             _check_embeddings(q, "queries")  # NaN/inf: the ValueError naming the first bad value
             raise

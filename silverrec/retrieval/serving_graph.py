@@ -77,6 +77,11 @@ class ServingConfig:
             request under a mask, so it reaches unfiltered requests too (their walk may stop at
             ``n_probe`` clusters holding fewer than ``n_probe * N / C`` rows): calibrate
             ``n_probe`` again at the chosen value.
+        coverage_exponent (float): ``b`` in ``[0, 1]`` (0: off): a filtered query's walk covers
+            ``max(K0, w * n_probe * N / C * s ** b)`` passing rows, ``s`` the pass fraction of its
+            first ``n_probe`` clusters, so strict filters walk less than ``1 / s`` times the
+            unfiltered walk (unfiltered requests, ``s = 1``, are unchanged). Calibrate it with
+            ``w`` on held-out queries (``benchmarks/scale.py``).
         num_clusters (Optional[int]): IVF clusters (None: ``4 sqrt(N)``).
         quantization (str): ``per_item`` or ``global`` INT8 scales.
         filter_length (int): longest filter program (instructions) a request may carry.
@@ -100,6 +105,7 @@ class ServingConfig:
     merged_candidates: Optional[int] = 512
     n_probe: Optional[int] = None
     filtered_coverage: float = 1.0
+    coverage_exponent: float = 0.0
     num_clusters: Optional[int] = None
     quantization: str = "per_item"
     filter_length: int = 12
@@ -121,6 +127,8 @@ class ServingConfig:
             raise ValueError(f"serving.n_probe must be >= 1 or null, got {self.n_probe}")
         if not 0.0 < self.filtered_coverage <= 1.0:
             raise ValueError(f"serving.filtered_coverage must be in (0, 1], got {self.filtered_coverage}")
+        if not 0.0 <= self.coverage_exponent <= 1.0:
+            raise ValueError(f"serving.coverage_exponent must be in [0, 1], got {self.coverage_exponent}")
         if self.merged_candidates is not None and self.merged_candidates < self.k:
             raise ValueError(f"serving.merged_candidates must be >= serving.k={self.k} or null, got "
                              f"{self.merged_candidates}")
@@ -181,6 +189,7 @@ class RetrievalGraph(nn.Module):
             (:mod:`silverrec.serve.compaction`) holds a subset of the ids: deleted items keep
             their ids (a user's history or ``exclude`` may still name them) but no row.
         filtered_coverage (float): see :class:`ServingConfig` (1: the full widening).
+        coverage_exponent (float): see :class:`ServingConfig` (0: off).
 
     Call Args:
         user_ids (Tensor): int64 ``[B, S]`` user feature slots (-1 = empty).
@@ -210,6 +219,7 @@ class RetrievalGraph(nn.Module):
         num_item_ids: Optional[int] = None,
         merged_candidates: Optional[int] = None,
         filtered_coverage: float = 1.0,
+        coverage_exponent: float = 0.0,
     ) -> None:
         super().__init__()
         num_tasks = len(scorer.value_model.task_names)
@@ -221,6 +231,8 @@ class RetrievalGraph(nn.Module):
             raise ValueError(f"n_probe must be in [1, {index.num_clusters}], got {n_probe}")
         if not 0.0 < filtered_coverage <= 1.0:
             raise ValueError(f"filtered_coverage must be in (0, 1], got {filtered_coverage}")
+        if not 0.0 <= coverage_exponent <= 1.0:
+            raise ValueError(f"coverage_exponent must be in [0, 1], got {coverage_exponent}")
         if not 1 <= candidates_per_task <= index.num_items:
             raise ValueError(f"candidates_per_task must be in [1, N={index.num_items}], got {candidates_per_task}")
         self.user_encoder = user_encoder
@@ -229,6 +241,7 @@ class RetrievalGraph(nn.Module):
         self.index = index
         self.k, self.k0, self.n_probe = k, candidates_per_task, n_probe
         self.filtered_coverage = float(filtered_coverage)
+        self.coverage_exponent = float(coverage_exponent)
         slots = num_tasks * candidates_per_task
         self.merged = slots if merged_candidates is None else min(merged_candidates, slots)
         if self.merged < k:
@@ -278,7 +291,8 @@ class RetrievalGraph(nn.Module):
         bloom = (self.bloom.bits, self.bloom.table.posting_offsets, self.bloom.table.posting_rows)
         plan = (opcodes, terms, self.bloom.main_hashes(hashes))
         return self.index.forward_bloom(q, bloom, plan, deleted, self._excluded_rows(exclude), self.k0, self.n_probe,
-                                        filtered_coverage=self.filtered_coverage)
+                                        filtered_coverage=self.filtered_coverage,
+                                        coverage_exponent=self.coverage_exponent)
 
     def _excluded_rows(self, exclude: Tensor) -> Tensor:
         """Index rows of each query's excluded items: int64 [B, E], -1 for padding and unknown ids."""

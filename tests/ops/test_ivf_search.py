@@ -77,6 +77,13 @@ def test_cpu_matches_reference(case: Case) -> None:
     assert_same(ivf_search(*case), ivf_search_reference(*case))
 
 
+@settings(deadline=None, max_examples=80, derandomize=True)
+@given(case=cases(), exponent=st.sampled_from([0.5, 0.75, 1.0]))
+def test_coverage_exponent_matches_reference(case: Case, exponent: float) -> None:
+    """A walk sized by each query's pass fraction (floored at K0): the fused op equals the spec."""
+    assert_same(ivf_search(*case, exponent), ivf_search_reference(*case, exponent))
+
+
 @pytest.mark.parametrize("density", [None, 0.1, 0.01])
 @pytest.mark.parametrize("B, C, n_probe, max_probe", [(16, 120, 2, 6), (16, 120, 1, 120), (64, 10, 6, 10)])
 def test_large_cases_match_the_ops_in_sequence(B: int, C: int, n_probe: int, max_probe: int,
@@ -320,6 +327,7 @@ def _triton_interpret_main() -> None:
                            max_probe=n_probe + i % 3, density=(None, 0.1, 0.6)[i % 3], integer=i % 2 == 0,
                            bf16=i % 4 == 1)
         assert_same(ivf_search_cuda(*case), ivf_search_reference(*case))
+        assert_same(ivf_search_cuda(*case, 0.75), ivf_search_reference(*case, 0.75))
         if case[7] is not None:  # the same filter in id order: packed by the pack_id_mask kernel first
             by_id = id_order(case, ("bool", "bitmap")[i % 2])[0]
             assert_same(ivf_search_cuda(*by_id), ivf_search_reference(*by_id))

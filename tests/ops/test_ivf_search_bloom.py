@@ -75,6 +75,15 @@ def test_large_cases_lazy_and_whole_rows(min_rows: int, threads: int) -> None:
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("min_rows", [50, 2000, 10**6])
+@pytest.mark.parametrize("exponent", [0.5, 0.75])
+def test_coverage_exponent_lazy_and_whole_rows(min_rows: int, exponent: float) -> None:
+    """A walk sized by each query's pass fraction near it (floored at K0), in both evaluation
+    modes (the whole-row estimate reads the exponent too): the fused op equals the spec."""
+    case = bloom_case(seed=11 + min_rows, B=6, N=5000, C=80, k=10, n_probe=3, min_rows=min_rows, max_probe=80, T=3)
+    assert_same(ivf_search_bloom(*case, exponent), ivf_search_bloom_reference(*case, exponent))
+
+
 def test_equals_ivf_search_with_the_bloom_mask() -> None:
     """The fused op is ivf_search under bloom_search's mask (minus deny and exclusions)."""
     case = bloom_case(seed=3, B=4, N=2000, C=30, k=10, n_probe=2, min_rows=100, max_probe=30, exclude=0)

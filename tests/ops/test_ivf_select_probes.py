@@ -61,6 +61,31 @@ def test_cpu_matches_reference(**kw: object) -> None:
     assert torch.equal(ivf_select_probes(*args), ivf_select_probes_reference(*args))
 
 
+@settings(deadline=None, max_examples=150, derandomize=True)
+@given(**case_args, exponent=st.sampled_from([0.25, 0.5, 0.75, 1.0]), floor=st.integers(0, 150))
+def test_coverage_exponent_matches_reference(exponent: float, floor: int, **kw: object) -> None:
+    """With a coverage exponent each query's count comes from its first n_probe clusters' pass
+    fraction (floored): the kernel's walk equals the reference's."""
+    args = random_case(**kw)  # type: ignore[arg-type]
+    assert torch.equal(ivf_select_probes(*args, exponent, floor), ivf_select_probes_reference(*args, exponent, floor))
+
+
+def test_coverage_exponent_rule() -> None:
+    """1 of the first cluster's 64 rows passes: s = 1/64, the count 64 * s**0.5 = 8 (3 more rows
+    are needed: clusters 1 and 2), and the floor raises it."""
+    scores = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    offsets = torch.tensor([0, 64, 128, 192, 256])
+    mask = torch.tensor([[1, 0, 7, -1]])  # passing rows per cluster: 1, 0, 3, 64
+    assert ivf_select_probes(scores, offsets, mask, 1, 64, 4).tolist() == [[0, 1, 2, 3]]
+    assert ivf_select_probes(scores, offsets, mask, 1, 64, 4, 0.5).tolist() == [[0, 1, 2, 3]]  # 4 < 8
+    assert ivf_select_probes(scores, offsets, mask, 1, 64, 4, 0.5, 0).tolist() == [[0, 1, 2, 3]]
+    assert ivf_select_probes(scores, offsets, mask, 1, 16, 4, 0.5).tolist() == [[0, 1, 2, -1]]  # 16/8 = 2 <= 4
+    assert ivf_select_probes(scores, offsets, mask, 1, 16, 4, 0.5, 5).tolist() == [[0, 1, 2, 3]]  # floor 5 > 4
+    assert ivf_select_probes(scores, offsets, mask, 1, 64, 4, 1.0).tolist() == [[0, -1, -1, -1]]  # 64/64 = 1
+    with pytest.raises((RuntimeError, ValueError), match="coverage_exponent"):
+        ivf_select_probes(scores, offsets, mask, 1, 64, 4, 1.5)
+
+
 def test_large_c_and_extension_rounds() -> None:
     """C >> 32 with a strict filter: the kernel widens its candidate set several times."""
     for seed, density in ((0, 0.002), (1, 0.05), (2, 1.0)):
@@ -179,6 +204,9 @@ def _triton_interpret_main() -> None:
                            with_mask=i % 3 != 0, coarse=i % 2 == 0)
         got, want = ivf_select_probes_cuda(*args), ivf_select_probes_reference(*args)
         assert torch.equal(got, want), (i, got, want)
+        exponent, floor = (0.5, 0.75, 1.0)[i % 3], i * 5
+        got, want = ivf_select_probes_cuda(*args, exponent, floor), ivf_select_probes_reference(*args, exponent, floor)
+        assert torch.equal(got, want), (i, exponent, got, want)
     print("triton ivf_select_probes ok")
 
 

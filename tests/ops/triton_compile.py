@@ -96,6 +96,7 @@ def _quantize_cases() -> Dict[str, Call]:
 def _select_probes_cases() -> Dict[str, Call]:
     return {
         "demo C=40, filtered, max_probe=40": ((_f32(8, 40), _offsets(40, 25), _i64(8, 16), 8, 150, 40), {}),
+        "demo C=40, filtered, coverage exponent 0.75": ((_f32(8, 40), _offsets(40, 25), _i64(8, 16), 8, 600, 40, 0.75, 150), {}),
         # at 1M items (C = 4000, a sort of 4096 keys) it compiles too, but takes ~70 s for sm_80
         "C=1000, unfiltered, max_probe=1000": ((_f32(2, 1000), _offsets(1000, 60), None, 20, 150, 1000), {}),
         "C=1, n_probe=max_probe=1": ((_f32(1, 1), _offsets(1, 1), _i64(1, 1), 1, 1, 1), {}),

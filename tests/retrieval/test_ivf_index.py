@@ -191,6 +191,38 @@ def test_search_equals_reference_pipeline(built, density) -> None:
     assert torch.equal(got.ids, want[1]) and torch.equal(got.scores, want[0])
 
 
+def test_coverage_exponent_sizes_the_walk_by_the_pass_fraction(built) -> None:
+    """coverage_exponent b: a filtered walk covers max(K0, min_rows * s ** b) passing rows, s the
+    pass fraction of the first n_probe clusters; bit for bit the reference composition; a strict
+    filter walks less (lower recall than b = 0, still K results); unfiltered searches and masks
+    that pass everything are unchanged; values outside [0, 1] are refused by name."""
+    from silverrec.ops.reference import ivf_search_reference
+    from silverrec.retrieval.probe_policy import probe_plan
+
+    x, q, g, index = built
+    k, n_probe = 20, 8
+    mask = torch.rand(q.shape[0], 3000, generator=g) < 0.05
+    packed = pack_mask(mask[:, index.row_to_id])
+    plan = probe_plan(k, n_probe, 3000, 50, True)
+    recalls = []
+    for b in (0.0, 0.5, 1.0):
+        want = ivf_search_reference(q, q @ index.centroids.T, index.codes, index.scales, index.cluster_offsets,
+                                    index.cache, index.row_to_id, packed, *plan, k, b)
+        got = index.search(q, k, n_probe=n_probe, mask=mask, coverage_exponent=b)
+        assert torch.equal(got.ids, want[1]) and torch.equal(got.scores, want[0])
+        assert mask.gather(1, got.ids).all() and (got.ids >= 0).all()
+        recalls.append(_recall(got.ids, _exact(q, x, k, mask)))
+    assert recalls[0] >= recalls[2]
+    plain = index.search(q, k, n_probe=n_probe)
+    assert torch.equal(index.search(q, k, n_probe=n_probe, coverage_exponent=0.75).ids, plain.ids)
+    everything = torch.ones(q.shape[0], 3000, dtype=torch.bool)
+    assert torch.equal(index.search(q, k, n_probe=n_probe, mask=everything, coverage_exponent=0.75).ids,
+                       index.search(q, k, n_probe=n_probe, mask=everything).ids)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="coverage_exponent must be in"):
+            index.search(q, k, n_probe=n_probe, mask=mask, coverage_exponent=bad)
+
+
 def test_filtered_coverage_scales_the_filtered_walk(built) -> None:
     """filtered_coverage w: a filtered walk covers w * n_probe * N / C passing rows (at least K0),
     through the one policy, bit for bit the reference composition under that plan; unfiltered

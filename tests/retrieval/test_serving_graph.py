@@ -185,15 +185,16 @@ def test_approximate_graph_keeps_its_promises(served, tiny_dataset):
         assert int(num_valid[b]) == min(10, n_pass), f"query {b} ({filters[b]!r}) passes {n_pass} items"
 
 
-@pytest.mark.parametrize("coverage", [1.0, 0.3])
-def test_ann_stage_is_the_index_search(served, tiny_dataset, coverage):
+@pytest.mark.parametrize("coverage, exponent", [(1.0, 0.0), (0.3, 0.0), (1.0, 0.75)])
+def test_ann_stage_is_the_index_search(served, tiny_dataset, coverage, exponent):
     """One retrieval path: the graph's ANN stage (its IVFInt8Index layer under the users' filter
     plans, exclusions and tombstones, the T task queries of each user sharing them, the Bloom
     filter run over the walked clusters only) returns what IVFInt8Index.search returns for the
     same queries under the full Bloom mask minus the exclusions, task by task, with the same
-    serving.filtered_coverage."""
-    graph, enc = _graph(served, tiny_dataset, n_probe=2, candidates_per_task=12, filtered_coverage=coverage)
-    assert graph.filtered_coverage == coverage
+    serving.filtered_coverage and serving.coverage_exponent."""
+    graph, enc = _graph(served, tiny_dataset, n_probe=2, candidates_per_task=12, filtered_coverage=coverage,
+                        coverage_exponent=exponent)
+    assert (graph.filtered_coverage, graph.coverage_exponent) == (coverage, exponent)
     reqs = served["requests"]
     filters = (FILTERS * 2)[: len(reqs)]
     seen = {}
@@ -215,7 +216,7 @@ def test_ann_stage_is_the_index_search(served, tiny_dataset, coverage):
     assert queries.shape[:2] == ids.shape[:2] == (len(reqs), graph.num_tasks) and (graph.k0, graph.n_probe) == (12, 2)
     for t in range(graph.num_tasks):
         want = graph.index.search(queries[:, t], graph.k0, n_probe=graph.n_probe, mask=mask,
-                                  filtered_coverage=coverage)
+                                  filtered_coverage=coverage, coverage_exponent=exponent)
         assert torch.equal(want.ids, ids[:, t]) and torch.equal(want.scores, scores[:, t])
     assert torch.equal(graph.index.row_to_id[rows.clamp(min=0)].masked_fill(rows < 0, -1), ids)
 
@@ -236,3 +237,6 @@ def test_bad_config_is_named(served, tiny_dataset):
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match=r"serving.filtered_coverage must be in \(0, 1\], got " + str(bad)):
             ServingConfig(filtered_coverage=bad)
+    for bad in (-0.5, 1.5):
+        with pytest.raises(ValueError, match=r"serving.coverage_exponent must be in \[0, 1\], got " + str(bad)):
+            ServingConfig(coverage_exponent=bad)

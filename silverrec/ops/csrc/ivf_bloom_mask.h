@@ -39,10 +39,10 @@ class BloomMask : public LazyRowMask {
   }
 
   // Rows the walk of a query reading row s is expected to cover: n_probe average clusters, or
-  // enough to hold min_rows passing rows at the pass fraction of a sample of the row's words
+  // enough to hold cover's passing rows at the pass fraction of a sample of the row's words
   // (16 blocks of 4 words spread over the index), whichever is more; times its queries
   // (per_row, e.g. the T task queries of a user: they walk different clusters). At most N.
-  double expected_walk(int64_t s, int64_t n_probe, int64_t min_rows) {
+  double expected_walk(int64_t s, int64_t n_probe, const Coverage& cover) {
     constexpr int64_t kSamples = 16, kSampleWords = 4;
     std::vector<uint64_t> stack(max_depth_ * kBlockWords);
     int64_t passing = 0, sampled = 0;
@@ -57,7 +57,7 @@ class BloomMask : public LazyRowMask {
       }
     }
     const double fraction = std::max<double>(passing, 0.5) / static_cast<double>(std::max<int64_t>(sampled, 1));
-    return expected_walk_rows(fraction, n_probe, min_rows, N_, C_, static_cast<double>(per_row_));
+    return expected_walk_rows(fraction, n_probe, cover, N_, C_, static_cast<double>(per_row_));
   }
 
   // Makes every word of the rows listed in `whole` (one streaming pass per row, in parallel

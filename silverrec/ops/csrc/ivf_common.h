@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -40,6 +41,29 @@ constexpr int64_t kPrefetchPassing = 8;    // passing rows ahead (filtered scans
 // Passing rows of a mask word's 64 from which the scan scores all of them, 4 per step, instead of
 // visiting the passing ones one by one (a one-row visit costs about twice a row of a 4-row step).
 constexpr int kDenseWordRows = 24;
+
+// The passing rows a probe walk covers (spec: ivf_select_probes_reference): min_rows; with
+// exponent > 0, max(floor, min_rows * s^exponent), s = the pass fraction of the rows of the
+// query's first n_probe clusters (a filter strict near the query walks less than min_rows / s).
+struct Coverage {
+  int64_t min_rows = 0;
+  double exponent = 0.0;
+  int64_t floor = 0;
+  // The count for a query whose first n_probe clusters hold `rows` rows, `passing` of them
+  // passing: computed as the reference does (the exact quotient, std::pow, the product).
+  double target(int64_t passing, int64_t rows) const {
+    if (exponent == 0.0) return static_cast<double>(min_rows);
+    const double t = rows > 0 ? static_cast<double>(min_rows) *
+                                    std::pow(static_cast<double>(passing) / static_cast<double>(rows), exponent)
+                              : static_cast<double>(min_rows);
+    return std::max(static_cast<double>(floor), t);
+  }
+  // The count at an estimated pass fraction (the walk-length estimates of the lazy masks).
+  double expected(double fraction) const {
+    return exponent == 0.0 ? static_cast<double>(min_rows)
+                           : std::max(static_cast<double>(floor), min_rows * std::pow(fraction, exponent));
+  }
+};
 
 // Threads for a per-query loop: 1 (inline, no thread wake-up) when the whole batch is less work
 // than `min_work` units, else up to one per query.

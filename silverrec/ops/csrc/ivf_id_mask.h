@@ -27,6 +27,8 @@
 #include <memory>
 #include <vector>
 
+#include "ivf_common.h"
+
 namespace silverrec {
 namespace {  // included by ivf_ops.cpp only: one translation unit
 
@@ -38,19 +40,19 @@ namespace {  // included by ivf_ops.cpp only: one translation unit
 // 16 x 120k ids, a filter per query, 1 thread: pack_id_mask 0.33 ms, lazy packing of 20% of
 // the rows per query 0.78 ms). The rows a query walks are estimated from its probe plan and
 // the mask's pass fraction (256 ids sampled from each of the first 4 rows): the walk covers
-// n_probe * N / C rows, or min_rows passing rows, whichever takes more.
+// n_probe * N / C rows, or the passing rows `cover` asks for, whichever takes more.
 // Rows the probe walks of `queries` queries sharing one mask row are expected to read, at most
 // N: each walk covers n_probe average clusters (n_probe * N / C rows), or enough clusters to hold
-// min_rows passing rows at pass fraction `fraction`, whichever is more. Used to choose between
+// cover's passing rows at pass fraction `fraction`, whichever is more. Used to choose between
 // making a mask row's words cluster by cluster and making all of them at once.
-inline double expected_walk_rows(double fraction, int64_t n_probe, int64_t min_rows, int64_t N, int64_t C,
+inline double expected_walk_rows(double fraction, int64_t n_probe, const Coverage& cover, int64_t N, int64_t C,
                                  double queries) {
-  const double walk = std::max(static_cast<double>(n_probe) * N / C, min_rows / fraction);
+  const double walk = std::max(static_cast<double>(n_probe) * N / C, cover.expected(fraction) / fraction);
   return std::min<double>(N, walk * queries);
 }
 
 inline bool pack_whole_mask(const at::Tensor& mask, int64_t queries, int64_t N, int64_t C, int64_t n_probe,
-                            int64_t min_rows) {
+                            const Coverage& cover) {
   const int64_t rows = mask.size(0);
   if (rows < 2 || mask.stride(0) == 0 || N == 0) return false;  // one distinct row: lazy is never worse
   const bool is_bool = mask.scalar_type() == at::kBool;
@@ -64,7 +66,7 @@ inline bool pack_whole_mask(const at::Tensor& mask, int64_t queries, int64_t N, 
     }
   }
   const double fraction = std::max<double>(passing, 0.5) / static_cast<double>(sampled);
-  const double per_row = expected_walk_rows(fraction, n_probe, min_rows, N, C, static_cast<double>(queries) / rows);
+  const double per_row = expected_walk_rows(fraction, n_probe, cover, N, C, static_cast<double>(queries) / rows);
   return 16.0 * per_row > static_cast<double>(N);
 }
 

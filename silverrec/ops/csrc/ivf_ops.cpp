@@ -174,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_int8_topk_cpu(
 
 at::Tensor ivf_select_probes_cpu(const at::Tensor& scores_in, const at::Tensor& cluster_offsets_in,
                                  const std::optional<at::Tensor>& mask_in, int64_t n_probe, int64_t min_rows,
-                                 int64_t max_probe) {
+                                 int64_t max_probe, double coverage_exponent, int64_t min_rows_floor) {
   TORCH_CHECK(scores_in.dim() == 2 && scores_in.scalar_type() == at::kFloat,
               "ivf_select_probes: centroid_scores must be float32 [B, C], got ", scores_in.scalar_type(), " ",
               scores_in.sizes());
@@ -187,6 +187,10 @@ at::Tensor ivf_select_probes_cpu(const at::Tensor& scores_in, const at::Tensor& 
   TORCH_CHECK(n_probe >= 1 && min_rows >= 0 && max_probe >= 1,
               "ivf_select_probes: need n_probe >= 1, min_rows >= 0, max_probe >= 1, got ", n_probe, ", ",
               min_rows, ", ", max_probe);
+  TORCH_CHECK(coverage_exponent >= 0.0 && coverage_exponent <= 1.0 && min_rows_floor >= 0,
+              "ivf_select_probes: need 0 <= coverage_exponent <= 1 and min_rows_floor >= 0, got ", coverage_exponent,
+              ", ", min_rows_floor);
+  const Coverage cover{min_rows, coverage_exponent, min_rows_floor};
   const at::Tensor scores = scores_in.contiguous();
   const at::Tensor offsets_t = cluster_offsets_in.contiguous();
   const int64_t* off = offsets_t.data_ptr<int64_t>();
@@ -218,7 +222,7 @@ at::Tensor ivf_select_probes_cpu(const at::Tensor& scores_in, const at::Tensor& 
     ProbeSelect select;
     for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
       const int64_t n = select.run(sc + b * C, C, off, mk == nullptr ? nullptr : mk + b * mask_row_stride,
-                                   n_probe, min_rows, limit, po + b * max_probe);
+                                   n_probe, cover, limit, po + b * max_probe);
       std::fill(po + b * max_probe + n, po + (b + 1) * max_probe, int64_t(-1));
     }
   });
@@ -308,12 +312,13 @@ struct IvfArgs {
   int64_t B = 0, T = 1, D = 0, Q = 0, N = 0, C = 0, W = 0;
   bool grouped = false;
   const int64_t* off = nullptr;
+  Coverage cover;  // min_rows, the coverage exponent, K0 as its floor
 };
 
 IvfArgs check_ivf_args(const char* op, const at::Tensor& queries_in, const at::Tensor& centroid_scores_in,
                        const at::Tensor& codes_in, const at::Tensor& scales_in, const at::Tensor& cluster_offsets_in,
                        const at::Tensor& cache_in, const at::Tensor& row_to_id_in, int64_t n_probe, int64_t min_rows,
-                       int64_t max_probe, int64_t k0, int64_t k) {
+                       int64_t max_probe, int64_t k0, int64_t k, double coverage_exponent) {
   IvfArgs a;
   TORCH_CHECK((queries_in.dim() == 2 || queries_in.dim() == 3) && queries_in.scalar_type() == at::kFloat,
               op, ": queries must be float32 [B, D] or [B, T, D], got ", queries_in.scalar_type(), " ",
@@ -351,6 +356,9 @@ IvfArgs check_ivf_args(const char* op, const at::Tensor& queries_in, const at::T
               op, ": need n_probe >= 1, min_rows >= 0, max_probe >= 1, got ", n_probe, ", ", min_rows, ", ",
               max_probe);
   TORCH_CHECK(k >= 1 && k0 >= k, op, ": need 1 <= k <= k0, got k=", k, ", k0=", k0);
+  TORCH_CHECK(coverage_exponent >= 0.0 && coverage_exponent <= 1.0, op, ": need 0 <= coverage_exponent <= 1, got ",
+              coverage_exponent);
+  a.cover = Coverage{min_rows, coverage_exponent, k0};
   a.queries = queries_in.contiguous(), a.centroid_scores = centroid_scores_in.contiguous();
   a.codes = codes_in.contiguous(), a.scales = scales_in.contiguous();
   a.offsets = cluster_offsets_in.contiguous(), a.cache = cache_in.contiguous();
@@ -368,8 +376,8 @@ IvfArgs check_ivf_args(const char* op, const at::Tensor& queries_in, const at::T
 // Runs the search of validated arguments: mrows[q] is query q's packed mask row (nullptr: no
 // filter), made cluster by cluster by `lazy` when given. Returns scores, ids, rows.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_ivf_search(const IvfArgs& a, const uint64_t* const* mr,
-                                                              LazyRowMask* lazy, int64_t n_probe, int64_t min_rows,
-                                                              int64_t max_probe, int64_t k0, int64_t k) {
+                                                              LazyRowMask* lazy, int64_t n_probe, int64_t max_probe,
+                                                              int64_t k0, int64_t k) {
   std::vector<int64_t> out_shape = a.grouped ? std::vector<int64_t>{a.B, a.T, k} : std::vector<int64_t>{a.B, k};
   at::Tensor out_scores = at::full(out_shape, -std::numeric_limits<float>::infinity(), a.queries.options());
   at::Tensor out_ids = at::full(out_shape, -1, a.offsets.options());
@@ -381,13 +389,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_ivf_search(const IvfArgs& a, 
       search_rows<at::Half, kIsa>(a.queries.data_ptr<float>(), a.centroid_scores.data_ptr<float>(),
                                   a.codes.data_ptr<int8_t>(), a.scales.data_ptr<float>(), a.off,
                                   a.cache.data_ptr<at::Half>(), a.row_to_id.data_ptr<int64_t>(), mr, a.Q, a.C, a.N,
-                                  a.D, n_probe, min_rows, max_probe, k0, k, out_scores.data_ptr<float>(),
+                                  a.D, n_probe, a.cover, max_probe, k0, k, out_scores.data_ptr<float>(),
                                   out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>(), lazy);
     } else {
       search_rows<at::BFloat16, kIsa>(a.queries.data_ptr<float>(), a.centroid_scores.data_ptr<float>(),
                                       a.codes.data_ptr<int8_t>(), a.scales.data_ptr<float>(), a.off,
                                       a.cache.data_ptr<at::BFloat16>(), a.row_to_id.data_ptr<int64_t>(), mr, a.Q, a.C,
-                                      a.N, a.D, n_probe, min_rows, max_probe, k0, k, out_scores.data_ptr<float>(),
+                                      a.N, a.D, n_probe, a.cover, max_probe, k0, k, out_scores.data_ptr<float>(),
                                       out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>(), lazy);
     }
   });
@@ -401,9 +409,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_cpu(
     const at::Tensor& queries_in, const at::Tensor& centroid_scores_in, const at::Tensor& codes_in,
     const at::Tensor& scales_in, const at::Tensor& cluster_offsets_in, const at::Tensor& cache_in,
     const at::Tensor& row_to_id_in, const std::optional<at::Tensor>& mask_in, int64_t n_probe, int64_t min_rows,
-    int64_t max_probe, int64_t k0, int64_t k) {
+    int64_t max_probe, int64_t k0, int64_t k, double coverage_exponent) {
   const IvfArgs a = check_ivf_args("ivf_search", queries_in, centroid_scores_in, codes_in, scales_in,
-                                   cluster_offsets_in, cache_in, row_to_id_in, n_probe, min_rows, max_probe, k0, k);
+                                   cluster_offsets_in, cache_in, row_to_id_in, n_probe, min_rows, max_probe, k0, k,
+                                   coverage_exponent);
   const int64_t B = a.B, N = a.N, W = a.W, C = a.C, Q = a.Q, T = a.T;
   // the mask's layout, by dtype: packed row-order words, or id order (bool ids / bitmap bytes)
   bool id_order = mask_in.has_value() && mask_in->scalar_type() != at::kLong;
@@ -418,7 +427,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_cpu(
   }
   at::Tensor mask_t;  // rows may be strided (one filter expanded over the batch): only words must be dense
   if (mask_in.has_value()) mask_t = mask_in->stride(1) == 1 ? *mask_in : mask_in->contiguous();
-  if (id_order && pack_whole_mask(mask_t, Q, N, C, n_probe, min_rows)) {  // distinct rows, long walks
+  if (id_order && pack_whole_mask(mask_t, Q, N, C, n_probe, a.cover)) {  // distinct rows, long walks
     mask_t = pack_id_mask_impl::pack_id_mask_cpu(mask_t, a.row_to_id);
     id_order = false;
   }
@@ -432,8 +441,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_cpu(
     mrows.resize(Q);
     for (int64_t q = 0; q < Q; ++q) mrows[q] = mk + (q / T) * mask_t.stride(0);
   }
-  auto out = run_ivf_search(a, mask_in.has_value() ? mrows.data() : nullptr, lazy.get(), n_probe, min_rows,
-                            max_probe, k0, k);
+  auto out = run_ivf_search(a, mask_in.has_value() ? mrows.data() : nullptr, lazy.get(), n_probe, max_probe, k0, k);
   if (lazy != nullptr && lazy->bad_id()) {  // named after the loops: the first row outside the mask
     const int64_t* ids = a.row_to_id.data_ptr<int64_t>();
     for (int64_t r = 0; r < N; ++r) {
@@ -458,10 +466,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_bloom_cpu(
     const at::Tensor& terms_in, const at::Tensor& hashes_in, const at::Tensor& posting_offsets_in,
     const at::Tensor& posting_rows_in, const std::optional<at::Tensor>& deny_in,
     const std::optional<at::Tensor>& exclude_in, int64_t n_probe, int64_t min_rows, int64_t max_probe, int64_t k0,
-    int64_t k) {
+    int64_t k, double coverage_exponent) {
   constexpr const char* op = "ivf_search_bloom";
   const IvfArgs a = check_ivf_args(op, queries_in, centroid_scores_in, codes_in, scales_in, cluster_offsets_in,
-                                   cache_in, row_to_id_in, n_probe, min_rows, max_probe, k0, k);
+                                   cache_in, row_to_id_in, n_probe, min_rows, max_probe, k0, k, coverage_exponent);
   const int64_t B = a.B, W = a.W, N = a.N;
   const std::pair<const char*, const at::Tensor*> plan_args[] = {
       {"bits", &bits_in}, {"opcodes", &opcodes_in}, {"terms", &terms_in}, {"hashes", &hashes_in},
@@ -520,10 +528,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_bloom_cpu(
                  active_isa() == Isa::kAvx512Vnni);
   std::vector<int64_t> whole;  // rows whose walks cover much of the index: one pass over all words
   for (int64_t b = 0; b < B; ++b) {
-    if (4 * mask.expected_walk(b, n_probe, min_rows) > static_cast<double>(N)) whole.push_back(b);
+    if (4 * mask.expected_walk(b, n_probe, a.cover) > static_cast<double>(N)) whole.push_back(b);
   }
   mask.make_whole(whole);
-  return run_ivf_search(a, mask.rows(), &mask, n_probe, min_rows, max_probe, k0, k);
+  return run_ivf_search(a, mask.rows(), &mask, n_probe, max_probe, k0, k);
 }
 
 }  // namespace

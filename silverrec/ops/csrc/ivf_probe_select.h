@@ -118,21 +118,24 @@ void best_keys(const float* scores, int64_t C, int64_t m, std::vector<float>& bl
 
 // The probe choice of one query (ivf_select_probes_reference; a thread's scratch, reused across
 // its queries): clusters in centroid order while j < n_probe or fewer than min_rows passing rows
-// are covered, j < limit. Writes the cluster ids to out and returns how many. With an id-order
+// are covered (cover.target: min_rows, or a count from the pass fraction of the first n_probe
+// clusters), j < limit. Writes the cluster ids to out and returns how many. With an id-order
 // mask (`lazy`, query q), each cluster's words are packed as the walk reaches it.
 struct ProbeSelect {
-  int64_t run(const float* sb, int64_t C, const int64_t* off, const uint64_t* mb, int64_t n_probe, int64_t min_rows,
-              int64_t limit, int64_t* out, LazyRowMask* lazy = nullptr, int64_t q = 0) {
+  int64_t run(const float* sb, int64_t C, const int64_t* off, const uint64_t* mb, int64_t n_probe,
+              const Coverage& cover, int64_t limit, int64_t* out, LazyRowMask* lazy = nullptr, int64_t q = 0) {
     best_keys(sb, C, std::min(limit, std::max<int64_t>(n_probe, 32)), block_max, buf, order);
-    int64_t covered = 0, j = 0;
+    int64_t covered = 0, walked = 0, j = 0;
+    double target = static_cast<double>(cover.min_rows);
     while (j < limit) {
-      if (j >= n_probe && covered >= min_rows) break;  // before the fallback: m == n_probe is common
+      if (j == n_probe) target = cover.target(covered, walked);
+      if (j >= n_probe && static_cast<double>(covered) >= target) break;  // before the fallback: m == n_probe is common
       if (j == static_cast<int64_t>(order.size())) {
         // the candidates ran out (a filter, or small clusters among the best n_probe): as many
         // as the walk so far says it needs, with a quarter to spare (at least twice as many; all
         // of them, sorted, when nothing has passed yet or that is near C). Same total order, so
         // the new list's prefix is what was taken.
-        const double need = 1.25 * static_cast<double>(j) * min_rows / std::max<int64_t>(covered, 1);
+        const double need = 1.25 * static_cast<double>(j) * target / std::max<int64_t>(covered, 1);
         best_keys(sb, C, std::min<int64_t>(C, std::max<int64_t>(2 * j, static_cast<int64_t>(std::min<double>(need, C)))),
                   block_max, buf, order);
       }
@@ -140,6 +143,7 @@ struct ProbeSelect {
       out[j] = c;
       if (lazy != nullptr) lazy->ensure(q, c);
       covered += mb == nullptr ? off[c + 1] - off[c] : count_bits(mb, off[c], off[c + 1]);
+      walked += off[c + 1] - off[c];
       ++j;
     }
     return j;

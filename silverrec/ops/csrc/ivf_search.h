@@ -32,7 +32,7 @@ namespace {  // included by ivf_ops.cpp only: one translation unit
 template <typename T, Isa kIsa>
 void search_rows(const float* qf, const float* cs, const int8_t* cd, const float* sc, const int64_t* off,
                  const T* cache, const int64_t* row_to_id, const uint64_t* const* mrows, int64_t B, int64_t C,
-                 int64_t N, int64_t D, int64_t n_probe, int64_t min_rows, int64_t max_probe, int64_t k0, int64_t k,
+                 int64_t N, int64_t D, int64_t n_probe, const Coverage& cover, int64_t max_probe, int64_t k0, int64_t k,
                  float* os, int64_t* oi, int64_t* orw, LazyRowMask* lazy) {
   const int64_t limit = std::min(C, max_probe);
   // The query codes start on a 64-byte boundary (like a torch tensor's data): with D = 128 every
@@ -50,7 +50,7 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
       ProbeSelect select;
       for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
         qs[b] = quantize_row(qf + b * D, D, q + b * D, b, "ivf_search: queries");
-        plen[b] = select.run(cs + b * C, C, off, mrows == nullptr ? nullptr : mrows[b], n_probe, min_rows, limit,
+        plen[b] = select.run(cs + b * C, C, off, mrows == nullptr ? nullptr : mrows[b], n_probe, cover, limit,
                              prb.get() + b * limit, lazy, b);
       }
     });

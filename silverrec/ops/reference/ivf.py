@@ -1,6 +1,7 @@
 """Plain-torch references (the spec) of the IVF-INT8 ops: ``quantize_int8_rowwise``,
 ``ivf_select_probes``, ``ivf_int8_topk``, ``ivf_rescore_topk`` and ``ivf_search`` (the four in
 sequence). See :mod:`silverrec.ops.reference`."""
+import math
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -115,6 +116,8 @@ def ivf_select_probes_reference(
     n_probe: int,
     min_rows: int,
     max_probe: int,
+    coverage_exponent: float = 0.0,
+    min_rows_floor: int = 0,
 ) -> Tensor:
     """Spec of ``torch.ops.silverrec.ivf_select_probes``: the clusters each query probes.
 
@@ -127,6 +130,12 @@ def ivf_select_probes_reference(
     ``min_rows`` rows that pass (every cluster when the whole mask passes fewer), never more
     than ``max_probe``.
 
+    With ``coverage_exponent`` ``b > 0`` the count to cover is query ``b``'s own: ``max(
+    min_rows_floor, min_rows * (p / r) ** b)`` (a Python float: ``math.pow`` of the exact
+    quotient, then the product, as the C++ kernel computes it), where ``r`` rows of its first
+    ``min(n_probe, max_probe)`` clusters hold ``p`` passing ones (``p / r`` = 1 when ``r`` = 0): a
+    filter passing a fraction ``s`` of the rows near the query covers ``min_rows * s ** b``.
+
     Args:
         centroid_scores (Tensor): float32 ``[B, C]`` query-centroid similarities (finite).
         cluster_offsets (Tensor): int64 ``[C + 1]``, non-decreasing from 0; ``N = offsets[C]``.
@@ -134,6 +143,8 @@ def ivf_select_probes_reference(
         n_probe (int): clusters always probed (``>= 1``; at most ``min(C, max_probe)``).
         min_rows (int): passing rows to cover (``>= 0``).
         max_probe (int): P, the width of the output (``>= 1``).
+        coverage_exponent (float): ``b`` in ``[0, 1]`` (0: cover ``min_rows``).
+        min_rows_floor (int): with ``b > 0``, the least passing rows to cover (``>= 0``).
 
     Returns:
         Tensor: int64 ``[B, P]`` cluster ids in centroid order, padded with ``-1``.
@@ -152,10 +163,21 @@ def ivf_select_probes_reference(
         raise ValueError(f"ivf_select_probes: need n_probe >= 1, min_rows >= 0, max_probe >= 1, got {n_probe}, {min_rows}, {max_probe}")
     ids = torch.arange(C, dtype=torch.int64).expand(B, C)
     order = _rank_order(centroid_scores.cpu().float() + 0.0, ids)  # [B, C]
+    if not 0.0 <= coverage_exponent <= 1.0 or min_rows_floor < 0:
+        raise ValueError(f"ivf_select_probes: need 0 <= coverage_exponent <= 1 and min_rows_floor >= 0, got "
+                         f"{coverage_exponent}, {min_rows_floor}")
     passing = _passing_rows(cluster_offsets, mask, B).gather(1, order)
     covered_before = torch.cumsum(passing, dim=1) - passing
     j = torch.arange(C)
-    taken = ((j < n_probe) | (covered_before < min_rows)) & (j < max_probe)
+    target = torch.full((B,), float(min_rows), dtype=torch.float64)
+    if coverage_exponent > 0.0:
+        sizes = (cluster_offsets[1:] - cluster_offsets[:-1]).cpu()[order]  # [B, C] in walk order
+        first = min(n_probe, max_probe, C)
+        for b in range(B):
+            p, r = int(passing[b, :first].sum()), int(sizes[b, :first].sum())
+            t = min_rows * math.pow(p / r, coverage_exponent) if r > 0 else float(min_rows)
+            target[b] = max(float(min_rows_floor), t)
+    taken = ((j < n_probe) | (covered_before.double() < target.unsqueeze(1))) & (j < max_probe)
     out = torch.full((B, max_probe), -1, dtype=torch.int64)
     width = min(C, max_probe)
     out[:, :width] = torch.where(taken, order, -1)[:, :width]
@@ -263,11 +285,13 @@ def ivf_search_reference(
     max_probe: int,
     k0: int,
     k: int,
+    coverage_exponent: float = 0.0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Spec of ``torch.ops.silverrec.ivf_search``: a whole IVF-INT8 search, the four ops in sequence.
 
     1. ``q_codes, q_scales = quantize_int8_rowwise(queries)``;
-    2. ``probe = ivf_select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe)``;
+    2. ``probe = ivf_select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe,
+       coverage_exponent, k0)`` (with ``coverage_exponent`` > 0 a query covers at least K0 passing rows);
     3. ``rows = ivf_int8_topk(q_codes, q_scales, codes, scales, cluster_offsets, probe, mask, k0)``;
        when ``max_probe < C`` (a capped probe list), a query with fewer than ``k`` eligible rows
        is scanned again over every row (still under its mask), so it returns ``k`` results when
@@ -293,6 +317,7 @@ def ivf_search_reference(
         n_probe, min_rows, max_probe: the probe choice (see :func:`ivf_select_probes_reference`).
         k0 (int): K0 >= K, INT8 candidates re-scored.
         k (int): K, results per query.
+        coverage_exponent (float): the probe choice's (:func:`ivf_select_probes_reference`), floored at K0.
 
     Returns:
         Tuple[Tensor, Tensor, Tensor]: ``scores`` float32, ``ids`` int64 and ``rows`` int64
@@ -313,7 +338,7 @@ def ivf_search_reference(
     return ivf_search_in_steps(
         (quantize_int8_rowwise_reference, ivf_select_probes_reference, ivf_int8_topk_reference, ivf_rescore_topk_reference),
         queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, mask, n_probe, min_rows, max_probe,
-        k0, k)
+        k0, k, coverage_exponent)
 
 
 def row_order_mask(mask: Optional[Tensor], row_to_id: Tensor, pack: Callable[[Tensor, Tensor], Tensor]) -> Optional[Tensor]:
@@ -333,7 +358,7 @@ def row_order_mask(mask: Optional[Tensor], row_to_id: Tensor, pack: Callable[[Te
 def ivf_search_in_steps(steps: Tuple[Callable, ...], queries: Tensor, centroid_scores: Tensor, codes: Tensor,
                         scales: Tensor, cluster_offsets: Tensor, cache: Tensor, row_to_id: Tensor,
                         mask: Optional[Tensor], n_probe: int, min_rows: int, max_probe: int, k0: int,
-                        k: int) -> Tuple[Tensor, Tensor, Tensor]:
+                        k: int, coverage_exponent: float = 0.0) -> Tuple[Tensor, Tensor, Tensor]:
     """``ivf_search`` as its four steps, given as functions with the ops' signatures: ``steps`` =
     (quantize_int8_rowwise, ivf_select_probes, ivf_int8_topk, ivf_rescore_topk), e.g. the
     references (the spec), the Triton launchers (the CUDA implementation) or the single ops."""
@@ -344,10 +369,11 @@ def ivf_search_in_steps(steps: Tuple[Callable, ...], queries: Tensor, centroid_s
         B, T, D = queries.shape
         flat_mask = None if mask is None else mask.repeat_interleave(T, dim=0)
         out = ivf_search_in_steps(steps, queries.reshape(B * T, D), centroid_scores.reshape(B * T, -1), codes, scales,
-                                  cluster_offsets, cache, row_to_id, flat_mask, n_probe, min_rows, max_probe, k0, k)
+                                  cluster_offsets, cache, row_to_id, flat_mask, n_probe, min_rows, max_probe, k0, k,
+                                  coverage_exponent)
         return tuple(x.reshape(B, T, k) for x in out)
     q_codes, q_scales = quantize(queries)
-    probe = select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe)
+    probe = select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe, coverage_exponent, k0)
     _, rows, valid = int8_topk(q_codes, q_scales, codes, scales, cluster_offsets, probe, mask, k0)
     C = cluster_offsets.numel() - 1
     if max_probe < C:
@@ -387,6 +413,7 @@ def ivf_search_bloom_reference(
     max_probe: int,
     k0: int,
     k: int,
+    coverage_exponent: float = 0.0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Spec of ``torch.ops.silverrec.ivf_search_bloom``: ``ivf_search`` under a Bloom filter plan.
 
@@ -405,7 +432,7 @@ def ivf_search_bloom_reference(
         deny (Optional[Tensor]): int64 ``[ceil(N/64)]`` packed rows that never pass (e.g. tombstones).
         exclude_rows (Optional[Tensor]): int64 ``[B, E]`` index rows that never pass for query row
             ``b`` (-1 padding).
-        n_probe, min_rows, max_probe, k0, k: as in :func:`ivf_search_reference`.
+        n_probe, min_rows, max_probe, k0, k, coverage_exponent: as in :func:`ivf_search_reference`.
 
     Returns:
         Tuple[Tensor, Tensor, Tensor]: ``scores``, ``ids``, ``rows`` as :func:`ivf_search_reference`.
@@ -421,4 +448,4 @@ def ivf_search_bloom_reference(
             raise ValueError(f"ivf_search_bloom: exclude_rows must be -1 or in [0, N={N})")
         mask = mask & ~rows_to_words(exclude_rows, mask.shape[1])
     return ivf_search_reference(queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, mask,
-                                n_probe, min_rows, max_probe, k0, k)
+                                n_probe, min_rows, max_probe, k0, k, coverage_exponent)

@@ -34,9 +34,10 @@ def ivf_search_cuda(
     max_probe: int,
     k0: int,
     k: int,
+    coverage_exponent: float = 0.0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Launcher: ``scores`` float32, ``ids`` and ``rows`` int64, ``[B, K]`` or ``[B, T, K]`` (see the module docstring)."""
     steps = (quantize_int8_rowwise_cuda, ivf_select_probes_cuda, ivf_int8_topk_cuda, ivf_rescore_topk_cuda)
     mask = row_order_mask(mask, row_to_id, pack_id_mask_cuda)
     return ivf_search_in_steps(steps, queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, mask,
-                               n_probe, min_rows, max_probe, k0, k)
+                               n_probe, min_rows, max_probe, k0, k, coverage_exponent)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 @triton.jit
 def _ivf_select_probes_kernel(
-    scores_ptr, counts_ptr, out_ptr, C, n_probe, min_rows, max_probe, BLOCK_C: tl.constexpr,
+    scores_ptr, counts_ptr, target_ptr, out_ptr, C, n_probe, max_probe, BLOCK_C: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     j = tl.arange(0, BLOCK_C).to(tl.int64)
@@ -36,7 +36,8 @@ def _ivf_select_probes_kernel(
     cluster = low_all - (key & low_all)  # padding sorts last, so slots j < C hold real clusters
     cnt = tl.load(counts_ptr + b * C + cluster, mask=live, other=0)
     before = tl.cumsum(cnt, axis=0) - cnt
-    taken = ((j < n_probe) | (before < min_rows)) & live & (j < max_probe)
+    target = tl.load(target_ptr + b)  # float64: the passing rows this query covers
+    taken = ((j < n_probe) | (before.to(tl.float64) < target)) & live & (j < max_probe)
     tl.store(out_ptr + b * max_probe + j, tl.where(taken, cluster, -1), mask=live & (j < max_probe))
 
 
@@ -63,6 +64,25 @@ def _passing_counts(cluster_offsets: Tensor, mask: Optional[Tensor], B: int) -> 
     return (prefix[:, 1:] - prefix[:, :-1]).contiguous()
 
 
+def _coverage_targets(centroid_scores: Tensor, cluster_offsets: Tensor, counts: Tensor, n_probe: int, min_rows: int,
+                      max_probe: int, exponent: float, floor: int) -> Tensor:
+    """float64 ``[B]``: the passing rows each query covers (``min_rows``, or with ``exponent > 0``
+    ``max(floor, min_rows * (p / r) ** exponent)`` over its first ``n_probe`` clusters in the
+    kernel's order), with torch ops on the device (no host sync)."""
+    B, C = centroid_scores.shape
+    if exponent == 0.0:
+        return torch.full((B,), float(min_rows), dtype=torch.float64, device=centroid_scores.device)
+    bits = (centroid_scores + 0.0).contiguous().view(torch.int32)
+    fkey = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(torch.int64)
+    key = (fkey << 32) | (4294967295 - torch.arange(C, device=centroid_scores.device))
+    first = torch.topk(key, min(n_probe, max_probe, C), dim=1).indices  # [B, n]: the walk's first clusters
+    p = counts.gather(1, first).sum(1).double()
+    r = (cluster_offsets[1:] - cluster_offsets[:-1])[first].sum(1).double()
+    t = min_rows * torch.pow(p / r.clamp(min=1), exponent)
+    t = torch.where(r > 0, t, torch.full_like(t, float(min_rows)))
+    return t.clamp(min=float(floor))
+
+
 def ivf_select_probes_cuda(
     centroid_scores: Tensor,
     cluster_offsets: Tensor,
@@ -70,6 +90,8 @@ def ivf_select_probes_cuda(
     n_probe: int,
     min_rows: int,
     max_probe: int,
+    coverage_exponent: float = 0.0,
+    min_rows_floor: int = 0,
 ) -> Tensor:
     """Launches ``_ivf_select_probes_kernel`` (one program per query); same contract as the reference.
 
@@ -83,6 +105,10 @@ def ivf_select_probes_cuda(
         n_probe (int): clusters always probed.
         min_rows (int): passing rows to cover.
         max_probe (int): P.
+        coverage_exponent (float): ``b`` in ``[0, 1]``: each query's count to cover is
+            ``max(min_rows_floor, min_rows * s ** b)``, ``s`` the pass fraction of its first
+            ``n_probe`` clusters (computed here with torch ops on the device).
+        min_rows_floor (int): see ``coverage_exponent``.
 
     Returns:
         Tensor: int64 ``[B, P]`` cluster ids, padded with ``-1``.
@@ -101,12 +127,17 @@ def ivf_select_probes_cuda(
     if n_probe < 1 or min_rows < 0 or max_probe < 1:
         raise ValueError(f"ivf_select_probes: need n_probe >= 1, min_rows >= 0, max_probe >= 1, got "
                          f"{n_probe}, {min_rows}, {max_probe}")
+    if not 0.0 <= coverage_exponent <= 1.0 or min_rows_floor < 0:
+        raise ValueError(f"ivf_select_probes: need 0 <= coverage_exponent <= 1 and min_rows_floor >= 0, got "
+                         f"{coverage_exponent}, {min_rows_floor}")
     out = torch.full((B, max_probe), -1, dtype=torch.int64, device=centroid_scores.device)
     if B == 0 or C == 0:
         return out
     counts = _passing_counts(cluster_offsets, None if mask is None else mask.contiguous(), B)
+    target = _coverage_targets(centroid_scores, cluster_offsets, counts, n_probe, min_rows, max_probe,
+                               coverage_exponent, min_rows_floor)
     _ivf_select_probes_kernel[(B,)](
-        centroid_scores.contiguous(), counts, out, C, n_probe, min_rows, max_probe,
+        centroid_scores.contiguous(), counts, target, out, C, n_probe, max_probe,
         BLOCK_C=triton.next_power_of_2(max(C, 2)),
     )
     return out
