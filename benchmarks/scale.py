@@ -15,11 +15,14 @@ For each N, in three fresh processes (so that each phase's memory is its own):
    coarser) whose recall@100 through the index layer's op reaches ``--recall-target`` on
    ``CALIBRATION_QUERIES`` held-out queries (drawn with the served ones, never served or
    evaluated, so the served recall is measured on queries the calibration did not see), then
-   ``serving.filtered_coverage`` calibrated on the same held-out queries under the ~10% and ~1%
-   filter expressions to the smallest value of ``COVERAGE_LADDER`` keeping both classes' recall
-   at the target (``silverrec/retrieval/probe_policy.py``: a filtered walk covers that fraction of
-   ``n_probe * N / C`` passing rows), and ``n_probe`` calibrated again at that coverage (the graph
-   searches unfiltered requests under an all-passing mask, so the setting applies to them too),
+   ``serving.coverage_exponent`` calibrated on the same held-out queries under the ~10% and ~1%
+   filter expressions to the largest value of ``EXPONENT_LADDER`` keeping both classes' recall at
+   the target (``silverrec/retrieval/probe_policy.py``: a filtered walk covers ``n_probe * N / C *
+   s ** b`` passing rows, ``s`` the filter's pass fraction near the query; unfiltered walks do
+   not change), then ``serving.filtered_coverage`` at that exponent to the smallest value of
+   ``COVERAGE_LADDER`` keeping them there (a filtered walk covers that fraction of it), and
+   ``n_probe`` calibrated again at that coverage (the graph searches unfiltered requests under an
+   all-passing mask, so the coverage applies to them too),
    the exact top-100 of every query under every filter class, and the export (``export_traced``: torch.export of the serving graph and the item
    tower, one ``.pt2``). Peak RSS is read from ``VmHWM``, reset after publish.
 2. **serve**: a fresh process loads the artifact (``Retriever``; large tensors memory-mapped),
@@ -55,11 +58,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 K = 100
 FILTER_CLASSES = ("none", "10%", "1%")
-FILTERED_CLASSES = FILTER_CLASSES[1:]  # the classes with a filter, which filtered_coverage is calibrated on
+FILTERED_CLASSES = FILTER_CLASSES[1:]  # the classes with a filter, which the filtered walk is calibrated on
 # Unfiltered queries the n_probe calibration uses, drawn after the served ones and never served.
 CALIBRATION_QUERIES = 128
 # serving.filtered_coverage values the filtered calibration tries, largest first (1: the full widening).
 COVERAGE_LADDER = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.125)
+# serving.coverage_exponent values the filtered calibration tries first, smallest first (0: off).
+EXPONENT_LADDER = (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 # Probed fractions of the clusters the calibration tries, in order.
 CALIBRATION_FRACTIONS = (0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.05, 0.06, 0.07, 0.08, 0.1, 0.13, 0.16,
                          0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0)
@@ -216,28 +221,45 @@ def _calibrate_n_probe(index: Any, q: torch.Tensor, truth: torch.Tensor, target:
     return C, r
 
 
-def _calibrate_coverage(index: Any, n_probe: int, q: torch.Tensor, truth: torch.Tensor, rows: List[torch.Tensor],
-                        target: float) -> Tuple[float, Dict[str, float]]:
-    """The smallest ``serving.filtered_coverage`` of ``COVERAGE_LADDER`` whose recall@K at
-    ``n_probe`` reaches ``target`` in both filtered classes (~10%, ~1%): queries ``q`` [Q, D] (each
-    class's queries in one block, in ``FILTER_CLASSES`` order without ``none``), ``truth`` their
-    exact top-K under their filters, ``rows[i]`` query i's filter as a packed row-order mask [W].
-    Returns it and the recall of each class there."""
+def _filtered_recall(index: Any, n_probe: int, q: torch.Tensor, truth: torch.Tensor, rows: List[torch.Tensor],
+                     coverage: float, exponent: float) -> Dict[str, float]:
+    """Recall@K of each filtered class (``FILTERED_CLASSES``) at ``n_probe`` and the filtered walk's
+    settings: queries ``q`` [Q, D] (each class's queries in one block, in that order), ``truth``
+    their exact top-K under their filters, ``rows[i]`` query i's filter as a packed row-order mask [W]."""
     from ann_data import recall
 
     per_class = q.shape[0] // len(FILTERED_CLASSES)
-    chosen, chosen_recall = COVERAGE_LADDER[0], {}
-    for w in COVERAGE_LADDER:
-        ids = torch.cat([index.search(q[s : s + 16], K, n_probe=n_probe, mask=torch.stack(rows[s : s + 16]),
-                                      filtered_coverage=w).ids for s in range(0, q.shape[0], 16)])
-        got = {label: recall(ids[c * per_class : (c + 1) * per_class].numpy(), truth[c * per_class : (c + 1) * per_class])
-               for c, label in enumerate(FILTERED_CLASSES)}
-        print(f"  filtered calibration: filtered_coverage={w} recall@{K} "
-              + " / ".join(f"{label} {r:.4f}" for label, r in got.items()), flush=True)
+    ids = torch.cat([index.search(q[s : s + 16], K, n_probe=n_probe, mask=torch.stack(rows[s : s + 16]),
+                                  filtered_coverage=coverage, coverage_exponent=exponent).ids
+                     for s in range(0, q.shape[0], 16)])
+    got = {label: recall(ids[c * per_class : (c + 1) * per_class].numpy(), truth[c * per_class : (c + 1) * per_class])
+           for c, label in enumerate(FILTERED_CLASSES)}
+    print(f"  filtered calibration: filtered_coverage={coverage} coverage_exponent={exponent} recall@{K} "
+          + " / ".join(f"{label} {r:.4f}" for label, r in got.items()), flush=True)
+    return got
+
+
+def _calibrate_filtered(index: Any, n_probe: int, q: torch.Tensor, truth: torch.Tensor, rows: List[torch.Tensor],
+                        target: float) -> Tuple[float, float, Dict[str, float]]:
+    """``serving.coverage_exponent``: the largest of ``EXPONENT_LADDER`` (at coverage 1) whose
+    recall@K at ``n_probe`` reaches ``target`` in both filtered classes (:func:`_filtered_recall`'s
+    inputs); then ``serving.filtered_coverage`` at that exponent: the smallest of
+    ``COVERAGE_LADDER`` that still does. Returns both and the recall of each class there."""
+    exponent, chosen_recall = EXPONENT_LADDER[0], {}
+    for b in EXPONENT_LADDER:
+        got = _filtered_recall(index, n_probe, q, truth, rows, 1.0, b)
         if min(got.values()) < target:
             break
-        chosen, chosen_recall = w, got
-    return chosen, chosen_recall
+        exponent, chosen_recall = b, got
+    coverage = COVERAGE_LADDER[0]
+    for w in COVERAGE_LADDER[1:]:
+        got = _filtered_recall(index, n_probe, q, truth, rows, w, exponent)
+        if min(got.values()) < target:
+            break
+        coverage, chosen_recall = w, got
+    if not chosen_recall:  # not even the full widening reaches the target: report what it gets
+        chosen_recall = _filtered_recall(index, n_probe, q, truth, rows, coverage, exponent)
+    return coverage, exponent, chosen_recall
 
 
 def _component_bytes(graph: Any, item_encoder: Any) -> Dict[str, int]:
@@ -334,7 +356,7 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     result["truth_s"] = time.perf_counter() - t0
     qc = torch.nn.functional.normalize(q_calibration, dim=-1)
     truth_calibration = _exact_truth(qc, xh, passing, [""] * qc.shape[0])
-    # the held-out queries again under the filtered classes' expressions, for filtered_coverage
+    # the held-out queries again under the filtered classes' expressions, for the filtered walk's settings
     qc_filtered = qc.repeat(len(FILTERED_CLASSES), 1)
     exprs_calibration = [filters[label][i % 4] for label in FILTERED_CLASSES for i in range(qc.shape[0])]
     truth_filtered = _exact_truth(qc_filtered, xh, passing, exprs_calibration)
@@ -342,8 +364,8 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     n_probe, r = _calibrate_n_probe(graph.index, qc, truth_calibration, target)
     row_order = graph.index.row_to_id  # packed row-order masks, one per expression
     packed = {e: pack_mask(torch.from_numpy(passing[e])[row_order][None])[0] for e in set(exprs_calibration)}
-    coverage, coverage_recall = _calibrate_coverage(graph.index, n_probe, qc_filtered, truth_filtered,
-                                                    [packed[e] for e in exprs_calibration], target)
+    coverage, exponent, coverage_recall = _calibrate_filtered(graph.index, n_probe, qc_filtered, truth_filtered,
+                                                              [packed[e] for e in exprs_calibration], target)
     # The graph searches unfiltered requests under an all-passing mask, so the setting applies
     # to them too: with w < 1 their walk may stop at n_probe clusters holding fewer than
     # n_probe * N / C rows. n_probe is calibrated again at w (it can only grow, and a larger
@@ -351,8 +373,8 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     result.update(n_probe_at_full_coverage=n_probe)
     if coverage < 1.0:
         n_probe, r = _calibrate_n_probe(graph.index, qc, truth_calibration, target, coverage, start=n_probe)
-    graph.n_probe, graph.filtered_coverage = n_probe, coverage
-    result.update(n_probe=n_probe, calibration_recall=r, filtered_coverage=coverage,
+    graph.n_probe, graph.filtered_coverage, graph.coverage_exponent = n_probe, coverage, exponent
+    result.update(n_probe=n_probe, calibration_recall=r, filtered_coverage=coverage, coverage_exponent=exponent,
                   filtered_calibration_recall=coverage_recall)
     del packed
     torch.save({"truth": truth, "exprs": exprs, "labels": labels, "filters": filters}, os.path.join(workdir, f"truth_{n}.pt"))
@@ -363,6 +385,7 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     meta = serving_metadata(graph, schema, config)
     meta["serving_config"]["n_probe"] = n_probe
     meta["serving_config"]["filtered_coverage"] = coverage
+    meta["serving_config"]["coverage_exponent"] = exponent
     enc = RequestEncoder(meta)
     updates = item_updates(graph, item_encoder, meta)  # a non-trivial fresh index to trace with
     attrs = [{name: [vocab[int(t) - base] for t in term_ids[offsets[i]:offsets[i + 1]]
@@ -492,7 +515,8 @@ def table(r: Dict[str, Any]) -> str:
     n = r["n"]
     rows = [("items N / dim / clusters C / n_probe", f"{n:,} / {r['dim']} / {r['num_clusters']} / {r['n_probe']} "
              f"({r['n_probe'] / r['num_clusters']:.1%}, unfiltered calibration recall {r['calibration_recall']:.3f})"),
-            ("serving.filtered_coverage (calibration recall)", f"{r.get('filtered_coverage', 1.0)} ("
+            ("serving.coverage_exponent / filtered_coverage (calibration recall)",
+             f"{r.get('coverage_exponent', 0.0)} / {r.get('filtered_coverage', 1.0)} ("
              + " / ".join(f"{label} {v:.3f}" for label, v in r.get('filtered_calibration_recall', {}).items())
              + f"; n_probe at coverage 1: {r.get('n_probe_at_full_coverage', r['n_probe'])})"),
             ("publish (k-means / quantization / Bloom)", f"{r['publish_s']:.1f} s ({r.get('kmeans_s', 0):.1f} / "
