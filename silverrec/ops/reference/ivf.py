@@ -130,11 +130,11 @@ def ivf_select_probes_reference(
     ``min_rows`` rows that pass (every cluster when the whole mask passes fewer), never more
     than ``max_probe``.
 
-    With ``coverage_exponent`` ``b > 0`` the count to cover is query ``b``'s own: ``max(
-    min_rows_floor, min_rows * (p / r) ** b)`` (a Python float: ``math.pow`` of the exact
+    With a ``coverage_exponent`` above 0 each query has its own count to cover: ``max(
+    min_rows_floor, min_rows * (p / r) ** coverage_exponent)`` (a Python float: ``math.pow`` of the exact
     quotient, then the product, as the C++ kernel computes it), where ``r`` rows of its first
     ``min(n_probe, max_probe)`` clusters hold ``p`` passing ones (``p / r`` = 1 when ``r`` = 0): a
-    filter passing a fraction ``s`` of the rows near the query covers ``min_rows * s ** b``.
+    filter passing a fraction ``s`` of the rows near the query covers ``min_rows * s ** coverage_exponent``.
 
     Args:
         centroid_scores (Tensor): float32 ``[B, C]`` query-centroid similarities (finite).
