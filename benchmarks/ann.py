@@ -294,7 +294,7 @@ def plot(rows: List[Dict], path: str, batch: int) -> None:
         ax.set_ylabel("queries / s")
         ax.set_title(f"{data[d_i]}, filter {filters[f_i]}, batch {batch}")
         ax.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+        ax.legend(fontsize=6)  # per panel: the silverrec settings and FAISS's colours differ between panels
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
