@@ -39,8 +39,11 @@ constexpr int64_t kPrefetchRows = 16;      // rows ahead within a cluster
 constexpr int64_t kPrefetchBytes = 2048;   // bytes of the next probed cluster
 constexpr int64_t kPrefetchPassing = 8;    // passing rows ahead (filtered scans)
 // Passing rows of a mask word's 64 from which the scan scores all of them, 4 per step, instead of
-// visiting the passing ones one by one (a one-row visit costs about twice a row of a 4-row step).
-constexpr int kDenseWordRows = 24;
+// listing the passing ones and visiting them one by one with prefetches. Measured (1M x 64, n_probe
+// 240, batch 16, random masks): at 24 the whole-word scan made 30-60% masks 10-37% slower than
+// the list and 85-95% masks 20-30% faster; at 48 the low densities take the list again and the
+// high ones keep most of the gain (benchmarks/RESULTS.md, 2026-12-06).
+constexpr int kDenseWordRows = 48;
 
 // The passing rows a probe walk covers (spec: ivf_select_probes_reference): min_rows; with
 // exponent > 0, max(floor, min_rows * s^exponent), s = the pass fraction of the rows of the
