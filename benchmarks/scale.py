@@ -245,20 +245,20 @@ def _calibrate_filtered(index: Any, n_probe: int, q: torch.Tensor, truth: torch.
     recall@K at ``n_probe`` reaches ``target`` in both filtered classes (:func:`_filtered_recall`'s
     inputs); then ``serving.filtered_coverage`` at that exponent: the smallest of
     ``COVERAGE_LADDER`` that still does. Returns both and the recall of each class there."""
-    exponent, chosen_recall = EXPONENT_LADDER[0], {}
-    for b in EXPONENT_LADDER:
-        got = _filtered_recall(index, n_probe, q, truth, rows, 1.0, b)
+    coverage, exponent = COVERAGE_LADDER[0], EXPONENT_LADDER[0]
+    chosen_recall = _filtered_recall(index, n_probe, q, truth, rows, coverage, exponent)  # the full widening
+    if min(chosen_recall.values()) < target:  # even it falls short: report what it gets
+        return coverage, exponent, chosen_recall
+    for b in EXPONENT_LADDER[1:]:
+        got = _filtered_recall(index, n_probe, q, truth, rows, coverage, b)
         if min(got.values()) < target:
             break
         exponent, chosen_recall = b, got
-    coverage = COVERAGE_LADDER[0]
     for w in COVERAGE_LADDER[1:]:
         got = _filtered_recall(index, n_probe, q, truth, rows, w, exponent)
         if min(got.values()) < target:
             break
         coverage, chosen_recall = w, got
-    if not chosen_recall:  # not even the full widening reaches the target: report what it gets
-        chosen_recall = _filtered_recall(index, n_probe, q, truth, rows, coverage, exponent)
     return coverage, exponent, chosen_recall
 
 

@@ -52,19 +52,16 @@ struct Coverage {
   int64_t min_rows = 0;
   double exponent = 0.0;
   int64_t floor = 0;
-  // The count for a query whose first n_probe clusters hold `rows` rows, `passing` of them
-  // passing: computed as the reference does (the exact quotient, std::pow, the product).
-  double target(int64_t passing, int64_t rows) const {
-    if (exponent == 0.0) return static_cast<double>(min_rows);
-    const double t = rows > 0 ? static_cast<double>(min_rows) *
-                                    std::pow(static_cast<double>(passing) / static_cast<double>(rows), exponent)
-                              : static_cast<double>(min_rows);
-    return std::max(static_cast<double>(floor), t);
-  }
-  // The count at an estimated pass fraction (the walk-length estimates of the lazy masks).
+  // The count at pass fraction `fraction` (also the lazy masks' walk-length estimates), computed
+  // as the reference does: std::pow of the fraction, then the product, then the floor.
   double expected(double fraction) const {
     return exponent == 0.0 ? static_cast<double>(min_rows)
                            : std::max(static_cast<double>(floor), min_rows * std::pow(fraction, exponent));
+  }
+  // The count for a query whose first n_probe clusters hold `rows` rows, `passing` of them
+  // passing (the exact quotient; 1 when they hold none).
+  double target(int64_t passing, int64_t rows) const {
+    return expected(rows > 0 ? static_cast<double>(passing) / static_cast<double>(rows) : 1.0);
   }
 };
 
