@@ -10,7 +10,8 @@ For each N, in three fresh processes (so that each phase's memory is its own):
    real-embedding statistics (``ann_data.unclustered``: one anisotropic cloud, no blobs), a
    two-tower model around them (the user tower maps a user's id to one of the query vectors,
    drawn from the same distribution; no OverArch, so served recall is the index's), then
-   ``publish`` (k-means, quantization and Bloom filter timed apart), the unfiltered ``n_probe``
+   ``publish`` (k-means, quantization and Bloom filter timed apart; clusters ranked with
+   ``serving.probe_spread`` = ``--probe-spread``, default 4), the unfiltered ``n_probe``
    calibrated to the smallest probed fraction of the clusters (steps of 0.5% up to 4%, then
    coarser) whose recall@100 through the index layer's op reaches ``--recall-target`` on
    ``CALIBRATION_QUERIES`` held-out queries (drawn with the served ones, never served or
@@ -197,11 +198,11 @@ def _exact_truth(q: torch.Tensor, x: torch.Tensor, masks: Dict[str, np.ndarray],
 
 
 def _calibrate_n_probe(index: Any, q: torch.Tensor, truth: torch.Tensor, target: float, coverage: float = 1.0,
-                       start: int = 1) -> Tuple[int, float]:
+                       start: int = 1, spread: float = 0.0) -> Tuple[int, float]:
     """The smallest n_probe >= ``start`` (probed fractions ``CALIBRATION_FRACTIONS`` of the clusters)
     whose unfiltered recall@K of queries ``q`` against ``truth`` through the graph's op (an
     all-passing packed mask, as the graph searches; ``serving.filtered_coverage`` = ``coverage``)
-    reaches ``target``."""
+    reaches ``target`` (clusters ranked with ``serving.probe_spread`` = ``spread``)."""
     from ann_data import recall
 
     C, W = index.num_clusters, (index.num_items + 63) // 64
@@ -212,7 +213,7 @@ def _calibrate_n_probe(index: Any, q: torch.Tensor, truth: torch.Tensor, target:
         if n_probe in tried or n_probe < start:
             continue
         tried.add(n_probe)
-        ids = index.search(q, K, n_probe=n_probe, mask=mask, filtered_coverage=coverage).ids
+        ids = index.search(q, K, n_probe=n_probe, mask=mask, filtered_coverage=coverage, probe_spread=spread).ids
         r = recall(ids.numpy(), truth)
         print(f"  calibration: n_probe={n_probe} ({n_probe / C:.1%} of C={C}) filtered_coverage={coverage} "
               f"recall@{K}={r:.4f}", flush=True)
@@ -222,7 +223,7 @@ def _calibrate_n_probe(index: Any, q: torch.Tensor, truth: torch.Tensor, target:
 
 
 def _filtered_recall(index: Any, n_probe: int, q: torch.Tensor, truth: torch.Tensor, rows: List[torch.Tensor],
-                     coverage: float, exponent: float) -> Dict[str, float]:
+                     coverage: float, exponent: float, spread: float = 0.0) -> Dict[str, float]:
     """Recall@K of each filtered class (``FILTERED_CLASSES``) at ``n_probe`` and the filtered walk's
     settings: queries ``q`` [Q, D] (each class's queries in one block, in that order), ``truth``
     their exact top-K under their filters, ``rows[i]`` query i's filter as a packed row-order mask [W]."""
@@ -230,7 +231,7 @@ def _filtered_recall(index: Any, n_probe: int, q: torch.Tensor, truth: torch.Ten
 
     per_class = q.shape[0] // len(FILTERED_CLASSES)
     ids = torch.cat([index.search(q[s : s + 16], K, n_probe=n_probe, mask=torch.stack(rows[s : s + 16]),
-                                  filtered_coverage=coverage, coverage_exponent=exponent).ids
+                                  filtered_coverage=coverage, coverage_exponent=exponent, probe_spread=spread).ids
                      for s in range(0, q.shape[0], 16)])
     got = {label: recall(ids[c * per_class : (c + 1) * per_class].numpy(), truth[c * per_class : (c + 1) * per_class])
            for c, label in enumerate(FILTERED_CLASSES)}
@@ -240,22 +241,22 @@ def _filtered_recall(index: Any, n_probe: int, q: torch.Tensor, truth: torch.Ten
 
 
 def _calibrate_filtered(index: Any, n_probe: int, q: torch.Tensor, truth: torch.Tensor, rows: List[torch.Tensor],
-                        target: float) -> Tuple[float, float, Dict[str, float]]:
+                        target: float, spread: float = 0.0) -> Tuple[float, float, Dict[str, float]]:
     """``serving.coverage_exponent``: the largest of ``EXPONENT_LADDER`` (at coverage 1) whose
     recall@K at ``n_probe`` reaches ``target`` in both filtered classes (:func:`_filtered_recall`'s
     inputs); then ``serving.filtered_coverage`` at that exponent: the smallest of
     ``COVERAGE_LADDER`` that still does. Returns both and the recall of each class there."""
     coverage, exponent = COVERAGE_LADDER[0], EXPONENT_LADDER[0]
-    chosen_recall = _filtered_recall(index, n_probe, q, truth, rows, coverage, exponent)  # the full widening
+    chosen_recall = _filtered_recall(index, n_probe, q, truth, rows, coverage, exponent, spread)  # the full widening
     if min(chosen_recall.values()) < target:  # even it falls short: report what it gets
         return coverage, exponent, chosen_recall
     for b in EXPONENT_LADDER[1:]:
-        got = _filtered_recall(index, n_probe, q, truth, rows, coverage, b)
+        got = _filtered_recall(index, n_probe, q, truth, rows, coverage, b, spread)
         if min(got.values()) < target:
             break
         exponent, chosen_recall = b, got
     for w in COVERAGE_LADDER[1:]:
-        got = _filtered_recall(index, n_probe, q, truth, rows, w, exponent)
+        got = _filtered_recall(index, n_probe, q, truth, rows, w, exponent, spread)
         if min(got.values()) < target:
             break
         coverage, chosen_recall = w, got
@@ -289,7 +290,8 @@ def _component_bytes(graph: Any, item_encoder: Any) -> Dict[str, int]:
     return out
 
 
-def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int, aoti: bool) -> None:
+def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int, aoti: bool,
+          spread: float = 0.0) -> None:
     from ann_data import unclustered
 
     import silverrec.retrieval.ivf_index as ivf_module
@@ -329,7 +331,7 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     _timed(ivf_module, "kmeans", times, "kmeans_s")
     _timed(ivf_module, "quantize_int8_per_item", times, "quantize_s")
     _timed(BloomIndex, "from_term_sets", times, "bloom_s")
-    config = ServingConfig(k=K, candidates_per_task=K, use_over_arch=False)
+    config = ServingConfig(k=K, candidates_per_task=K, use_over_arch=False, probe_spread=spread)
     t0 = time.perf_counter()
     graph = publish(model, schema, x, terms, config)
     result["publish_s"] = time.perf_counter() - t0
@@ -361,20 +363,22 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     exprs_calibration = [filters[label][i % 4] for label in FILTERED_CLASSES for i in range(qc.shape[0])]
     truth_filtered = _exact_truth(qc_filtered, xh, passing, exprs_calibration)
     del xh
-    n_probe, r = _calibrate_n_probe(graph.index, qc, truth_calibration, target)
+    n_probe, r = _calibrate_n_probe(graph.index, qc, truth_calibration, target, spread=spread)
     row_order = graph.index.row_to_id  # packed row-order masks, one per expression
     packed = {e: pack_mask(torch.from_numpy(passing[e])[row_order][None])[0] for e in set(exprs_calibration)}
     coverage, exponent, coverage_recall = _calibrate_filtered(graph.index, n_probe, qc_filtered, truth_filtered,
-                                                              [packed[e] for e in exprs_calibration], target)
+                                                              [packed[e] for e in exprs_calibration], target, spread)
     # The graph searches unfiltered requests under an all-passing mask, so the setting applies
     # to them too: with w < 1 their walk may stop at n_probe clusters holding fewer than
     # n_probe * N / C rows. n_probe is calibrated again at w (it can only grow, and a larger
     # n_probe only widens the filtered walks the coverage was calibrated on).
     result.update(n_probe_at_full_coverage=n_probe)
     if coverage < 1.0:
-        n_probe, r = _calibrate_n_probe(graph.index, qc, truth_calibration, target, coverage, start=n_probe)
+        n_probe, r = _calibrate_n_probe(graph.index, qc, truth_calibration, target, coverage, start=n_probe,
+                                        spread=spread)
     graph.n_probe, graph.filtered_coverage, graph.coverage_exponent = n_probe, coverage, exponent
     result.update(n_probe=n_probe, calibration_recall=r, filtered_coverage=coverage, coverage_exponent=exponent,
+                  probe_spread=spread,
                   filtered_calibration_recall=coverage_recall)
     del packed
     torch.save({"truth": truth, "exprs": exprs, "labels": labels, "filters": filters}, os.path.join(workdir, f"truth_{n}.pt"))
@@ -485,9 +489,11 @@ def _result(proc: "subprocess.Popen[str]", wait: bool = True) -> Dict[str, Any]:
     raise RuntimeError(f"{proc.args} failed with exit status {proc.returncode}")
 
 
-def measure(n: int, dim: int, workdir: str, queries: int, target: float, seed: int, aoti: bool) -> Dict[str, Any]:
+def measure(n: int, dim: int, workdir: str, queries: int, target: float, seed: int, aoti: bool,
+            spread: float = 0.0) -> Dict[str, Any]:
     print(f"== N={n:,} D={dim}: build, publish, export", flush=True)
-    build_p = _run(["_build", str(n), str(dim), workdir, str(queries), str(target), str(seed), str(int(aoti))])
+    build_p = _run(["_build", str(n), str(dim), workdir, str(queries), str(target), str(seed), str(int(aoti)),
+                    str(spread)])
     out = _result(build_p)
     build_p.wait()
     print(f"== N={n:,}: load and serve in a fresh process", flush=True)
@@ -515,8 +521,8 @@ def table(r: Dict[str, Any]) -> str:
     n = r["n"]
     rows = [("items N / dim / clusters C / n_probe", f"{n:,} / {r['dim']} / {r['num_clusters']} / {r['n_probe']} "
              f"({r['n_probe'] / r['num_clusters']:.1%}, unfiltered calibration recall {r['calibration_recall']:.3f})"),
-            ("serving.coverage_exponent / filtered_coverage (calibration recall)",
-             f"{r.get('coverage_exponent', 0.0)} / {r.get('filtered_coverage', 1.0)} ("
+            ("serving.probe_spread / coverage_exponent / filtered_coverage (calibration recall)",
+             f"{r.get('probe_spread', 0.0)} / {r.get('coverage_exponent', 0.0)} / {r.get('filtered_coverage', 1.0)} ("
              + " / ".join(f"{label} {v:.3f}" for label, v in r.get('filtered_calibration_recall', {}).items())
              + f"; n_probe at coverage 1: {r.get('n_probe_at_full_coverage', r['n_probe'])})"),
             ("publish (k-means / quantization / Bloom)", f"{r['publish_s']:.1f} s ({r.get('kmeans_s', 0):.1f} / "
@@ -577,9 +583,9 @@ def projected_peak(results: List[Dict[str, Any]], n: int) -> Optional[float]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_build":
-        n, dim, workdir, queries, target, seed, aoti = sys.argv[2:9]
+        n, dim, workdir, queries, target, seed, aoti, spread = sys.argv[2:10]
         torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "2")))
-        return build(int(n), int(dim), workdir, int(queries), float(target), int(seed), bool(int(aoti)))
+        return build(int(n), int(dim), workdir, int(queries), float(target), int(seed), bool(int(aoti)), float(spread))
     if len(sys.argv) > 1 and sys.argv[1] == "_serve":
         torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "2")))
         return serve(int(sys.argv[2]), sys.argv[3], bool(int(sys.argv[4])), bool(int(sys.argv[5])))
@@ -593,6 +599,9 @@ def main() -> None:
     p.add_argument("--plot", help="PNG of latency and memory against N")
     p.add_argument("--aoti", action="store_true", help="also compile the serving graph with AOTInductor")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe-spread", type=float, default=4.0,
+                   help="serving.probe_spread of the graphs (clusters ranked by centroid score + this x |q| x spread; "
+                        "n_probe and the filtered settings are calibrated at it; 0: centroid scores alone)")
     p.add_argument("--max-peak-gib", type=float, default=None,
                    help="skip an N whose export peak RSS, projected linearly through the two previous N, exceeds this")
     args = p.parse_args()
@@ -607,7 +616,8 @@ def main() -> None:
             print(f"== N={n:,}: skipped (projected peak over --max-peak-gib {args.max_peak_gib})", flush=True)
             skipped.append({"n": n, "projected_peak_rss_export_bytes": projected})
             continue
-        r = measure(n, args.dim, args.workdir, args.queries, args.recall_target, args.seed, args.aoti)
+        r = measure(n, args.dim, args.workdir, args.queries, args.recall_target, args.seed, args.aoti,
+                    args.probe_spread)
         if projected is not None:
             r["projected_peak_rss_export_bytes"] = projected
         results.append(r)

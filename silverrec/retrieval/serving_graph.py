@@ -44,7 +44,7 @@ from silverrec.models.padded_encoder import PaddedEncoder
 from silverrec.ops.reference.filter import rows_to_words
 from silverrec.retrieval.bloom_index import BloomIndex
 from silverrec.retrieval.candidates import best_by_score, merge_ranked
-from silverrec.retrieval.ivf_index import IVFInt8Index
+from silverrec.retrieval.ivf_index import IVFInt8Index, check_probe_spread
 from silverrec.retrieval.probe_policy import rescore_candidates
 from silverrec.schema import HISTORY, user_key
 
@@ -82,6 +82,12 @@ class ServingConfig:
             first ``n_probe`` clusters, so strict filters walk less than ``1 / s`` times the
             unfiltered walk (unfiltered requests, ``s = 1``, are unchanged). Calibrate it with
             ``w`` on held-out queries (``benchmarks/scale.py``).
+        probe_spread (float): >= 0 (0: off): clusters are ranked by centroid score plus this
+            times ``|q|`` times their spread
+            (:meth:`~silverrec.retrieval.ivf_index.IVFInt8Index.centroid_scores`), so wide
+            clusters, which reach further in the query's direction, are probed first: on
+            real-embedding-like data, the same recall over fewer rows. Calibrate ``n_probe`` at
+            the chosen value (``benchmarks/probe_spread.py``, ``benchmarks/scale.py --probe-spread``).
         num_clusters (Optional[int]): IVF clusters (None: ``4 sqrt(N)``).
         quantization (str): ``per_item`` or ``global`` INT8 scales.
         filter_length (int): longest filter program (instructions) a request may carry.
@@ -106,6 +112,7 @@ class ServingConfig:
     n_probe: Optional[int] = None
     filtered_coverage: float = 1.0
     coverage_exponent: float = 0.0
+    probe_spread: float = 0.0
     num_clusters: Optional[int] = None
     quantization: str = "per_item"
     filter_length: int = 12
@@ -129,6 +136,7 @@ class ServingConfig:
             raise ValueError(f"serving.filtered_coverage must be in (0, 1], got {self.filtered_coverage}")
         if not 0.0 <= self.coverage_exponent <= 1.0:
             raise ValueError(f"serving.coverage_exponent must be in [0, 1], got {self.coverage_exponent}")
+        check_probe_spread(self.probe_spread, "serving.probe_spread")
         if self.merged_candidates is not None and self.merged_candidates < self.k:
             raise ValueError(f"serving.merged_candidates must be >= serving.k={self.k} or null, got "
                              f"{self.merged_candidates}")
@@ -190,6 +198,7 @@ class RetrievalGraph(nn.Module):
             their ids (a user's history or ``exclude`` may still name them) but no row.
         filtered_coverage (float): see :class:`ServingConfig` (1: the full widening).
         coverage_exponent (float): see :class:`ServingConfig` (0: off).
+        probe_spread (float): see :class:`ServingConfig` (0: off).
 
     Call Args:
         user_ids (Tensor): int64 ``[B, S]`` user feature slots (-1 = empty).
@@ -220,6 +229,7 @@ class RetrievalGraph(nn.Module):
         merged_candidates: Optional[int] = None,
         filtered_coverage: float = 1.0,
         coverage_exponent: float = 0.0,
+        probe_spread: float = 0.0,
     ) -> None:
         super().__init__()
         num_tasks = len(scorer.value_model.task_names)
@@ -233,6 +243,7 @@ class RetrievalGraph(nn.Module):
             raise ValueError(f"filtered_coverage must be in (0, 1], got {filtered_coverage}")
         if not 0.0 <= coverage_exponent <= 1.0:
             raise ValueError(f"coverage_exponent must be in [0, 1], got {coverage_exponent}")
+        check_probe_spread(probe_spread, "probe_spread")
         if not 1 <= candidates_per_task <= index.num_items:
             raise ValueError(f"candidates_per_task must be in [1, N={index.num_items}], got {candidates_per_task}")
         self.user_encoder = user_encoder
@@ -242,6 +253,7 @@ class RetrievalGraph(nn.Module):
         self.k, self.k0, self.n_probe = k, candidates_per_task, n_probe
         self.filtered_coverage = float(filtered_coverage)
         self.coverage_exponent = float(coverage_exponent)
+        self.probe_spread = float(probe_spread)
         slots = num_tasks * candidates_per_task
         self.merged = slots if merged_candidates is None else min(merged_candidates, slots)
         if self.merged < k:
@@ -292,7 +304,8 @@ class RetrievalGraph(nn.Module):
         plan = (opcodes, terms, self.bloom.main_hashes(hashes))
         return self.index.forward_bloom(q, bloom, plan, deleted, self._excluded_rows(exclude), self.k0, self.n_probe,
                                         filtered_coverage=self.filtered_coverage,
-                                        coverage_exponent=self.coverage_exponent)
+                                        coverage_exponent=self.coverage_exponent,
+                                        probe_spread=self.probe_spread)
 
     def _excluded_rows(self, exclude: Tensor) -> Tensor:
         """Index rows of each query's excluded items: int64 [B, E], -1 for padding and unknown ids."""

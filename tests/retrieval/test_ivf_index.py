@@ -303,3 +303,83 @@ def test_mask_layouts_agree(built) -> None:
         index.search(q[:6], 10, mask=bitmap[:, :10])
     with pytest.raises(ValueError, match="got dtype torch.float32"):
         index.search(q[:6], 10, mask=mask.float())
+
+
+def test_cluster_spread_is_the_rms_residual_per_dimension(built) -> None:
+    """cluster_spread: sqrt(mean |x - centroid|^2 / D) of each cluster's rows, against a plain
+    loop over the clusters; 0 for an empty cluster; stored as a buffer by build."""
+    from silverrec.retrieval.ivf_index import cluster_spread
+
+    x, _, _, index = built
+    rows = x[index.row_to_id]
+    D = x.shape[1]
+    want = torch.stack([((rows[lo:hi] - c).square().sum(dim=1).mean() / D).sqrt()
+                        for c, lo, hi in zip(index.centroids, index.cluster_offsets[:-1].tolist(),
+                                             index.cluster_offsets[1:].tolist())])
+    # build stores the spread of the float32 rows; recomputed from the same rows here
+    assert torch.allclose(index.cluster_spread, want, rtol=1e-5)
+    assert torch.allclose(cluster_spread(rows, index.centroids, index.cluster_offsets), want, rtol=1e-5)
+    empty = cluster_spread(torch.ones(2, 3), torch.zeros(2, 3), torch.tensor([0, 2, 2]))
+    assert empty.tolist() == [1.0, 0.0]
+    assert "cluster_spread" in index.state_dict()
+
+
+def test_probe_spread_ranks_clusters_by_centroid_score_plus_spread(built) -> None:
+    """probe_spread p: centroid scores q . c + p |q| spread_c ([B, C] and [B, T, C]); search is
+    bit for bit the reference composition on those scores (unfiltered and filtered); p = 0 is the
+    plain centroid ranking; an index built without spreads (older tensors) ranks as p = 0;
+    negative or non-finite values are refused by name."""
+    from silverrec.ops.reference import ivf_search_reference
+    from silverrec.retrieval.ivf_index import IVFInt8Index, IVFInt8Tensors
+    from silverrec.retrieval.probe_policy import probe_plan
+
+    x, q, g, index = built
+    plain = q @ index.centroids.T
+    want_scores = plain + 3.0 * q.norm(dim=1, keepdim=True) * index.cluster_spread
+    assert torch.allclose(index.centroid_scores(q, 3.0), want_scores, rtol=1e-5, atol=1e-5)
+    assert torch.equal(index.centroid_scores(q, 0.0), q @ index.centroids_t)
+    grouped = q[:8].view(4, 2, -1)
+    assert torch.equal(index.centroid_scores(grouped, 3.0).reshape(8, -1), index.centroid_scores(q[:8], 3.0))
+    k, n_probe = 20, 4
+    mask = torch.rand(q.shape[0], 3000, generator=g) < 0.1
+    for m in (None, mask):
+        packed = None if m is None else pack_mask(m[:, index.row_to_id])
+        plan = probe_plan(k, n_probe, 3000, 50, m is not None)
+        want = ivf_search_reference(q, index.centroid_scores(q, 3.0), index.codes, index.scales,
+                                    index.cluster_offsets, index.cache, index.row_to_id, packed, *plan, k)
+        got = index.search(q, k, n_probe=n_probe, mask=m, probe_spread=3.0)
+        assert torch.equal(got.ids, want[1]) and torch.equal(got.scores, want[0])
+    # the spread changes which clusters come first for some query here (else the test shows nothing)
+    assert not torch.equal(plain.topk(n_probe).indices, index.centroid_scores(q, 3.0).topk(n_probe).indices)
+    old = IVFInt8Index(IVFInt8Tensors(*(getattr(index, name) for name in IVFInt8Tensors._fields[:6])))
+    assert torch.equal(old.search(q, k, n_probe=n_probe, probe_spread=3.0).ids, index.search(q, k, n_probe=n_probe).ids)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="probe_spread must be a finite number >= 0"):
+            index.search(q, k, n_probe=n_probe, probe_spread=bad)
+
+
+def test_probe_spread_finds_more_neighbours_on_a_continuous_cloud() -> None:
+    """On an anisotropic Gaussian cloud with spread norms (no blobs, the real-embedding-like
+    case), ranking by centroid score plus spread puts more of the exact top-k in the clusters
+    that fit a row budget than the centroid ranking alone (summed over three budgets; the gain
+    grows with the cluster size: ~9% fewer rows at equal recall at 1M items, RESULTS.md)."""
+    g = torch.Generator().manual_seed(3)
+    D, N, C = 16, 20000, 200
+    basis = torch.linalg.qr(torch.randn(D, D, generator=g))[0] * torch.arange(1, D + 1).pow(-0.4)[None]
+    x = torch.randn(N, D, generator=g) @ basis.T
+    x = x * torch.exp(0.1 * torch.randn(N, 1, generator=g))
+    q = torch.randn(64, D, generator=g) @ basis.T
+    index = IVFInt8Index.build(x, num_clusters=C)
+    truth = _exact(q, x, 50)
+    rows = (index.cluster_offsets[1:] - index.cluster_offsets[:-1]).double()
+    cluster_of = torch.empty(N, dtype=torch.int64)
+    cluster_of[index.row_to_id] = torch.repeat_interleave(torch.arange(C), rows.long())
+
+    def recall_at_rows(spread: float, budget: float) -> float:
+        order = index.centroid_scores(q, spread).argsort(dim=1, descending=True)
+        walked = rows[order].cumsum(dim=1) <= budget  # the clusters within `budget` rows, per query
+        probed = torch.zeros(64, C, dtype=torch.bool).scatter_(1, order, walked)
+        return probed.gather(1, cluster_of[truth]).double().mean().item()
+
+    budgets = (600.0, 1200.0, 2000.0)
+    assert sum(recall_at_rows(2.0, b) for b in budgets) > sum(recall_at_rows(0.0, b) for b in budgets) + 0.01

@@ -185,16 +185,17 @@ def test_approximate_graph_keeps_its_promises(served, tiny_dataset):
         assert int(num_valid[b]) == min(10, n_pass), f"query {b} ({filters[b]!r}) passes {n_pass} items"
 
 
-@pytest.mark.parametrize("coverage, exponent", [(1.0, 0.0), (0.3, 0.0), (1.0, 0.75)])
-def test_ann_stage_is_the_index_search(served, tiny_dataset, coverage, exponent):
+@pytest.mark.parametrize("coverage, exponent, spread", [(1.0, 0.0, 0.0), (0.3, 0.0, 0.0), (1.0, 0.75, 0.0),
+                                                       (1.0, 0.75, 3.0)])
+def test_ann_stage_is_the_index_search(served, tiny_dataset, coverage, exponent, spread):
     """One retrieval path: the graph's ANN stage (its IVFInt8Index layer under the users' filter
     plans, exclusions and tombstones, the T task queries of each user sharing them, the Bloom
     filter run over the walked clusters only) returns what IVFInt8Index.search returns for the
     same queries under the full Bloom mask minus the exclusions, task by task, with the same
-    serving.filtered_coverage and serving.coverage_exponent."""
+    serving.filtered_coverage, serving.coverage_exponent and serving.probe_spread."""
     graph, enc = _graph(served, tiny_dataset, n_probe=2, candidates_per_task=12, filtered_coverage=coverage,
-                        coverage_exponent=exponent)
-    assert (graph.filtered_coverage, graph.coverage_exponent) == (coverage, exponent)
+                        coverage_exponent=exponent, probe_spread=spread)
+    assert (graph.filtered_coverage, graph.coverage_exponent, graph.probe_spread) == (coverage, exponent, spread)
     reqs = served["requests"]
     filters = (FILTERS * 2)[: len(reqs)]
     seen = {}
@@ -216,7 +217,7 @@ def test_ann_stage_is_the_index_search(served, tiny_dataset, coverage, exponent)
     assert queries.shape[:2] == ids.shape[:2] == (len(reqs), graph.num_tasks) and (graph.k0, graph.n_probe) == (12, 2)
     for t in range(graph.num_tasks):
         want = graph.index.search(queries[:, t], graph.k0, n_probe=graph.n_probe, mask=mask,
-                                  filtered_coverage=coverage, coverage_exponent=exponent)
+                                  filtered_coverage=coverage, coverage_exponent=exponent, probe_spread=spread)
         assert torch.equal(want.ids, ids[:, t]) and torch.equal(want.scores, scores[:, t])
     assert torch.equal(graph.index.row_to_id[rows.clamp(min=0)].masked_fill(rows < 0, -1), ids)
 
@@ -240,3 +241,6 @@ def test_bad_config_is_named(served, tiny_dataset):
     for bad in (-0.5, 1.5):
         with pytest.raises(ValueError, match=r"serving.coverage_exponent must be in \[0, 1\], got " + str(bad)):
             ServingConfig(coverage_exponent=bad)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="serving.probe_spread must be a finite number >= 0, got " + str(bad)):
+            ServingConfig(probe_spread=bad)
