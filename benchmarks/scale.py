@@ -12,7 +12,7 @@ For each N, in three fresh processes (so that each phase's memory is its own):
    drawn from the same distribution; no OverArch, so served recall is the index's), then
    ``publish`` (k-means, quantization and Bloom filter timed apart; clusters ranked with
    ``serving.probe_spread`` = ``--probe-spread``, default 4), the unfiltered ``n_probe``
-   calibrated to the smallest probed fraction of the clusters (steps of 0.5% up to 4%, then
+   calibrated to the smallest probed fraction of the clusters (steps of 0.25% up to 6%, then
    coarser) whose recall@100 through the index layer's op reaches ``--recall-target`` on
    ``CALIBRATION_QUERIES`` held-out queries (drawn with the served ones, never served or
    evaluated, so the served recall is measured on queries the calibration did not see), then
@@ -66,9 +66,10 @@ CALIBRATION_QUERIES = 128
 COVERAGE_LADDER = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.125)
 # serving.coverage_exponent values the filtered calibration tries first, smallest first (0: off).
 EXPONENT_LADDER = (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
-# Probed fractions of the clusters the calibration tries, in order.
-CALIBRATION_FRACTIONS = (0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.05, 0.06, 0.07, 0.08, 0.1, 0.13, 0.16,
-                         0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0)
+# Probed fractions of the clusters the calibration tries, in order: steps of 0.25% from 1% to 6%
+# (between 4% and 5% a 1% step could overshoot the probes needed by up to a fifth)
+CALIBRATION_FRACTIONS = (*(i / 400 for i in range(4, 25)), 0.07, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5,
+                         0.7, 1.0)
 TAGS_PER_ITEM = 5
 
 
@@ -593,7 +594,10 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000])
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--queries", type=int, default=256, help="queries per filter class")
-    p.add_argument("--recall-target", type=float, default=0.96, help="unfiltered recall the n_probe calibration aims at")
+    # 0.965 on the 128 held-out queries: with 0.25% probe steps, a calibration at exactly 0.960 served
+    # 0.950 on other queries (the 1M ~1% class); the margin keeps served recall >= 0.95
+    p.add_argument("--recall-target", type=float, default=0.965,
+                   help="recall@100 the n_probe and filtered calibrations aim at on the held-out queries")
     p.add_argument("--workdir", default=os.path.join(REPO, "runs", "scale"))
     p.add_argument("--json", help="write the results here")
     p.add_argument("--plot", help="PNG of latency and memory against N")

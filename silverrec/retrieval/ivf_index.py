@@ -132,9 +132,8 @@ class IVFInt8Index(nn.Module):
         super().__init__()
         if quantization not in _QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {_QUANTIZATIONS}, got {quantization!r}")
-        C, D = tensors.centroids.shape
         if tensors.cluster_spread is None:  # an index built without spreads
-            tensors = tensors._replace(cluster_spread=tensors.centroids.new_zeros(C))
+            tensors = tensors._replace(cluster_spread=tensors.centroids.new_zeros(tensors.centroids.shape[0]))
         for name, t in zip(IVFInt8Tensors._fields, tensors):
             self.register_buffer(name, t)
         # [D, C] contiguous (derived, not in the state dict): the centroid scores q @ centroids_t
@@ -165,6 +164,7 @@ class IVFInt8Index(nn.Module):
             num_iters (int): Lloyd iterations of k-means.
             max_points_per_cluster (int): k-means trains on ``min(N, this * C)`` sampled points.
             seed (int): k-means seed.
+
         Returns:
             IVFInt8Index: on the device of ``embeddings``.
         """
@@ -209,11 +209,12 @@ class IVFInt8Index(nn.Module):
         alone ranks a tight cluster and a wide one with the same centroid score alike; adding a
         multiple of the spread (an upper-quantile estimate of the cluster's best score) probes
         the wide one first. On ``benchmarks/scale.py``'s catalogue (a random rotation of a
-        power-law spectrum, no blobs) ``probe_spread`` 3 reached recall@100 0.96 of the probed
-        clusters over ~9% fewer rows at 1M items (benchmarks/RESULTS.md). Per-cluster covariance
-        axes ranked better still (~18% fewer rows with two axes) but cost two more matmuls and
-        elementwise passes over ``[B, C]`` that ate the gain at 1M; the isotropic spread is one
-        more input column. Calibrate ``n_probe`` with it (``benchmarks/probe_spread.py``).
+        power-law spectrum, no blobs) ``probe_spread`` 4 reached recall@100 0.96 through the op
+        over 15% / 16% fewer rows at 1M / 10M items, in 0.91x / 0.90x the time of a batch of 16
+        (``benchmarks/probe_spread.py``, benchmarks/RESULTS.md). Per-cluster covariance axes
+        ranked better still in a simulation but cost two more matmuls and elementwise passes over
+        ``[B, C]`` that ate the gain at 1M; the isotropic spread is one more input column.
+        Calibrate ``n_probe`` with it.
 
         Args:
             queries (Tensor): float32 ``[B, D]`` or ``[B, T, D]``.
