@@ -270,7 +270,7 @@ def _component_bytes(graph: Any, item_encoder: Any) -> Dict[str, int]:
               "index.row_to_id": "row -> item id", "item_to_row": "item id -> row", "bloom.bits": "Bloom bit rows",
               "bloom.table.posting_rows": "posting lists", "bloom.table.posting_offsets": "posting offsets",
               "bloom.table.row_terms": "exact-check rows", "index.centroids": "centroids",
-              "index.centroids_t": "centroids", "index.cluster_offsets": "cluster offsets",
+              "index.probe_t": "centroids", "index.cluster_offsets": "cluster offsets",
               "bloom.term_hashes": "term hashes"}
     out: Dict[str, int] = {}
     seen = set()
