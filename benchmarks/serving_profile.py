@@ -128,7 +128,7 @@ def ann_steps(graph: torch.nn.Module, args: tuple) -> Dict[str, float]:
     t0 = t()
     q_codes, q_scales = torch.ops.silverrec.quantize_int8_rowwise(q)
     t1 = t()
-    cs = index.centroid_scores(q, graph.probe_spread)
+    cs = index.centroid_scores(q, graph.probe_spread, graph.probe_precision)
     t2 = t()
     probe = torch.ops.silverrec.ivf_select_probes(cs, index.cluster_offsets, flat_mask, plan.n_probe, plan.min_rows,
                                                   plan.max_probe)

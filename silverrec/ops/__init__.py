@@ -360,6 +360,59 @@ def pack_id_mask(mask: torch.Tensor, row_to_id: torch.Tensor) -> torch.Tensor:
     return torch.ops.silverrec.pack_id_mask(mask, row_to_id)
 
 
+# --- ivf_probe_scores ---
+
+_PROBE_TILE = 16  # columns per tile of a packed probe matrix
+
+
+def pack_probe_matrix(matrix: torch.Tensor) -> torch.Tensor:
+    """The layout ``ivf_probe_scores`` reads: a float ``[D', C]`` matrix rounded to bfloat16 and
+    packed in tiles of 16 columns.
+
+    Element ``[t, k2, j, h]`` is row ``2 * k2 + h`` of column ``16 * t + j`` (zero where that lies
+    past ``[D', C]``): 16 columns' pair of rows ``(2 k2, 2 k2 + 1)`` are 64 contiguous bytes, the
+    operand of one AVX-512 BF16 ``vdpbf16ps``.
+
+    Args:
+        matrix (Tensor): float ``[D', C]`` (e.g. ``IVFInt8Index.probe_t``: centroids transposed plus
+            the spread row).
+
+    Returns:
+        Tensor: bfloat16 ``[ceil(C / 16), ceil(D' / 2), 16, 2]``, contiguous.
+    """
+    Dp, C = matrix.shape
+    K2, Ct = (Dp + 1) // 2, -(-C // _PROBE_TILE)
+    padded = matrix.new_zeros((2 * K2, _PROBE_TILE * Ct), dtype=torch.bfloat16)
+    padded[:Dp, :C] = matrix.to(torch.bfloat16)
+    # [2 K2, 16 Ct] -> [K2, 2, Ct, 16] -> [Ct, K2, 16, 2]
+    return padded.view(K2, 2, Ct, _PROBE_TILE).permute(2, 0, 3, 1).contiguous()
+
+
+def ivf_probe_scores(queries: torch.Tensor, packed: torch.Tensor, num_clusters: int) -> torch.Tensor:
+    """``queries @ matrix`` from bfloat16 products with float32 sums, ``packed =
+    pack_probe_matrix(matrix)``: the fast centroid matmul of ``probe_precision="bfloat16"``.
+
+    Calls ``torch.ops.silverrec.ivf_probe_scores`` (C++ on CPU: AVX-512 BF16 ``vdpbf16ps`` where
+    the CPU has it, else AVX2 FMAs with the same rounding, bit for bit). The spec, with the fixed
+    order of the float32 sums, is ``silverrec.ops.reference.ivf_probe_scores_reference``.
+
+    Args:
+        queries (Tensor): float32 ``[B, D']``.
+        packed (Tensor): bfloat16 ``[ceil(C / 16), ceil(D' / 2), 16, 2]`` (:func:`pack_probe_matrix`).
+        num_clusters (int): C.
+
+    Returns:
+        Tensor: float32 ``[B, C]``.
+
+    Example::
+
+        >>> m = torch.tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]])  # [D'=2, C=3]
+        >>> ivf_probe_scores(torch.tensor([[2.0, 4.0]]), pack_probe_matrix(m), 3).tolist()
+        [[4.0, 0.0, 6.0]]
+    """
+    return torch.ops.silverrec.ivf_probe_scores(queries, packed, num_clusters)
+
+
 # --- ivf_search ---
 
 

@@ -97,7 +97,8 @@ def publish(
     graph = RetrievalGraph(padded_user_encoder_from_two_tower(model, schema), scorer, index, bloom, config.k,
                            config.candidates_per_task, min(n_probe, index.num_clusters), schema.num_items,
                            merged_candidates=config.merged_candidates, filtered_coverage=config.filtered_coverage,
-                           coverage_exponent=config.coverage_exponent, probe_spread=config.probe_spread)
+                           coverage_exponent=config.coverage_exponent, probe_spread=config.probe_spread,
+                           probe_precision=config.probe_precision)
     return graph.eval()
 
 

@@ -18,9 +18,10 @@ from silverrec.ops import cpu_isa
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(silverrec.__file__)))
 
-# The op tests whose kernels have per-path code (int8 scan, re-score, fused search), and the
-# query quantizer they share.
-_FILES = ["test_ivf_int8_topk.py", "test_ivf_rescore_topk.py", "test_ivf_search.py", "test_quantize_int8_rowwise.py"]
+# The op tests whose kernels have per-path code (int8 scan, re-score, fused search, bfloat16 probe
+# scores), and the query quantizer they share.
+_FILES = ["test_ivf_int8_topk.py", "test_ivf_rescore_topk.py", "test_ivf_search.py", "test_quantize_int8_rowwise.py",
+          "test_ivf_probe_scores.py"]
 _PATH_INDEPENDENT = "not triton and not opcheck and not export and not meta and not bad_input and not bad_dtype"
 
 # Runs in the subprocess: checks the forced path, then the selected tests.

@@ -358,6 +358,39 @@ def test_probe_spread_ranks_clusters_by_centroid_score_plus_spread(built) -> Non
             index.search(q, k, n_probe=n_probe, probe_spread=bad)
 
 
+def test_probe_precision_bfloat16_ranks_by_the_op_scores(built) -> None:
+    """probe_precision="bfloat16": the centroid scores are ivf_probe_scores over [q, p |q|] and the
+    derived packed matrix (bit for bit the reference; [B, C] and [B, T, C]; close to the float32
+    scores); search is bit for bit the reference composition on those scores, unfiltered and
+    filtered; the packed matrix is not in the state dict; other values are refused by name."""
+    from silverrec.ops.reference import ivf_probe_scores_reference, ivf_search_reference
+    from silverrec.retrieval.probe_policy import probe_plan
+
+    x, q, g, index = built
+    C = index.num_clusters
+    for spread in (0.0, 3.0):
+        augmented = torch.cat([q, spread * q.norm(dim=1, keepdim=True)], dim=1)
+        want_scores = ivf_probe_scores_reference(augmented, index.probe_bf16, C)
+        scores = index.centroid_scores(q, spread, "bfloat16")
+        assert torch.equal(scores, want_scores)
+        assert torch.allclose(scores, index.centroid_scores(q, spread), rtol=0.02, atol=0.02 * float(scores.abs().max()))
+    grouped = q[:8].view(4, 2, -1)
+    assert torch.equal(index.centroid_scores(grouped, 3.0, "bfloat16").reshape(8, -1),
+                       index.centroid_scores(q[:8], 3.0, "bfloat16"))
+    k, n_probe = 20, 4
+    mask = torch.rand(q.shape[0], 3000, generator=g) < 0.1
+    for m in (None, mask):
+        packed = None if m is None else pack_mask(m[:, index.row_to_id])
+        plan = probe_plan(k, n_probe, 3000, 50, m is not None)
+        want = ivf_search_reference(q, index.centroid_scores(q, 3.0, "bfloat16"), index.codes, index.scales,
+                                    index.cluster_offsets, index.cache, index.row_to_id, packed, *plan, k)
+        got = index.search(q, k, n_probe=n_probe, mask=m, probe_spread=3.0, probe_precision="bfloat16")
+        assert torch.equal(got.ids, want[1]) and torch.equal(got.scores, want[0])
+    assert "probe_bf16" not in index.state_dict()
+    with pytest.raises(ValueError, match="probe_precision must be one of"):
+        index.search(q, k, n_probe=n_probe, probe_precision="float16")
+
+
 def test_probe_spread_finds_more_neighbours_on_a_continuous_cloud() -> None:
     """On an anisotropic Gaussian cloud with spread norms (no blobs, the real-embedding-like
     case), ranking by centroid score plus spread puts more of the exact top-k in the clusters

@@ -185,17 +185,19 @@ def test_approximate_graph_keeps_its_promises(served, tiny_dataset):
         assert int(num_valid[b]) == min(10, n_pass), f"query {b} ({filters[b]!r}) passes {n_pass} items"
 
 
-@pytest.mark.parametrize("coverage, exponent, spread", [(1.0, 0.0, 0.0), (0.3, 0.0, 0.0), (1.0, 0.75, 0.0),
-                                                       (1.0, 0.75, 3.0)])
-def test_ann_stage_is_the_index_search(served, tiny_dataset, coverage, exponent, spread):
+@pytest.mark.parametrize("coverage, exponent, spread, precision", [
+    (1.0, 0.0, 0.0, "float32"), (0.3, 0.0, 0.0, "float32"), (1.0, 0.75, 0.0, "float32"), (1.0, 0.75, 3.0, "float32"),
+    (1.0, 0.75, 3.0, "bfloat16")])
+def test_ann_stage_is_the_index_search(served, tiny_dataset, coverage, exponent, spread, precision):
     """One retrieval path: the graph's ANN stage (its IVFInt8Index layer under the users' filter
     plans, exclusions and tombstones, the T task queries of each user sharing them, the Bloom
     filter run over the walked clusters only) returns what IVFInt8Index.search returns for the
     same queries under the full Bloom mask minus the exclusions, task by task, with the same
-    serving.filtered_coverage, serving.coverage_exponent and serving.probe_spread."""
+    serving.filtered_coverage, serving.coverage_exponent, serving.probe_spread and serving.probe_precision."""
     graph, enc = _graph(served, tiny_dataset, n_probe=2, candidates_per_task=12, filtered_coverage=coverage,
-                        coverage_exponent=exponent, probe_spread=spread)
-    assert (graph.filtered_coverage, graph.coverage_exponent, graph.probe_spread) == (coverage, exponent, spread)
+                        coverage_exponent=exponent, probe_spread=spread, probe_precision=precision)
+    assert (graph.filtered_coverage, graph.coverage_exponent, graph.probe_spread, graph.probe_precision) == (
+        coverage, exponent, spread, precision)
     reqs = served["requests"]
     filters = (FILTERS * 2)[: len(reqs)]
     seen = {}
@@ -217,7 +219,8 @@ def test_ann_stage_is_the_index_search(served, tiny_dataset, coverage, exponent,
     assert queries.shape[:2] == ids.shape[:2] == (len(reqs), graph.num_tasks) and (graph.k0, graph.n_probe) == (12, 2)
     for t in range(graph.num_tasks):
         want = graph.index.search(queries[:, t], graph.k0, n_probe=graph.n_probe, mask=mask,
-                                  filtered_coverage=coverage, coverage_exponent=exponent, probe_spread=spread)
+                                  filtered_coverage=coverage, coverage_exponent=exponent, probe_spread=spread,
+                                  probe_precision=precision)
         assert torch.equal(want.ids, ids[:, t]) and torch.equal(want.scores, scores[:, t])
     assert torch.equal(graph.index.row_to_id[rows.clamp(min=0)].masked_fill(rows < 0, -1), ids)
 
@@ -244,3 +247,5 @@ def test_bad_config_is_named(served, tiny_dataset):
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="serving.probe_spread must be a finite number >= 0, got " + str(bad)):
             ServingConfig(probe_spread=bad)
+    with pytest.raises(ValueError, match="serving.probe_precision must be one of .*, got 'fp16'"):
+        ServingConfig(probe_precision="fp16")

@@ -5,7 +5,7 @@ lower id). Never registered as a kernel, never optimised, never deleted: every b
 tested against these functions on random inputs. One module per op family:
 :mod:`.filter` (``bloom_search``, ``exact_filter``, ``pack_id_mask`` and the filter-plan
 opcodes) and :mod:`.ivf` (``quantize_int8_rowwise``, ``ivf_select_probes``, ``ivf_int8_topk``,
-``ivf_rescore_topk``, ``ivf_search``, ``ivf_search_bloom``); everything is importable from here.
+``ivf_rescore_topk``, ``ivf_search``, ``ivf_search_bloom``, ``ivf_probe_scores``); everything is importable from here.
 """
 from silverrec.ops.reference.filter import (  # noqa: F401
     BLOOM_AND,
@@ -25,6 +25,7 @@ from silverrec.ops.reference.filter import (  # noqa: F401
 )
 from silverrec.ops.reference.ivf import (  # noqa: F401
     ivf_int8_topk_reference,
+    ivf_probe_scores_reference,
     ivf_rescore_topk_reference,
     ivf_search_bloom_reference,
     ivf_search_in_steps,

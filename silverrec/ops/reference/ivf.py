@@ -1,6 +1,6 @@
 """Plain-torch references (the spec) of the IVF-INT8 ops: ``quantize_int8_rowwise``,
 ``ivf_select_probes``, ``ivf_int8_topk``, ``ivf_rescore_topk`` and ``ivf_search`` (the four in
-sequence). See :mod:`silverrec.ops.reference`."""
+sequence), and ``ivf_probe_scores``. See :mod:`silverrec.ops.reference`."""
 import math
 from typing import Callable, Optional, Tuple
 
@@ -449,3 +449,40 @@ def ivf_search_bloom_reference(
         mask = mask & ~rows_to_words(exclude_rows, mask.shape[1])
     return ivf_search_reference(queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, mask,
                                 n_probe, min_rows, max_probe, k0, k, coverage_exponent)
+
+
+# --- ivf_probe_scores ---
+
+PROBE_TILE = 16  # columns per tile of a packed probe matrix (silverrec.ops.pack_probe_matrix)
+
+
+def ivf_probe_scores_reference(queries: Tensor, packed: Tensor, num_clusters: int) -> Tensor:
+    """Spec of ``ivf_probe_scores``: ``queries @ matrix`` in bfloat16 products with float32
+    accumulation, where ``packed = silverrec.ops.pack_probe_matrix(matrix)`` (element ``[t, k2, j, h]``
+    is ``matrix[2 * k2 + h, 16 * t + j]``, zero past its shape).
+
+    The arithmetic is fixed, so every backend returns the same bits: the queries are rounded to
+    bfloat16 (nearest even); each ``(b, c)`` accumulator starts at +0 and takes, for ``k2 = 0, 1,
+    ...``, first the product of rows ``2 k2 + 1``, then of rows ``2 k2`` (the order of AVX-512 BF16's
+    ``vdpbf16ps``), each added in float32 with one rounding. (A product of two bfloat16 values is
+    exact in float32.) Subnormal inputs and results are outside the contract (``vdpbf16ps`` flushes
+    them to zero).
+
+    Args:
+        queries (Tensor): float32 ``[B, D']``.
+        packed (Tensor): bfloat16 ``[ceil(C / 16), ceil(D' / 2), 16, 2]``.
+        num_clusters (int): C, the matrix's columns.
+
+    Returns:
+        Tensor: float32 ``[B, C]``.
+    """
+    B, Dp = queries.shape
+    Ct, K2 = packed.shape[:2]
+    matrix = packed.permute(1, 3, 0, 2).reshape(2 * K2, Ct * PROBE_TILE)[:, :num_clusters].float()  # [2 K2, C]
+    q = torch.zeros(B, 2 * K2, dtype=torch.float32)
+    q[:, :Dp] = queries.to(torch.bfloat16).float()
+    acc = torch.zeros(B, num_clusters, dtype=torch.float32)
+    for k2 in range(K2):
+        for r in (2 * k2 + 1, 2 * k2):
+            acc = acc + q[:, r, None] * matrix[None, r]
+    return acc
