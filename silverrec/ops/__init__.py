@@ -388,29 +388,35 @@ def pack_probe_matrix(matrix: torch.Tensor) -> torch.Tensor:
     return padded.view(K2, 2, Ct, _PROBE_TILE).permute(2, 0, 3, 1).contiguous()
 
 
-def ivf_probe_scores(queries: torch.Tensor, packed: torch.Tensor, num_clusters: int) -> torch.Tensor:
-    """``queries @ matrix`` from bfloat16 products with float32 sums, ``packed =
-    pack_probe_matrix(matrix)``: the fast centroid matmul of ``probe_precision="bfloat16"``.
+def ivf_probe_scores(queries: torch.Tensor, packed: torch.Tensor, num_clusters: int,
+                     spread_weight: float) -> torch.Tensor:
+    """``[q, w |q|] @ matrix`` from bfloat16 products with float32 sums, ``packed =
+    pack_probe_matrix(matrix)`` for a ``[D + 1, C]`` matrix: with ``IVFInt8Index.probe_t`` (the
+    centroids transposed, then the cluster spreads), the centroid scores of
+    ``probe_precision="bfloat16"`` (``q . c + w |q| spread_c``), in one op.
 
     Calls ``torch.ops.silverrec.ivf_probe_scores`` (C++ on CPU: AVX-512 BF16 ``vdpbf16ps`` where
     the CPU has it, else AVX2 FMAs with the same rounding, bit for bit). The spec, with the fixed
     order of the float32 sums, is ``silverrec.ops.reference.ivf_probe_scores_reference``.
 
     Args:
-        queries (Tensor): float32 ``[B, D']``.
-        packed (Tensor): bfloat16 ``[ceil(C / 16), ceil(D' / 2), 16, 2]`` (:func:`pack_probe_matrix`).
+        queries (Tensor): float32 ``[B, D]``.
+        packed (Tensor): bfloat16 ``[ceil(C / 16), ceil((D + 1) / 2), 16, 2]`` (:func:`pack_probe_matrix`).
         num_clusters (int): C.
+        spread_weight (float): ``w``, the weight of the matrix's last row (0: ``q @ matrix[:D]``).
 
     Returns:
         Tensor: float32 ``[B, C]``.
 
     Example::
 
-        >>> m = torch.tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]])  # [D'=2, C=3]
-        >>> ivf_probe_scores(torch.tensor([[2.0, 4.0]]), pack_probe_matrix(m), 3).tolist()
+        >>> m = torch.tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0], [1.0, 0.0, 2.0]])  # [D+1=3, C=3]
+        >>> ivf_probe_scores(torch.tensor([[2.0, 4.0]]), pack_probe_matrix(m), 3, 0.0).tolist()
         [[4.0, 0.0, 6.0]]
+        >>> ivf_probe_scores(torch.tensor([[3.0, 4.0]]), pack_probe_matrix(m), 3, 2.0).tolist()  # |q| = 5
+        [[15.0, 2.0, 29.0]]
     """
-    return torch.ops.silverrec.ivf_probe_scores(queries, packed, num_clusters)
+    return torch.ops.silverrec.ivf_probe_scores(queries, packed, num_clusters, spread_weight)
 
 
 # --- ivf_search ---

@@ -48,7 +48,7 @@ SCHEMAS: Dict[str, str] = {
         "float coverage_exponent=0.) -> (Tensor, Tensor, Tensor)"
     ),
     # --- ivf_probe_scores (bfloat16 centroid scores: the probe ranking's matmul) ---
-    "ivf_probe_scores": "ivf_probe_scores(Tensor queries, Tensor packed, int num_clusters) -> Tensor",
+    "ivf_probe_scores": "ivf_probe_scores(Tensor queries, Tensor packed, int num_clusters, float spread_weight) -> Tensor",
     # --- ivf_search_bloom (probe, then filter: the Bloom plan evaluated over the walked clusters) ---
     "ivf_search_bloom": (
         "ivf_search_bloom(Tensor queries, Tensor centroid_scores, Tensor codes, Tensor scales, "

@@ -277,15 +277,15 @@ FAKE_IMPLS["pack_id_mask"] = {"Meta": pack_id_mask_fake}
 # --- ivf_probe_scores ---
 
 
-def ivf_probe_scores_fake(queries: Tensor, packed: Tensor, num_clusters: int) -> Tensor:
+def ivf_probe_scores_fake(queries: Tensor, packed: Tensor, num_clusters: int, spread_weight: float) -> Tensor:
     """Shape of ``ivf_probe_scores``: float32 ``[B, C]``."""
     torch._check(queries.dtype == torch.float32 and queries.dim() == 2,
-                 lambda: f"ivf_probe_scores: queries must be float32 [B, D'], got {queries.dtype} {tuple(queries.shape)}")
+                 lambda: f"ivf_probe_scores: queries must be float32 [B, D], got {queries.dtype} {tuple(queries.shape)}")
     torch._check(packed.dtype == torch.bfloat16 and packed.dim() == 4 and tuple(packed.shape[2:]) == (16, 2),
-                 lambda: f"ivf_probe_scores: packed must be bfloat16 [ceil(C/16), ceil(D'/2), 16, 2], got "
+                 lambda: f"ivf_probe_scores: packed must be bfloat16 [ceil(C/16), ceil((D+1)/2), 16, 2], got "
                          f"{packed.dtype} {tuple(packed.shape)}")
-    torch._check(packed.shape[1] == (queries.shape[1] + 1) // 2,
-                 lambda: f"ivf_probe_scores: packed holds {packed.shape[1]} row pairs, queries have D'={queries.shape[1]}")
+    torch._check(packed.shape[1] == (queries.shape[1] + 2) // 2,
+                 lambda: f"ivf_probe_scores: packed holds {packed.shape[1]} row pairs, queries have D={queries.shape[1]}")
     return queries.new_empty((queries.shape[0], num_clusters))
 
 

@@ -252,15 +252,15 @@ class IVFInt8Index(nn.Module):
         """
         if probe_spread == 0.0 and probe_precision == "float32":
             return torch.matmul(queries, self.centroids_t)  # [B, C] or [B, T, C]
+        if probe_precision == "bfloat16" and queries.device.type == "cpu":  # the [q, p |q|] row made in the op
+            flat = torch.ops.silverrec.ivf_probe_scores(queries.reshape(-1, queries.shape[-1]), self.probe_bf16,
+                                                        self.num_clusters, probe_spread)  # [B (* T), C]
+            return flat.reshape(queries.shape[:-1] + (self.num_clusters,))
         reach = probe_spread * torch.linalg.vector_norm(queries, dim=-1, keepdim=True)  # [..., 1]
         augmented = torch.cat([queries, reach], dim=-1)  # [..., D + 1]
         if probe_precision == "float32":
             return torch.matmul(augmented, self.probe_t)
-        if augmented.device.type != "cpu":
-            return torch.matmul(augmented.to(torch.bfloat16).float(), self.probe_t.to(torch.bfloat16).float())
-        flat = torch.ops.silverrec.ivf_probe_scores(augmented.reshape(-1, augmented.shape[-1]), self.probe_bf16,
-                                                    self.num_clusters)  # [B (* T), C]
-        return flat.reshape(augmented.shape[:-1] + (self.num_clusters,))
+        return torch.matmul(augmented.to(torch.bfloat16).float(), self.probe_t.to(torch.bfloat16).float())  # CUDA
 
     def default_n_probe(self) -> int:
         """``max(8, 2% of C)`` clusters (at most C): recall >= 0.95 on clustered data."""

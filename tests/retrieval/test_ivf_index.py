@@ -359,8 +359,8 @@ def test_probe_spread_ranks_clusters_by_centroid_score_plus_spread(built) -> Non
 
 
 def test_probe_precision_bfloat16_ranks_by_the_op_scores(built) -> None:
-    """probe_precision="bfloat16": the centroid scores are ivf_probe_scores over [q, p |q|] and the
-    derived packed matrix (bit for bit the reference; [B, C] and [B, T, C]; close to the float32
+    """probe_precision="bfloat16": the centroid scores are ivf_probe_scores of q (and p |q|) with
+    the derived packed matrix (bit for bit the reference; [B, C] and [B, T, C]; close to the float32
     scores); search is bit for bit the reference composition on those scores, unfiltered and
     filtered; the packed matrix is not in the state dict; other values are refused by name."""
     from silverrec.ops.reference import ivf_probe_scores_reference, ivf_search_reference
@@ -369,8 +369,7 @@ def test_probe_precision_bfloat16_ranks_by_the_op_scores(built) -> None:
     x, q, g, index = built
     C = index.num_clusters
     for spread in (0.0, 3.0):
-        augmented = torch.cat([q, spread * q.norm(dim=1, keepdim=True)], dim=1)
-        want_scores = ivf_probe_scores_reference(augmented, index.probe_bf16, C)
+        want_scores = ivf_probe_scores_reference(q, index.probe_bf16, C, spread)
         scores = index.centroid_scores(q, spread, "bfloat16")
         assert torch.equal(scores, want_scores)
         assert torch.allclose(scores, index.centroid_scores(q, spread), rtol=0.02, atol=0.02 * float(scores.abs().max()))

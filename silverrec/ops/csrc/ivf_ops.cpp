@@ -539,19 +539,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_bloom_cpu(
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
-// ivf_probe_scores: queries [B, D'] times a packed bfloat16 [D', C] matrix, float32 [B, C] out
-// (spec: ivf_probe_scores_reference; the arithmetic and the layout are in ivf_probe_scores.h).
+// ivf_probe_scores: queries [B, D], each with w |q| appended, times a packed bfloat16 [D + 1, C]
+// matrix, float32 [B, C] out (spec: ivf_probe_scores_reference; the arithmetic and the layout are
+// in ivf_probe_scores.h).
 
-at::Tensor ivf_probe_scores_cpu(const at::Tensor& queries_in, const at::Tensor& packed_in, int64_t num_clusters) {
+at::Tensor ivf_probe_scores_cpu(const at::Tensor& queries_in, const at::Tensor& packed_in, int64_t num_clusters,
+                                double spread_weight) {
   TORCH_CHECK(queries_in.dim() == 2 && queries_in.scalar_type() == at::kFloat,
-              "ivf_probe_scores: queries must be float32 [B, D'], got ", queries_in.scalar_type(), " ", queries_in.sizes());
+              "ivf_probe_scores: queries must be float32 [B, D], got ", queries_in.scalar_type(), " ", queries_in.sizes());
   TORCH_CHECK(packed_in.dim() == 4 && packed_in.scalar_type() == at::kBFloat16 && packed_in.size(2) == kProbeTile &&
                   packed_in.size(3) == 2,
-              "ivf_probe_scores: packed must be bfloat16 [ceil(C/16), ceil(D'/2), 16, 2], got ", packed_in.scalar_type(),
-              " ", packed_in.sizes());
+              "ivf_probe_scores: packed must be bfloat16 [ceil(C/16), ceil((D+1)/2), 16, 2], got ",
+              packed_in.scalar_type(), " ", packed_in.sizes());
   const int64_t B = queries_in.size(0), D = queries_in.size(1), Ct = packed_in.size(0), K2 = packed_in.size(1);
-  TORCH_CHECK(K2 == (D + 1) / 2, "ivf_probe_scores: packed holds ", K2, " row pairs, queries have D'=", D,
-              " (need ceil(D'/2) = ", (D + 1) / 2, ")");
+  TORCH_CHECK(K2 == (D + 2) / 2, "ivf_probe_scores: packed holds ", K2, " row pairs, queries have D=", D,
+              " (need ceil((D+1)/2) = ", (D + 2) / 2, ")");
   TORCH_CHECK(num_clusters >= 1 && (num_clusters + kProbeTile - 1) / kProbeTile == Ct,
               "ivf_probe_scores: num_clusters must be in [", 16 * (Ct - 1) + 1, ", ", 16 * Ct, "] for ", Ct,
               " tiles, got ", num_clusters);
@@ -559,8 +561,9 @@ at::Tensor ivf_probe_scores_cpu(const at::Tensor& queries_in, const at::Tensor& 
   const at::Tensor packed = packed_in.contiguous();
   at::Tensor out = at::empty({B, num_clusters}, queries.options());
   if (B == 0) return out;
-  probe_scores(queries.data_ptr<float>(), B, D, reinterpret_cast<const uint32_t*>(packed.data_ptr<at::BFloat16>()), Ct,
-               K2, num_clusters, out.data_ptr<float>());
+  probe_scores(queries.data_ptr<float>(), B, D, static_cast<float>(spread_weight),
+               reinterpret_cast<const uint32_t*>(packed.data_ptr<at::BFloat16>()), Ct, K2, num_clusters,
+               out.data_ptr<float>());
   return out;
 }
 

@@ -1,8 +1,11 @@
-// The probe scores of ivf_probe_scores (spec: ivf_probe_scores_reference): queries [B, D'] times
-// a bfloat16 matrix [D', C] packed in tiles of 16 columns, float32 out. It replaces the float32
-// centroid matmul that ranks a query's clusters where the caller asks for bfloat16 probe scores.
+// The probe scores of ivf_probe_scores (spec: ivf_probe_scores_reference): the queries [B, D],
+// each with one more value appended, w * |q| (w = spread_weight; |q| summed in float64, rounded to
+// float32), times a bfloat16 matrix [D + 1, C] packed in tiles of 16 columns, float32 out: the
+// centroid scores q . c + w |q| spread_c that rank a query's clusters (IVFInt8Index.centroid_scores
+// with probe_precision="bfloat16"), without the float32 matmul and the torch ops that would make
+// the [B, D + 1] augmented queries.
 //
-// Layout of the packed matrix (pack_probe_matrix in Python): [Ct = ceil(C / 16), K2 = ceil(D' / 2),
+// Layout of the packed matrix (pack_probe_matrix in Python): [Ct = ceil(C / 16), K2 = ceil((D + 1) / 2),
 // 16, 2] bfloat16; element [t, k2, j, h] is row 2 * k2 + h, column 16 * t + j, zero-padded. One
 // uint32 holds a column's pair of rows (2 * k2 in the low half, 2 * k2 + 1 in the high half), the
 // operand layout of AVX-512 BF16's vdpbf16ps, so one 64-byte load is 16 columns' next pair.
@@ -25,6 +28,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -49,14 +53,16 @@ inline bool probe_scores_use_bf16() {
 
 constexpr int64_t kProbeTile = 16;  // columns per tile
 
-// Query b's bfloat16 pairs (nearest even), as uint32 [K2]: row 2 k2 low, 2 k2 + 1 high; an odd D'
-// pads a zero.
-inline void query_pairs(const float* q, int64_t D, int64_t K2, uint32_t* out) {
-  for (int64_t k2 = 0; k2 < K2; ++k2) {
-    const uint32_t lo = c10::BFloat16(q[2 * k2]).x;
-    const uint32_t hi = 2 * k2 + 1 < D ? c10::BFloat16(q[2 * k2 + 1]).x : 0u;
-    out[k2] = lo | (hi << 16);
-  }
+// Query b's augmented row [q, w |q|, 0 ...] (2 K2 values) as bfloat16 pairs (nearest even),
+// uint32 [K2]: row 2 k2 low, 2 k2 + 1 high.
+inline void query_pairs(const float* q, int64_t D, float spread_weight, int64_t K2, uint32_t* out) {
+  double sq = 0.0;
+  for (int64_t d = 0; d < D; ++d) sq += static_cast<double>(q[d]) * q[d];
+  const float reach = spread_weight * static_cast<float>(std::sqrt(sq));
+  auto value = [&](int64_t r) -> uint32_t {
+    return r < D ? c10::BFloat16(q[r]).x : (r == D ? c10::BFloat16(reach).x : 0u);
+  };
+  for (int64_t k2 = 0; k2 < K2; ++k2) out[k2] = value(2 * k2) | (value(2 * k2 + 1) << 16);
 }
 
 // NQ queries (pairs at qp, row stride K2) against one tile (K2 x 16 uint32): out[i, 0 .. cols)
@@ -140,10 +146,10 @@ inline void probe_tiles(const uint32_t* qp, int64_t B, int64_t K2, const uint32_
 }
 
 // The whole op body: q float32 [B, D] contiguous, packed uint32 [Ct, K2, 16], out float32 [B, C].
-inline void probe_scores(const float* q, int64_t B, int64_t D, const uint32_t* packed, int64_t Ct, int64_t K2, int64_t C,
-                         float* out) {
+inline void probe_scores(const float* q, int64_t B, int64_t D, float spread_weight, const uint32_t* packed, int64_t Ct,
+                         int64_t K2, int64_t C, float* out) {
   std::vector<uint32_t> qp(B * K2);
-  for (int64_t b = 0; b < B; ++b) query_pairs(q + b * D, D, K2, qp.data() + b * K2);
+  for (int64_t b = 0; b < B; ++b) query_pairs(q + b * D, D, spread_weight, K2, qp.data() + b * K2);
   const bool bf16 = probe_scores_use_bf16();
   // a grain of tiles worth ~64k multiply-adds: C = 4,000 at D' = 129, B = 16 gives 250 tiles
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, B * K2 * 2 * kProbeTile));

@@ -456,31 +456,38 @@ def ivf_search_bloom_reference(
 PROBE_TILE = 16  # columns per tile of a packed probe matrix (silverrec.ops.pack_probe_matrix)
 
 
-def ivf_probe_scores_reference(queries: Tensor, packed: Tensor, num_clusters: int) -> Tensor:
-    """Spec of ``ivf_probe_scores``: ``queries @ matrix`` in bfloat16 products with float32
-    accumulation, where ``packed = silverrec.ops.pack_probe_matrix(matrix)`` (element ``[t, k2, j, h]``
-    is ``matrix[2 * k2 + h, 16 * t + j]``, zero past its shape).
+def ivf_probe_scores_reference(queries: Tensor, packed: Tensor, num_clusters: int, spread_weight: float) -> Tensor:
+    """Spec of ``ivf_probe_scores``: ``[q, w |q|] @ matrix`` (``w = spread_weight``) in bfloat16
+    products with float32 accumulation, where ``packed = silverrec.ops.pack_probe_matrix(matrix)``
+    for a ``[D + 1, C]`` matrix (element ``[t, k2, j, h]`` is ``matrix[2 * k2 + h, 16 * t + j]``, zero
+    past its shape): with ``matrix = [centroids^T; spread]``, the centroid scores ``q . c + w |q|
+    spread_c``.
 
-    The arithmetic is fixed, so every backend returns the same bits: the queries are rounded to
-    bfloat16 (nearest even); each ``(b, c)`` accumulator starts at +0 and takes, for ``k2 = 0, 1,
-    ...``, first the product of rows ``2 k2 + 1``, then of rows ``2 k2`` (the order of AVX-512 BF16's
-    ``vdpbf16ps``), each added in float32 with one rounding. (A product of two bfloat16 values is
-    exact in float32.) Subnormal inputs and results are outside the contract (``vdpbf16ps`` flushes
-    them to zero).
+    The arithmetic is fixed, so every backend returns the same bits: ``|q|`` is the square root of
+    the sum of squares in float64, rounded to float32, and ``w |q|`` a float32 product; the
+    augmented query is rounded to bfloat16 (nearest even); each ``(b, c)`` accumulator starts at +0
+    and takes, for ``k2 = 0, 1, ...``, first the product of rows ``2 k2 + 1``, then of rows ``2 k2``
+    (the order of AVX-512 BF16's ``vdpbf16ps``), each added in float32 with one rounding. (A
+    product of two bfloat16 values is exact in float32.) Subnormal inputs and results are outside
+    the contract (``vdpbf16ps`` flushes them to zero).
 
     Args:
-        queries (Tensor): float32 ``[B, D']``.
-        packed (Tensor): bfloat16 ``[ceil(C / 16), ceil(D' / 2), 16, 2]``.
+        queries (Tensor): float32 ``[B, D]``.
+        packed (Tensor): bfloat16 ``[ceil(C / 16), ceil((D + 1) / 2), 16, 2]``.
         num_clusters (int): C, the matrix's columns.
+        spread_weight (float): ``w``, the weight of the matrix's last row.
 
     Returns:
         Tensor: float32 ``[B, C]``.
     """
-    B, Dp = queries.shape
+    B, D = queries.shape
     Ct, K2 = packed.shape[:2]
     matrix = packed.permute(1, 3, 0, 2).reshape(2 * K2, Ct * PROBE_TILE)[:, :num_clusters].float()  # [2 K2, C]
+    norm = queries.double().square().sum(dim=1).sqrt().float()  # [B]
+    reach = torch.tensor(spread_weight, dtype=torch.float32) * norm
     q = torch.zeros(B, 2 * K2, dtype=torch.float32)
-    q[:, :Dp] = queries.to(torch.bfloat16).float()
+    q[:, :D] = queries.to(torch.bfloat16).float()
+    q[:, D] = reach.to(torch.bfloat16).float()
     acc = torch.zeros(B, num_clusters, dtype=torch.float32)
     for k2 in range(K2):
         for r in (2 * k2 + 1, 2 * k2):
