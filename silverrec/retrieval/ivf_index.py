@@ -225,10 +225,11 @@ class IVFInt8Index(nn.Module):
         ``probe_precision="bfloat16"`` computes the same scores from bfloat16 products (query and
         centroids rounded to bfloat16, float32 sums: ``ivf_probe_scores``), 2.6x faster than the
         float32 matmul at ``[16, 129] x [129, 4000]`` on an AVX-512 BF16 CPU (57 against 146 us,
-        2 threads) and ~1.3x on the AVX2 path. Scores move by up to ~1% of their size, so clusters
-        whose scores nearly tie may swap ranks: measure recall at the chosen ``n_probe``
-        (``benchmarks/ann.py --probe-precision``). On CUDA the same bfloat16 products are summed
-        by a float32 matmul (no speed-up there).
+        2 threads) and ~1.3x on the AVX2 path at batch 16. Each product moves by about 2**-8 of
+        its size, so clusters whose scores nearly tie may swap ranks (recall@100 within 0.0007 of
+        float32 ranking in every setting of ``benchmarks/ann.py``'s run): measure recall at the
+        chosen ``n_probe`` (``benchmarks/ann.py --probe-precision``). On CUDA the same bfloat16
+        products are summed by a float32 matmul (no speed-up there).
 
         Why the spread: the best items by inner product lie at the edge of the data in the query's
         direction, and a cluster reaches further out the wider it is. Ranking by the centroid
