@@ -10,6 +10,7 @@ search under the same filter vs queries/s, swept over n_probe / nprobe / efSearc
     .venv/bin/python benchmarks/ann.py --exponent 0 0.75      # and its coverage_exponent
     .venv/bin/python benchmarks/ann.py --spread 0 4           # and its probe_spread (every filter class)
     .venv/bin/python benchmarks/ann.py --probe-precision float32 bfloat16   # and its probe_precision
+    .venv/bin/python benchmarks/ann.py --k0 0 120 100         # and K0, the INT8 candidates re-scored (0: default)
     .venv/bin/python benchmarks/ann.py --device cuda --json ann.json   # silverrec on the GPU (make gpu-check)
 
 ``--device cuda``: the index is built on the CPU and moved to the GPU; queries go to the GPU per
@@ -157,12 +158,12 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
             tr = truth[:nq]
 
             def ours(n_probe: int, coverage: float = 1.0, exponent: float = 0.0, spread: float = 0.0,
-                     precision: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
+                     precision: str = "float32", k0: int = 0) -> Callable[[np.ndarray], np.ndarray]:
                 def f(qb: np.ndarray) -> np.ndarray:
                     qb_t = torch.from_numpy(qb).to(args.device)
                     # one filter for the whole call, as FAISS's one selector: a stride-0 view
                     m = None if mask_row is None else mask_row[None, :].expand(qb_t.shape[0], -1)
-                    return index.search(qb_t, K, n_probe=n_probe, mask=m, filtered_coverage=coverage,
+                    return index.search(qb_t, K, n_probe=n_probe, mask=m, k0=k0 or None, filtered_coverage=coverage,
                                         coverage_exponent=exponent, probe_spread=spread,
                                         probe_precision=precision).ids.cpu().numpy()
                 return f
@@ -181,16 +182,17 @@ def run_dataset(name: str, x: torch.Tensor, queries: torch.Tensor, args: argpars
             # selector in the wrong class (or none) would search unfiltered, which the
             # filter check after each setting catches.
             # (method, parameter name, value, search, silverrec's (filtered_coverage, coverage_exponent,
-            # probe_spread, probe_precision) or None)
+            # probe_spread, probe_precision, k0) or None)
             sweeps: List[Tuple[str, str, object, Callable[[np.ndarray], np.ndarray],
-                               Optional[Tuple[float, float, float, str]]]]
+                               Optional[Tuple[float, float, float, str, int]]]]
             # every IVF also gets n_probe = C (all lists): under a filter FAISS's IVFs probe no
             # more lists than asked, so only that setting may reach the recall floor
             probes = sorted({p for p in args.nprobe if p < C} | {C})
             # unfiltered searches ignore the filtered walk's two settings
-            settings = ([(w, b, sp, pr) for w in args.coverage for b in args.exponent for sp in args.spread
-                         for pr in args.probe_precision]
-                        if mask is not None else [(1.0, 0.0, sp, pr) for sp in args.spread for pr in args.probe_precision])
+            settings = ([(w, b, sp, pr, k0) for w in args.coverage for b in args.exponent for sp in args.spread
+                         for pr in args.probe_precision for k0 in args.k0]
+                        if mask is not None else [(1.0, 0.0, sp, pr, k0) for sp in args.spread
+                                                  for pr in args.probe_precision for k0 in args.k0])
             sweeps = [("silverrec IVF-INT8", "n_probe", _setting_label(p, *st), ours(p, *st), st)
                       for p in probes for st in settings]
             on_gpu = bool(gpu) and sel is None
@@ -293,11 +295,11 @@ def plot(rows: List[Dict], path: str, batch: int) -> None:
         ax = axes[d_i][f_i]
         sel = [r for r in rows if r["data"] == data[d_i] and r["filter"] == filters[f_i] and r["batch"] == batch]
         # one line per method and silverrec setting (filtered_coverage, coverage_exponent, probe_spread,
-        # probe_precision: its n_probe sweep)
+        # probe_precision, k0: its n_probe sweep)
         for m, cov in dict.fromkeys((r["method"], r.get("coverage")) for r in sel):
             pts = sorted((r["recall"], r["qps"]) for r in sel if r["method"] == m and r.get("coverage") == cov)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if "silverrec" in m else ".--",
-                    label=m if cov in (None, (1.0, 0.0, 0.0, "float32")) else f"{m} {_setting_label('', *cov).strip()}")
+                    label=m if cov in (None, (1.0, 0.0, 0.0, "float32", 0)) else f"{m} {_setting_label('', *cov).strip()}")
         ax.set_yscale("log")
         ax.set_xlabel("recall@100 vs exact float32")
         ax.set_ylabel("queries / s")
@@ -310,12 +312,13 @@ def plot(rows: List[Dict], path: str, batch: int) -> None:
 
 
 def _setting_label(n_probe: object, coverage: float, exponent: float, spread: float = 0.0,
-                   precision: str = "float32") -> str:
+                   precision: str = "float32", k0: int = 0) -> str:
     """silverrec's parameter label: the n_probe, then the settings that differ from the defaults
     (``w`` = filtered_coverage, ``b`` = coverage_exponent, ``p`` = probe_spread, ``bf16`` =
-    probe_precision bfloat16)."""
+    probe_precision bfloat16, ``k0`` = the INT8 candidates re-scored)."""
     parts = ([str(n_probe)] + ([f"w={coverage:g}"] if coverage != 1.0 else []) + ([f"b={exponent:g}"] if exponent else [])
-             + ([f"p={spread:g}"] if spread else []) + (["bf16"] if precision == "bfloat16" else []))
+             + ([f"p={spread:g}"] if spread else []) + (["bf16"] if precision == "bfloat16" else [])
+             + ([f"k0={k0}"] if k0 else []))
     return " ".join(parts)
 
 
@@ -356,6 +359,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--probe-precision", nargs="+", choices=("float32", "bfloat16"), default=["float32"],
                    help="silverrec's probe_precision values swept with each setting (bfloat16: the centroid scores "
                         "from bfloat16 products, ivf_probe_scores)")
+    p.add_argument("--k0", type=int, nargs="+", default=[0],
+                   help=f"silverrec's K0 values swept with each setting: the INT8 candidates re-scored exactly, >= K={K} "
+                        "(0: the default, probe_policy.rescore_candidates; FAISS's analogue is IndexRefine's k_factor)")
     p.add_argument("--ef", type=int, nargs="+", default=[32, 128, 512])
     p.add_argument("--queries", type=int, default=512, help="queries per setting (batch 16 / 256)")
     p.add_argument("--queries-b1", type=int, default=64, help="queries per setting at batch 1")
@@ -386,6 +392,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         p.error(f"--coverage values must be in (0, 1], got {args.coverage}")
     if any(not (0.0 <= sp < float("inf")) for sp in args.spread):
         p.error(f"--spread values must be finite and >= 0, got {args.spread}")
+    if any(k0 != 0 and k0 < K for k0 in args.k0):
+        p.error(f"--k0 values must be 0 (the default) or >= K={K}, got {args.k0}")
     if any(not 0.0 <= b <= 1.0 for b in args.exponent):
         p.error(f"--exponent values must be in [0, 1], got {args.exponent}")
     have_demo = os.path.exists(args.demo)
