@@ -123,11 +123,12 @@ def test_broken_files_fail_clearly(exported, tmp_path):
 
 def test_export_cli_writes_one_file_with_the_aoti_graph(tiny_run, tiny_dataset, tmp_path):
     """``silverrec-export`` (AOTInductor on by default) writes one file; the compiled graph gives
-    the torch.export program's results, with item updates, at several batch and exclusion sizes."""
+    the torch.export program's results, with item updates, at several batch and exclusion sizes
+    (bfloat16 probe scores: the compiled graph calls ivf_probe_scores as well)."""
     out = tmp_path / "cli.pt2"
     res = subprocess.run(
         [sys.executable, "-m", "silverrec.train.export", f"ckpt_path={tiny_run['checkpoint']}", "serving.k=5",
-         "serving.num_clusters=10", f"output={out}", f"hydra.run.dir={tmp_path}"],
+         "serving.num_clusters=10", "serving.probe_precision=bfloat16", f"output={out}", f"hydra.run.dir={tmp_path}"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr[-2000:]
