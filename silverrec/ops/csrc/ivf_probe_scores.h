@@ -10,7 +10,7 @@
 // uint32 holds a column's pair of rows (2 * k2 in the low half, 2 * k2 + 1 in the high half), the
 // operand layout of AVX-512 BF16's vdpbf16ps, so one 64-byte load is 16 columns' next pair.
 //
-// Arithmetic, identical on both paths and in the reference: the query is rounded to bfloat16
+// Arithmetic, identical on both paths and in the reference: the augmented query is rounded to bfloat16
 // (nearest even); per (query, column) one float32 accumulator, starting at +0, takes for k2 = 0,
 // 1, ... first the product of the odd rows, then of the even rows, each added with one rounding
 // (vdpbf16ps's order). A product of two bfloat16 values is exact in float32, so the AVX2 path's
