@@ -22,6 +22,13 @@ inline bool cpu_has_avx512_vnni() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
+// AVX-512 BF16 (vdpbf16ps), which ivf_probe_scores uses on the AVX-512 path where the CPU has it
+// (Zen 4 and Sapphire Rapids do; Ice Lake has AVX-512 VNNI without it).
+inline bool cpu_has_avx512_bf16() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16");
+}
+
 // The name of a path, as SILVERREC_CPU_ISA spells it.
 inline const char* isa_name(Isa isa) { return isa == Isa::kAvx512Vnni ? "avx512_vnni" : "avx2"; }
 

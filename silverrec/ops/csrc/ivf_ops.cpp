@@ -555,7 +555,7 @@ at::Tensor ivf_probe_scores_cpu(const at::Tensor& queries_in, const at::Tensor& 
   TORCH_CHECK(K2 == (D + 2) / 2, "ivf_probe_scores: packed holds ", K2, " row pairs, queries have D=", D,
               " (need ceil((D+1)/2) = ", (D + 2) / 2, ")");
   TORCH_CHECK(num_clusters >= 1 && (num_clusters + kProbeTile - 1) / kProbeTile == Ct,
-              "ivf_probe_scores: num_clusters must be in [", 16 * (Ct - 1) + 1, ", ", 16 * Ct, "] for ", Ct,
+              "ivf_probe_scores: num_clusters must be in [", kProbeTile * (Ct - 1) + 1, ", ", kProbeTile * Ct, "] for ", Ct,
               " tiles, got ", num_clusters);
   const at::Tensor queries = queries_in.contiguous();
   const at::Tensor packed = packed_in.contiguous();

@@ -40,11 +40,6 @@
 namespace silverrec {
 namespace {  // included by ivf_ops.cpp only: one translation unit
 
-inline bool cpu_has_avx512_bf16() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512bf16");
-}
-
 // Whether this process's probe scores take the vdpbf16ps path (decided once).
 inline bool probe_scores_use_bf16() {
   static const bool use = active_isa() == Isa::kAvx512Vnni && cpu_has_avx512_bf16();
