@@ -469,7 +469,7 @@ def ivf_search(
             rows is scanned again over every row.
         k0 (int): K0 >= K, INT8 candidates re-scored.
         k (int): K, results per query.
-        coverage_exponent (float): ``b`` in ``[0, 1]``: the probes cover ``max(k0, min_rows * s **
+        coverage_exponent (float): ``b`` in ``[0, 1]``: the probes cover ``max(k, min_rows * s **
             b)`` passing rows, ``s`` the pass fraction of the query's first ``n_probe`` clusters
             (:func:`ivf_select_probes`); 0 (the default): ``min_rows``.
 

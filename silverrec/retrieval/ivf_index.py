@@ -340,10 +340,10 @@ class IVFInt8Index(nn.Module):
                 queries then give undefined results); the serving graph calls :meth:`forward`,
                 which never checks.
             filtered_coverage (float): ``w`` in ``(0, 1]``; with a mask, the probe walk covers
-                ``w * n_probe * N / C`` passing rows (at least K0) instead of ``n_probe * N / C``:
+                ``w * n_probe * N / C`` passing rows (at least K) instead of ``n_probe * N / C``:
                 a smaller ``w`` trades filtered recall for time
                 (:mod:`~silverrec.retrieval.probe_policy`). Ignored without a mask.
-            coverage_exponent (float): ``b`` in ``[0, 1]``; with a mask, the walk covers ``max(K0,
+            coverage_exponent (float): ``b`` in ``[0, 1]``; with a mask, the walk covers ``max(K,
                 w * n_probe * N / C * s ** b)`` passing rows, ``s`` the pass fraction of the query's
                 first ``n_probe`` clusters: a strict filter walks less than ``1 / s`` times the
                 unfiltered walk (:mod:`~silverrec.retrieval.probe_policy`). Ignored without a mask.

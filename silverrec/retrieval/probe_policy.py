@@ -4,7 +4,9 @@ graph and the ANN benchmark (they all call :func:`probe_plan`).
 A query probes its ``n_probe`` best clusters (by centroid score), then more clusters in centroid
 order until the probed clusters cover ``min_rows`` rows that pass its filter (counted exactly,
 a popcount of the packed mask per cluster), at most ``max_probe`` clusters. Its best ``k0`` rows
-by INT8 score are re-scored exactly from the float16 cache and the best ``k`` kept.
+by INT8 score are re-scored exactly from the float16 cache and the best ``k`` kept; when the
+probed clusters hold at most ``k0`` eligible rows, all of them are re-scored and the INT8 scan is
+skipped (the same candidates: the op lists them).
 
 Why these numbers:
 
@@ -15,7 +17,7 @@ Why these numbers:
 - **Without a filter**: ``min_rows = k0`` (probes of a few tiny clusters still yield K0
   candidates) and ``max_probe = n_probe + 32`` (a query never walks far down its centroid
   list; the rare one whose capped list still holds fewer than ``k`` rows scans every row).
-- **With a filter**: ``min_rows = max(k0, ceil(n_probe * N / C))``: the probed clusters must
+- **With a filter**: ``min_rows = max(k, ceil(n_probe * N / C))``: the probed clusters must
   cover as many *passing* rows as ``n_probe`` average clusters hold rows, so a filtered query
   scores about as many candidates as an unfiltered one; a filter passing a fraction ``s`` of the
   items widens the probe about ``1 / s`` times. ``max_probe = C``: a filter too strict for that
@@ -28,8 +30,15 @@ Why these numbers:
   and 0.966 with ``language:de`` (6.7% of the items) at 18, where stopping once K0 passing rows
   were covered (FAISS's behaviour with an ``IDSelector``: the same ``nprobe`` clusters) reached
   0.789 / 0.791 and 0.670. The price is paid on data whose neighbours spread over many clusters.
+  The floor is ``k`` (``k`` results need ``k`` passing rows), not ``k0``: a short walk (small
+  ``w * n_probe * N / C``, below) stops once it covers ``k`` passing rows, and when those are at
+  most ``k0`` every one is re-scored, without the INT8 scan. On ``benchmarks/ann.py``'s clustered
+  set (1M x 128, C = 4,000, a random 10% filter, ``n_probe`` 1, ``w`` = 0.25, batch 16) that walk
+  reached recall@100 0.955 in 189 us of ``ivf_search`` against 219 us for the walk floored at
+  ``k0`` = 100 with its INT8 scan, whose recall was 0.955 too (benchmarks/RESULTS.md); a floor at
+  ``k0`` = 150 walked 50% further than ``w`` asked.
 - **``filtered_coverage``** (``w`` in ``(0, 1]``, default 1) scales that count: ``min_rows =
-  max(k0, ceil(w * n_probe * N / C))``, a walk of about ``w / s`` times the unfiltered one. The
+  max(k, ceil(w * n_probe * N / C))``, a walk of about ``w / s`` times the unfiltered one. The
   best ``k / s`` items lie in fewer than ``1 / s`` times the clusters of the best ``k`` when a
   query's neighbourhood widens slower than linearly, and at a high ``n_probe`` the full widening
   overshoots: on ``benchmarks/scale.py``'s real-embedding-like catalogue (1M x 64, C = 4,000,
@@ -40,7 +49,7 @@ Why these numbers:
   ``benchmarks/scale.py`` does, like ``n_probe``; unfiltered searches ignore it.
 - **``coverage_exponent``** (``b`` in ``[0, 1]``, default 0) sizes the walk by the filter's pass
   fraction near the query: the op measures ``s``, the fraction of the rows of the query's first
-  ``n_probe`` clusters that pass, and covers ``max(k0, min_rows * s ** b)`` passing rows, a walk
+  ``n_probe`` clusters that pass, and covers ``max(k, min_rows * s ** b)`` passing rows, a walk
   of about ``w * s ** (b - 1)`` times the unfiltered one. One ``w`` for every filter over-covers
   strict ones: a ~1% filter's best ``k`` are about the best ``100 k`` items overall, which lie in
   far fewer than 10x the clusters of the best ``10 k``. On ``benchmarks/scale.py``'s catalogue
@@ -89,7 +98,7 @@ def probe_plan(k: int, n_probe: int, num_items: int, num_clusters: int, filtered
         filtered (bool): whether the search has a mask.
         k0 (Optional[int]): K0 >= K re-scored candidates; default :func:`rescore_candidates`.
         filtered_coverage (float): ``w`` in ``(0, 1]``: a filtered query covers ``w * n_probe *
-            N / C`` passing rows (at least K0); see the module docstring.
+            N / C`` passing rows (at least K); see the module docstring.
 
     Returns:
         ProbePlan: ``n_probe``, ``min_rows``, ``max_probe``, ``k0`` (the op's ``coverage_exponent``,
@@ -103,6 +112,8 @@ def probe_plan(k: int, n_probe: int, num_items: int, num_clusters: int, filtered
         ProbePlan(n_probe=8, min_rows=2000, max_probe=4000, k0=150)
         >>> probe_plan(100, 8, 1_000_000, 4000, filtered=True, filtered_coverage=0.25)
         ProbePlan(n_probe=8, min_rows=500, max_probe=4000, k0=150)
+        >>> probe_plan(100, 1, 1_000_000, 4000, filtered=True, filtered_coverage=0.25)  # floored at K
+        ProbePlan(n_probe=1, min_rows=100, max_probe=4000, k0=150)
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -116,4 +127,4 @@ def probe_plan(k: int, n_probe: int, num_items: int, num_clusters: int, filtered
     if not filtered:
         return ProbePlan(n_probe, k0, min(num_clusters, n_probe + EXTRA_PROBES), k0)
     covered = math.ceil(filtered_coverage * n_probe * num_items / num_clusters)
-    return ProbePlan(n_probe, max(k0, covered), num_clusters, k0)
+    return ProbePlan(n_probe, max(k, covered), num_clusters, k0)

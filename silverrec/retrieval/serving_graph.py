@@ -69,7 +69,7 @@ class ServingConfig:
             :meth:`probes`, ``max(8, min(4% of C, 14.5 C^(1/3)))``; a filtered query widens it,
             see above).
         filtered_coverage (float): ``w`` in ``(0, 1]``: a filtered query's walk covers ``w *
-            n_probe * N / C`` passing rows (at least K0), about ``w / s`` times the unfiltered
+            n_probe * N / C`` passing rows (at least K), about ``w / s`` times the unfiltered
             walk under a filter passing a fraction ``s``. 1 keeps every filter's candidate count;
             a smaller value trades filtered recall for latency on data whose filtered neighbours
             stay near the query (:mod:`~silverrec.retrieval.probe_policy`); calibrate it on
@@ -78,7 +78,7 @@ class ServingConfig:
             ``n_probe`` clusters holding fewer than ``n_probe * N / C`` rows): calibrate
             ``n_probe`` again at the chosen value.
         coverage_exponent (float): ``b`` in ``[0, 1]`` (0: off): a filtered query's walk covers
-            ``max(K0, w * n_probe * N / C * s ** b)`` passing rows, ``s`` the pass fraction of its
+            ``max(K, w * n_probe * N / C * s ** b)`` passing rows, ``s`` the pass fraction of its
             first ``n_probe`` clusters, so strict filters walk less than ``1 / s`` times the
             unfiltered walk (unfiltered requests, ``s = 1``, are unchanged). Calibrate it with
             ``w`` on held-out queries (``benchmarks/scale.py``).

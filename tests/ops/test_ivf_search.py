@@ -18,7 +18,7 @@ from torch import Tensor
 import silverrec  # noqa: F401  (registers the ops)
 from tests.ops.triton_interpreter import run_under_triton_interpreter
 from silverrec.ops import ivf_int8_topk, ivf_rescore_topk, ivf_search, ivf_select_probes, quantize_int8_rowwise
-from silverrec.ops.reference import ivf_search_in_steps, ivf_search_reference
+from silverrec.ops.reference import ivf_search_in_steps, ivf_search_reference, ivf_select_probes_reference
 
 Case = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Optional[Tensor], int, int, int, int, int]
 
@@ -80,7 +80,7 @@ def test_cpu_matches_reference(case: Case) -> None:
 @settings(deadline=None, max_examples=80, derandomize=True)
 @given(case=cases(), exponent=st.sampled_from([0.5, 0.75, 1.0]))
 def test_coverage_exponent_matches_reference(case: Case, exponent: float) -> None:
-    """A walk sized by each query's pass fraction (floored at K0): the fused op equals the spec."""
+    """A walk sized by each query's pass fraction (floored at K): the fused op equals the spec."""
     assert_same(ivf_search(*case, exponent), ivf_search_reference(*case, exponent))
 
 
@@ -95,6 +95,38 @@ def test_large_cases_match_the_ops_in_sequence(B: int, C: int, n_probe: int, max
                        min_rows=n_probe * 150 if density else 150, max_probe=max_probe, density=density,
                        integer=False)
     assert_same(ivf_search(*case), in_sequence(*case))
+
+
+def _covered(case: Case) -> Tensor:
+    """Eligible rows of each query's probed clusters (the reference's probe choice, floored at K)."""
+    q, cs, _, _, offsets, _, _, mask, n_probe, min_rows, max_probe, _, k = case
+    probe = ivf_select_probes_reference(cs, offsets, mask, n_probe, min_rows, max_probe, 0.0, k)
+    sizes = offsets[1:] - offsets[:-1]
+    if mask is not None:
+        bits = ((mask.unsqueeze(2) >> torch.arange(64)) & 1).reshape(mask.shape[0], -1)  # [B, 64 W]
+        row_cluster = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+        passing = torch.zeros(q.shape[0], sizes.numel(), dtype=torch.long)
+        passing.index_add_(1, row_cluster, bits[:, : row_cluster.numel()])
+    else:
+        passing = sizes.expand(q.shape[0], -1)
+    return torch.where(probe >= 0, passing.gather(1, probe.clamp(min=0)), 0).sum(1)
+
+
+@pytest.mark.parametrize("density, C, min_rows, max_probe", [(0.1, 120, 50, 120), (0.01, 120, 50, 120),
+                                                             (None, 2000, 50, 35), (None, 2000, 0, 35), (0.5, 40, 0, 1)])
+def test_walks_within_k0_rescore_every_eligible_row(density: Optional[float], C: int, min_rows: int,
+                                                    max_probe: int) -> None:
+    """A walk covering at most K0 eligible rows (a filtered walk floored at K < K0, or tiny clusters)
+    makes every eligible row a candidate, listed without INT8 scores; with a capped list holding
+    fewer than K rows, the fallback scan follows. Equal to the spec and to the four ops."""
+    case = random_case(21 + C, B=8, N=20_000 if C != 40 else 400, D=40, C=C, k=50 if C != 40 else 30,
+                       extra_k0=150 if C != 40 else 10, n_probe=1, min_rows=min_rows, max_probe=max_probe,
+                       density=density, integer=False)
+    assert bool((_covered(case) <= case[11]).all())  # the listing path, for every query
+    got = ivf_search(*case)
+    assert_same(got, ivf_search_reference(*case))
+    assert_same(got, in_sequence(*case))
+    assert bool((got[1] >= 0).all())
 
 
 def test_capped_probe_list_falls_back_to_every_row() -> None:

@@ -78,7 +78,7 @@ def test_large_cases_lazy_and_whole_rows(min_rows: int, threads: int) -> None:
 @pytest.mark.parametrize("min_rows", [50, 2000, 10**6])
 @pytest.mark.parametrize("exponent", [0.5, 0.75])
 def test_coverage_exponent_lazy_and_whole_rows(min_rows: int, exponent: float) -> None:
-    """A walk sized by each query's pass fraction near it (floored at K0), in both evaluation
+    """A walk sized by each query's pass fraction near it (floored at K), in both evaluation
     modes (the whole-row estimate reads the exponent too): the fused op equals the spec."""
     case = bloom_case(seed=11 + min_rows, B=6, N=5000, C=80, k=10, n_probe=3, min_rows=min_rows, max_probe=80, T=3)
     assert_same(ivf_search_bloom(*case, exponent), ivf_search_bloom_reference(*case, exponent))

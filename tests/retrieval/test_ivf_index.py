@@ -224,7 +224,7 @@ def test_coverage_exponent_sizes_the_walk_by_the_pass_fraction(built) -> None:
 
 
 def test_filtered_coverage_scales_the_filtered_walk(built) -> None:
-    """filtered_coverage w: a filtered walk covers w * n_probe * N / C passing rows (at least K0),
+    """filtered_coverage w: a filtered walk covers w * n_probe * N / C passing rows (at least K),
     through the one policy, bit for bit the reference composition under that plan; unfiltered
     searches ignore it; values outside (0, 1] are refused by name."""
     from silverrec.ops.reference import ivf_search_reference
@@ -237,7 +237,7 @@ def test_filtered_coverage_scales_the_filtered_walk(built) -> None:
     full = probe_plan(k, n_probe, 3000, 50, True)
     assert full.min_rows == 480
     assert probe_plan(k, n_probe, 3000, 50, True, filtered_coverage=0.25).min_rows == 120
-    assert probe_plan(k, n_probe, 3000, 50, True, filtered_coverage=0.01).min_rows == full.k0  # never below K0
+    assert probe_plan(k, n_probe, 3000, 50, True, filtered_coverage=0.01).min_rows == k  # never below K
     assert probe_plan(k, n_probe, 3000, 50, False, filtered_coverage=0.25) == probe_plan(k, n_probe, 3000, 50, False)
     recalls = []
     for w in (1.0, 0.25, 0.01):

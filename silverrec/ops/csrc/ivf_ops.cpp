@@ -314,7 +314,7 @@ struct IvfArgs {
   int64_t B = 0, T = 1, D = 0, Q = 0, N = 0, C = 0, W = 0;
   bool grouped = false;
   const int64_t* off = nullptr;
-  Coverage cover;  // min_rows, the coverage exponent, K0 as its floor
+  Coverage cover;  // min_rows, the coverage exponent, K as its floor (K results need K passing rows)
 };
 
 IvfArgs check_ivf_args(const char* op, const at::Tensor& queries_in, const at::Tensor& centroid_scores_in,
@@ -360,7 +360,7 @@ IvfArgs check_ivf_args(const char* op, const at::Tensor& queries_in, const at::T
   TORCH_CHECK(k >= 1 && k0 >= k, op, ": need 1 <= k <= k0, got k=", k, ", k0=", k0);
   TORCH_CHECK(coverage_exponent >= 0.0 && coverage_exponent <= 1.0, op, ": need 0 <= coverage_exponent <= 1, got ",
               coverage_exponent);
-  a.cover = Coverage{min_rows, coverage_exponent, k0};
+  a.cover = Coverage{min_rows, coverage_exponent, k};
   a.queries = queries_in.contiguous(), a.centroid_scores = centroid_scores_in.contiguous();
   a.codes = codes_in.contiguous(), a.scales = scales_in.contiguous();
   a.offsets = cluster_offsets_in.contiguous(), a.cache = cache_in.contiguous();

@@ -123,7 +123,8 @@ void best_keys(const float* scores, int64_t C, int64_t m, std::vector<float>& bl
 // mask (`lazy`, query q), each cluster's words are packed as the walk reaches it.
 struct ProbeSelect {
   int64_t run(const float* sb, int64_t C, const int64_t* off, const uint64_t* mb, int64_t n_probe,
-              const Coverage& cover, int64_t limit, int64_t* out, LazyRowMask* lazy = nullptr, int64_t q = 0) {
+              const Coverage& cover, int64_t limit, int64_t* out, LazyRowMask* lazy = nullptr, int64_t q = 0,
+              int64_t* covered_out = nullptr) {
     best_keys(sb, C, std::min(limit, std::max<int64_t>(n_probe, 32)), block_max, buf, order);
     int64_t covered = 0, walked = 0, j = 0;
     double target = static_cast<double>(cover.min_rows);
@@ -146,6 +147,7 @@ struct ProbeSelect {
       walked += off[c + 1] - off[c];
       ++j;
     }
+    if (covered_out != nullptr) *covered_out = covered;
     return j;
   }
   std::vector<int64_t> buf, order;

@@ -1,5 +1,6 @@
 // The per-query body of ivf_search: query codes, probe choice, scan (with the capped-list
-// fallback) and re-score of each query on one thread (spec: ivf_search_reference).
+// fallback) and re-score of each query on one thread (spec: ivf_search_reference). A query whose
+// probed clusters hold at most K0 eligible rows skips the INT8 scores: its top K0 is all of them.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -20,6 +21,34 @@
 
 namespace silverrec {
 namespace {  // included by ivf_ops.cpp only: one translation unit
+
+// The rows of the probed clusters probe[0 .. P) that pass mask row mb (nullptr: all rows), in
+// probe order, into rows[0 .. cap) (the rest set to -1); returns how many (at most cap: the
+// caller knows the probed clusters hold at most cap eligible rows). The probe choice never
+// repeats a cluster.
+inline int64_t list_rows(const int64_t* off, const int64_t* probe, int64_t P, const uint64_t* mb, int64_t* rows,
+                         int64_t cap) {
+  int64_t n = 0;
+  for (int64_t p = 0; p < P && n < cap; ++p) {
+    const int64_t c = probe[p];
+    const int64_t lo = off[c], hi = off[c + 1];
+    if (mb == nullptr) {
+      for (int64_t r = lo; r < hi && n < cap; ++r) rows[n++] = r;
+      continue;
+    }
+    for (int64_t w = lo >> 6; w <= (hi - 1) >> 6 && lo < hi; ++w) {
+      uint64_t bits = mb[w];
+      if (w == lo >> 6) bits &= ~uint64_t(0) << (lo & 63);
+      if (w == (hi - 1) >> 6 && (hi & 63) != 0) bits &= ~uint64_t(0) >> (64 - (hi & 63));
+      while (bits != 0 && n < cap) {
+        rows[n++] = (w << 6) + __builtin_ctzll(bits);
+        bits &= bits - 1;
+      }
+    }
+  }
+  std::fill(rows + n, rows + cap, int64_t(-1));
+  return n;
+}
 
 // probe choice, the scan (with the unfiltered short-list fallback) and the exact re-score, each
 // query on one thread. Same results as the four ops in sequence, without their [B, C] probe
@@ -42,7 +71,7 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
   int8_t* const q = q_buf.data() + ((64 - reinterpret_cast<uintptr_t>(q_buf.data()) % 64) % 64);
   std::vector<float> qs(B);
   std::unique_ptr<int64_t[]> prb(new int64_t[B * limit]);  // only each row's used prefix is written
-  std::vector<int64_t> plen(B);
+  std::vector<int64_t> plen(B), covered(B);  // covered: eligible rows of each query's probed clusters
   // 1. query codes and probe lists
   {
     std::atomic<int64_t> counter{0};
@@ -51,7 +80,7 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
       for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
         qs[b] = quantize_row(qf + b * D, D, q + b * D, b, "ivf_search: queries");
         plen[b] = select.run(cs + b * C, C, off, mrows == nullptr ? nullptr : mrows[b], n_probe, cover, limit,
-                             prb.get() + b * limit, lazy, b);
+                             prb.get() + b * limit, lazy, b, &covered[b]);
       }
     });
   }
@@ -86,6 +115,9 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
       if (shared) {
         std::copy(shared_rows.begin() + b * k0, shared_rows.begin() + (b + 1) * k0, rows.begin());
         eligible = shared_valid[b];
+      } else if (covered[b] <= k0) {
+        // every eligible row is a candidate: list them, no INT8 scores needed (the re-score orders them)
+        eligible = list_rows(off, prb.get() + b * limit, plen[b], mb, rows.data(), k0);
       } else {
         eligible = scan.run(qb, qs[b], cd, sc, off, prb.get() + b * limit, plen[b], mb, D);
         take_rows();

@@ -291,7 +291,7 @@ def ivf_search_reference(
 
     1. ``q_codes, q_scales = quantize_int8_rowwise(queries)``;
     2. ``probe = ivf_select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe,
-       coverage_exponent, k0)`` (with ``coverage_exponent`` > 0 a query covers at least K0 passing rows);
+       coverage_exponent, k)`` (with ``coverage_exponent`` > 0 a query covers at least K passing rows);
     3. ``rows = ivf_int8_topk(q_codes, q_scales, codes, scales, cluster_offsets, probe, mask, k0)``;
        when ``max_probe < C`` (a capped probe list), a query with fewer than ``k`` eligible rows
        is scanned again over every row (still under its mask), so it returns ``k`` results when
@@ -317,7 +317,7 @@ def ivf_search_reference(
         n_probe, min_rows, max_probe: the probe choice (see :func:`ivf_select_probes_reference`).
         k0 (int): K0 >= K, INT8 candidates re-scored.
         k (int): K, results per query.
-        coverage_exponent (float): the probe choice's (:func:`ivf_select_probes_reference`), floored at K0.
+        coverage_exponent (float): the probe choice's (:func:`ivf_select_probes_reference`), floored at K.
 
     Returns:
         Tuple[Tensor, Tensor, Tensor]: ``scores`` float32, ``ids`` int64 and ``rows`` int64
@@ -373,7 +373,7 @@ def ivf_search_in_steps(steps: Tuple[Callable, ...], queries: Tensor, centroid_s
                                   coverage_exponent)
         return tuple(x.reshape(B, T, k) for x in out)
     q_codes, q_scales = quantize(queries)
-    probe = select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe, coverage_exponent, k0)
+    probe = select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe, coverage_exponent, k)
     _, rows, valid = int8_topk(q_codes, q_scales, codes, scales, cluster_offsets, probe, mask, k0)
     C = cluster_offsets.numel() - 1
     if max_probe < C:
