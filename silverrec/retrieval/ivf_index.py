@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.ivf_search)
 from silverrec.ops import pack_probe_matrix
+from silverrec.retrieval.huge_pages import on_huge_pages
 from silverrec.retrieval.kmeans import default_num_clusters, kmeans
 from silverrec.retrieval.probe_policy import probe_plan
 from silverrec.retrieval.quantize import _check_embeddings, quantize_int8_global, quantize_int8_per_item
@@ -199,7 +200,9 @@ class IVFInt8Index(nn.Module):
         codes, scales = quantize(x)
         centroids = result.centroids.float()
         spread = cluster_spread(x, centroids, offsets)
-        return cls(IVFInt8Tensors(centroids, offsets, codes, scales, x.half(), row_to_id, spread), quantization)
+        # the rows a search reads at random, on 2 MiB pages where the kernel allows (huge_pages.py)
+        codes, scales, cache, row_to_id = (on_huge_pages(t) for t in (codes, scales, x.half(), row_to_id))
+        return cls(IVFInt8Tensors(centroids, offsets, codes, scales, cache, row_to_id, spread), quantization)
 
     @property
     def centroids_t(self) -> Tensor:
