@@ -7,7 +7,7 @@ Linux backs anonymous memory with 2 MiB pages when ``/sys/kernel/mm/transparent_
 is ``always``, or ``madvise`` (the common default) and the range was advised ``MADV_HUGEPAGE``
 before it was first touched; torch's allocator gives no such advice. :func:`on_huge_pages` copies
 a tensor into an advised range. ``IVFInt8Index.build`` places its large buffers there: on
-``benchmarks/ann.py``'s clustered set (1M x 128, batch 16) searches took 0.96x the time
+``benchmarks/ann.py``'s clustered set (1M x 128, batch 16) searches took 0.96-0.97x the time
 (benchmarks/RESULTS.md).
 
 Only memory built in the process: an exported artifact is memory-mapped from its file (shared
