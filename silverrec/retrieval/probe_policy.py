@@ -35,8 +35,8 @@ Why these numbers:
   most ``k0`` every one is re-scored, without the INT8 scan. On ``benchmarks/ann.py``'s clustered
   set (1M x 128, C = 4,000, a random 10% filter, ``n_probe`` 1, ``w`` = 0.25, batch 16) that walk
   reached recall@100 0.955 in 189 us of ``ivf_search`` against 219 us for the walk floored at
-  ``k0`` = 100 with its INT8 scan, whose recall was 0.955 too (benchmarks/RESULTS.md); a floor at
-  ``k0`` = 150 walked 50% further than ``w`` asked.
+  ``k0`` = 100 with its INT8 scan, whose recall was 0.955 too (benchmarks/RESULTS.md); the
+  default ``k0`` = 150 as the floor would walk to 150 passing rows, 1.5x as far.
 - **``filtered_coverage``** (``w`` in ``(0, 1]``, default 1) scales that count: ``min_rows =
   max(k, ceil(w * n_probe * N / C))``, a walk of about ``w / s`` times the unfiltered one. The
   best ``k / s`` items lie in fewer than ``1 / s`` times the clusters of the best ``k`` when a
