@@ -65,6 +65,14 @@ struct Coverage {
   }
 };
 
+// Bits of mask word w (rows [64 w, 64 w + 64)) that lie within rows [lo, hi); w must overlap it.
+inline uint64_t word_bits_within(int64_t w, int64_t lo, int64_t hi) {
+  uint64_t bits = ~uint64_t(0);
+  if (w == lo >> 6) bits &= ~uint64_t(0) << (lo & 63);
+  if (w == (hi - 1) >> 6 && (hi & 63) != 0) bits &= ~uint64_t(0) >> (64 - (hi & 63));
+  return bits;
+}
+
 // Threads for a per-query loop: 1 (inline, no thread wake-up) when the whole batch is less work
 // than `min_work` units, else up to one per query.
 inline int64_t query_threads(int64_t B, int64_t work_per_query, int64_t min_work) {

@@ -23,12 +23,7 @@ inline int64_t count_bits(const uint64_t* mb, int64_t lo, int64_t hi) {
   if (lo >= hi) return 0;
   const int64_t w0 = lo >> 6, w1 = (hi - 1) >> 6;
   int64_t n = 0;
-  for (int64_t w = w0; w <= w1; ++w) {
-    uint64_t bits = mb[w];
-    if (w == w0) bits &= ~uint64_t(0) << (lo & 63);
-    if (w == w1 && (hi & 63) != 0) bits &= ~uint64_t(0) >> (64 - (hi & 63));
-    n += __builtin_popcountll(bits);
-  }
+  for (int64_t w = w0; w <= w1; ++w) n += __builtin_popcountll(mb[w] & word_bits_within(w, lo, hi));
   return n;
 }
 

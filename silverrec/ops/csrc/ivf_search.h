@@ -36,10 +36,9 @@ inline int64_t list_rows(const int64_t* off, const int64_t* probe, int64_t P, co
       for (int64_t r = lo; r < hi && n < cap; ++r) rows[n++] = r;
       continue;
     }
-    for (int64_t w = lo >> 6; w <= (hi - 1) >> 6 && lo < hi; ++w) {
-      uint64_t bits = mb[w];
-      if (w == lo >> 6) bits &= ~uint64_t(0) << (lo & 63);
-      if (w == (hi - 1) >> 6 && (hi & 63) != 0) bits &= ~uint64_t(0) >> (64 - (hi & 63));
+    if (lo >= hi) continue;
+    for (int64_t w = lo >> 6; w <= (hi - 1) >> 6; ++w) {
+      uint64_t bits = mb[w] & word_bits_within(w, lo, hi);
       while (bits != 0 && n < cap) {
         rows[n++] = (w << 6) + __builtin_ctzll(bits);
         bits &= bits - 1;

@@ -453,9 +453,6 @@ def ivf_search_bloom_reference(
 
 # --- ivf_probe_scores ---
 
-PROBE_TILE = 16  # columns per tile of a packed probe matrix (silverrec.ops.pack_probe_matrix)
-
-
 def ivf_probe_scores_reference(queries: Tensor, packed: Tensor, num_clusters: int, spread_weight: float) -> Tensor:
     """Spec of ``ivf_probe_scores``: ``[q, w |q|] @ matrix`` (``w = spread_weight``) in bfloat16
     products with float32 accumulation, where ``packed = silverrec.ops.pack_probe_matrix(matrix)``
@@ -481,8 +478,8 @@ def ivf_probe_scores_reference(queries: Tensor, packed: Tensor, num_clusters: in
         Tensor: float32 ``[B, C]``.
     """
     B, D = queries.shape
-    Ct, K2 = packed.shape[:2]
-    matrix = packed.permute(1, 3, 0, 2).reshape(2 * K2, Ct * PROBE_TILE)[:, :num_clusters].float()  # [2 K2, C]
+    Ct, K2, tile = packed.shape[:3]
+    matrix = packed.permute(1, 3, 0, 2).reshape(2 * K2, Ct * tile)[:, :num_clusters].float()  # [2 K2, C]
     norm = queries.double().square().sum(dim=1).sqrt().float()  # [B]
     reach = torch.tensor(spread_weight, dtype=torch.float32) * norm
     q = torch.zeros(B, 2 * K2, dtype=torch.float32)
