@@ -415,3 +415,83 @@ def test_probe_spread_finds_more_neighbours_on_a_continuous_cloud() -> None:
 
     budgets = (600.0, 1200.0, 2000.0)
     assert sum(recall_at_rows(2.0, b) for b in budgets) > sum(recall_at_rows(0.0, b) for b in budgets) + 0.01
+
+
+def _cloud(seed: int, N: int = 20000, D: int = 16, B: int = 64):
+    """An anisotropic Gaussian cloud with spread norms (no blobs) and queries from it."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(D, D, generator=g))[0] * torch.arange(1, D + 1).pow(-0.4)[None]
+    x = (torch.randn(N, D, generator=g) @ basis.T) * torch.exp(0.1 * torch.randn(N, 1, generator=g))
+    return x, torch.randn(B, D, generator=g) @ basis.T
+
+
+@pytest.fixture(scope="module")
+def blocked():
+    x, q = _cloud(5)
+    return x, q, IVFInt8Index.build(x, num_clusters=50), IVFInt8Index.build(x, num_clusters=50, block_rows=40)
+
+
+def test_block_layout(blocked) -> None:
+    """Blocks cut each cluster (none empty, none crossing a cluster's edge), rows stay the same
+    items in the same clusters, and each block's code is its rows' mean quantized like a row."""
+    x, _, plain, index = blocked
+    assert index.has_blocks and not plain.has_blocks
+    assert torch.equal(index.cluster_offsets, plain.cluster_offsets)
+    off, bo, cb = index.cluster_offsets, index.block_offsets, index.cluster_blocks
+    assert bo[0] == 0 and bo[-1] == x.shape[0] and bool((bo[1:] > bo[:-1]).all())
+    assert torch.equal(bo[cb], off) and cb[-1] == bo.numel() - 1
+    sizes = (off[1:] - off[:-1]).double()
+    assert torch.equal(cb[1:] - cb[:-1], (sizes / 40).round().clamp(min=1).long().clamp(max=sizes.long()))
+    for c in range(index.num_clusters):  # the same items in every cluster, reordered
+        lo, hi = int(off[c]), int(off[c + 1])
+        assert torch.equal(index.row_to_id[lo:hi].sort().values, plain.row_to_id[lo:hi].sort().values)
+    assert torch.allclose(index.cache.float(), x[index.row_to_id], atol=1e-2, rtol=1e-3)
+    rows = x[index.row_to_id]
+    block_of = torch.repeat_interleave(torch.arange(bo.numel() - 1), bo[1:] - bo[:-1])
+    means = torch.zeros(bo.numel() - 1, x.shape[1]).index_add_(0, block_of, rows) / (bo[1:] - bo[:-1])[:, None]
+    decoded = index.block_codes.float() * index.block_scales[:, None]
+    assert torch.allclose(decoded, means, atol=float(index.block_scales.max()))
+    sq = torch.zeros(bo.numel() - 1).index_add_(0, block_of, (rows - means[block_of]).square().sum(1))
+    assert torch.allclose(index.block_spread, (sq / ((bo[1:] - bo[:-1]) * x.shape[1])).sqrt(), rtol=1e-3, atol=1e-5)
+
+
+def test_block_fraction_one_is_the_plain_search(blocked) -> None:
+    """With every block scanned, an index with blocks is the same index: same ids, same scores."""
+    x, q, plain, index = blocked
+    for mask in (None, torch.rand(q.shape[0], x.shape[0], generator=torch.Generator().manual_seed(1)) < 0.1):
+        want, got = plain.search(q, 20, n_probe=5, mask=mask), index.search(q, 20, n_probe=5, mask=mask)
+        assert torch.equal(want.ids, got.ids) and torch.equal(want.scores, got.scores)
+
+
+def test_blocks_reach_the_plain_recall_over_fewer_rows(blocked) -> None:
+    """Twice the clusters, a third of their blocks: at least the recall of the plain search over
+    about two thirds of its rows (the exact top-k lies in a few blocks of each probed cluster)."""
+    from silverrec.ops.reference import Blocks, ivf_select_blocks_reference, ivf_select_probes_reference
+    from silverrec.ops.reference import quantize_int8_rowwise_reference
+
+    x, q, plain, index = blocked
+    truth = _exact(q, x, 50)
+    plain_recall = _recall(plain.search(q, 50, n_probe=6, probe_spread=3.0).ids, truth)
+    block_recall = _recall(index.search(q, 50, n_probe=12, probe_spread=3.0, block_fraction=0.33).ids, truth)
+    assert block_recall >= plain_recall
+    # the rows each query scans, from the reference's choice
+    scores = index.centroid_scores(q, 3.0)
+    plain_rows = ivf_select_probes_reference(scores, index.cluster_offsets, None, 6, 75, 6)
+    probe = ivf_select_probes_reference(scores, index.cluster_offsets, None, 12, 75, 12)
+    q_codes, q_scales = quantize_int8_rowwise_reference(q)
+    blocks = Blocks(index.block_offsets, index.cluster_blocks, index.block_codes, index.block_scales, index.block_spread,
+                    3.0 * q.norm(dim=1), 0.33)
+    chosen = ivf_select_blocks_reference(q_codes, q_scales, probe, None, torch.full((q.shape[0],), 75.0).double(), blocks)
+    sizes, block_sizes = index.cluster_offsets.diff(), index.block_offsets.diff()
+    scanned = torch.where(chosen >= 0, block_sizes[chosen.clamp(min=0)], 0).sum()
+    assert scanned < 0.8 * torch.where(plain_rows >= 0, sizes[plain_rows.clamp(min=0)], 0).sum()
+
+
+def test_block_fraction_needs_blocks(blocked) -> None:
+    _, q, plain, index = blocked
+    with pytest.raises(ValueError, match="needs an index built with blocks"):
+        plain.search(q, 10, n_probe=4, block_fraction=0.5)
+    with pytest.raises(ValueError, match=r"block_fraction must be in \(0, 1\], got 0"):
+        index.search(q, 10, n_probe=4, block_fraction=0.0)
+    with pytest.raises(ValueError, match="block_rows must be >= 1"):
+        IVFInt8Index.build(torch.randn(100, 4), num_clusters=4, block_rows=0)
