@@ -235,9 +235,7 @@ class IVFInt8Index(nn.Module):
         """The block arguments of ``ivf_search`` for ``queries`` ``[B, D]`` or ``[B, T, D]``."""
         if not 0.0 < block_fraction <= 1.0:
             raise ValueError(f"block_fraction must be in (0, 1], got {block_fraction}")
-        if block_fraction < 1.0 and not self.has_blocks:
-            raise ValueError(f"block_fraction={block_fraction} needs an index built with blocks (build(block_rows=...))")
-        if block_fraction == 1.0:
+        if not self.has_blocks or block_fraction == 1.0:
             return (None,) * 6 + (1.0,)
         reach = probe_spread * torch.linalg.vector_norm(queries, dim=-1) if probe_spread > 0.0 else None
         return (self.block_offsets, self.cluster_blocks, self.block_codes, self.block_scales, self.block_spread,
@@ -417,7 +415,8 @@ class IVFInt8Index(nn.Module):
             raise ValueError(f"coverage_exponent must be in [0, 1], got {coverage_exponent}")
         check_probe_spread(probe_spread, "probe_spread")
         check_probe_precision(probe_precision, "probe_precision")
-        self._blocks(queries[:0], probe_spread, block_fraction)  # checks
+        if not 0.0 < block_fraction <= 1.0:
+            raise ValueError(f"block_fraction must be in (0, 1], got {block_fraction}")
         q = queries.to(self.codes.device).float()
         mask = self._checked_mask(mask, q.shape[0])
         if q.device.type != "cpu":  # the CUDA kernels do not check (no host sync)

@@ -19,10 +19,8 @@ from silverrec.train.export import example_users, export_serving, latest_history
 from silverrec.train.trainer import load_two_tower
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# bfloat16 probe scores: the exported graph runs ivf_probe_scores (the other serving tests export float32);
-# blocks: it scans half of its probed clusters' blocks (the other serving tests scan every row)
-CONFIG = ServingConfig(k=20, candidates_per_task=30, num_clusters=12, probe_precision="bfloat16", probe_spread=2.0,
-                       block_rows=4, block_fraction=0.5)
+# bfloat16 probe scores: the exported graph runs ivf_probe_scores (the other serving tests export float32)
+CONFIG = ServingConfig(k=20, candidates_per_task=30, num_clusters=12, probe_precision="bfloat16")
 
 
 @pytest.fixture(scope="module")

@@ -50,19 +50,13 @@ struct BlockSelect {
   // ceil(fraction * n) of their n blocks by score (equal scores: lower block first), then the
   // next best while the chosen ones hold fewer than `goal` eligible rows (mask row mb; nullptr:
   // all rows). Chosen blocks keep the candidates' order (clusters in walk order, blocks ascending).
-  // Scan: the ISA path's QueryScan type (its dots score the blocks like rows).
-  template <typename Scan>
   void run(const Blocks& bl, const int8_t* qb, float qscale, float reach, const int64_t* prb, int64_t P,
            const uint64_t* mb, int64_t D, double goal, std::vector<int64_t>& out) {
     cand.clear();
-    acc.clear();
     for (int64_t p = 0; p < P; ++p) {
       const int64_t c = prb[p];
       if (c < 0) continue;
-      const int64_t lo = bl.cluster_blocks[c], hi = bl.cluster_blocks[c + 1];
-      for (int64_t j = lo; j < hi; ++j) cand.push_back(j);
-      acc.resize(cand.size());
-      Scan::dots(qb, bl.codes, lo, hi, D, acc.data() + (cand.size() - (hi - lo)));
+      for (int64_t j = bl.cluster_blocks[c]; j < bl.cluster_blocks[c + 1]; ++j) cand.push_back(j);
     }
     const int64_t n = static_cast<int64_t>(cand.size());
     const int64_t m = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(bl.fraction * static_cast<double>(n))));
@@ -72,11 +66,14 @@ struct BlockSelect {
       return;
     }
     keys.resize(n);
-    const bool spread = bl.spread != nullptr && bl.reach != nullptr;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t j = cand[i];
-      const float s = spread ? block_score(acc[i], qscale, bl.scales[j], reach, bl.spread[j])
-                             : static_cast<float>(acc[i]) * qscale * bl.scales[j];
+      const int8_t* bc = bl.codes + j * D;
+      int32_t acc = 0;
+      for (int64_t d = 0; d < D; ++d) acc += static_cast<int32_t>(qb[d]) * static_cast<int32_t>(bc[d]);
+      const float s = bl.spread != nullptr && bl.reach != nullptr
+                          ? block_score(acc, qscale, bl.scales[j], reach, bl.spread[j])
+                          : static_cast<float>(acc) * qscale * bl.scales[j];
       keys[i] = rank_key(s, j);
     }
     sorted.assign(keys.begin(), keys.end());
@@ -92,25 +89,16 @@ struct BlockSelect {
       out.push_back(cand[i]);
       eligible += rows_of(cand[i]);
     }
-    // too few eligible rows among the best m (a strict filter): the next best blocks, in order,
-    // selected a chunk at a time (as a full sort of the rest would order them)
-    for (int64_t done = m; static_cast<double>(eligible) < goal && done < n;) {
-      const int64_t chunk = std::min(n - done, std::max<int64_t>(16, m / 2));
-      if (done + chunk < n) {
-        std::nth_element(sorted.begin() + done, sorted.begin() + (done + chunk - 1), sorted.end(),
-                         std::greater<int64_t>());
-      }
-      std::sort(sorted.begin() + done, sorted.begin() + (done + chunk), std::greater<int64_t>());
-      for (int64_t i = done; i < done + chunk && static_cast<double>(eligible) < goal; ++i) {
-        const int64_t j = key_id(sorted[i]);
-        out.push_back(j);
-        eligible += rows_of(j);
-      }
-      done += chunk;
+    if (static_cast<double>(eligible) >= goal) return;
+    // too few eligible rows among the best m (a strict filter): the next best blocks, in order
+    std::sort(sorted.begin() + m, sorted.end(), std::greater<int64_t>());
+    for (int64_t i = m; i < n && static_cast<double>(eligible) < goal; ++i) {
+      const int64_t j = key_id(sorted[i]);
+      out.push_back(j);
+      eligible += rows_of(j);
     }
   }
   std::vector<int64_t> cand, keys, sorted;
-  std::vector<int32_t> acc;
 };
 
 }  // namespace

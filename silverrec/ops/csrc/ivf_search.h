@@ -123,15 +123,12 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
       } else if (covered[b] <= k0) {
         // every eligible row is a candidate: list them, no INT8 scores needed (the re-score orders them)
         eligible = list_rows(off, prb.get() + b * limit, plen[b], mb, rows.data(), k0);
-      } else if (bl.active() &&
-                 // the blocks must hold k0 eligible rows, and block_fraction of what the walk aimed
-                 // at: when that is all the probed clusters hold (a walk that ran out of clusters
-                 // before its target, e.g. a strict filter), every block, which the plain scan reads
-                 static_cast<double>(covered[b]) >
-                     std::max<double>(static_cast<double>(k0), std::ceil(bl.fraction * target[b]))) {
+      } else if (bl.active()) {  // the best blocks of the probed clusters
+        // the blocks must hold k0 eligible rows, and block_fraction of what the walk aimed at (a
+        // walk that ran out of clusters before its target, e.g. a strict filter, keeps them all)
         const double goal = std::max<double>(static_cast<double>(k0), std::ceil(bl.fraction * target[b]));
-        select_blocks.run<QueryScanFor<kIsa>>(bl, qb, qs[b], bl.reach == nullptr ? 0.0f : bl.reach[b],
-                                              prb.get() + b * limit, plen[b], mb, D, goal, chosen);
+        select_blocks.run(bl, qb, qs[b], bl.reach == nullptr ? 0.0f : bl.reach[b], prb.get() + b * limit, plen[b], mb,
+                          D, goal, chosen);
         eligible = block_scan->run(qb, qs[b], cd, sc, bl.block_offsets, chosen.data(),
                                    static_cast<int64_t>(chosen.size()), mb, D);
         take_rows(*block_scan);
