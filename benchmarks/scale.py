@@ -68,9 +68,8 @@ COVERAGE_LADDER = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.125)
 EXPONENT_LADDER = (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 # Probed fractions of the clusters the calibration tries, in order: steps of 0.25% from 1% to 6%
 # (between 4% and 5% a 1% step could overshoot the probes needed by up to a fifth)
-# and of 0.5% from 6% to 12% (the probes of a graph that scans a fraction of their blocks)
-CALIBRATION_FRACTIONS = (*(i / 400 for i in range(4, 25)), *(i / 200 for i in range(13, 25)), 0.13, 0.16, 0.2, 0.25,
-                         0.3, 0.4, 0.5, 0.7, 1.0)
+CALIBRATION_FRACTIONS = (*(i / 400 for i in range(4, 25)), 0.07, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5,
+                         0.7, 1.0)
 TAGS_PER_ITEM = 5
 
 
@@ -200,12 +199,11 @@ def _exact_truth(q: torch.Tensor, x: torch.Tensor, masks: Dict[str, np.ndarray],
 
 
 def _calibrate_n_probe(index: Any, q: torch.Tensor, truth: torch.Tensor, target: float, coverage: float = 1.0,
-                       start: int = 1, spread: float = 0.0, blocks: float = 1.0) -> Tuple[int, float]:
+                       start: int = 1, spread: float = 0.0) -> Tuple[int, float]:
     """The smallest n_probe >= ``start`` (probed fractions ``CALIBRATION_FRACTIONS`` of the clusters)
     whose unfiltered recall@K of queries ``q`` against ``truth`` through the graph's op (an
     all-passing packed mask, as the graph searches; ``serving.filtered_coverage`` = ``coverage``)
-    reaches ``target`` (clusters ranked with ``serving.probe_spread`` = ``spread``; ``blocks``:
-    ``serving.block_fraction``)."""
+    reaches ``target`` (clusters ranked with ``serving.probe_spread`` = ``spread``)."""
     from ann_data import recall
 
     C, W = index.num_clusters, (index.num_items + 63) // 64
@@ -216,8 +214,7 @@ def _calibrate_n_probe(index: Any, q: torch.Tensor, truth: torch.Tensor, target:
         if n_probe in tried or n_probe < start:
             continue
         tried.add(n_probe)
-        ids = index.search(q, K, n_probe=n_probe, mask=mask, filtered_coverage=coverage, probe_spread=spread,
-                           block_fraction=blocks).ids
+        ids = index.search(q, K, n_probe=n_probe, mask=mask, filtered_coverage=coverage, probe_spread=spread).ids
         r = recall(ids.numpy(), truth)
         print(f"  calibration: n_probe={n_probe} ({n_probe / C:.1%} of C={C}) filtered_coverage={coverage} "
               f"recall@{K}={r:.4f}", flush=True)
@@ -227,7 +224,7 @@ def _calibrate_n_probe(index: Any, q: torch.Tensor, truth: torch.Tensor, target:
 
 
 def _filtered_recall(index: Any, n_probe: int, q: torch.Tensor, truth: torch.Tensor, rows: List[torch.Tensor],
-                     coverage: float, exponent: float, spread: float = 0.0, blocks: float = 1.0) -> Dict[str, float]:
+                     coverage: float, exponent: float, spread: float = 0.0) -> Dict[str, float]:
     """Recall@K of each filtered class (``FILTERED_CLASSES``) at ``n_probe`` and the filtered walk's
     settings: queries ``q`` [Q, D] (each class's queries in one block, in that order), ``truth``
     their exact top-K under their filters, ``rows[i]`` query i's filter as a packed row-order mask [W]."""
@@ -235,8 +232,7 @@ def _filtered_recall(index: Any, n_probe: int, q: torch.Tensor, truth: torch.Ten
 
     per_class = q.shape[0] // len(FILTERED_CLASSES)
     ids = torch.cat([index.search(q[s : s + 16], K, n_probe=n_probe, mask=torch.stack(rows[s : s + 16]),
-                                  filtered_coverage=coverage, coverage_exponent=exponent, probe_spread=spread,
-                                  block_fraction=blocks).ids
+                                  filtered_coverage=coverage, coverage_exponent=exponent, probe_spread=spread).ids
                      for s in range(0, q.shape[0], 16)])
     got = {label: recall(ids[c * per_class : (c + 1) * per_class].numpy(), truth[c * per_class : (c + 1) * per_class])
            for c, label in enumerate(FILTERED_CLASSES)}
@@ -246,22 +242,22 @@ def _filtered_recall(index: Any, n_probe: int, q: torch.Tensor, truth: torch.Ten
 
 
 def _calibrate_filtered(index: Any, n_probe: int, q: torch.Tensor, truth: torch.Tensor, rows: List[torch.Tensor],
-                        target: float, spread: float = 0.0, blocks: float = 1.0) -> Tuple[float, float, Dict[str, float]]:
+                        target: float, spread: float = 0.0) -> Tuple[float, float, Dict[str, float]]:
     """``serving.coverage_exponent``: the largest of ``EXPONENT_LADDER`` (at coverage 1) whose
     recall@K at ``n_probe`` reaches ``target`` in both filtered classes (:func:`_filtered_recall`'s
     inputs); then ``serving.filtered_coverage`` at that exponent: the smallest of
     ``COVERAGE_LADDER`` that still does. Returns both and the recall of each class there."""
     coverage, exponent = COVERAGE_LADDER[0], EXPONENT_LADDER[0]
-    chosen_recall = _filtered_recall(index, n_probe, q, truth, rows, coverage, exponent, spread, blocks)  # the full widening
+    chosen_recall = _filtered_recall(index, n_probe, q, truth, rows, coverage, exponent, spread)  # the full widening
     if min(chosen_recall.values()) < target:  # even it falls short: report what it gets
         return coverage, exponent, chosen_recall
     for b in EXPONENT_LADDER[1:]:
-        got = _filtered_recall(index, n_probe, q, truth, rows, coverage, b, spread, blocks)
+        got = _filtered_recall(index, n_probe, q, truth, rows, coverage, b, spread)
         if min(got.values()) < target:
             break
         exponent, chosen_recall = b, got
     for w in COVERAGE_LADDER[1:]:
-        got = _filtered_recall(index, n_probe, q, truth, rows, w, exponent, spread, blocks)
+        got = _filtered_recall(index, n_probe, q, truth, rows, w, exponent, spread)
         if min(got.values()) < target:
             break
         coverage, chosen_recall = w, got
@@ -296,7 +292,7 @@ def _component_bytes(graph: Any, item_encoder: Any) -> Dict[str, int]:
 
 
 def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int, aoti: bool,
-          spread: float = 0.0, block_rows: int = 0, blocks: float = 1.0) -> None:
+          spread: float = 0.0) -> None:
     from ann_data import unclustered
 
     import silverrec.retrieval.ivf_index as ivf_module
@@ -336,8 +332,7 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     _timed(ivf_module, "kmeans", times, "kmeans_s")
     _timed(ivf_module, "quantize_int8_per_item", times, "quantize_s")
     _timed(BloomIndex, "from_term_sets", times, "bloom_s")
-    config = ServingConfig(k=K, candidates_per_task=K, use_over_arch=False, probe_spread=spread,
-                           block_rows=block_rows or None, block_fraction=blocks)
+    config = ServingConfig(k=K, candidates_per_task=K, use_over_arch=False, probe_spread=spread)
     t0 = time.perf_counter()
     graph = publish(model, schema, x, terms, config)
     result["publish_s"] = time.perf_counter() - t0
@@ -369,12 +364,11 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     exprs_calibration = [filters[label][i % 4] for label in FILTERED_CLASSES for i in range(qc.shape[0])]
     truth_filtered = _exact_truth(qc_filtered, xh, passing, exprs_calibration)
     del xh
-    n_probe, r = _calibrate_n_probe(graph.index, qc, truth_calibration, target, spread=spread, blocks=blocks)
+    n_probe, r = _calibrate_n_probe(graph.index, qc, truth_calibration, target, spread=spread)
     row_order = graph.index.row_to_id  # packed row-order masks, one per expression
     packed = {e: pack_mask(torch.from_numpy(passing[e])[row_order][None])[0] for e in set(exprs_calibration)}
     coverage, exponent, coverage_recall = _calibrate_filtered(graph.index, n_probe, qc_filtered, truth_filtered,
-                                                              [packed[e] for e in exprs_calibration], target, spread,
-                                                              blocks)
+                                                              [packed[e] for e in exprs_calibration], target, spread)
     # The graph searches unfiltered requests under an all-passing mask, so the setting applies
     # to them too: with w < 1 their walk may stop at n_probe clusters holding fewer than
     # n_probe * N / C rows. n_probe is calibrated again at w (it can only grow, and a larger
@@ -382,10 +376,10 @@ def build(n: int, dim: int, workdir: str, queries: int, target: float, seed: int
     result.update(n_probe_at_full_coverage=n_probe)
     if coverage < 1.0:
         n_probe, r = _calibrate_n_probe(graph.index, qc, truth_calibration, target, coverage, start=n_probe,
-                                        spread=spread, blocks=blocks)
+                                        spread=spread)
     graph.n_probe, graph.filtered_coverage, graph.coverage_exponent = n_probe, coverage, exponent
     result.update(n_probe=n_probe, calibration_recall=r, filtered_coverage=coverage, coverage_exponent=exponent,
-                  probe_spread=spread, block_rows=block_rows, block_fraction=blocks,
+                  probe_spread=spread,
                   filtered_calibration_recall=coverage_recall)
     del packed
     torch.save({"truth": truth, "exprs": exprs, "labels": labels, "filters": filters}, os.path.join(workdir, f"truth_{n}.pt"))
@@ -497,10 +491,10 @@ def _result(proc: "subprocess.Popen[str]", wait: bool = True) -> Dict[str, Any]:
 
 
 def measure(n: int, dim: int, workdir: str, queries: int, target: float, seed: int, aoti: bool,
-            spread: float = 0.0, block_rows: int = 0, blocks: float = 1.0) -> Dict[str, Any]:
+            spread: float = 0.0) -> Dict[str, Any]:
     print(f"== N={n:,} D={dim}: build, publish, export", flush=True)
     build_p = _run(["_build", str(n), str(dim), workdir, str(queries), str(target), str(seed), str(int(aoti)),
-                    str(spread), str(block_rows), str(blocks)])
+                    str(spread)])
     out = _result(build_p)
     build_p.wait()
     print(f"== N={n:,}: load and serve in a fresh process", flush=True)
@@ -528,9 +522,8 @@ def table(r: Dict[str, Any]) -> str:
     n = r["n"]
     rows = [("items N / dim / clusters C / n_probe", f"{n:,} / {r['dim']} / {r['num_clusters']} / {r['n_probe']} "
              f"({r['n_probe'] / r['num_clusters']:.1%}, unfiltered calibration recall {r['calibration_recall']:.3f})"),
-            ("serving.probe_spread / block_rows / block_fraction / coverage_exponent / filtered_coverage (calibration recall)",
-             f"{r.get('probe_spread', 0.0)} / {r.get('block_rows', 0) or None} / {r.get('block_fraction', 1.0)} / "
-             f"{r.get('coverage_exponent', 0.0)} / {r.get('filtered_coverage', 1.0)} ("
+            ("serving.probe_spread / coverage_exponent / filtered_coverage (calibration recall)",
+             f"{r.get('probe_spread', 0.0)} / {r.get('coverage_exponent', 0.0)} / {r.get('filtered_coverage', 1.0)} ("
              + " / ".join(f"{label} {v:.3f}" for label, v in r.get('filtered_calibration_recall', {}).items())
              + f"; n_probe at coverage 1: {r.get('n_probe_at_full_coverage', r['n_probe'])})"),
             ("publish (k-means / quantization / Bloom)", f"{r['publish_s']:.1f} s ({r.get('kmeans_s', 0):.1f} / "
@@ -591,10 +584,9 @@ def projected_peak(results: List[Dict[str, Any]], n: int) -> Optional[float]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_build":
-        n, dim, workdir, queries, target, seed, aoti, spread, block_rows, blocks = sys.argv[2:12]
+        n, dim, workdir, queries, target, seed, aoti, spread = sys.argv[2:10]
         torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "2")))
-        return build(int(n), int(dim), workdir, int(queries), float(target), int(seed), bool(int(aoti)), float(spread),
-                     int(block_rows), float(blocks))
+        return build(int(n), int(dim), workdir, int(queries), float(target), int(seed), bool(int(aoti)), float(spread))
     if len(sys.argv) > 1 and sys.argv[1] == "_serve":
         torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "2")))
         return serve(int(sys.argv[2]), sys.argv[3], bool(int(sys.argv[4])), bool(int(sys.argv[5])))
@@ -614,11 +606,6 @@ def main() -> None:
     p.add_argument("--probe-spread", type=float, default=4.0,
                    help="serving.probe_spread of the graphs (clusters ranked by centroid score + this x |q| x spread; "
                         "n_probe and the filtered settings are calibrated at it; 0: centroid scores alone)")
-    p.add_argument("--block-rows", type=int, default=64,
-                   help="serving.block_rows: cut each cluster into blocks of about this many rows (0: no blocks)")
-    p.add_argument("--block-fraction", type=float, default=0.3,
-                   help="serving.block_fraction: scan the best fraction of the probed clusters' blocks (1: all rows; "
-                        "n_probe and the filtered settings are calibrated at it)")
     p.add_argument("--max-peak-gib", type=float, default=None,
                    help="skip an N whose export peak RSS, projected linearly through the two previous N, exceeds this")
     args = p.parse_args()
@@ -634,7 +621,7 @@ def main() -> None:
             skipped.append({"n": n, "projected_peak_rss_export_bytes": projected})
             continue
         r = measure(n, args.dim, args.workdir, args.queries, args.recall_target, args.seed, args.aoti,
-                    args.probe_spread, args.block_rows, args.block_fraction if args.block_rows else 1.0)
+                    args.probe_spread)
         if projected is not None:
             r["projected_peak_rss_export_bytes"] = projected
         results.append(r)

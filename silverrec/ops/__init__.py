@@ -437,13 +437,6 @@ def ivf_search(
     k0: int,
     k: int,
     coverage_exponent: float = 0.0,
-    block_offsets: "torch.Tensor | None" = None,
-    cluster_blocks: "torch.Tensor | None" = None,
-    block_codes: "torch.Tensor | None" = None,
-    block_scales: "torch.Tensor | None" = None,
-    block_spread: "torch.Tensor | None" = None,
-    block_reach: "torch.Tensor | None" = None,
-    block_fraction: float = 1.0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A whole IVF-INT8 search in one op: query codes, probe choice, scan, exact re-score.
 
@@ -479,18 +472,6 @@ def ivf_search(
         coverage_exponent (float): ``b`` in ``[0, 1]``: the probes cover ``max(k, min_rows * s **
             b)`` passing rows, ``s`` the pass fraction of the query's first ``n_probe`` clusters
             (:func:`ivf_select_probes`); 0 (the default): ``min_rows``.
-        block_offsets (Optional[Tensor]): int64 ``[S + 1]``, an index with blocks (a k-means of
-            each cluster, its rows ordered by block): block ``j`` is rows
-            ``block_offsets[j]:block_offsets[j + 1]``; with ``cluster_blocks`` (int64 ``[C + 1]``,
-            the blocks of each cluster), ``block_codes`` (int8 ``[S, D]``, each block's mean
-            quantized like a row) and ``block_scales`` (float32 ``[S]``); all four or none.
-        block_spread (Optional[Tensor]): float32 ``[S]``, each block's spread; with
-            ``block_reach`` (float32 ``[B]`` or ``[B, T]``, e.g. ``probe_spread * |q|``) added to
-            the block scores as ``reach * spread``.
-        block_fraction (float): in ``(0, 1]``: a query scans the best ``ceil(fraction * n)`` of
-            the n blocks of its probed clusters by block score, more while they hold fewer than
-            K0 eligible rows (``silverrec.ops.reference.ivf_select_blocks_reference``); 1 (the
-            default) or no blocks: every row of the probed clusters.
 
     Returns:
         Tuple[Tensor, Tensor, Tensor]: ``scores`` float32 (exact), ``ids`` int64 and ``rows``
@@ -507,9 +488,7 @@ def ivf_search(
         ([[1.5, 1.0]], [[12, 10]], [[2, 0]])
     """
     return torch.ops.silverrec.ivf_search(queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id,
-                                          mask, n_probe, min_rows, max_probe, k0, k, coverage_exponent, block_offsets,
-                                          cluster_blocks, block_codes, block_scales, block_spread, block_reach,
-                                          block_fraction)
+                                          mask, n_probe, min_rows, max_probe, k0, k, coverage_exponent)
 
 
 # --- ivf_search_bloom ---
@@ -537,13 +516,6 @@ def ivf_search_bloom(
     k0: int,
     k: int,
     coverage_exponent: float = 0.0,
-    block_offsets: "torch.Tensor | None" = None,
-    cluster_blocks: "torch.Tensor | None" = None,
-    block_codes: "torch.Tensor | None" = None,
-    block_scales: "torch.Tensor | None" = None,
-    block_spread: "torch.Tensor | None" = None,
-    block_reach: "torch.Tensor | None" = None,
-    block_fraction: float = 1.0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Probe, then filter: :func:`ivf_search` under a Bloom filter plan per mask row.
 
@@ -565,8 +537,7 @@ def ivf_search_bloom(
         deny (Optional[Tensor]): int64 ``[ceil(N/64)]`` packed rows that never pass (tombstones).
         exclude_rows (Optional[Tensor]): int64 ``[B, E]`` index rows never returned to row ``b``
             (-1 padding).
-        n_probe, min_rows, max_probe, k0, k, coverage_exponent, block_offsets, cluster_blocks,
-            block_codes, block_scales, block_spread, block_reach, block_fraction: as in :func:`ivf_search`.
+        n_probe, min_rows, max_probe, k0, k, coverage_exponent: as in :func:`ivf_search`.
 
     Returns:
         Tuple[Tensor, Tensor, Tensor]: ``scores``, ``ids``, ``rows`` as :func:`ivf_search`.
@@ -574,5 +545,4 @@ def ivf_search_bloom(
     return torch.ops.silverrec.ivf_search_bloom(queries, centroid_scores, codes, scales, cluster_offsets, cache,
                                                 row_to_id, bits, opcodes, terms, hashes, posting_offsets, posting_rows,
                                                 deny, exclude_rows, n_probe, min_rows, max_probe, k0, k,
-                                                coverage_exponent, block_offsets, cluster_blocks, block_codes,
-                                                block_scales, block_spread, block_reach, block_fraction)
+                                                coverage_exponent)

@@ -45,9 +45,7 @@ SCHEMAS: Dict[str, str] = {
     "ivf_search": (
         "ivf_search(Tensor queries, Tensor centroid_scores, Tensor codes, Tensor scales, Tensor cluster_offsets, "
         "Tensor cache, Tensor row_to_id, Tensor? mask, int n_probe, int min_rows, int max_probe, int k0, int k, "
-        "float coverage_exponent=0., "
-        "Tensor? block_offsets=None, Tensor? cluster_blocks=None, Tensor? block_codes=None, Tensor? block_scales=None, "
-        "Tensor? block_spread=None, Tensor? block_reach=None, float block_fraction=1.) -> (Tensor, Tensor, Tensor)"
+        "float coverage_exponent=0.) -> (Tensor, Tensor, Tensor)"
     ),
     # --- ivf_probe_scores (bfloat16 centroid scores: the probe ranking's matmul) ---
     "ivf_probe_scores": "ivf_probe_scores(Tensor queries, Tensor packed, int num_clusters, float spread_weight) -> Tensor",
@@ -56,9 +54,7 @@ SCHEMAS: Dict[str, str] = {
         "ivf_search_bloom(Tensor queries, Tensor centroid_scores, Tensor codes, Tensor scales, "
         "Tensor cluster_offsets, Tensor cache, Tensor row_to_id, Tensor bits, Tensor opcodes, Tensor terms, "
         "Tensor hashes, Tensor posting_offsets, Tensor posting_rows, Tensor? deny, Tensor? exclude_rows, "
-        "int n_probe, int min_rows, int max_probe, int k0, int k, float coverage_exponent=0., "
-        "Tensor? block_offsets=None, Tensor? cluster_blocks=None, Tensor? block_codes=None, Tensor? block_scales=None, "
-        "Tensor? block_spread=None, Tensor? block_reach=None, float block_fraction=1.) -> (Tensor, Tensor, Tensor)"
+        "int n_probe, int min_rows, int max_probe, int k0, int k, float coverage_exponent=0.) -> (Tensor, Tensor, Tensor)"
     ),
 }
 

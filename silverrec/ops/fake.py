@@ -198,13 +198,6 @@ def ivf_search_fake(
     k0: int,
     k: int,
     coverage_exponent: float = 0.0,
-    block_offsets: Optional[Tensor] = None,
-    cluster_blocks: Optional[Tensor] = None,
-    block_codes: Optional[Tensor] = None,
-    block_scales: Optional[Tensor] = None,
-    block_spread: Optional[Tensor] = None,
-    block_reach: Optional[Tensor] = None,
-    block_fraction: float = 1.0,
 ) -> Tuple[Tensor, Tensor]:
     """Shapes of ``ivf_search``: ``scores`` float32, ``ids`` and ``rows`` int64, each ``[B, K]``
     (or ``[B, T, K]`` for grouped queries ``[B, T, D]``)."""
@@ -220,11 +213,6 @@ def ivf_search_fake(
     torch._check(cache.dtype in (torch.float16, torch.bfloat16) and tuple(cache.shape) == tuple(codes.shape),
                  lambda: f"ivf_search: cache must be float16/bfloat16 [N, D], got {cache.dtype} {tuple(cache.shape)}")
     torch._check(1 <= k <= k0, lambda: f"ivf_search: need 1 <= k <= k0, got k={k}, k0={k0}")
-    torch._check(0.0 < block_fraction <= 1.0, lambda: f"ivf_search: need 0 < block_fraction <= 1, got {block_fraction}")
-    if block_codes is not None:
-        torch._check(block_codes.dtype == torch.int8 and block_codes.dim() == 2 and block_codes.shape[1] == D,
-                     lambda: f"ivf_search: block_codes must be int8 [S, D={D}], got {block_codes.dtype} "
-                             f"{tuple(block_codes.shape)}")
     if mask is not None:
         torch._check(mask.dim() == 2 and mask.shape[0] == lead[0] and mask.dtype in (torch.int64, torch.bool, torch.uint8),
                      lambda: f"ivf_search: mask must be int64 [B={lead[0]}, W] (packed), bool [B, N] or uint8 "
@@ -258,13 +246,6 @@ def ivf_search_bloom_fake(
     k0: int,
     k: int,
     coverage_exponent: float = 0.0,
-    block_offsets: Optional[Tensor] = None,
-    cluster_blocks: Optional[Tensor] = None,
-    block_codes: Optional[Tensor] = None,
-    block_scales: Optional[Tensor] = None,
-    block_spread: Optional[Tensor] = None,
-    block_reach: Optional[Tensor] = None,
-    block_fraction: float = 1.0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Shapes of ``ivf_search_bloom``: those of ``ivf_search`` (one plan per mask row)."""
     torch._check(opcodes.dim() == 2 and opcodes.shape[0] == queries.shape[0],
@@ -273,8 +254,7 @@ def ivf_search_bloom_fake(
     torch._check(posting_rows.dtype == torch.int32,
                  lambda: f"ivf_search_bloom: posting_rows must be int32, got {posting_rows.dtype}")
     return ivf_search_fake(queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, None, n_probe,
-                           min_rows, max_probe, k0, k, coverage_exponent, block_offsets, cluster_blocks, block_codes,
-                           block_scales, block_spread, block_reach, block_fraction)
+                           min_rows, max_probe, k0, k)
 
 
 FAKE_IMPLS["ivf_search_bloom"] = {"Meta": ivf_search_bloom_fake}

@@ -12,9 +12,7 @@ plus each cluster's spread; float32, or bfloat16 products with ``probe_precision
 ``ivf_search``, which for each query quantizes it (``quantize_int8_rowwise``), picks its
 clusters (the steps of ``ivf_select_probes``), scans them, skipping masked rows, for the best K0
 rows by INT8 score (``ivf_int8_topk``), re-scores those K0 exactly from the float16 cache and
-keeps the best K (``ivf_rescore_topk``). An index built with ``block_rows`` also cuts each cluster
-into blocks (:mod:`silverrec.retrieval.ivf_blocks`), and with ``block_fraction < 1`` a query scans
-only the best blocks of its probed clusters. On CPU one thread runs all of a query's steps, so the
+keeps the best K (``ivf_rescore_topk``). On CPU one thread runs all of a query's steps, so the
 search makes no ``[B, C]`` probe tensor and no intermediate tensors. :meth:`IVFInt8Index.search`
 is the FAISS-style face of the same forward (validation, masks in the caller's id order,
 ``SearchResult``). The serving graph calls :meth:`IVFInt8Index.forward_bloom`, the same search
@@ -31,7 +29,6 @@ from torch import Tensor, nn
 import silverrec.ops  # noqa: F401  (registers torch.ops.silverrec.ivf_search)
 from silverrec.ops import pack_probe_matrix
 from silverrec.retrieval.huge_pages import on_huge_pages
-from silverrec.retrieval.ivf_blocks import cluster_blocks
 from silverrec.retrieval.kmeans import default_num_clusters, kmeans
 from silverrec.retrieval.probe_policy import probe_plan
 from silverrec.retrieval.quantize import _check_embeddings, quantize_int8_global, quantize_int8_per_item
@@ -66,10 +63,6 @@ class IVFInt8Tensors(NamedTuple):
         row_to_id (Tensor): int64 ``[N]`` distinct ids; row ``n`` holds item ``row_to_id[n]``.
         cluster_spread (Optional[Tensor]): float32 ``[C]``, the root mean square of cluster
             ``c``'s rows around its centroid per dimension (:func:`cluster_spread`); None: zeros.
-        block_offsets, cluster_blocks, block_codes, block_scales, block_spread (Optional[Tensor]):
-            the second level (:mod:`silverrec.retrieval.ivf_blocks`; all or none): int64
-            ``[S + 1]`` block row ranges, int64 ``[C + 1]`` each cluster's blocks, int8 ``[S, D]``
-            and float32 ``[S]`` each block's mean quantized like a row, float32 ``[S]`` its spread.
     """
 
     centroids: Tensor
@@ -79,11 +72,6 @@ class IVFInt8Tensors(NamedTuple):
     cache: Tensor
     row_to_id: Tensor
     cluster_spread: Optional[Tensor] = None
-    block_offsets: Optional[Tensor] = None
-    cluster_blocks: Optional[Tensor] = None
-    block_codes: Optional[Tensor] = None
-    block_scales: Optional[Tensor] = None
-    block_spread: Optional[Tensor] = None
 
 
 def cluster_spread(rows: Tensor, centroids: Tensor, cluster_offsets: Tensor) -> Tensor:
@@ -178,7 +166,6 @@ class IVFInt8Index(nn.Module):
         num_iters: int = 10,
         max_points_per_cluster: int = 64,
         seed: int = 0,
-        block_rows: Optional[int] = None,
     ) -> "IVFInt8Index":
         """Clusters, sorts and quantizes the items (the publish-time build).
 
@@ -189,10 +176,6 @@ class IVFInt8Index(nn.Module):
             num_iters (int): Lloyd iterations of k-means.
             max_points_per_cluster (int): k-means trains on ``min(N, this * C)`` sampled points.
             seed (int): k-means seed.
-            block_rows (Optional[int]): cut each cluster into blocks of about this many rows
-                (:func:`~silverrec.retrieval.ivf_blocks.cluster_blocks`), so that a search with
-                ``block_fraction < 1`` scans only the best blocks of its probed clusters; None
-                (default): no blocks.
 
         Returns:
             IVFInt8Index: on the device of ``embeddings``.
@@ -214,32 +197,12 @@ class IVFInt8Index(nn.Module):
         offsets[1:] = torch.cumsum(counts, dim=0)
         x = embeddings[row_to_id].float()
         quantize = quantize_int8_per_item if quantization == "per_item" else quantize_int8_global
-        blocks: Tuple[Optional[Tensor], ...] = (None,) * 5
-        if block_rows is not None:
-            cut = cluster_blocks(x, offsets, block_rows, seed=seed)
-            row_to_id, x = row_to_id[cut.order], x[cut.order]
-            blocks = (cut.block_offsets, cut.cluster_blocks, *quantize(cut.means), cut.spread)
         codes, scales = quantize(x)
         centroids = result.centroids.float()
         spread = cluster_spread(x, centroids, offsets)
         # the rows a search reads at random, on 2 MiB pages where the kernel allows (huge_pages.py)
         codes, scales, cache, row_to_id = (on_huge_pages(t) for t in (codes, scales, x.half(), row_to_id))
-        return cls(IVFInt8Tensors(centroids, offsets, codes, scales, cache, row_to_id, spread, *blocks), quantization)
-
-    @property
-    def has_blocks(self) -> bool:
-        """Whether the index was built with blocks (``block_rows``)."""
-        return self.block_offsets is not None
-
-    def _blocks(self, queries: Tensor, probe_spread: float, block_fraction: float) -> tuple:
-        """The block arguments of ``ivf_search`` for ``queries`` ``[B, D]`` or ``[B, T, D]``."""
-        if not 0.0 < block_fraction <= 1.0:
-            raise ValueError(f"block_fraction must be in (0, 1], got {block_fraction}")
-        if not self.has_blocks or block_fraction == 1.0:
-            return (None,) * 6 + (1.0,)
-        reach = probe_spread * torch.linalg.vector_norm(queries, dim=-1) if probe_spread > 0.0 else None
-        return (self.block_offsets, self.cluster_blocks, self.block_codes, self.block_scales, self.block_spread,
-                reach, float(block_fraction))
+        return cls(IVFInt8Tensors(centroids, offsets, codes, scales, cache, row_to_id, spread), quantization)
 
     @property
     def centroids_t(self) -> Tensor:
@@ -310,19 +273,18 @@ class IVFInt8Index(nn.Module):
     def forward(self, queries: Tensor, mask: Optional[Tensor], k: int, n_probe: int,
                 k0: Optional[int] = None, filtered_coverage: float = 1.0,
                 coverage_exponent: float = 0.0, probe_spread: float = 0.0,
-                probe_precision: str = "float32", block_fraction: float = 1.0) -> Tuple[Tensor, Tensor, Tensor]:
+                probe_precision: str = "float32") -> Tuple[Tensor, Tensor, Tensor]:
         plan = probe_plan(k, n_probe, self.num_items, self.num_clusters, mask is not None, k0, filtered_coverage)
         centroid_scores = self.centroid_scores(queries, probe_spread, probe_precision)  # [B, C] or [B, T, C]
         return torch.ops.silverrec.ivf_search(queries, centroid_scores, self.codes, self.scales, self.cluster_offsets,
                                               self.cache, self.row_to_id, mask, plan.n_probe, plan.min_rows,
-                                              plan.max_probe, plan.k0, k, coverage_exponent,
-                                              *self._blocks(queries, probe_spread, block_fraction))
+                                              plan.max_probe, plan.k0, k, coverage_exponent)
 
     def forward_bloom(self, queries: Tensor, bloom: Tuple[Tensor, Tensor, Tensor], plan: Tuple[Tensor, Tensor, Tensor],
                       deny: Optional[Tensor], exclude_rows: Optional[Tensor], k: int, n_probe: int,
                       k0: Optional[int] = None, filtered_coverage: float = 1.0,
                       coverage_exponent: float = 0.0, probe_spread: float = 0.0,
-                      probe_precision: str = "float32", block_fraction: float = 1.0) -> Tuple[Tensor, Tensor, Tensor]:
+                      probe_precision: str = "float32") -> Tuple[Tensor, Tensor, Tensor]:
         """The forward under a Bloom filter plan per mask row, evaluated over the clusters each
         probe choice walks (``ivf_search_bloom``: probe, then filter) instead of a mask over all N
         rows: same results as :meth:`forward` with ``bloom_search``'s mask minus ``deny`` and
@@ -336,8 +298,8 @@ class IVFInt8Index(nn.Module):
                 ``hashes`` ``[B, L, H]`` (a :class:`~silverrec.retrieval.filter_plan.FilterPlan`).
             deny (Optional[Tensor]): int64 ``[ceil(N/64)]`` rows that never pass (tombstones).
             exclude_rows (Optional[Tensor]): int64 ``[B, E]`` rows never returned to user b (-1 padding).
-            k, n_probe, k0, filtered_coverage, coverage_exponent, probe_spread, probe_precision,
-                block_fraction: as in :meth:`search` (the filtered probe plan).
+            k, n_probe, k0, filtered_coverage, coverage_exponent, probe_spread, probe_precision: as in :meth:`search`
+                (the filtered probe plan).
 
         Returns:
             Tuple[Tensor, Tensor, Tensor]: ``scores``, ``ids``, ``rows`` ``[B, K]`` or ``[B, T, K]``.
@@ -350,13 +312,12 @@ class IVFInt8Index(nn.Module):
                                                     self.cluster_offsets, self.cache, self.row_to_id, bits, opcodes,
                                                     terms, hashes, posting_offsets, posting_rows, deny, exclude_rows,
                                                     probes.n_probe, probes.min_rows, probes.max_probe, probes.k0, k,
-                                                    coverage_exponent,
-                                                    *self._blocks(queries, probe_spread, block_fraction))
+                                                    coverage_exponent)
 
     def search(self, queries: Tensor, k: int, n_probe: Optional[int] = None, mask: Optional[Tensor] = None,
                k0: Optional[int] = None, check: bool = True, filtered_coverage: float = 1.0,
                coverage_exponent: float = 0.0, probe_spread: float = 0.0,
-               probe_precision: str = "float32", block_fraction: float = 1.0) -> SearchResult:
+               probe_precision: str = "float32") -> SearchResult:
         """Top-k items by inner product, probing ``n_probe`` clusters (more under a filter).
 
         Args:
@@ -394,12 +355,6 @@ class IVFInt8Index(nn.Module):
             probe_precision (str): ``"float32"`` (default) or ``"bfloat16"``: the centroid scores
                 from bfloat16 products, a faster matmul whose near-ties may rank differently
                 (:meth:`centroid_scores`).
-            block_fraction (float): in ``(0, 1]``; on an index built with ``block_rows``, a query
-                scans the best ``ceil(block_fraction * n)`` of the n blocks of its probed clusters
-                by block score (plus ``probe_spread * |q|`` times the block's spread), more while
-                they hold fewer than K0 eligible rows: fewer rows for the same recall at a larger
-                ``n_probe`` (calibrate the two together). 1 (default) or no blocks: every row of
-                the probed clusters.
 
         Returns:
             SearchResult: ``scores`` float32 ``[B, K]`` and ``ids`` int64 ``[B, K]``, best-first
@@ -415,20 +370,18 @@ class IVFInt8Index(nn.Module):
             raise ValueError(f"coverage_exponent must be in [0, 1], got {coverage_exponent}")
         check_probe_spread(probe_spread, "probe_spread")
         check_probe_precision(probe_precision, "probe_precision")
-        if not 0.0 < block_fraction <= 1.0:
-            raise ValueError(f"block_fraction must be in (0, 1], got {block_fraction}")
         q = queries.to(self.codes.device).float()
         mask = self._checked_mask(mask, q.shape[0])
         if q.device.type != "cpu":  # the CUDA kernels do not check (no host sync)
             finite = torch.isfinite(q).all() if check else None
             scores, ids, _ = self(q, mask, k, n_probe, k0, filtered_coverage, coverage_exponent, probe_spread,
-                                   probe_precision, block_fraction)
+                                   probe_precision)
             if finite is not None and not bool(finite):  # read after the search is queued
                 _check_embeddings(q, "queries")
             return SearchResult(scores, ids)
         try:
             scores, ids, _ = self(q, mask, k, n_probe, k0, filtered_coverage, coverage_exponent, probe_spread,
-                                   probe_precision, block_fraction)
+                                   probe_precision)
         except RuntimeError:
             _check_embeddings(q, "queries")  # NaN/inf: the ValueError naming the first bad value
             raise

@@ -86,8 +86,7 @@ def publish(
         raise ValueError(f"{n_terms} item attribute rows for {item_embeddings.shape[0]} item embeddings")
     if item_ids is not None and item_ids.shape != (item_embeddings.shape[0],):
         raise ValueError(f"{tuple(item_ids.shape)} item ids for {item_embeddings.shape[0]} item embeddings")
-    index = IVFInt8Index.build(item_embeddings, num_clusters=config.num_clusters, quantization=config.quantization,
-                               block_rows=config.block_rows)
+    index = IVFInt8Index.build(item_embeddings, num_clusters=config.num_clusters, quantization=config.quantization)
     bloom = _bloom_index(item_terms, index.row_to_id, schema, config)
     if item_ids is not None:  # rows name item ids, not embedding rows
         index.row_to_id = item_ids.to(torch.int64)[index.row_to_id]
@@ -99,7 +98,7 @@ def publish(
                            config.candidates_per_task, min(n_probe, index.num_clusters), schema.num_items,
                            merged_candidates=config.merged_candidates, filtered_coverage=config.filtered_coverage,
                            coverage_exponent=config.coverage_exponent, probe_spread=config.probe_spread,
-                           probe_precision=config.probe_precision, block_fraction=config.block_fraction)
+                           probe_precision=config.probe_precision)
     return graph.eval()
 
 

@@ -93,16 +93,6 @@ class ServingConfig:
             2.6x faster than the float32 matmul on an AVX-512 BF16 CPU; near-tied clusters may
             rank differently, so check recall at the chosen ``n_probe`` (``benchmarks/ann.py
             --probe-precision``).
-        block_rows (Optional[int]): cut each IVF cluster into blocks of about this many rows at
-            publish (a k-means inside each cluster; :mod:`silverrec.retrieval.ivf_blocks`, about
-            1.25 bytes per item at D = 64 and 64 rows), so that ``block_fraction`` can narrow the
-            scan (None: no blocks).
-        block_fraction (float): in ``(0, 1]`` (1: off; needs ``block_rows``): a query scans the
-            best ``ceil(block_fraction * n)`` of the n blocks of its probed clusters (ranked by
-            block score plus ``probe_spread`` x ``|q|`` x the block's spread), more while they hold
-            fewer than K0 eligible rows. On real-embedding-like data at 10M items, 0.3 with 2x the
-            probes reached the same recall over about half the rows (benchmarks/RESULTS.md);
-            calibrate ``n_probe`` at the chosen value (``benchmarks/scale.py --block-fraction``).
         num_clusters (Optional[int]): IVF clusters (None: ``4 sqrt(N)``).
         quantization (str): ``per_item`` or ``global`` INT8 scales.
         filter_length (int): longest filter program (instructions) a request may carry.
@@ -129,8 +119,6 @@ class ServingConfig:
     coverage_exponent: float = 0.0
     probe_spread: float = 0.0
     probe_precision: str = "float32"
-    block_rows: Optional[int] = None
-    block_fraction: float = 1.0
     num_clusters: Optional[int] = None
     quantization: str = "per_item"
     filter_length: int = 12
@@ -156,13 +144,6 @@ class ServingConfig:
             raise ValueError(f"serving.coverage_exponent must be in [0, 1], got {self.coverage_exponent}")
         check_probe_spread(self.probe_spread, "serving.probe_spread")
         check_probe_precision(self.probe_precision, "serving.probe_precision")
-        if self.block_rows is not None and self.block_rows < 1:
-            raise ValueError(f"serving.block_rows must be >= 1 or null, got {self.block_rows}")
-        if not 0.0 < self.block_fraction <= 1.0:
-            raise ValueError(f"serving.block_fraction must be in (0, 1], got {self.block_fraction}")
-        if self.block_fraction < 1.0 and self.block_rows is None:
-            raise ValueError(f"serving.block_fraction={self.block_fraction} needs blocks: set serving.block_rows "
-                             "(e.g. 64)")
         if self.merged_candidates is not None and self.merged_candidates < self.k:
             raise ValueError(f"serving.merged_candidates must be >= serving.k={self.k} or null, got "
                              f"{self.merged_candidates}")
@@ -226,7 +207,6 @@ class RetrievalGraph(nn.Module):
         coverage_exponent (float): see :class:`ServingConfig` (0: off).
         probe_spread (float): see :class:`ServingConfig` (0: off).
         probe_precision (str): see :class:`ServingConfig` (``float32`` or ``bfloat16``).
-        block_fraction (float): see :class:`ServingConfig` (1: off; below 1 the index needs blocks).
 
     Call Args:
         user_ids (Tensor): int64 ``[B, S]`` user feature slots (-1 = empty).
@@ -259,7 +239,6 @@ class RetrievalGraph(nn.Module):
         coverage_exponent: float = 0.0,
         probe_spread: float = 0.0,
         probe_precision: str = "float32",
-        block_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         num_tasks = len(scorer.value_model.task_names)
@@ -275,9 +254,6 @@ class RetrievalGraph(nn.Module):
             raise ValueError(f"coverage_exponent must be in [0, 1], got {coverage_exponent}")
         check_probe_spread(probe_spread, "probe_spread")
         check_probe_precision(probe_precision, "probe_precision")
-        if not 0.0 < block_fraction <= 1.0 or (block_fraction < 1.0 and not index.has_blocks):
-            raise ValueError(f"block_fraction must be in (0, 1], and below 1 needs an index built with blocks, got "
-                             f"{block_fraction} (index has blocks: {index.has_blocks})")
         if not 1 <= candidates_per_task <= index.num_items:
             raise ValueError(f"candidates_per_task must be in [1, N={index.num_items}], got {candidates_per_task}")
         self.user_encoder = user_encoder
@@ -289,7 +265,6 @@ class RetrievalGraph(nn.Module):
         self.coverage_exponent = float(coverage_exponent)
         self.probe_spread = float(probe_spread)
         self.probe_precision = probe_precision
-        self.block_fraction = float(block_fraction)
         slots = num_tasks * candidates_per_task
         self.merged = slots if merged_candidates is None else min(merged_candidates, slots)
         if self.merged < k:
@@ -341,8 +316,7 @@ class RetrievalGraph(nn.Module):
         return self.index.forward_bloom(q, bloom, plan, deleted, self._excluded_rows(exclude), self.k0, self.n_probe,
                                         filtered_coverage=self.filtered_coverage,
                                         coverage_exponent=self.coverage_exponent,
-                                        probe_spread=self.probe_spread, probe_precision=self.probe_precision,
-                                        block_fraction=self.block_fraction)
+                                        probe_spread=self.probe_spread, probe_precision=self.probe_precision)
 
     def _excluded_rows(self, exclude: Tensor) -> Tensor:
         """Index rows of each query's excluded items: int64 [B, E], -1 for padding and unknown ids."""

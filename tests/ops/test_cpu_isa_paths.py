@@ -21,7 +21,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(silverrec.__file__)))
 # The op tests whose kernels have per-path code (int8 scan, re-score, fused search, bfloat16 probe
 # scores), and the query quantizer they share.
 _FILES = ["test_ivf_int8_topk.py", "test_ivf_rescore_topk.py", "test_ivf_search.py", "test_quantize_int8_rowwise.py",
-          "test_ivf_probe_scores.py", "test_ivf_blocks.py"]
+          "test_ivf_probe_scores.py"]
 _PATH_INDEPENDENT = "not triton and not opcheck and not export and not meta and not bad_input and not bad_dtype"
 
 # Runs in the subprocess: checks the forced path, then the selected tests.

@@ -315,75 +315,7 @@ struct IvfArgs {
   bool grouped = false;
   const int64_t* off = nullptr;
   Coverage cover;  // min_rows, the coverage exponent, K as its floor (K results need K passing rows)
-  at::Tensor block_offsets, cluster_blocks, block_codes, block_scales, block_spread, block_reach;
-  Blocks blocks;  // the second level (ivf_blocks.h); inactive without blocks or at fraction 1
 };
-
-// The optional block arguments of ivf_search and ivf_search_bloom into a.blocks (checked
-// against the clusters of `a`; their errors name the op).
-void check_block_args(const char* op, IvfArgs& a, const std::optional<at::Tensor>& block_offsets,
-                      const std::optional<at::Tensor>& cluster_blocks, const std::optional<at::Tensor>& block_codes,
-                      const std::optional<at::Tensor>& block_scales, const std::optional<at::Tensor>& block_spread,
-                      const std::optional<at::Tensor>& block_reach, double block_fraction) {
-  TORCH_CHECK_VALUE(block_fraction > 0.0 && block_fraction <= 1.0, op, ": need 0 < block_fraction <= 1, got ",
-                    block_fraction);
-  const int given = block_offsets.has_value() + cluster_blocks.has_value() + block_codes.has_value() +
-                    block_scales.has_value();
-  TORCH_CHECK_VALUE(given == 0 || given == 4, op, ": block_offsets, cluster_blocks, block_codes and block_scales "
-                    "come together (an index with blocks) or not at all, got ", given, " of them");
-  if (given == 0) return;
-  TORCH_CHECK_VALUE(block_offsets->scalar_type() == at::kLong && block_offsets->dim() == 1 && block_offsets->size(0) >= 2,
-                    op, ": block_offsets must be int64 [S+1], got ", block_offsets->scalar_type(), " ",
-                    block_offsets->sizes());
-  const int64_t S = block_offsets->size(0) - 1, C = a.C, N = a.N, D = a.D;
-  TORCH_CHECK_VALUE(cluster_blocks->scalar_type() == at::kLong && cluster_blocks->dim() == 1 &&
-                        cluster_blocks->size(0) == C + 1,
-                    op, ": cluster_blocks must be int64 [C+1=", C + 1, "], got ", cluster_blocks->scalar_type(), " ",
-                    cluster_blocks->sizes());
-  TORCH_CHECK_VALUE(block_codes->scalar_type() == at::kChar && block_codes->dim() == 2 && block_codes->size(0) == S &&
-                        block_codes->size(1) == D,
-                    op, ": block_codes must be int8 [S=", S, ", D=", D, "], got ", block_codes->scalar_type(), " ",
-                    block_codes->sizes());
-  auto check_per_block = [&](const char* name, const at::Tensor& t) {
-    TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat && t.dim() == 1 && t.size(0) == S, op, ": ", name,
-                      " must be float32 [S=", S, "], got ", t.scalar_type(), " ", t.sizes());
-  };
-  check_per_block("block_scales", *block_scales);
-  a.block_offsets = block_offsets->contiguous(), a.cluster_blocks = cluster_blocks->contiguous();
-  a.block_codes = block_codes->contiguous(), a.block_scales = block_scales->contiguous();
-  const int64_t* bo = a.block_offsets.data_ptr<int64_t>();
-  const int64_t* cb = a.cluster_blocks.data_ptr<int64_t>();
-  TORCH_CHECK_VALUE(bo[0] == 0 && bo[S] == N, op, ": block_offsets must start at 0 and end at N=", N, ", got ", bo[0],
-                    " .. ", bo[S]);
-  for (int64_t j = 0; j < S; ++j) {
-    TORCH_CHECK_VALUE(bo[j] <= bo[j + 1], op, ": block_offsets must be non-decreasing, got ", bo[j], " > ", bo[j + 1],
-                      " at block ", j);
-  }
-  TORCH_CHECK_VALUE(cb[0] == 0 && cb[C] == S, op, ": cluster_blocks must start at 0 and end at S=", S, ", got ", cb[0],
-                    " .. ", cb[C]);
-  for (int64_t c = 0; c < C; ++c) {
-    TORCH_CHECK_VALUE(cb[c] <= cb[c + 1] && cb[c + 1] <= S, op, ": cluster_blocks must be non-decreasing within [0, S=",
-                      S, "], got ", cb[c], ", ", cb[c + 1], " at cluster ", c);
-    TORCH_CHECK_VALUE(bo[cb[c]] == a.off[c], op, ": the blocks of cluster ", c, " must start where it starts (row ",
-                      a.off[c], "), got block ", cb[c], " at row ", bo[cb[c]]);
-  }
-  Blocks& bl = a.blocks;
-  bl.block_offsets = bo, bl.cluster_blocks = cb, bl.S = S, bl.fraction = block_fraction;
-  bl.codes = a.block_codes.data_ptr<int8_t>(), bl.scales = a.block_scales.data_ptr<float>();
-  if (block_spread.has_value()) {
-    check_per_block("block_spread", *block_spread);
-    a.block_spread = block_spread->contiguous();
-    bl.spread = a.block_spread.data_ptr<float>();
-  }
-  if (block_reach.has_value()) {
-    const bool ok = block_reach->scalar_type() == at::kFloat && block_reach->numel() == a.Q &&
-                    block_reach->dim() == (a.grouped ? 2 : 1);
-    TORCH_CHECK_VALUE(ok, op, ": block_reach must be float32 ", a.grouped ? "[B, T]" : "[B]", " (one per query, Q=",
-                      a.Q, "), got ", block_reach->scalar_type(), " ", block_reach->sizes());
-    a.block_reach = block_reach->contiguous();
-    bl.reach = a.block_reach.data_ptr<float>();
-  }
-}
 
 IvfArgs check_ivf_args(const char* op, const at::Tensor& queries_in, const at::Tensor& centroid_scores_in,
                        const at::Tensor& codes_in, const at::Tensor& scales_in, const at::Tensor& cluster_offsets_in,
@@ -460,13 +392,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_ivf_search(const IvfArgs& a, 
                                   a.codes.data_ptr<int8_t>(), a.scales.data_ptr<float>(), a.off,
                                   a.cache.data_ptr<at::Half>(), a.row_to_id.data_ptr<int64_t>(), mr, a.Q, a.C, a.N,
                                   a.D, n_probe, a.cover, max_probe, k0, k, out_scores.data_ptr<float>(),
-                                  out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>(), lazy, a.blocks);
+                                  out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>(), lazy);
     } else {
       search_rows<at::BFloat16, kIsa>(a.queries.data_ptr<float>(), a.centroid_scores.data_ptr<float>(),
                                       a.codes.data_ptr<int8_t>(), a.scales.data_ptr<float>(), a.off,
                                       a.cache.data_ptr<at::BFloat16>(), a.row_to_id.data_ptr<int64_t>(), mr, a.Q, a.C,
                                       a.N, a.D, n_probe, a.cover, max_probe, k0, k, out_scores.data_ptr<float>(),
-                                      out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>(), lazy, a.blocks);
+                                      out_ids.data_ptr<int64_t>(), out_rows.data_ptr<int64_t>(), lazy);
     }
   });
   return {out_scores, out_ids, out_rows};
@@ -479,14 +411,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_cpu(
     const at::Tensor& queries_in, const at::Tensor& centroid_scores_in, const at::Tensor& codes_in,
     const at::Tensor& scales_in, const at::Tensor& cluster_offsets_in, const at::Tensor& cache_in,
     const at::Tensor& row_to_id_in, const std::optional<at::Tensor>& mask_in, int64_t n_probe, int64_t min_rows,
-    int64_t max_probe, int64_t k0, int64_t k, double coverage_exponent, const std::optional<at::Tensor>& block_offsets,
-    const std::optional<at::Tensor>& cluster_blocks, const std::optional<at::Tensor>& block_codes,
-    const std::optional<at::Tensor>& block_scales, const std::optional<at::Tensor>& block_spread,
-    const std::optional<at::Tensor>& block_reach, double block_fraction) {
-  IvfArgs a = check_ivf_args("ivf_search", queries_in, centroid_scores_in, codes_in, scales_in, cluster_offsets_in,
-                             cache_in, row_to_id_in, n_probe, min_rows, max_probe, k0, k, coverage_exponent);
-  check_block_args("ivf_search", a, block_offsets, cluster_blocks, block_codes, block_scales, block_spread, block_reach,
-                   block_fraction);
+    int64_t max_probe, int64_t k0, int64_t k, double coverage_exponent) {
+  const IvfArgs a = check_ivf_args("ivf_search", queries_in, centroid_scores_in, codes_in, scales_in,
+                                   cluster_offsets_in, cache_in, row_to_id_in, n_probe, min_rows, max_probe, k0, k,
+                                   coverage_exponent);
   const int64_t B = a.B, N = a.N, W = a.W, C = a.C, Q = a.Q, T = a.T;
   // the mask's layout, by dtype: packed row-order words, or id order (bool ids / bitmap bytes)
   bool id_order = mask_in.has_value() && mask_in->scalar_type() != at::kLong;
@@ -540,15 +468,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_bloom_cpu(
     const at::Tensor& terms_in, const at::Tensor& hashes_in, const at::Tensor& posting_offsets_in,
     const at::Tensor& posting_rows_in, const std::optional<at::Tensor>& deny_in,
     const std::optional<at::Tensor>& exclude_in, int64_t n_probe, int64_t min_rows, int64_t max_probe, int64_t k0,
-    int64_t k, double coverage_exponent, const std::optional<at::Tensor>& block_offsets,
-    const std::optional<at::Tensor>& cluster_blocks, const std::optional<at::Tensor>& block_codes,
-    const std::optional<at::Tensor>& block_scales, const std::optional<at::Tensor>& block_spread,
-    const std::optional<at::Tensor>& block_reach, double block_fraction) {
+    int64_t k, double coverage_exponent) {
   constexpr const char* op = "ivf_search_bloom";
-  IvfArgs a = check_ivf_args(op, queries_in, centroid_scores_in, codes_in, scales_in, cluster_offsets_in, cache_in,
-                             row_to_id_in, n_probe, min_rows, max_probe, k0, k, coverage_exponent);
-  check_block_args(op, a, block_offsets, cluster_blocks, block_codes, block_scales, block_spread, block_reach,
-                   block_fraction);
+  const IvfArgs a = check_ivf_args(op, queries_in, centroid_scores_in, codes_in, scales_in, cluster_offsets_in,
+                                   cache_in, row_to_id_in, n_probe, min_rows, max_probe, k0, k, coverage_exponent);
   const int64_t B = a.B, W = a.W, N = a.N;
   const std::pair<const char*, const at::Tensor*> plan_args[] = {
       {"bits", &bits_in}, {"opcodes", &opcodes_in}, {"terms", &terms_in}, {"hashes", &hashes_in},

@@ -119,7 +119,7 @@ void best_keys(const float* scores, int64_t C, int64_t m, std::vector<float>& bl
 struct ProbeSelect {
   int64_t run(const float* sb, int64_t C, const int64_t* off, const uint64_t* mb, int64_t n_probe,
               const Coverage& cover, int64_t limit, int64_t* out, LazyRowMask* lazy = nullptr, int64_t q = 0,
-              int64_t* covered_out = nullptr, double* target_out = nullptr) {
+              int64_t* covered_out = nullptr) {
     best_keys(sb, C, std::min(limit, std::max<int64_t>(n_probe, 32)), block_max, buf, order);
     int64_t covered = 0, walked = 0, j = 0;
     double target = static_cast<double>(cover.min_rows);
@@ -143,8 +143,6 @@ struct ProbeSelect {
       ++j;
     }
     if (covered_out != nullptr) *covered_out = covered;
-    // the count the walk aimed at (from its first n_probe clusters, or all it took when fewer)
-    if (target_out != nullptr) *target_out = j <= n_probe ? cover.target(covered, walked) : target;
     return j;
   }
   std::vector<int64_t> buf, order;

@@ -12,7 +12,6 @@
 #include <memory>
 #include <vector>
 
-#include "ivf_blocks.h"
 #include "ivf_common.h"
 #include "ivf_id_mask.h"
 #include "ivf_probe_select.h"
@@ -62,7 +61,7 @@ template <typename T, Isa kIsa>
 void search_rows(const float* qf, const float* cs, const int8_t* cd, const float* sc, const int64_t* off,
                  const T* cache, const int64_t* row_to_id, const uint64_t* const* mrows, int64_t B, int64_t C,
                  int64_t N, int64_t D, int64_t n_probe, const Coverage& cover, int64_t max_probe, int64_t k0, int64_t k,
-                 float* os, int64_t* oi, int64_t* orw, LazyRowMask* lazy, const Blocks& bl) {
+                 float* os, int64_t* oi, int64_t* orw, LazyRowMask* lazy) {
   const int64_t limit = std::min(C, max_probe);
   // The query codes start on a 64-byte boundary (like a torch tensor's data): with D = 128 every
   // 64-byte load of a query row is then aligned, where malloc's 16-byte alignment made every
@@ -72,7 +71,6 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
   std::vector<float> qs(B);
   std::unique_ptr<int64_t[]> prb(new int64_t[B * limit]);  // only each row's used prefix is written
   std::vector<int64_t> plen(B), covered(B);  // covered: eligible rows of each query's probed clusters
-  std::vector<double> target(B);             // the passing rows each query's walk aimed at
   // 1. query codes and probe lists
   {
     std::atomic<int64_t> counter{0};
@@ -81,14 +79,14 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
       for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
         qs[b] = quantize_row(qf + b * D, D, q + b * D, b, "ivf_search: queries");
         plen[b] = select.run(cs + b * C, C, off, mrows == nullptr ? nullptr : mrows[b], n_probe, cover, limit,
-                             prb.get() + b * limit, lazy, b, &covered[b], &target[b]);
+                             prb.get() + b * limit, lazy, b, &covered[b]);
       }
     });
   }
   // 2. queries sharing clusters: the cluster-major scan for all of them (see ivf_int8_topk_cpu)
   std::vector<float> shared_scores;
   std::vector<int64_t> shared_rows, shared_valid;
-  if (!bl.active() && clusters_shared(prb.get(), plen.data(), B, C, limit)) {
+  if (clusters_shared(prb.get(), plen.data(), B, C, limit)) {
     shared_scores.assign(B * k0, -std::numeric_limits<float>::infinity());
     shared_rows.assign(B * k0, -1);
     shared_valid.assign(B, 0);
@@ -101,10 +99,6 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
   std::atomic<int64_t> counter{0};
   at::parallel_for(0, query_threads(B, 1, 1), 1, [&](int64_t, int64_t) {
     QueryScanFor<kIsa> scan(C, k0);
-    std::unique_ptr<QueryScanFor<kIsa>> block_scan;  // over blocks (S of them) instead of clusters
-    if (bl.active()) block_scan = std::make_unique<QueryScanFor<kIsa>>(bl.S, k0);
-    BlockSelect select_blocks;
-    std::vector<int64_t> chosen;
     Rescore<T, kIsa> rescore;
     rescore.op = "ivf_search";
     std::vector<int64_t> rows(k0);
@@ -112,8 +106,8 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
       const int8_t* qb = q + b * D;
       const uint64_t* mb = mrows == nullptr ? nullptr : mrows[b];
       int64_t eligible;
-      auto take_rows = [&](QueryScanFor<kIsa>& from) {  // the re-score orders them: no sort here
-        const std::vector<int64_t>& best = from.top.kept();
+      auto take_rows = [&] {  // the re-score orders them: no sort here
+        const std::vector<int64_t>& best = scan.top.kept();
         std::fill(rows.begin(), rows.end(), int64_t(-1));
         for (size_t i = 0; i < best.size(); ++i) rows[i] = key_id(best[i]);
       };
@@ -123,24 +117,15 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
       } else if (covered[b] <= k0) {
         // every eligible row is a candidate: list them, no INT8 scores needed (the re-score orders them)
         eligible = list_rows(off, prb.get() + b * limit, plen[b], mb, rows.data(), k0);
-      } else if (bl.active()) {  // the best blocks of the probed clusters
-        // the blocks must hold k0 eligible rows, and block_fraction of what the walk aimed at (a
-        // walk that ran out of clusters before its target, e.g. a strict filter, keeps them all)
-        const double goal = std::max<double>(static_cast<double>(k0), std::ceil(bl.fraction * target[b]));
-        select_blocks.run(bl, qb, qs[b], bl.reach == nullptr ? 0.0f : bl.reach[b], prb.get() + b * limit, plen[b], mb,
-                          D, goal, chosen);
-        eligible = block_scan->run(qb, qs[b], cd, sc, bl.block_offsets, chosen.data(),
-                                   static_cast<int64_t>(chosen.size()), mb, D);
-        take_rows(*block_scan);
       } else {
         eligible = scan.run(qb, qs[b], cd, sc, off, prb.get() + b * limit, plen[b], mb, D);
-        take_rows(scan);
+        take_rows();
       }
       // a capped probe list that held fewer than k eligible rows: scan every row instead
       if (limit < C && eligible < k) {
         if (lazy != nullptr) lazy->ensure_all(b);
         scan.run(qb, qs[b], cd, sc, all_off, all_probe, 1, mb, D);
-        take_rows(scan);
+        take_rows();
       }
       rescore.run(qf + b * D, cache, rows.data(), k0, row_to_id, D, k, os + b * k, oi + b * k, orw + b * k);
     }

@@ -24,14 +24,12 @@ from silverrec.ops.reference.filter import (  # noqa: F401
     rows_to_words,
 )
 from silverrec.ops.reference.ivf import (  # noqa: F401
-    Blocks,
     ivf_int8_topk_reference,
     ivf_probe_scores_reference,
     ivf_rescore_topk_reference,
     ivf_search_bloom_reference,
     ivf_search_in_steps,
     ivf_search_reference,
-    ivf_select_blocks_reference,
     ivf_select_probes_reference,
     quantize_int8_rowwise_reference,
 )

@@ -2,7 +2,7 @@
 ``ivf_select_probes``, ``ivf_int8_topk``, ``ivf_rescore_topk`` and ``ivf_search`` (the four in
 sequence), and ``ivf_probe_scores``. See :mod:`silverrec.ops.reference`."""
 import math
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -169,21 +169,6 @@ def ivf_select_probes_reference(
     passing = _passing_rows(cluster_offsets, mask, B).gather(1, order)
     covered_before = torch.cumsum(passing, dim=1) - passing
     j = torch.arange(C)
-    target = _walk_targets(order, passing, cluster_offsets, n_probe, min_rows, max_probe, coverage_exponent,
-                           min_rows_floor)
-    taken = ((j < n_probe) | (covered_before.double() < target.unsqueeze(1))) & (j < max_probe)
-    out = torch.full((B, max_probe), -1, dtype=torch.int64)
-    width = min(C, max_probe)
-    out[:, :width] = torch.where(taken, order, -1)[:, :width]
-    return out.to(centroid_scores.device)
-
-
-def _walk_targets(order: Tensor, passing: Tensor, cluster_offsets: Tensor, n_probe: int, min_rows: int,
-                  max_probe: int, coverage_exponent: float, min_rows_floor: int) -> Tensor:
-    """float64 ``[B]``: the passing rows each query's probe walk covers (``ivf_select_probes_reference``):
-    ``min_rows``, or with a ``coverage_exponent`` from its first clusters; ``order`` ``[B, C]`` the
-    walk order, ``passing`` ``[B, C]`` the passing rows of each cluster in that order."""
-    B, C = order.shape
     target = torch.full((B,), float(min_rows), dtype=torch.float64)
     if coverage_exponent > 0.0:
         sizes = (cluster_offsets[1:] - cluster_offsets[:-1]).cpu()[order]  # [B, C] in walk order
@@ -192,20 +177,11 @@ def _walk_targets(order: Tensor, passing: Tensor, cluster_offsets: Tensor, n_pro
             p, r = int(passing[b, :first].sum()), int(sizes[b, :first].sum())
             t = min_rows * math.pow(p / r, coverage_exponent) if r > 0 else float(min_rows)
             target[b] = max(float(min_rows_floor), t)
-    return target
-
-
-def walk_targets(centroid_scores: Tensor, cluster_offsets: Tensor, mask: Optional[Tensor], n_probe: int,
-                 min_rows: int, max_probe: int, coverage_exponent: float = 0.0, min_rows_floor: int = 0) -> Tensor:
-    """float64 ``[B]`` (on the CPU): the passing rows each query's walk aims to cover, with
-    :func:`ivf_select_probes_reference`'s arguments (its ``min_rows``, or ``max(min_rows_floor,
-    min_rows * (p / r) ** coverage_exponent)``)."""
-    B, C = centroid_scores.shape
-    ids = torch.arange(C, dtype=torch.int64).expand(B, C)
-    order = _rank_order(centroid_scores.cpu().float() + 0.0, ids)
-    passing = _passing_rows(cluster_offsets, None if mask is None else mask.cpu(), B).gather(1, order)
-    return _walk_targets(order, passing, cluster_offsets, n_probe, min_rows, max_probe, coverage_exponent,
-                         min_rows_floor)
+    taken = ((j < n_probe) | (covered_before.double() < target.unsqueeze(1))) & (j < max_probe)
+    out = torch.full((B, max_probe), -1, dtype=torch.int64)
+    width = min(C, max_probe)
+    out[:, :width] = torch.where(taken, order, -1)[:, :width]
+    return out.to(centroid_scores.device)
 
 
 # --- ivf_rescore_topk ---
@@ -310,13 +286,6 @@ def ivf_search_reference(
     k0: int,
     k: int,
     coverage_exponent: float = 0.0,
-    block_offsets: Optional[Tensor] = None,
-    cluster_blocks: Optional[Tensor] = None,
-    block_codes: Optional[Tensor] = None,
-    block_scales: Optional[Tensor] = None,
-    block_spread: Optional[Tensor] = None,
-    block_reach: Optional[Tensor] = None,
-    block_fraction: float = 1.0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Spec of ``torch.ops.silverrec.ivf_search``: a whole IVF-INT8 search, the four ops in sequence.
 
@@ -324,8 +293,6 @@ def ivf_search_reference(
     2. ``probe = ivf_select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe,
        coverage_exponent, k)`` (with ``coverage_exponent`` > 0 a query covers at least K passing rows);
     3. ``rows = ivf_int8_topk(q_codes, q_scales, codes, scales, cluster_offsets, probe, mask, k0)``;
-       with blocks and ``block_fraction < 1``, over the blocks :func:`ivf_select_blocks_reference`
-       chooses among the probed clusters' (``block_offsets`` in place of ``cluster_offsets``);
        when ``max_probe < C`` (a capped probe list), a query with fewer than ``k`` eligible rows
        is scanned again over every row (still under its mask), so it returns ``k`` results when
        ``k`` rows pass;
@@ -351,10 +318,6 @@ def ivf_search_reference(
         k0 (int): K0 >= K, INT8 candidates re-scored.
         k (int): K, results per query.
         coverage_exponent (float): the probe choice's (:func:`ivf_select_probes_reference`), floored at K.
-        block_offsets, cluster_blocks, block_codes, block_scales, block_spread, block_reach,
-            block_fraction: the second level (all four tensors or none; see
-            :func:`ivf_select_blocks_reference`); without them, or at ``block_fraction`` 1, every
-            row of the probed clusters is scanned.
 
     Returns:
         Tuple[Tensor, Tensor, Tensor]: ``scores`` float32, ``ids`` int64 and ``rows`` int64
@@ -375,89 +338,7 @@ def ivf_search_reference(
     return ivf_search_in_steps(
         (quantize_int8_rowwise_reference, ivf_select_probes_reference, ivf_int8_topk_reference, ivf_rescore_topk_reference),
         queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, mask, n_probe, min_rows, max_probe,
-        k0, k, coverage_exponent, Blocks(block_offsets, cluster_blocks, block_codes, block_scales, block_spread,
-                                         block_reach, block_fraction))
-
-
-class Blocks(NamedTuple):
-    """The second-level arguments of ``ivf_search`` (see :func:`ivf_select_blocks_reference`)."""
-
-    block_offsets: Optional[Tensor] = None
-    cluster_blocks: Optional[Tensor] = None
-    block_codes: Optional[Tensor] = None
-    block_scales: Optional[Tensor] = None
-    block_spread: Optional[Tensor] = None
-    block_reach: Optional[Tensor] = None
-    block_fraction: float = 1.0
-
-    def active(self) -> bool:
-        """Whether they narrow the scan: all four tensors given and ``block_fraction < 1``."""
-        given = [t is not None for t in self[:4]]
-        if any(given) and not all(given):
-            raise ValueError("ivf_search: block_offsets, cluster_blocks, block_codes and block_scales come together "
-                             f"(an index with blocks) or not at all, got {sum(given)} of them")
-        if not 0.0 < self.block_fraction <= 1.0:
-            raise ValueError(f"ivf_search: need 0 < block_fraction <= 1, got {self.block_fraction}")
-        return all(given) and self.block_fraction < 1.0
-
-
-def ivf_select_blocks_reference(q_codes: Tensor, q_scales: Tensor, probe: Tensor, mask: Optional[Tensor],
-                                goals: Tensor, blocks: Blocks) -> Tensor:
-    """The second level of ``ivf_search``: which blocks of its probed clusters each query scans.
-
-    An index built with blocks orders each cluster's rows by blocks (a k-means of the cluster):
-    cluster ``c`` holds blocks ``cluster_blocks[c]:cluster_blocks[c + 1]``, block ``j`` rows
-    ``block_offsets[j]:block_offsets[j + 1]``, with an INT8 code ``block_codes[j]`` (its mean,
-    quantized like a row), a scale and a spread. Block ``j``'s score for query ``b`` is
-    ``float(sum_d int32(q_codes[b, d]) * int32(block_codes[j, d])) * q_scales[b] * block_scales[j]``
-    (as a row's), plus ``block_reach[b] * block_spread[j]`` when both are given, each product
-    rounded to float32 before the sum. The candidates are the blocks of the query's probed
-    clusters (``probe[b]``, ``-1`` skipped), n of them; the query scans the best
-    ``m = max(1, ceil(block_fraction * n))`` (higher score first, equal scores: lower block
-    first), then the next best, in that order, while the chosen ones hold fewer than ``goals[b]``
-    rows passing ``mask``. ``ivf_search`` sets ``goals[b] = max(K0, ceil(block_fraction * t_b))``,
-    ``t_b`` the passing rows query b's probe walk aimed at (:func:`walk_targets`): a query whose
-    probed clusters hold at most K0 eligible rows scans them all, and so does one whose walk ran
-    out of clusters before its target (a strict filter).
-
-    Args:
-        q_codes (Tensor): int8 ``[B, D]``; q_scales (Tensor): float32 ``[B]``.
-        probe (Tensor): int64 ``[B, P]`` probed clusters (``ivf_select_probes``).
-        mask (Optional[Tensor]): int64 ``[B, ceil(N / 64)]`` packed row-order filter, or None.
-        goals (Tensor): float64 ``[B]``, the eligible rows the chosen blocks must hold where the clusters do.
-        blocks (Blocks): ``block_offsets`` int64 ``[S + 1]``, ``cluster_blocks`` int64 ``[C + 1]``,
-            ``block_codes`` int8 ``[S, D]``, ``block_scales`` float32 ``[S]``, ``block_spread``
-            float32 ``[S]`` or None, ``block_reach`` float32 ``[B]`` or None, ``block_fraction``.
-
-    Returns:
-        Tensor: int64 ``[B, P']`` the blocks each query scans, ``-1`` padding (a probe row for
-        ``ivf_int8_topk`` with ``block_offsets`` as its cluster offsets).
-    """
-    B = q_codes.shape[0]
-    block_offsets, cluster_blocks = blocks.block_offsets.cpu(), blocks.cluster_blocks.cpu()
-    passing = _passing_rows(block_offsets, None if mask is None else mask.cpu(), B)  # [B, S]
-    acc = q_codes.cpu().to(torch.int32) @ blocks.block_codes.cpu().to(torch.int32).T  # [B, S]
-    scores = acc.to(torch.float32) * q_scales.cpu()[:, None] * blocks.block_scales.cpu()[None, :]
-    if blocks.block_spread is not None and blocks.block_reach is not None:
-        scores = scores + blocks.block_reach.cpu().reshape(B)[:, None] * blocks.block_spread.cpu()[None, :]
-    chosen = []
-    for b in range(B):
-        clusters = [c for c in probe[b].tolist() if c >= 0]
-        cand = torch.cat([torch.arange(int(cluster_blocks[c]), int(cluster_blocks[c + 1])) for c in clusters]
-                         + [torch.zeros(0, dtype=torch.int64)])
-        n = cand.numel()
-        m = max(1, math.ceil(blocks.block_fraction * n))
-        if m >= n:
-            chosen.append(cand)
-            continue
-        ranked = cand[_rank_order(scores[b, cand][None], cand[None])[0]]
-        held = passing[b, ranked].cumsum(0)  # eligible rows of the best 1, 2, ... blocks
-        enough = torch.nonzero(held[m - 1:].double() >= float(goals[b])).flatten()  # the best m, then more while short of k0
-        chosen.append(ranked[:m + int(enough[0]) if enough.numel() else n])
-    out = torch.full((B, max([1] + [c.numel() for c in chosen])), -1, dtype=torch.int64)
-    for b, c in enumerate(chosen):
-        out[b, :c.numel()] = c
-    return out.to(probe.device)
+        k0, k, coverage_exponent)
 
 
 def row_order_mask(mask: Optional[Tensor], row_to_id: Tensor, pack: Callable[[Tensor, Tensor], Tensor]) -> Optional[Tensor]:
@@ -477,35 +358,23 @@ def row_order_mask(mask: Optional[Tensor], row_to_id: Tensor, pack: Callable[[Te
 def ivf_search_in_steps(steps: Tuple[Callable, ...], queries: Tensor, centroid_scores: Tensor, codes: Tensor,
                         scales: Tensor, cluster_offsets: Tensor, cache: Tensor, row_to_id: Tensor,
                         mask: Optional[Tensor], n_probe: int, min_rows: int, max_probe: int, k0: int,
-                        k: int, coverage_exponent: float = 0.0,
-                        blocks: Optional["Blocks"] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                        k: int, coverage_exponent: float = 0.0) -> Tuple[Tensor, Tensor, Tensor]:
     """``ivf_search`` as its four steps, given as functions with the ops' signatures: ``steps`` =
     (quantize_int8_rowwise, ivf_select_probes, ivf_int8_topk, ivf_rescore_topk), e.g. the
-    references (the spec), the Triton launchers (the CUDA implementation) or the single ops.
-    With ``blocks`` (active), the scan reads the blocks :func:`ivf_select_blocks_reference`
-    chooses (in torch, on the queries' device after one copy to the host)."""
-    blocks = Blocks() if blocks is None else blocks
+    references (the spec), the Triton launchers (the CUDA implementation) or the single ops."""
     quantize, select_probes, int8_topk, rescore_topk = steps
     if k < 1 or k0 < k:
         raise ValueError(f"ivf_search: need 1 <= k <= k0, got k={k}, k0={k0}")
     if queries.dim() == 3:  # [B, T, D]: group b's T queries share mask row b
         B, T, D = queries.shape
         flat_mask = None if mask is None else mask.repeat_interleave(T, dim=0)
-        reach = None if blocks.block_reach is None else blocks.block_reach.reshape(B * T)
         out = ivf_search_in_steps(steps, queries.reshape(B * T, D), centroid_scores.reshape(B * T, -1), codes, scales,
                                   cluster_offsets, cache, row_to_id, flat_mask, n_probe, min_rows, max_probe, k0, k,
-                                  coverage_exponent, blocks._replace(block_reach=reach))
+                                  coverage_exponent)
         return tuple(x.reshape(B, T, k) for x in out)
     q_codes, q_scales = quantize(queries)
     probe = select_probes(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe, coverage_exponent, k)
-    scanned = cluster_offsets
-    if blocks.active():  # the best blocks of the probed clusters instead of all their rows
-        targets = walk_targets(centroid_scores, cluster_offsets, mask, n_probe, min_rows, max_probe, coverage_exponent, k)
-        goals = torch.tensor([max(float(k0), math.ceil(blocks.block_fraction * t)) for t in targets.tolist()],
-                             dtype=torch.float64)
-        probe = ivf_select_blocks_reference(q_codes, q_scales, probe, mask, goals, blocks)
-        scanned = blocks.block_offsets
-    _, rows, valid = int8_topk(q_codes, q_scales, codes, scales, scanned, probe, mask, k0)
+    _, rows, valid = int8_topk(q_codes, q_scales, codes, scales, cluster_offsets, probe, mask, k0)
     C = cluster_offsets.numel() - 1
     if max_probe < C:
         # a query whose capped probe list held fewer than k eligible rows probes every cluster;
@@ -545,13 +414,6 @@ def ivf_search_bloom_reference(
     k0: int,
     k: int,
     coverage_exponent: float = 0.0,
-    block_offsets: Optional[Tensor] = None,
-    cluster_blocks: Optional[Tensor] = None,
-    block_codes: Optional[Tensor] = None,
-    block_scales: Optional[Tensor] = None,
-    block_spread: Optional[Tensor] = None,
-    block_reach: Optional[Tensor] = None,
-    block_fraction: float = 1.0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Spec of ``torch.ops.silverrec.ivf_search_bloom``: ``ivf_search`` under a Bloom filter plan.
 
@@ -570,9 +432,7 @@ def ivf_search_bloom_reference(
         deny (Optional[Tensor]): int64 ``[ceil(N/64)]`` packed rows that never pass (e.g. tombstones).
         exclude_rows (Optional[Tensor]): int64 ``[B, E]`` index rows that never pass for query row
             ``b`` (-1 padding).
-        n_probe, min_rows, max_probe, k0, k, coverage_exponent, block_offsets, cluster_blocks,
-            block_codes, block_scales, block_spread, block_reach, block_fraction: as in
-            :func:`ivf_search_reference`.
+        n_probe, min_rows, max_probe, k0, k, coverage_exponent: as in :func:`ivf_search_reference`.
 
     Returns:
         Tuple[Tensor, Tensor, Tensor]: ``scores``, ``ids``, ``rows`` as :func:`ivf_search_reference`.
@@ -588,8 +448,7 @@ def ivf_search_bloom_reference(
             raise ValueError(f"ivf_search_bloom: exclude_rows must be -1 or in [0, N={N})")
         mask = mask & ~rows_to_words(exclude_rows, mask.shape[1])
     return ivf_search_reference(queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, mask,
-                                n_probe, min_rows, max_probe, k0, k, coverage_exponent, block_offsets, cluster_blocks,
-                                block_codes, block_scales, block_spread, block_reach, block_fraction)
+                                n_probe, min_rows, max_probe, k0, k, coverage_exponent)
 
 
 # --- ivf_probe_scores ---

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 from torch import Tensor
 
-from silverrec.ops.reference.ivf import Blocks, ivf_search_in_steps, row_order_mask
+from silverrec.ops.reference.ivf import ivf_search_in_steps, row_order_mask
 from silverrec.ops.triton.ivf_int8_topk import ivf_int8_topk_cuda
 from silverrec.ops.triton.ivf_rescore_topk import ivf_rescore_topk_cuda
 from silverrec.ops.triton.ivf_select_probes import ivf_select_probes_cuda
@@ -35,19 +35,9 @@ def ivf_search_cuda(
     k0: int,
     k: int,
     coverage_exponent: float = 0.0,
-    block_offsets: Optional[Tensor] = None,
-    cluster_blocks: Optional[Tensor] = None,
-    block_codes: Optional[Tensor] = None,
-    block_scales: Optional[Tensor] = None,
-    block_spread: Optional[Tensor] = None,
-    block_reach: Optional[Tensor] = None,
-    block_fraction: float = 1.0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Launcher: ``scores`` float32, ``ids`` and ``rows`` int64, ``[B, K]`` or ``[B, T, K]`` (see the module
-    docstring). With blocks, the block choice is the reference's (torch, one host copy)."""
+    """Launcher: ``scores`` float32, ``ids`` and ``rows`` int64, ``[B, K]`` or ``[B, T, K]`` (see the module docstring)."""
     steps = (quantize_int8_rowwise_cuda, ivf_select_probes_cuda, ivf_int8_topk_cuda, ivf_rescore_topk_cuda)
     mask = row_order_mask(mask, row_to_id, pack_id_mask_cuda)
     return ivf_search_in_steps(steps, queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, mask,
-                               n_probe, min_rows, max_probe, k0, k, coverage_exponent,
-                               Blocks(block_offsets, cluster_blocks, block_codes, block_scales, block_spread, block_reach,
-                                      block_fraction))
+                               n_probe, min_rows, max_probe, k0, k, coverage_exponent)

@@ -38,13 +38,6 @@ def ivf_search_bloom_cuda(
     k0: int,
     k: int,
     coverage_exponent: float = 0.0,
-    block_offsets: Optional[Tensor] = None,
-    cluster_blocks: Optional[Tensor] = None,
-    block_codes: Optional[Tensor] = None,
-    block_scales: Optional[Tensor] = None,
-    block_spread: Optional[Tensor] = None,
-    block_reach: Optional[Tensor] = None,
-    block_fraction: float = 1.0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Launcher: ``scores`` float32, ``ids`` and ``rows`` int64, ``[B, K]`` or ``[B, T, K]``."""
     B, N = opcodes.shape[0], codes.shape[0]
@@ -57,5 +50,4 @@ def ivf_search_bloom_cuda(
     if exclude_rows is not None and exclude_rows.shape[1] > 0:
         mask = mask & ~rows_to_words(exclude_rows, mask.shape[1])
     return ivf_search_cuda(queries, centroid_scores, codes, scales, cluster_offsets, cache, row_to_id, mask, n_probe,
-                           min_rows, max_probe, k0, k, coverage_exponent, block_offsets, cluster_blocks, block_codes,
-                           block_scales, block_spread, block_reach, block_fraction)
+                           min_rows, max_probe, k0, k, coverage_exponent)
