@@ -39,6 +39,7 @@ from silverrec.serve.aoti import aoti_usable, load_aoti
 from silverrec.serve.artifact import open_artifact
 from silverrec.serve.device import device_name, resolve_device
 from silverrec.serve.item_updates import ItemUpdates
+from silverrec.serve.prefault import prefault as prefault_pages
 from silverrec.serve.update_log import UpdateLog
 from silverrec.serve.requests import Filters, RequestEncoder
 
@@ -84,6 +85,12 @@ class Snapshot(NamedTuple):
     fresh_on_device: Optional[FreshIndex] = None  # ``fresh`` on the serving device (None: the same tensors)
 
 
+# The serving graph's buffers that queries read at random (the IVF index and the Bloom index),
+# by state-dict prefix: what Retriever(prefault=True) maps at load. The towers' embedding tables
+# are left to be mapped as rows are looked up.
+INDEX_BUFFERS = ("index.", "bloom.")
+
+
 class Retriever:
     """A loaded serving graph (``silverrec-export``) answering queries with external ids.
 
@@ -100,6 +107,10 @@ class Retriever:
         device (str): where the graph runs: ``"cpu"`` (default) or ``"cuda"`` (``"cuda:1"``); a
             ``ValueError`` naming it where this machine cannot run it. An export made on
             another device is moved to this one (its AOTInductor library is not used then).
+        prefault (bool): on the CPU, map every page of the index (the IVF and Bloom buffers of
+            the memory-mapped artifact) at load (:mod:`silverrec.serve.prefault`), so the first
+            queries do not pay the page faults (default True; False: pages are mapped as queries
+            touch them).
 
     Attributes:
         k (int): results per query the graph returns (``query`` may ask for fewer).
@@ -113,7 +124,8 @@ class Retriever:
             bytes, seconds); None for an export written before checksums were recorded.
     """
 
-    def __init__(self, path: str, updates_path: Optional[str] = None, backend: str = "auto", device: str = "cpu") -> None:
+    def __init__(self, path: str, updates_path: Optional[str] = None, backend: str = "auto", device: str = "cpu",
+                 prefault: bool = True) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"Retriever backend must be one of {BACKENDS}, got {backend!r}")
         self.device = resolve_device(device, "device")
@@ -132,6 +144,10 @@ class Retriever:
         if exported_on != "cpu" or self.device.type != "cpu":  # on CUDA also pins the GPU index (cuda:1 -> cuda:0)
             programs = {name: move_to_device_pass(p, self.device) for name, p in programs.items()}
         self._module, self.backend = self._serving_module(path, programs, backend)
+        if prefault and self.device.type == "cpu":
+            state = {**programs["model"].state_dict, **dict(programs["model"].constants)}
+            advised, seconds = prefault_pages(t for name, t in state.items() if name.startswith(INDEX_BUFFERS))
+            log.info("%s: mapped %.2f GiB of index pages in %.2f s", path, advised / 2**30, seconds)
         self._item_tower = programs["item_tower"].module()
         features = {user_key(f.name): f.num_embeddings for f in self.schema.user_features}
         features[user_key(HISTORY)] = self.encoder.trained_items
