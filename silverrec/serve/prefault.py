@@ -4,9 +4,9 @@
 of reading them, so a fresh server process has no page-table entries for the index: the first
 queries pay a page fault for every page of codes, re-score rows and Bloom words they touch,
 even when the file sits in the page cache (a minor fault, ~0.1-1 µs per 4 KiB page, and with a
-cold page cache a disk read). At 10M items one batch of 16 touches ~350 MB of INT8 codes, and the
-first pass over 768 queries served 4-5% slower than the same queries later in the same process
-(benchmarks/RESULTS.md). :func:`prefault` asks the kernel to populate the page tables of the
+cold page cache a disk read). At 10M items one batch of 16 touches ~350 MB of INT8 codes, and a
+fresh process's first pass over 256 unfiltered queries served in ~0.9x the time with this done at
+load (the filtered ones, which touch fewer pages, within the noise; benchmarks/RESULTS.md). :func:`prefault` asks the kernel to populate the page tables of the
 given tensors in one call per tensor (``madvise(MADV_POPULATE_READ)``, Linux 5.14+; elsewhere
 ``MADV_WILLNEED``, which only reads the file ahead), so those costs are paid at load instead.
 
@@ -16,14 +16,11 @@ RSS as file-backed memory, as touched pages always did).
 """
 import ctypes
 import ctypes.util
-import logging
 import mmap
 import time
 from typing import Iterable, Optional, Tuple
 
 from torch import Tensor
-
-log = logging.getLogger(__name__)
 
 MADV_WILLNEED = 3
 MADV_POPULATE_READ = 22  # Linux 5.14+
