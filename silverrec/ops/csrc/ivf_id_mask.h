@@ -98,6 +98,14 @@ class LazyRowMask {
     flag.store(1, std::memory_order_release);
   }
 
+  // Starts loading what ensure(q, c) will read, unless cluster c is ready for query q: the probe
+  // walk calls it one cluster ahead, so the next cluster's cache misses overlap this one's work.
+  void prefetch(int64_t q, int64_t c) {
+    const int64_t s = source(q);
+    if (ready_[s * C_ + c].load(std::memory_order_relaxed)) return;
+    prefetch_inputs(s, off_[c], off_[c + 1]);
+  }
+
   // Makes every word valid for query q (the fallback scan over all rows).
   void ensure_all(int64_t q) {
     for (int64_t c = 0; c < C_; ++c) ensure(q, c);
@@ -113,6 +121,8 @@ class LazyRowMask {
   // Makes the words covering rows [lo, hi) of source s (whole words: rows of a neighbouring
   // cluster in a shared word get their own, same, bits), stored with relaxed atomic stores.
   virtual void pack(int64_t s, int64_t lo, int64_t hi) = 0;
+  // Prefetches what pack(s, lo, hi) reads (default: nothing).
+  virtual void prefetch_inputs(int64_t /*s*/, int64_t /*lo*/, int64_t /*hi*/) {}
 
   const int64_t* off_;
   int64_t N_, C_, W_, per_row_, S_;

@@ -137,7 +137,10 @@ struct ProbeSelect {
       }
       const int64_t c = key_id(order[j]);
       out[j] = c;
-      if (lazy != nullptr) lazy->ensure(q, c);
+      if (lazy != nullptr) {
+        if (j + 1 < std::min<int64_t>(limit, order.size())) lazy->prefetch(q, key_id(order[j + 1]));
+        lazy->ensure(q, c);
+      }
       covered += mb == nullptr ? off[c + 1] - off[c] : count_bits(mb, off[c], off[c + 1]);
       walked += off[c + 1] - off[c];
       ++j;
