@@ -35,6 +35,16 @@ decltype(auto) with_isa(F&& f) {
 inline void prefetch_bytes(const int8_t* p, int64_t bytes) {
   for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T0);
 }
+// The packed words (a mask row, a Bloom bit row) covering rows [lo, hi).
+inline void prefetch_words(const uint64_t* words, int64_t lo, int64_t hi) {
+  if (hi <= lo) return;
+  prefetch_bytes(reinterpret_cast<const int8_t*>(words + (lo >> 6)), 8 * (((hi - 1) >> 6) - (lo >> 6) + 1));
+}
+// A row's INT8 code (D bytes) and its scale: a strict filter's rows are one random line in each array.
+inline void prefetch_row(const int8_t* codes, const float* scales, int64_t row, int64_t D) {
+  prefetch_bytes(codes + row * D, D);
+  _mm_prefetch(reinterpret_cast<const char*>(scales + row), _MM_HINT_T0);
+}
 constexpr int64_t kPrefetchRows = 16;      // rows ahead within a cluster
 constexpr int64_t kPrefetchBytes = 2048;   // bytes of the next probed cluster
 constexpr int64_t kPrefetchPassing = 8;    // passing rows ahead (filtered scans)
