@@ -19,6 +19,7 @@ from torch import Tensor
 import silverrec  # noqa: F401  (registers the ops)
 from silverrec.ops import bloom_search, ivf_search, ivf_search_bloom
 from silverrec.ops.reference import ivf_search_bloom_reference
+from silverrec.ops.reference.filter import BLOOM_NOP, BLOOM_TRUE
 from tests.ops.bloom_cases import random_plans
 from tests.ops.test_ivf_search import assert_same, random_case
 from tests.ops.triton_interpreter import run_under_triton_interpreter
@@ -94,6 +95,33 @@ def test_equals_ivf_search_with_the_bloom_mask() -> None:
     want = ivf_search(q, cs, codes, scales, offsets, cache, row_to_id, mask & ~deny, n_probe, min_rows, max_probe,
                       k0, k)
     assert_same(ivf_search_bloom(*case), want)
+
+
+def _with_blank_plans(case: tuple, blank: Tensor, deny: str) -> tuple:
+    """The case with the plans of rows ``blank`` (bool [B]) replaced by the blank filter (one TRUE)
+    and its tombstones ``deny``: "none", "zero" (all-zero words) or "some" (the case's own)."""
+    opcodes, terms = case[8].clone(), case[9].clone()
+    opcodes[blank] = BLOOM_NOP
+    opcodes[blank, 0] = BLOOM_TRUE
+    words = {"none": None, "zero": torch.zeros_like(case[13]), "some": case[13]}[deny]
+    return _replace(_replace(_replace(case, 8, opcodes), 9, terms), 13, words)
+
+
+@pytest.mark.parametrize("deny", ["none", "zero", "some"])
+@pytest.mark.parametrize("shape", ["mixed", "all_blank", "grouped", "shared_clusters"])
+def test_blank_filters_match_reference(deny: str, shape: str) -> None:
+    """Rows with the blank filter, nothing excluded and no row denied take the unfiltered scan
+    (no mask words at all), the others the Bloom mask, in one batch; a denied row or an excluded
+    one keeps a blank row on the mask. Both must give the reference's results, bit for bit, in
+    the query-major and the cluster-major scan (many queries sharing few clusters)."""
+    B, T, C, n_probe = (8, 0, 6, 5) if shape == "shared_clusters" else (6, 3 if shape == "grouped" else 0, 40, 3)
+    case = bloom_case(seed=21, B=B, N=3000, C=C, k=10, n_probe=n_probe, min_rows=200, max_probe=C, T=T, exclude=2)
+    blank = torch.ones(B, dtype=torch.bool) if shape == "all_blank" else torch.arange(B) % 2 == 0
+    excl = case[14].clone()
+    excl[blank & (torch.arange(B) % 4 == 0)] = -1  # blank rows with nothing excluded, and some with
+    case = _replace(_with_blank_plans(case, blank, deny), 14, excl)
+    assert_same(ivf_search_bloom(*case), ivf_search_bloom_reference(*case))
+    assert_same(ivf_search_bloom(*_replace(case, 14, None)), ivf_search_bloom_reference(*_replace(case, 14, None)))
 
 
 def _replace(case: tuple, index: int, value: object) -> tuple:

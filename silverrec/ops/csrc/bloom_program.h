@@ -33,6 +33,10 @@ struct Program {
   int64_t max_depth = 0;
 };
 
+// Whether p passes every row whatever the index holds: the blank filter (one TRUE). ivf_search_bloom
+// gives such a query no mask at all (the unfiltered scan).
+inline bool passes_all(const Program& p) { return p.code.size() == 1 && p.code[0].op == kTrue; }
+
 inline void fill(uint64_t* dst, int64_t n, uint64_t value) { std::fill(dst, dst + n, value); }
 
 // dst[i] = AND over k of rows[k][w0 + i], i < n (all ones when there are no rows), inverted

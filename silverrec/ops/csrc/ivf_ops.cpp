@@ -526,14 +526,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ivf_search_bloom_cpu(
     std::sort(excluded[b].begin(), excluded[b].end());
   }
   const auto* deny_p = deny.defined() ? reinterpret_cast<const uint64_t*>(deny.data_ptr<int64_t>()) : nullptr;
+  // Rows that pass everything (the blank filter, nothing excluded, no row denied) get no mask:
+  // their queries take the unfiltered probe choice and scan (whole clusters, the next one's
+  // first lines prefetched), and no words are made for them. Same results: every row passes.
+  std::vector<uint8_t> open(B, 0);
+  int64_t num_open = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    open[b] = passes_all(programs[b]) && excluded[b].empty();
+    num_open += open[b];
+  }
+  if (num_open > 0 && deny_p != nullptr && std::any_of(deny_p, deny_p + W, [](uint64_t w) { return w != 0; })) {
+    std::fill(open.begin(), open.end(), 0);
+    num_open = 0;
+  }
+  if (num_open == B) return run_ivf_search(a, nullptr, nullptr, n_probe, max_probe, k0, k);
   BloomMask mask(std::move(programs), deny_p, std::move(excluded), a.off, N, a.C, a.Q, a.T,
                  active_isa() == Isa::kAvx512Vnni);
   std::vector<int64_t> whole;  // rows whose walks cover much of the index: one pass over all words
   for (int64_t b = 0; b < B; ++b) {
-    if (4 * mask.expected_walk(b, n_probe, a.cover) > static_cast<double>(N)) whole.push_back(b);
+    if (!open[b] && 4 * mask.expected_walk(b, n_probe, a.cover) > static_cast<double>(N)) whole.push_back(b);
   }
   mask.make_whole(whole);
-  return run_ivf_search(a, mask.rows(), &mask, n_probe, max_probe, k0, k);
+  std::vector<const uint64_t*> rows(mask.rows(), mask.rows() + a.Q);
+  for (int64_t q = 0; q < a.Q; ++q) {
+    if (open[q / a.T]) rows[q] = nullptr;
+  }
+  return run_ivf_search(a, rows.data(), &mask, n_probe, max_probe, k0, k);
 }
 
 }  // namespace

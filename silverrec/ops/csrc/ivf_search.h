@@ -53,10 +53,10 @@ inline int64_t list_rows(const int64_t* off, const int64_t* probe, int64_t P, co
 // query on one thread. Same results as the four ops in sequence, without their [B, C] probe
 // rows, their intermediate tensors and three of their four fork/joins.
 
-// mrows[b] is query b's packed mask row (mrows == nullptr: no filter); with an id-order mask,
-// `lazy` packs its words cluster by cluster as the probe choice reaches them (mrows ==
-// lazy->rows()). Results into os / oi / orw [B, k], already padded. kIsa: the CPU path of the
-// scan and the re-score.
+// mrows[b] is query b's packed mask row (mrows == nullptr: no filter; mrows[b] == nullptr: none
+// for query b); with an id-order or Bloom mask, `lazy` packs its words cluster by cluster as the
+// probe choice reaches them (the non-null mrows[b] are lazy->rows()[b]). Results into os / oi /
+// orw [B, k], already padded. kIsa: the CPU path of the scan and the re-score.
 template <typename T, Isa kIsa>
 void search_rows(const float* qf, const float* cs, const int8_t* cd, const float* sc, const int64_t* off,
                  const T* cache, const int64_t* row_to_id, const uint64_t* const* mrows, int64_t B, int64_t C,
@@ -78,8 +78,9 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
       ProbeSelect select;
       for (int64_t b = next_query(counter); b < B; b = next_query(counter)) {
         qs[b] = quantize_row(qf + b * D, D, q + b * D, b, "ivf_search: queries");
-        plen[b] = select.run(cs + b * C, C, off, mrows == nullptr ? nullptr : mrows[b], n_probe, cover, limit,
-                             prb.get() + b * limit, lazy, b, &covered[b]);
+        const uint64_t* mb = mrows == nullptr ? nullptr : mrows[b];
+        plen[b] = select.run(cs + b * C, C, off, mb, n_probe, cover, limit, prb.get() + b * limit,
+                             mb == nullptr ? nullptr : lazy, b, &covered[b]);
       }
     });
   }
@@ -123,7 +124,7 @@ void search_rows(const float* qf, const float* cs, const int8_t* cd, const float
       }
       // a capped probe list that held fewer than k eligible rows: scan every row instead
       if (limit < C && eligible < k) {
-        if (lazy != nullptr) lazy->ensure_all(b);
+        if (lazy != nullptr && mb != nullptr) lazy->ensure_all(b);
         scan.run(qb, qs[b], cd, sc, all_off, all_probe, 1, mb, D);
         take_rows();
       }
