@@ -67,7 +67,7 @@ def cases(draw: st.DrawFn) -> Case:
         seed=draw(st.integers(0, 2**31 - 1)), B=draw(st.integers(1, 6)), N=draw(st.integers(1, 300)),
         D=draw(st.integers(1, 40)), C=C, k=draw(st.integers(1, 30)), extra_k0=draw(st.integers(0, 20)),
         n_probe=n_probe, min_rows=draw(st.integers(0, 200)), max_probe=draw(st.integers(n_probe, C + 2)),
-        density=draw(st.sampled_from([None, 0.0, 0.05, 0.5, 0.9, 1.0])), integer=draw(st.booleans()),
+        density=draw(st.sampled_from([None, 0.0, 0.05, 0.5, 0.9, 0.99, 1.0])), integer=draw(st.booleans()),
         bf16=draw(st.booleans()))
 
 
@@ -84,7 +84,7 @@ def test_coverage_exponent_matches_reference(case: Case, exponent: float) -> Non
     assert_same(ivf_search(*case, exponent), ivf_search_reference(*case, exponent))
 
 
-@pytest.mark.parametrize("density", [None, 0.1, 0.01])
+@pytest.mark.parametrize("density", [None, 0.1, 0.01, 0.995])  # 0.995: mostly whole passing words (tombstones only)
 @pytest.mark.parametrize("B, C, n_probe, max_probe", [(16, 120, 2, 6), (16, 120, 1, 120), (64, 10, 6, 10)])
 def test_large_cases_match_the_ops_in_sequence(B: int, C: int, n_probe: int, max_probe: int,
                                                density: Optional[float]) -> None:
