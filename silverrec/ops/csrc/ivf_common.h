@@ -47,7 +47,9 @@ inline void prefetch_row(const int8_t* codes, const float* scales, int64_t row, 
 }
 constexpr int64_t kPrefetchRows = 16;      // rows ahead within a cluster
 constexpr int64_t kPrefetchBytes = 2048;   // bytes of the next probed cluster
-constexpr int64_t kPrefetchPassing = 8;    // passing rows ahead (filtered scans)
+// Passing rows ahead (filtered scans). 16 rather than 8: ~0.92x / ~0.95x the time of a batch under a
+// ~10% filter at 10M / 1M items, the ~1% class within noise (benchmarks/RESULTS.md, 2026-12-07).
+constexpr int64_t kPrefetchPassing = 16;
 // Passing rows of a mask word's 64 from which the scan scores all of them, 4 per step, instead of
 // listing the passing ones and visiting them one by one with prefetches. Measured (1M x 64, n_probe
 // 240, batch 16, random masks): at 24 the whole-word scan made 30-60% masks 10-37% slower than
