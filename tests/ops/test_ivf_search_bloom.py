@@ -100,11 +100,11 @@ def test_equals_ivf_search_with_the_bloom_mask() -> None:
 def _with_blank_plans(case: tuple, blank: Tensor, deny: str) -> tuple:
     """The case with the plans of rows ``blank`` (bool [B]) replaced by the blank filter (one TRUE)
     and its tombstones ``deny``: "none", "zero" (all-zero words) or "some" (the case's own)."""
-    opcodes, terms = case[8].clone(), case[9].clone()
+    opcodes = case[8].clone()
     opcodes[blank] = BLOOM_NOP
     opcodes[blank, 0] = BLOOM_TRUE
     words = {"none": None, "zero": torch.zeros_like(case[13]), "some": case[13]}[deny]
-    return _replace(_replace(_replace(case, 8, opcodes), 9, terms), 13, words)
+    return _replace(_replace(case, 8, opcodes), 13, words)
 
 
 @pytest.mark.parametrize("deny", ["none", "zero", "some"])
